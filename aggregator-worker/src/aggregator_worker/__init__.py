@@ -1,0 +1,1 @@
+"""Folds readings from telemetry.raw into time-bucketed rollups and device summaries in MongoDB."""

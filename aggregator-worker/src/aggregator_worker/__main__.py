@@ -1,0 +1,21 @@
+"""`python -m aggregator_worker` / `aggregator-worker`: consume telemetry.raw into rollups."""
+
+from __future__ import annotations
+
+import asyncio
+
+from telemetry_common.logs import configure_logging
+from telemetry_common.metrics import new_registry
+from telemetry_common.settings import AggregatorSettings, load_settings
+
+from aggregator_worker.worker import SERVICE, run
+
+
+def main() -> None:
+    settings = load_settings(AggregatorSettings)
+    configure_logging(settings.log_level, SERVICE)
+    asyncio.run(run(settings, new_registry()))
+
+
+if __name__ == "__main__":
+    main()

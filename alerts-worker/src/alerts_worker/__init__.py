@@ -1,0 +1,1 @@
+"""Evaluates threshold rules on readings from telemetry.raw and records alerts."""

@@ -1,0 +1,1 @@
+"""Code every service shares: settings, the reading model, Kafka and MongoDB plumbing."""

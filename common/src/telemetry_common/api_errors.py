@@ -1,0 +1,52 @@
+"""One error body for every refusal: which field is wrong and why."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from telemetry_common.reading import FieldError
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        field: str,
+        reason: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        self.status = status
+        self.errors = errors or [FieldError(field, reason)]
+        self.headers = headers
+        super().__init__(reason)
+
+
+def error_body(errors: list[FieldError]) -> dict[str, object]:
+    return {
+        "detail": "; ".join(f"{e.field}: {e.reason}" for e in errors),
+        "errors": [e.as_dict() for e in errors],
+    }
+
+
+async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(error_body(exc.errors), status_code=exc.status, headers=exc.headers)
+
+
+async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        FieldError(".".join(str(p) for p in err["loc"] if p not in ("body", "query")), err["msg"])
+        for err in exc.errors()
+    ]
+    return JSONResponse(error_body(errors), status_code=422)
+
+
+def install_error_handlers(app: object) -> None:
+    """Every refusal, ours or FastAPI's own validation, answers with the same body."""
+    app.add_exception_handler(ApiError, api_error_handler)  # type: ignore[attr-defined]
+    app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[attr-defined]

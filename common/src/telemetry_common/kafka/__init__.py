@@ -1,0 +1,1 @@
+"""Kafka concerns, one module each: producer, consumer loop, dead-letter publishing, topics."""

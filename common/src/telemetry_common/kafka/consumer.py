@@ -1,0 +1,218 @@
+"""The consume loop every worker runs: fetch a batch, process it, commit after the writes.
+
+Delivery is at-least-once: offsets are committed only after the handler's writes
+succeeded, and handlers write idempotently, so a replay after a crash or a
+rebalance changes nothing. Failures are sorted in two:
+
+* transient (MongoDB or Kafka unreachable): retried forever with exponential
+  backoff while the assigned partitions are paused; good data never goes to the DLQ;
+* permanent (the record can never be processed): the batch is retried up to
+  ``max_retries`` times, then processed record by record so only the records
+  that keep failing go to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+from telemetry_common.kafka.dlq import DeadLetterPublisher
+from telemetry_common.metrics import ConsumerMetrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed(Generic[T]):
+    """A decoded record with the coordinates idempotent writes are keyed on."""
+
+    partition: int
+    offset: int
+    value: T
+    record: ConsumerRecord
+
+
+class PermanentError(Exception):
+    """Raised by a handler for input it can never process (it goes to the DLQ)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether waiting could help: an unreachable or overloaded dependency, not bad data."""
+    if isinstance(exc, PermanentError):
+        return False
+    if isinstance(exc, ConnectionFailure | asyncio.TimeoutError | OSError):
+        return True
+    if isinstance(exc, PyMongoError):
+        return exc.has_error_label("RetryableWriteError") or exc.timeout
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False)) or "Connection" in type(exc).__name__
+    return False
+
+
+Decode = Callable[[ConsumerRecord], T]
+Handler = Callable[[list[Consumed[T]]], Awaitable[None]]
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int = 3
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+
+
+class ConsumerLoop(Generic[T]):
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        decode: Decode[T],
+        handle: Handler[T],
+        dead_letters: DeadLetterPublisher,
+        metrics: ConsumerMetrics,
+        retry: RetryPolicy,
+        max_records: int = 2000,
+    ):
+        self._consumer = consumer
+        self._decode = decode
+        self._handle = handle
+        self._dead_letters = dead_letters
+        self._metrics = metrics
+        self._retry = retry
+        self._max_records = max_records
+        self._committed: dict[TopicPartition, int] = {}
+        self.healthy = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batch = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
+            if not batch:
+                self._report_lag()
+                continue
+            with self._metrics.batch_seconds.time():
+                records = [r for partition_records in batch.values() for r in partition_records]
+                self._metrics.records_consumed.inc(len(records))
+                await self._process(records)
+                await self._commit(batch)
+            self._report_lag()
+
+    async def _process(self, records: list[ConsumerRecord]) -> None:
+        decoded: list[Consumed[T]] = []
+        for record in records:
+            try:
+                value = self._decode(record)
+            except (ValueError, PermanentError) as exc:
+                # An undecodable record fails the same way every time: retrying is waste.
+                await self._dead_letter(record, f"undecodable: {exc}", attempts=1)
+                continue
+            decoded.append(Consumed(record.partition, record.offset, value, record))
+        if decoded:
+            await self._handle_with_retries(decoded)
+
+    async def _handle_with_retries(self, items: list[Consumed[T]]) -> None:
+        attempts = 0
+        backoff = self._retry.initial_backoff_s
+        while True:
+            try:
+                await self._handle(items)
+                self.healthy = True
+                return
+            except Exception as exc:
+                if is_transient(exc):
+                    self.healthy = False
+                    self._metrics.transient_failures.inc()
+                    log.warning("dependency unavailable (%s); retrying in %.1fs", exc, backoff)
+                    await self._paused_wait(backoff)
+                    backoff = min(backoff * 2, self._retry.max_backoff_s)
+                    continue
+                attempts += 1
+                if attempts < self._retry.max_retries:
+                    log.warning("batch failed (attempt %d): %r", attempts, exc)
+                    await self._paused_wait(backoff)
+                    backoff = min(backoff * 2, self._retry.max_backoff_s)
+                    continue
+                if len(items) > 1:
+                    # Find the records at fault instead of dead-lettering good ones.
+                    log.warning("batch failed %d times; isolating records: %r", attempts, exc)
+                    for item in items:
+                        await self._handle_with_retries([item])
+                    return
+                await self._dead_letter(items[0].record, f"{type(exc).__name__}: {exc}", attempts)
+                return
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str, attempts: int) -> None:
+        backoff = self._retry.initial_backoff_s
+        while True:
+            try:
+                await self._dead_letters.publish(record, reason, attempts)
+                break
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("DLQ publish failed (%s); retrying in %.1fs", exc, backoff)
+                await self._paused_wait(backoff)
+                backoff = min(backoff * 2, self._retry.max_backoff_s)
+        short_reason = reason.split(":", 1)[0][:40]
+        self._metrics.records_dead_lettered.labels(short_reason).inc()
+        log.error(
+            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+
+    async def _paused_wait(self, seconds: float) -> None:
+        """Wait without fetching, yet keep polling so the group does not evict this member."""
+        consumer = self._consumer
+        paused = consumer.assignment()
+        consumer.pause(*paused)
+        self._metrics.paused.set(1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                polled = await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+                # Partitions assigned by a rebalance during the wait are not paused;
+                # rewind what they returned so no record is skipped.
+                for tp, records in polled.items():
+                    consumer.seek(tp, records[0].offset)
+                    consumer.pause(tp)
+                await asyncio.sleep(min(0.05, max(deadline - loop.time(), 0)))
+        finally:
+            consumer.resume(*consumer.assignment())
+            self._metrics.paused.set(0)
+
+    async def _commit(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        offsets = {
+            tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()
+        }
+        backoff = self._retry.initial_backoff_s
+        while True:
+            try:
+                await self._consumer.commit(offsets)
+                self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
+                return
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group rebalanced: the new owner replays from the last commit,
+                # and every write is idempotent, so nothing is lost or counted twice.
+                self._metrics.commit_failures.inc()
+                log.warning("commit refused after rebalance: %s", exc)
+                return
+            except KafkaError as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("commit failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._retry.max_backoff_s)
+
+    def _report_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            committed = self._committed.get(tp)
+            if highwater is not None and committed is not None:
+                self._metrics.lag.labels(str(tp.partition)).set(max(highwater - committed, 0))

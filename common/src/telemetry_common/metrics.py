@@ -1,0 +1,63 @@
+"""Prometheus metrics: one registry per service, names with units and _total for counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+
+def new_registry() -> CollectorRegistry:
+    """A fresh registry with the process, platform and GC collectors a dashboard expects."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def metrics_asgi_app(registry: CollectorRegistry):  # type: ignore[no-untyped-def]
+    return make_asgi_app(registry=registry)
+
+
+class ConsumerMetrics:
+    """What every consuming worker reports, labelled by nothing it cannot bound."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.records_consumed = Counter(
+            "consumer_records_total", "Records fetched from Kafka", registry=registry
+        )
+        self.records_dead_lettered = Counter(
+            "consumer_records_dead_lettered_total",
+            "Records sent to the dead-letter topic",
+            ["reason"],
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "consumer_batch_duration_seconds",
+            "Time to process and commit one polled batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.transient_failures = Counter(
+            "consumer_transient_failures_total",
+            "Batch attempts that failed on an unavailable dependency and were retried",
+            registry=registry,
+        )
+        self.commit_failures = Counter(
+            "consumer_commit_failures_total",
+            "Offset commits refused after a rebalance (the batch is replayed idempotently)",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "consumer_lag_records",
+            "Records between the committed position and the partition's high watermark",
+            ["partition"],
+            registry=registry,
+        )
+        self.paused = Gauge(
+            "consumer_paused",
+            "1 while consumption is paused waiting for a dependency to recover",
+            registry=registry,
+        )

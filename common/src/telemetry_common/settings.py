@@ -1,0 +1,91 @@
+"""Configuration from environment variables, validated once at start.
+
+Every service builds its settings in ``main()`` (or the FastAPI lifespan), never at
+import time, so tests can start a service against their own Kafka and MongoDB.
+A bad value stops the service with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from telemetry_common.resolutions import parse_resolutions
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field("localhost:9092", min_length=1)
+    mongo_url: str = Field("mongodb://localhost:27017", pattern=r"^mongodb(\+srv)?://")
+    mongo_db: str = Field("iotdb", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    telemetry_topic: str = Field("telemetry.raw", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    dlq_topic: str = Field("telemetry.dlq", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    alerts_topic: str = Field("alerts.triggered", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error)$")
+    host: str = "0.0.0.0"
+
+
+class WorkerSettings(CommonSettings):
+    max_retries: int = Field(3, ge=1, le=100)
+    # Records per poll: one poll is one fold, one bulk write and one commit.
+    consumer_max_records: int = Field(2000, ge=1, le=100_000)
+    retry_backoff_initial_s: float = Field(0.5, gt=0, le=60)
+    retry_backoff_max_s: float = Field(30.0, gt=0, le=600)
+
+
+class AggregatorSettings(WorkerSettings):
+    port: int = Field(8003, ge=1, le=65535)
+    consumer_group: str = "aggregator-worker"
+    raw_retention_days: float = Field(7.0, gt=0)
+    rollup_resolutions: str = "1m"
+
+    @field_validator("rollup_resolutions")
+    @classmethod
+    def _known_resolutions(cls, value: str) -> str:
+        parse_resolutions(value)
+        return value
+
+
+class AlertsSettings(WorkerSettings):
+    port: int = Field(8004, ge=1, le=65535)
+    consumer_group: str = "alerts-worker"
+    temp_min_threshold: float = -10.0
+    temp_max_threshold: float = 50.0
+    humidity_min_threshold: float = 0.0
+    humidity_max_threshold: float = 100.0
+
+
+class IngestionSettings(CommonSettings):
+    port: int = Field(8001, ge=1, le=65535)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_batch_readings: int = Field(5000, ge=1, le=100_000)
+    # Readings stamped further ahead than this are refused: a device whose clock
+    # is wrong would otherwise pin its rollups and "last seen" in the future.
+    max_future_skew_s: float = Field(86_400.0, ge=0)
+    kafka_send_timeout_s: float = Field(10.0, gt=0, le=120)
+    retry_after_s: int = Field(5, ge=1, le=3600)
+
+
+class DashboardSettings(CommonSettings):
+    port: int = Field(8002, ge=1, le=65535)
+    max_page_size: int = Field(1000, ge=1, le=100_000)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build settings from the environment or exit naming each bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        lines = [f"{cls.__name__}: invalid configuration"]
+        for err in exc.errors():
+            variable = "_".join(str(part) for part in err["loc"]).upper()
+            lines.append(f"  {variable}={err.get('input')!r}: {err['msg']}")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,147 @@
+"""Start-up, shutdown and wiring shared by the consuming workers.
+
+A worker is a decode function and a batch handler; this module connects them
+to Kafka, MongoDB, the HTTP side and signals, so each worker's own package
+holds only what it does with a reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+from pymongo.asynchronous.database import AsyncDatabase
+
+from telemetry_common.kafka.consumer import ConsumerLoop, Decode, Handler, RetryPolicy
+from telemetry_common.kafka.dlq import DeadLetterPublisher
+from telemetry_common.kafka.producer import build_producer
+from telemetry_common.metrics import ConsumerMetrics
+from telemetry_common.mongo import connect, ensure_indexes
+from telemetry_common.settings import WorkerSettings
+from telemetry_common.worker_http import serve, worker_app
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Time a stopping worker gives its current batch before abandoning it; an
+# abandoned batch is uncommitted and is replayed idempotently after restart.
+SHUTDOWN_GRACE_S = 10.0
+
+
+@dataclass
+class WorkerContext:
+    settings: WorkerSettings
+    db: AsyncDatabase
+    producer: AIOKafkaProducer
+    registry: CollectorRegistry
+
+
+async def _start_with_retry(
+    what: str, start: Callable[[], Awaitable[Any]], stop: asyncio.Event
+) -> None:
+    backoff = 0.5
+    while True:
+        try:
+            await start()
+            return
+        except Exception as exc:
+            if stop.is_set():
+                raise
+            log.warning("%s not reachable yet (%s); retrying in %.1fs", what, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+async def run_worker(
+    *,
+    name: str,
+    settings: WorkerSettings,
+    group_id: str,
+    port: int,
+    registry: CollectorRegistry,
+    decode: Decode[T],
+    make_handler: Callable[[WorkerContext], Handler[T]],
+    stop: asyncio.Event | None = None,
+    raw_retention: timedelta = timedelta(days=7),
+) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+    mongo = connect(settings.mongo_url, name)
+    db = mongo[settings.mongo_db]
+    producer = build_producer(settings.kafka_bootstrap_servers, client_id=name)
+    consumer = AIOKafkaConsumer(
+        settings.telemetry_topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=group_id,
+        client_id=name,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.consumer_max_records,
+        # Waiting out a MongoDB outage keeps polling (paused), but a single slow
+        # batch may still take a while on a cold database.
+        max_poll_interval_ms=600_000,
+    )
+    metrics = ConsumerMetrics(registry)
+    consumer_loop: ConsumerLoop[T] | None = None
+    started = {"kafka": False, "mongo": False}
+
+    def health() -> dict[str, object]:
+        ok = all(started.values()) and consumer_loop is not None and consumer_loop.healthy
+        return {"status": "ok" if ok else "degraded", "service": name, **started}
+
+    server, server_task = await serve(worker_app(name, registry, health), settings.host, port)
+    try:
+        await _start_with_retry("MongoDB", lambda: ensure_indexes(db, raw_retention), stop)
+        started["mongo"] = True
+        await _start_with_retry("Kafka producer", producer.start, stop)
+        await _start_with_retry("Kafka consumer", consumer.start, stop)
+        started["kafka"] = True
+        context = WorkerContext(settings, db, producer, registry)
+        consumer_loop = ConsumerLoop(
+            consumer,
+            decode,
+            make_handler(context),
+            DeadLetterPublisher(producer, settings.dlq_topic, name),
+            metrics,
+            RetryPolicy(
+                settings.max_retries,
+                settings.retry_backoff_initial_s,
+                settings.retry_backoff_max_s,
+            ),
+            max_records=settings.consumer_max_records,
+        )
+        log.info("%s consuming %s as group %s", name, settings.telemetry_topic, group_id)
+        run_task = asyncio.create_task(consumer_loop.run(stop))
+        stop_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if run_task.done():
+            stop_task.cancel()
+            run_task.result()
+        else:
+            done, _ = await asyncio.wait({run_task}, timeout=SHUTDOWN_GRACE_S)
+            if not done:
+                run_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run_task
+    finally:
+        log.info("%s stopping", name)
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        await mongo.close()
+        server.should_exit = True
+        await server_task

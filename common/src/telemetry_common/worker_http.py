@@ -1,0 +1,38 @@
+"""The small HTTP side of a worker: /health and /metrics, served in the worker's own loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+
+from telemetry_common.metrics import metrics_asgi_app
+
+
+def worker_app(
+    name: str, registry: CollectorRegistry, health: Callable[[], dict[str, object]]
+) -> FastAPI:
+    app = FastAPI(title=name, docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    async def get_health() -> JSONResponse:
+        """Liveness and readiness: 200 while consuming, 503 while a dependency is down."""
+        report = health()
+        return JSONResponse(report, status_code=200 if report.get("status") == "ok" else 503)
+
+    app.mount("/metrics", metrics_asgi_app(registry))
+    return app
+
+
+async def serve(app: FastAPI, host: str, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    )
+    # The worker owns signal handling; uvicorn must not install its own.
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    return server, task

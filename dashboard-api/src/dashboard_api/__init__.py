@@ -1,0 +1,1 @@
+"""Serves readings, rollups, alerts, devices and stats from MongoDB."""

@@ -1,0 +1,79 @@
+"""The dashboard API: FastAPI app, lifespan and the resource routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from pymongo.errors import PyMongoError
+from telemetry_common.api_errors import install_error_handlers
+from telemetry_common.http_metrics import RequestMetricsMiddleware
+from telemetry_common.metrics import metrics_asgi_app, new_registry
+from telemetry_common.mongo import connect, ensure_indexes
+from telemetry_common.settings import DashboardSettings
+
+from dashboard_api.routes import aggregates, alerts, devices, stats, telemetry
+from dashboard_api.schemas import HealthOut
+
+
+def create_app(settings: DashboardSettings, registry: CollectorRegistry | None = None) -> FastAPI:
+    registry = registry or new_registry()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = connect(settings.mongo_url, "dashboard-api")
+        app.state.db = client[settings.mongo_db]
+        app.state.settings = settings
+        try:
+            # The queries lean on these; creating them is idempotent and lets the
+            # dashboard start before either worker has run.
+            await ensure_indexes(app.state.db, timedelta(days=7))
+        except PyMongoError:
+            pass  # /health reports MongoDB down; queries answer 503 until it is back
+        yield
+        await client.close()
+
+    app = FastAPI(
+        title="Telemetry dashboard API",
+        version="0.1.0",
+        description="Readings, rollups, alerts, devices and stats. Timestamps are ISO 8601 UTC.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestMetricsMiddleware, registry=registry)
+    app.mount("/metrics", metrics_asgi_app(registry))
+
+    @app.exception_handler(PyMongoError)
+    async def mongo_unavailable(_: Request, exc: PyMongoError) -> JSONResponse:
+        return JSONResponse(
+            {
+                "detail": f"MongoDB unavailable: {type(exc).__name__}",
+                "errors": [{"field": "mongo", "reason": "unavailable"}],
+            },
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.get("/", summary="Service banner")
+    async def root() -> dict[str, str]:
+        """A short health message for API clients."""
+        return {"message": "IoT telemetry dashboard API", "status": "ok", "docs": "/docs"}
+
+    @app.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    async def health(request: Request) -> JSONResponse:
+        """200 when MongoDB answers a ping; 503 otherwise."""
+        try:
+            await request.app.state.db.command("ping")
+            ok = True
+        except PyMongoError:
+            ok = False
+        body = HealthOut(status="ok" if ok else "degraded", mongo=ok)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    for module in (telemetry, aggregates, alerts, devices, stats):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,77 @@
+"""Shared query parameters and the database handle, as Annotated dependencies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.api_errors import ApiError
+from telemetry_common.timefmt import to_utc_ms
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9\-_.:]{1,128}$"
+METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
+
+
+def get_db(request: Request) -> AsyncDatabase:
+    return request.app.state.db
+
+
+Db = Annotated[AsyncDatabase, Depends(get_db)]
+
+DeviceFilter = Annotated[
+    str | None, Query(pattern=DEVICE_ID_PATTERN, description="only this device", examples=["dev-1"])
+]
+MetricFilter = Annotated[
+    str | None,
+    Query(
+        pattern=METRIC_PATTERN,
+        description="only this metric (sensor_type)",
+        examples=["temperature_c"],
+    ),
+]
+From = Annotated[
+    datetime | None,
+    Query(
+        alias="from",
+        description="inclusive start, ISO 8601 (UTC if no offset)",
+        examples=["2025-01-15T00:00:00Z"],
+    ),
+]
+To = Annotated[
+    datetime | None,
+    Query(
+        alias="to",
+        description="exclusive end, ISO 8601 (UTC if no offset)",
+        examples=["2025-01-16T00:00:00Z"],
+    ),
+]
+
+
+def limit_param(
+    request: Request, limit: int = Query(100, ge=1, description="at most this many items")
+) -> int:
+    maximum = request.app.state.settings.max_page_size
+    if limit > maximum:
+        raise ApiError(422, "limit", f"must be at most {maximum}")
+    return limit
+
+
+Limit = Annotated[int, Depends(limit_param)]
+
+
+def time_range(field: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
+    """A MongoDB range filter on ``field``; refuses an empty or inverted range."""
+    condition: dict[str, Any] = {}
+    if start is not None:
+        condition["$gte"] = to_utc_ms(start)
+    if end is not None:
+        condition["$lt"] = to_utc_ms(end)
+    if start is not None and end is not None and condition["$gte"] >= condition["$lt"]:
+        raise ApiError(422, "from", "must be before 'to'")
+    return {field: condition} if condition else {}
+
+
+def page(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"data": items, "count": len(items)}

@@ -1,0 +1,93 @@
+"""Response shapes, with the examples OpenAPI shows."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    # Documents may carry fields newer than this schema; pass them through.
+    model_config = ConfigDict(extra="allow")
+
+
+class ReadingOut(_Open):
+    event_id: str = Field(examples=["e001"])
+    device_id: str = Field(examples=["dev-1"])
+    ts: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    received_at: str = Field(examples=["2025-01-15T10:00:00.120Z"])
+    metrics: dict[str, float] = Field(examples=[{"temperature_c": 25.5, "humidity": 60.0}])
+    tags: list[str] = Field(default_factory=list, examples=[["room:101"]])
+    lat: float | None = None
+    lon: float | None = None
+
+
+class RollupOut(_Open):
+    device_id: str = Field(examples=["dev-1"])
+    sensor_type: str = Field(examples=["temperature_c"])
+    resolution: str = Field(examples=["1m"])
+    timestamp: str = Field(description="bucket start", examples=["2025-01-15T10:00:00.000Z"])
+    count: int = Field(examples=[12])
+    sum: float = Field(examples=[306.0])
+    min: float = Field(examples=[24.9])
+    max: float = Field(examples=[26.1])
+    average: float = Field(examples=[25.5])
+    stddev: float | None = Field(None, description="population standard deviation", examples=[0.31])
+    first: float | None = Field(None, description="value of the earliest reading in the bucket")
+    last: float | None = Field(None, description="value of the latest reading in the bucket")
+
+
+class AlertOut(_Open):
+    alert_id: str = Field(examples=["e001:temperature_high"])
+    device_id: str = Field(examples=["dev-1"])
+    sensor_type: str = Field(examples=["temperature"])
+    value: float = Field(examples=[61.0])
+    threshold: float = Field(examples=[50.0])
+    alert_type: str = Field(examples=["temperature_high"])
+    severity: str = Field(examples=["critical"])
+    message: str = Field(examples=["Temperature 61°C on dev-1 is above maximum 50°C"])
+    timestamp: str = Field(description="time of the reading", examples=["2025-01-15T10:00:00.000Z"])
+    created_at: str = Field(examples=["2025-01-15T10:00:00.350Z"])
+    status: str = Field(examples=["active"])
+
+
+class DeviceOut(_Open):
+    device_id: str = Field(examples=["dev-1"])
+    first_seen: str = Field(examples=["2025-01-15T09:00:00.000Z"])
+    last_seen: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    reading_count: int = Field(examples=[3600])
+    last_values: dict[str, float] = Field(examples=[{"temperature_c": 25.5, "humidity": 60.0}])
+
+
+class ReadingsPage(BaseModel):
+    data: list[ReadingOut]
+    count: int
+
+
+class RollupsPage(BaseModel):
+    data: list[RollupOut]
+    count: int
+
+
+class AlertsPage(BaseModel):
+    data: list[AlertOut]
+    count: int
+
+
+class DevicesPage(BaseModel):
+    data: list[DeviceOut]
+    count: int
+
+
+class StatsOut(BaseModel):
+    total_readings: int = Field(examples=[1_250_000])
+    total_aggregates: int = Field(examples=[84_000])
+    total_alerts: int = Field(examples=[312])
+    total_devices: int = Field(examples=[1000])
+    active_alerts: int = Field(examples=[12])
+    generated_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+
+
+class HealthOut(BaseModel):
+    status: str = Field(examples=["ok"])
+    service: str = "dashboard-api"
+    mongo: bool

@@ -1,0 +1,1 @@
+"""HTTP ingestion: validates device readings and publishes them to Kafka before answering."""

@@ -1,0 +1,28 @@
+"""`python -m ingestion_api` / `ingestion-api`: serve the ingestion API on PORT (8001)."""
+
+from __future__ import annotations
+
+import uvicorn
+from telemetry_common.logs import configure_logging
+from telemetry_common.settings import IngestionSettings, load_settings
+
+from ingestion_api.app import create_app
+
+
+def main() -> None:
+    settings = load_settings(IngestionSettings)
+    configure_logging(settings.log_level, "ingestion-api")
+    # On SIGTERM uvicorn stops accepting, finishes in-flight requests, then runs
+    # the lifespan exit, which flushes the producer.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()
