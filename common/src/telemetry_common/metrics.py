@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from fastapi import FastAPI, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -17,8 +25,20 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
-def metrics_asgi_app(registry: CollectorRegistry):  # type: ignore[no-untyped-def]
-    return make_asgi_app(registry=registry)
+def add_metrics_route(app: FastAPI, registry: CollectorRegistry) -> None:
+    """GET /metrics in the Prometheus text format (a route, not a mount: no 307 to /metrics/)."""
+
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "http_requests_total 42"}}}},
+    )
 
 
 class ConsumerMetrics:

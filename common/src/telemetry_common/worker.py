@@ -73,11 +73,14 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     raw_retention: timedelta = timedelta(days=7),
 ) -> None:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        # Run as a process: SIGTERM (Kubernetes, docker stop) and Ctrl-C stop it.
+        # An embedding caller (a test) passes its own event instead.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
 
     mongo = connect(settings.mongo_url, name)
     db = mongo[settings.mongo_db]

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from telemetry_common.metrics import metrics_asgi_app
+from telemetry_common.metrics import add_metrics_route
 
 
 def worker_app(
@@ -24,7 +24,7 @@ def worker_app(
         report = health()
         return JSONResponse(report, status_code=200 if report.get("status") == "ok" else 503)
 
-    app.mount("/metrics", metrics_asgi_app(registry))
+    add_metrics_route(app, registry)
     return app
 
 

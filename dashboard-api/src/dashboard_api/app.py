@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from pymongo.errors import PyMongoError
 from telemetry_common.api_errors import install_error_handlers
 from telemetry_common.http_metrics import RequestMetricsMiddleware
-from telemetry_common.metrics import metrics_asgi_app, new_registry
+from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect, ensure_indexes
 from telemetry_common.settings import DashboardSettings
 
@@ -45,7 +45,7 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
     )
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
-    app.mount("/metrics", metrics_asgi_app(registry))
+    add_metrics_route(app, registry)
 
     @app.exception_handler(PyMongoError)
     async def mongo_unavailable(_: Request, exc: PyMongoError) -> JSONResponse:

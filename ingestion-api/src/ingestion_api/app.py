@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter
 from telemetry_common.api_errors import ApiError, install_error_handlers
 from telemetry_common.http_metrics import RequestMetricsMiddleware
-from telemetry_common.metrics import metrics_asgi_app, new_registry
+from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.reading import InvalidReading, Reading, parse_reading
 from telemetry_common.settings import IngestionSettings
 from telemetry_common.timefmt import utcnow
@@ -62,7 +62,7 @@ def create_app(settings: IngestionSettings, registry: CollectorRegistry | None =
     )
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
-    app.mount("/metrics", metrics_asgi_app(registry))
+    add_metrics_route(app, registry)
 
     async def publish_or_503(readings: list[Reading]) -> None:
         try:
@@ -198,4 +198,3 @@ def create_app(settings: IngestionSettings, registry: CollectorRegistry | None =
         return JSONResponse(out.model_dump(exclude_none=True), status_code=status_code)
 
     return app
-

@@ -1,0 +1,3 @@
+"""Fixtures for every test folder: the real servers live in telemetry_tools.testing."""
+
+pytest_plugins = ["telemetry_tools.testing"]

@@ -1,0 +1,49 @@
+"""Rollups recomputed from telemetry_raw, the reference the aggregator must match."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from telemetry_common.mongo import RAW, ROLLUPS
+
+
+async def recompute_minute_rollups(
+    db: AsyncDatabase,
+) -> dict[tuple[str, str, Any], dict[str, float]]:
+    values: dict[tuple[str, str, Any], list[float]] = defaultdict(list)
+    async for doc in db[RAW].find({}):
+        minute = doc["ts"].replace(second=0, microsecond=0)
+        for metric, value in doc["metrics"].items():
+            values[(doc["device_id"], metric, minute)].append(value)
+    return {
+        key: {
+            "count": len(v),
+            "sum": sum(v),
+            "min": min(v),
+            "max": max(v),
+            "average": sum(v) / len(v),
+        }
+        for key, v in values.items()
+    }
+
+
+async def stored_minute_rollups(db: AsyncDatabase) -> dict[tuple[str, str, Any], dict[str, float]]:
+    return {
+        (doc["device_id"], doc["sensor_type"], doc["timestamp"]): {
+            field: doc[field] for field in ("count", "sum", "min", "max", "average")
+        }
+        async for doc in db[ROLLUPS].find({"resolution": "1m"})
+    }
+
+
+def assert_rollups_equal(stored: dict, expected: dict) -> None:
+    assert stored.keys() == expected.keys()
+    for key, want in expected.items():
+        got = stored[key]
+        assert got["count"] == want["count"], key
+        for field in ("sum", "min", "max", "average"):
+            assert math.isclose(got[field], want[field], rel_tol=1e-9, abs_tol=1e-9), (key, field)

@@ -1,0 +1,192 @@
+"""The aggregator against real Kafka and MongoDB: exact rollups, replays, poison records, outages."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from pymongo.asynchronous.database import AsyncDatabase
+
+from aggregator_worker.worker import run as run_aggregator
+from integration.readings import fleet_readings, publish, reading
+from integration.recompute import (
+    assert_rollups_equal,
+    recompute_minute_rollups,
+    stored_minute_rollups,
+)
+from integration.workers import metric_value, running
+from telemetry_common.kafka import dlq
+from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
+from telemetry_common.settings import AggregatorSettings
+from telemetry_tools.servers import MongoServer, free_port
+from telemetry_tools.testing import Topics, eventually, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def aggregator_settings(service_env: dict, **overrides: object) -> AggregatorSettings:
+    return AggregatorSettings(
+        **service_env, port=free_port(), consumer_group=f"agg-{free_port()}", **overrides
+    )
+
+
+async def raw_count(db: AsyncDatabase) -> int:
+    return await db[RAW].count_documents({})
+
+
+async def test_rollups_equal_a_recomputation_from_raw_readings(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    readings = fleet_readings(devices=5, per_device=40)
+    await publish(producer, topics.telemetry, readings)
+    async with running(run_aggregator, aggregator_settings(service_env)):
+
+        async def all_stored() -> bool:
+            return await raw_count(db) == len(readings)
+
+        await eventually(all_stored)
+        expected = await recompute_minute_rollups(db)
+
+        async def rollups_complete() -> bool:
+            stored = await stored_minute_rollups(db)
+            return sum(v["count"] for v in stored.values()) == sum(
+                v["count"] for v in expected.values()
+            )
+
+        await eventually(rollups_complete)
+    assert_rollups_equal(await stored_minute_rollups(db), expected)
+    device = await db[DEVICES].find_one({"_id": "dev-3"})
+    assert device is not None
+    assert device["reading_count"] == 40
+    last = max((r for r in readings if r.device_id == "dev-3"), key=lambda r: r.ts)
+    assert device["last_seen"] == last.ts
+    assert device["last_values"] == last.metrics
+
+
+async def test_replay_and_duplicate_events_change_nothing(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    readings = fleet_readings(devices=3, per_device=30)
+    await publish(producer, topics.telemetry, readings)
+    # A device retrying a POST: the same event reaches Kafka again at a new offset.
+    await publish(producer, topics.telemetry, readings[:10])
+    expected_values = 2 * len(readings)  # two metrics per reading
+
+    async def folded_everything() -> bool:
+        stored = await stored_minute_rollups(db)
+        return sum(v["count"] for v in stored.values()) == expected_values
+
+    async with running(run_aggregator, aggregator_settings(service_env)):
+        await eventually(folded_everything)
+    before = await stored_minute_rollups(db)
+    devices_before = [d async for d in db[DEVICES].find({}, {"updated_at": 0}).sort("_id")]
+
+    # A replay: another consumer group reads the whole topic again into the same database,
+    # exactly what a crash between the MongoDB write and the offset commit causes.
+    replay_settings = aggregator_settings(service_env)
+    async with running(run_aggregator, replay_settings) as registry:
+
+        async def replay_done() -> bool:
+            return metric_value(registry, "consumer_records_total") >= len(readings) + 10
+
+        await eventually(replay_done)
+        assert metric_value(registry, "aggregator_readings_folded_total") == len(readings)
+        assert metric_value(registry, "aggregator_replayed_values_skipped_total") == expected_values
+    assert await stored_minute_rollups(db) == before
+    assert [d async for d in db[DEVICES].find({}, {"updated_at": 0}).sort("_id")] == devices_before
+    assert_rollups_equal(before, await recompute_minute_rollups(db))
+    assert await raw_count(db) == len(readings)
+
+
+async def test_garbage_record_goes_to_dlq_with_headers_and_the_rest_flows(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    good_before = [
+        reading({"device_id": "dlq-dev", "ts": "2025-01-15T10:00:01Z", "temperature_c": 21.0})
+    ]
+    good_after = [
+        reading({"device_id": "dlq-dev", "ts": "2025-01-15T10:00:02Z", "temperature_c": 23.0})
+    ]
+    await publish(producer, topics.telemetry, good_before)
+    garbage = await producer.send_and_wait(topics.telemetry, b"\xff not json {", key=b"dlq-dev")
+    invalid = b'{"event_id": "x1", "device_id": "dlq-dev", "received_at": "2025-01-15T10:00:00Z", "metrics": {"t": "hot"}}'
+    await producer.send_and_wait(topics.telemetry, invalid, key=b"dlq-dev")
+    await publish(producer, topics.telemetry, good_after)
+
+    async with running(run_aggregator, aggregator_settings(service_env)):
+        dead = await read_topic(service_env["kafka_bootstrap_servers"], topics.dlq, expected=2)
+
+        async def good_ones_stored() -> bool:
+            return await raw_count(db) == 2
+
+        await eventually(good_ones_stored)
+    assert [r.value for r in dead] == [b"\xff not json {", invalid]
+    headers = dict(dead[0].headers)
+    assert headers[dlq.HEADER_WORKER] == b"aggregator-worker"
+    assert headers[dlq.HEADER_SOURCE_TOPIC] == topics.telemetry.encode()
+    assert int(headers[dlq.HEADER_SOURCE_PARTITION]) == garbage.partition
+    assert int(headers[dlq.HEADER_SOURCE_OFFSET]) == garbage.offset
+    assert b"not JSON" in headers[dlq.HEADER_REASON]
+    assert headers[dlq.HEADER_FAILED_AT].endswith(b"Z")
+    assert dead[0].key == b"dlq-dev"
+    assert b"metrics.t" in dict(dead[1].headers)[dlq.HEADER_REASON]
+    rollup = await db[ROLLUPS].find_one({"device_id": "dlq-dev", "sensor_type": "temperature_c"})
+    assert rollup is not None and rollup["count"] == 2 and rollup["sum"] == 44.0
+
+
+async def test_mongodb_outage_loses_nothing_and_dead_letters_nothing(
+    service_env: dict,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    db: AsyncDatabase,
+    mongo_server: MongoServer,
+) -> None:
+    first = fleet_readings(devices=4, per_device=10)
+    second = fleet_readings(devices=4, per_device=10, start=first[-1].ts.replace(hour=11))
+    settings = aggregator_settings(
+        service_env, retry_backoff_initial_s=0.2, retry_backoff_max_s=1.0
+    )
+    async with running(run_aggregator, settings) as registry:
+        await publish(producer, topics.telemetry, first)
+
+        async def first_stored() -> bool:
+            return await raw_count(db) == len(first)
+
+        await eventually(first_stored)
+        mongo_server.stop()
+        try:
+            await publish(producer, topics.telemetry, second)
+
+            async def retrying() -> bool:
+                return metric_value(registry, "consumer_transient_failures_total") >= 2
+
+            await eventually(retrying, timeout_s=60)
+            await asyncio.sleep(2)
+        finally:
+            mongo_server.start()
+
+        async def all_stored() -> bool:
+            return await raw_count(db) == len(first) + len(second)
+
+        await eventually(all_stored, timeout_s=90)
+        expected = await recompute_minute_rollups(db)
+
+        async def rollups_complete() -> bool:
+            stored = await stored_minute_rollups(db)
+            return sum(v["count"] for v in stored.values()) == 2 * (len(first) + len(second))
+
+        await eventually(rollups_complete, timeout_s=60)
+        assert (
+            metric_value(
+                registry, "consumer_records_dead_lettered_total", {"reason": "undecodable"}
+            )
+            == 0
+        )
+    assert_rollups_equal(await stored_minute_rollups(db), expected)
+    assert (
+        await read_topic(
+            service_env["kafka_bootstrap_servers"], topics.dlq, expected=1, timeout_s=3
+        )
+        == []
+    )
