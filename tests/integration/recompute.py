@@ -7,7 +7,6 @@ from collections import defaultdict
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-
 from telemetry_common.mongo import RAW, ROLLUPS
 
 

@@ -1,14 +1,12 @@
-"""The aggregator against real Kafka and MongoDB: exact rollups, replays, poison records, outages."""
+"""The aggregator on real Kafka and MongoDB: exact rollups, replays, poison records, outages."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from pymongo.asynchronous.database import AsyncDatabase
-
 from aggregator_worker.worker import run as run_aggregator
+from aiokafka import AIOKafkaProducer
 from integration.readings import fleet_readings, publish, reading
 from integration.recompute import (
     assert_rollups_equal,
@@ -16,6 +14,7 @@ from integration.recompute import (
     stored_minute_rollups,
 )
 from integration.workers import metric_value, running
+from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka import dlq
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
 from telemetry_common.settings import AggregatorSettings
@@ -110,7 +109,10 @@ async def test_garbage_record_goes_to_dlq_with_headers_and_the_rest_flows(
     ]
     await publish(producer, topics.telemetry, good_before)
     garbage = await producer.send_and_wait(topics.telemetry, b"\xff not json {", key=b"dlq-dev")
-    invalid = b'{"event_id": "x1", "device_id": "dlq-dev", "received_at": "2025-01-15T10:00:00Z", "metrics": {"t": "hot"}}'
+    invalid = (
+        b'{"event_id": "x1", "device_id": "dlq-dev", "received_at": "2025-01-15T10:00:00Z",'
+        b' "metrics": {"t": "hot"}}'
+    )
     await producer.send_and_wait(topics.telemetry, invalid, key=b"dlq-dev")
     await publish(producer, topics.telemetry, good_after)
 

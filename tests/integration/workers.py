@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-
 from telemetry_common.metrics import new_registry
 
 

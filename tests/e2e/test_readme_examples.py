@@ -1,0 +1,121 @@
+"""The README's examples through all four services, started exactly as `make up` starts them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from telemetry_tools.servers import free_port
+from telemetry_tools.stack import Stack, default_services
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = free_port()
+    services = [s.__class__(s.name, s.module, free_port()) for s in default_services(base)]
+    running = Stack(
+        data_dir=Path(tmp_path_factory.mktemp("stack")),
+        kafka_port=free_port(),
+        controller_port=free_port(),
+        mongo_port=free_port(),
+        services=services,
+        echo_logs=False,
+    )
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+def url(stack: Stack, service: str, path: str) -> str:
+    port = next(s.port for s in stack.services if s.name == service)
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def wait_for(fetch, predicate, timeout_s: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fetch()
+        if predicate(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.25)
+
+
+def test_readme_examples_produce_aggregates_alerts_devices_and_stats(stack: Stack) -> None:
+    ingest = url(stack, "ingestion-api", "/ingest")
+    posted = requests.post(
+        ingest,
+        headers={"Content-Type": "application/json"},
+        data='{"device_id": "dev-1", "temperature_c": 25.5, "humidity": 60.0}',
+        timeout=10,
+    )
+    assert posted.status_code == 202
+    assert posted.json()["status"] == "queued"
+    hot = requests.post(ingest, json={"device_id": "dev-1", "temperature_c": 61.0}, timeout=10)
+    assert hot.status_code == 202
+
+    def aggregates() -> list[dict]:
+        return requests.get(
+            url(stack, "dashboard-api", "/devices/dev-1/aggregates"), timeout=10
+        ).json()["data"]
+
+    rollups = wait_for(
+        aggregates,
+        lambda data: sum(r["count"] for r in data if r["sensor_type"] == "temperature_c") == 2,
+    )
+    temperature = [r for r in rollups if r["sensor_type"] == "temperature_c"]
+    assert sum(r["count"] for r in temperature) == 2
+    assert min(r["min"] for r in temperature) == 25.5
+    assert max(r["max"] for r in temperature) == 61.0
+    assert all(r["timestamp"].endswith("Z") for r in rollups)
+    humidity = [r for r in rollups if r["sensor_type"] == "humidity"]
+    assert [(r["count"], r["average"]) for r in humidity] == [(1, 60.0)]
+
+    def recent_alerts() -> list[dict]:
+        return requests.get(url(stack, "dashboard-api", "/alerts/recent"), timeout=10).json()[
+            "data"
+        ]
+
+    alerts = wait_for(recent_alerts, lambda data: len(data) >= 1)
+    assert len(alerts) == 1
+    assert alerts[0]["device_id"] == "dev-1"
+    assert alerts[0]["alert_type"] == "temperature_high"
+    assert alerts[0]["severity"] == "critical"  # 61 is more than 20% past 50
+    assert alerts[0]["status"] == "active"
+
+    devices = requests.get(url(stack, "dashboard-api", "/devices"), timeout=10).json()["data"]
+    assert [d["device_id"] for d in devices] == ["dev-1"]
+    assert devices[0]["reading_count"] == 2
+    assert devices[0]["last_values"]["temperature_c"] == 61.0
+
+    stats = requests.get(url(stack, "dashboard-api", "/stats"), timeout=10).json()
+    assert stats["total_readings"] == 2
+    assert stats["total_devices"] == 1
+    assert stats["total_alerts"] == 1
+    assert stats["active_alerts"] == 1
+
+
+def test_every_service_serves_health_and_prometheus_metrics(stack: Stack) -> None:
+    for service in stack.services:
+        health = requests.get(url(stack, service.name, "/health"), timeout=10)
+        assert health.status_code == 200, service.name
+        metrics = requests.get(url(stack, service.name, "/metrics"), timeout=10)
+        assert metrics.status_code == 200, service.name
+        assert metrics.headers["Content-Type"].startswith("text/plain")
+        assert "process_cpu_seconds_total" in metrics.text, service.name
+
+
+def test_bad_reading_gets_a_clear_4xx_naming_the_field(stack: Stack) -> None:
+    response = requests.post(
+        url(stack, "ingestion-api", "/ingest"),
+        json={"device_id": {"$ne": None}, "temperature_c": 1},
+        timeout=10,
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"field": "device_id", "reason": "must be a string"}]

@@ -1,0 +1,122 @@
+"""The ingestion API against a real Kafka: a 2xx means the reading is on telemetry.raw."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from ingestion_api.app import create_app
+from telemetry_common.reading import decode_kafka_value
+from telemetry_common.settings import IngestionSettings
+from telemetry_tools.servers import free_port
+from telemetry_tools.testing import Topics, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def connected_client(settings: IngestionSettings) -> TestClient:
+    client = TestClient(create_app(settings))
+    client.__enter__()
+    for _ in range(100):
+        if client.get("/health").status_code == 200:
+            return client
+        import time
+
+        time.sleep(0.1)
+    raise AssertionError("ingestion API never connected to Kafka")
+
+
+async def test_posted_reading_is_on_the_topic_keyed_by_device(
+    service_env: dict, topics: Topics
+) -> None:
+    client = connected_client(IngestionSettings(**service_env))
+    try:
+        response = client.post(
+            "/ingest",
+            json={
+                "device_id": "dev-1",
+                "ts": "2025-01-15T10:00:00Z",
+                "temperature_c": 25.5,
+                "humidity": 60.0,
+            },
+        )
+        general = client.post(
+            "/ingest",
+            json={
+                "event_id": "e001",
+                "device_id": "dev-2",
+                "metrics": {"temp": 34.2},
+                "tags": ["room:101"],
+            },
+        )
+    finally:
+        client.__exit__(None, None, None)
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert response.json()["device_id"] == "dev-1"
+    assert general.status_code == 202
+    records = await read_topic(service_env["kafka_bootstrap_servers"], topics.telemetry, expected=2)
+    by_key = {r.key: decode_kafka_value(r.value) for r in records}
+    assert set(by_key) == {b"dev-1", b"dev-2"}
+    flat = by_key[b"dev-1"]
+    assert flat.metrics == {"temperature_c": 25.5, "humidity": 60.0}
+    assert flat.event_id == response.json()["event_id"]
+    assert by_key[b"dev-2"].event_id == "e001"
+    assert by_key[b"dev-2"].tags == ("room:101",)
+
+
+async def test_batch_accepts_the_valid_readings_and_names_each_invalid_one(
+    service_env: dict, topics: Topics
+) -> None:
+    batch = [
+        {"device_id": "b-1", "ts": "2025-01-15T10:00:00Z", "temperature_c": 20.0},
+        {"device_id": "b-1", "ts": "2025-01-15T10:00:00Z", "temperature_c": 20.0},
+        {"temperature_c": 20.0},
+        {"device_id": "b-2", "humidity": "wet"},
+        {"event_id": "b-e", "device_id": "b-3", "metrics": {"cpu": 0.5}},
+    ]
+    client = connected_client(IngestionSettings(**service_env))
+    try:
+        response = client.post(
+            "/ingest/batch",
+            content=gzip.compress(orjson.dumps(batch)),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        ndjson = client.post(
+            "/ingest/batch",
+            content=b'{"device_id": "n-1", "humidity": 41}\n{"device_id": "n-2", "humidity": 42}\n',
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+    finally:
+        client.__exit__(None, None, None)
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["stored"], body["duplicate"], body["invalid"]) == (2, 1, 2)
+    assert [r["status"] for r in body["results"]] == [
+        "stored",
+        "duplicate",
+        "invalid",
+        "invalid",
+        "stored",
+    ]
+    assert body["results"][2]["errors"] == [{"field": "device_id", "reason": "is required"}]
+    assert body["results"][3]["errors"][0]["field"] == "humidity"
+    assert ndjson.status_code == 200 and ndjson.json()["stored"] == 2
+    records = await read_topic(service_env["kafka_bootstrap_servers"], topics.telemetry, expected=4)
+    assert sorted(r.key for r in records) == [b"b-1", b"b-3", b"n-1", b"n-2"]
+
+
+def test_kafka_unreachable_answers_503_with_retry_after_never_2xx() -> None:
+    settings = IngestionSettings(
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_send_timeout_s=1.0
+    )
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/ingest", json={"device_id": "dev-1", "temperature_c": 25.5})
+        health = client.get("/health")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == str(settings.retry_after_s)
+    assert response.json()["errors"][0]["field"] == "kafka"
+    assert health.status_code == 503
+    assert health.json()["kafka"] is False
