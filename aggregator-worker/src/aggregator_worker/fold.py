@@ -187,6 +187,7 @@ class Watermarks:
 
 def apply_new(rollup: Rollup, watermarks: Watermarks, contributions: Iterable[Contribution]) -> int:
     """Fold the contributions past the watermarks into ``rollup``; return how many were new."""
+    contributions = list(contributions)  # read twice below
     applied = 0
     fresh = Rollup()
     for c in contributions:

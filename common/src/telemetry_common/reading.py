@@ -163,7 +163,7 @@ def decode_kafka_value(raw: bytes | None) -> Reading:
         raise InvalidReading([FieldError("received_at", "is required in the canonical form")])
     try:
         received_at = to_utc_ms(datetime.fromisoformat(received_raw))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidReading([FieldError("received_at", "is not ISO 8601")]) from None
     if "event_id" not in doc:
         raise InvalidReading([FieldError("event_id", "is required in the canonical form")])

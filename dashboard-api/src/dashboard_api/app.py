@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -9,6 +10,7 @@ from datetime import timedelta
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from telemetry_common.api_errors import install_error_handlers
 from telemetry_common.http_metrics import RequestMetricsMiddleware
@@ -20,6 +22,17 @@ from dashboard_api.routes import aggregates, alerts, devices, stats, telemetry
 from dashboard_api.schemas import HealthOut
 
 
+async def _ensure_indexes_when_reachable(db: AsyncDatabase) -> None:
+    backoff = 1.0
+    while True:
+        try:
+            await ensure_indexes(db, timedelta(days=7))
+            return
+        except PyMongoError:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
 def create_app(settings: DashboardSettings, registry: CollectorRegistry | None = None) -> FastAPI:
     registry = registry or new_registry()
 
@@ -28,13 +41,12 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         client = connect(settings.mongo_url, "dashboard-api")
         app.state.db = client[settings.mongo_db]
         app.state.settings = settings
-        try:
-            # The queries lean on these; creating them is idempotent and lets the
-            # dashboard start before either worker has run.
-            await ensure_indexes(app.state.db, timedelta(days=7))
-        except PyMongoError:
-            pass  # /health reports MongoDB down; queries answer 503 until it is back
+        # The queries lean on these indexes; creating them is idempotent and lets the
+        # dashboard start before either worker ran. In the background, so the API
+        # starts (and /health says why it is degraded) while MongoDB is down.
+        index_task = asyncio.create_task(_ensure_indexes_when_reachable(app.state.db))
         yield
+        index_task.cancel()
         await client.close()
 
     app = FastAPI(

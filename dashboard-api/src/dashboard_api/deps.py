@@ -49,10 +49,18 @@ To = Annotated[
 ]
 
 
+DEFAULT_LIMIT = 100
+
+
 def limit_param(
-    request: Request, limit: int = Query(100, ge=1, description="at most this many items")
+    request: Request,
+    limit: int | None = Query(
+        None, ge=1, description="at most this many items (default 100, at most MAX_PAGE_SIZE)"
+    ),
 ) -> int:
     maximum = request.app.state.settings.max_page_size
+    if limit is None:
+        return min(DEFAULT_LIMIT, maximum)
     if limit > maximum:
         raise ApiError(422, "limit", f"must be at most {maximum}")
     return limit

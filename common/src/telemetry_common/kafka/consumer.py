@@ -109,8 +109,10 @@ class ConsumerLoop(Generic[T]):
         for record in records:
             try:
                 value = self._decode(record)
-            except (ValueError, PermanentError) as exc:
-                # An undecodable record fails the same way every time: retrying is waste.
+            except Exception as exc:
+                # Decoding is pure: a record that fails it fails the same way every
+                # time, so retrying is waste and stopping the worker would block
+                # the partition behind it.
                 await self._dead_letter(record, f"undecodable: {exc}", attempts=1)
                 continue
             decoded.append(Consumed(record.partition, record.offset, value, record))

@@ -1,0 +1,135 @@
+"""The dashboard API's queries against a real MongoDB server, with data the workers wrote."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from aggregator_worker.worker import run as run_aggregator
+from aiokafka import AIOKafkaProducer
+from alerts_worker.worker import run as run_alerts
+from dashboard_api.app import create_app
+from fastapi.testclient import TestClient
+from integration.readings import publish, reading
+from integration.workers import running
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.mongo import ALERTS, RAW
+from telemetry_common.settings import AggregatorSettings, AlertsSettings, DashboardSettings
+from telemetry_tools.servers import free_port
+from telemetry_tools.testing import Topics, eventually
+
+pytestmark = pytest.mark.integration
+
+READINGS = [
+    reading(
+        {"device_id": "q-1", "ts": "2025-01-15T10:00:05Z", "temperature_c": 20.0, "humidity": 40}
+    ),
+    reading({"device_id": "q-1", "ts": "2025-01-15T10:00:35Z", "temperature_c": 22.0}),
+    reading({"device_id": "q-1", "ts": "2025-01-15T10:01:10Z", "temperature_c": 55.0}),
+    reading(
+        {"device_id": "q-2", "ts": "2025-01-15T10:00:00Z", "humidity": 130.0, "tags": ["room:7"]}
+    ),
+]
+
+
+@pytest.fixture
+async def seeded(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> dict:
+    await publish(producer, topics.telemetry, READINGS)
+    aggregator = AggregatorSettings(**service_env, port=free_port())
+    alerts = AlertsSettings(**service_env, port=free_port())
+    async with running(run_aggregator, aggregator), running(run_alerts, alerts):
+
+        async def written() -> bool:
+            return (
+                await db[RAW].count_documents({}) == 4 and await db[ALERTS].count_documents({}) == 2
+            )
+
+        await eventually(written)
+    return service_env
+
+
+@pytest.fixture
+def api(seeded: dict) -> Iterator[TestClient]:
+    settings = DashboardSettings(**seeded, max_page_size=50)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_telemetry_is_newest_first_filtered_and_iso_z(api: TestClient) -> None:
+    data = api.get("/telemetry", params={"device_id": "q-1"}).json()["data"]
+    assert [d["ts"] for d in data] == [
+        "2025-01-15T10:01:10.000Z",
+        "2025-01-15T10:00:35.000Z",
+        "2025-01-15T10:00:05.000Z",
+    ]
+    assert all("_src" not in d and d["event_id"] for d in data)
+    ranged = api.get(
+        "/devices/q-1/telemetry",
+        params={"from": "2025-01-15T10:00:30Z", "to": "2025-01-15T10:01:10Z", "limit": 5},
+    ).json()
+    assert [d["metrics"]["temperature_c"] for d in ranged["data"]] == [22.0]
+    assert api.get("/telemetry", params={"limit": 2}).json()["count"] == 2
+
+
+def test_device_aggregates_per_minute_bucket(api: TestClient) -> None:
+    body = api.get("/devices/q-1/aggregates", params={"metric": "temperature_c"}).json()
+    buckets = {b["timestamp"]: b for b in body["data"]}
+    assert set(buckets) == {"2025-01-15T10:01:00.000Z", "2025-01-15T10:00:00.000Z"}
+    first = buckets["2025-01-15T10:00:00.000Z"]
+    assert (first["count"], first["sum"], first["min"], first["max"], first["average"]) == (
+        2,
+        42.0,
+        20.0,
+        22.0,
+        21.0,
+    )
+    assert first["first"] == 20.0 and first["last"] == 22.0
+    assert "_applied" not in first and "_v" not in first
+    across = api.get("/aggregated", params={"metric": "humidity"}).json()["data"]
+    assert sorted((b["device_id"], b["max"]) for b in across) == [("q-1", 40.0), ("q-2", 130.0)]
+
+
+def test_alerts_filters_and_recent(api: TestClient) -> None:
+    critical = api.get("/alerts", params={"severity": "critical"}).json()["data"]
+    assert [(a["device_id"], a["alert_type"]) for a in critical] == [("q-2", "humidity_high")]
+    by_device = api.get("/alerts", params={"device_id": "q-1"}).json()["data"]
+    assert [(a["alert_type"], a["severity"], a["value"]) for a in by_device] == [
+        ("temperature_high", "warning", 55.0)
+    ]
+    recent = api.get("/alerts/recent").json()["data"]
+    assert len(recent) == 2 and all(a["created_at"].endswith("Z") for a in recent)
+
+
+def test_devices_and_stats(api: TestClient) -> None:
+    devices = {d["device_id"]: d for d in api.get("/devices").json()["data"]}
+    assert devices["q-1"]["reading_count"] == 3
+    assert devices["q-1"]["last_values"] == {"temperature_c": 55.0, "humidity": 40.0}
+    assert devices["q-2"]["tags"] == ["room:7"]
+    assert api.get("/devices/q-2").json()["first_seen"] == "2025-01-15T10:00:00.000Z"
+    missing = api.get("/devices/nope")
+    assert missing.status_code == 404 and missing.json()["errors"][0]["field"] == "device_id"
+    stats = api.get("/stats").json()
+    assert (stats["total_readings"], stats["total_devices"], stats["total_alerts"]) == (4, 2, 2)
+    assert stats["active_alerts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        ("/telemetry", {"limit": 0}, "limit"),
+        ("/telemetry", {"limit": 51}, "limit"),
+        ("/telemetry", {"device_id": '{"$ne": null}'}, "device_id"),
+        ("/telemetry", {"from": "2025-01-16T00:00:00Z", "to": "2025-01-15T00:00:00Z"}, "from"),
+        ("/telemetry", {"from": "not-a-time"}, "from"),
+        ("/aggregated", {"resolution": "$gt"}, "resolution"),
+        ("/alerts", {"severity": "urgent"}, "severity"),
+    ],
+)
+def test_bad_parameters_get_422_naming_the_parameter(
+    api: TestClient, path: str, params: dict, field: str
+) -> None:
+    response = api.get(path, params=params)
+    assert response.status_code == 422
+    assert any(e["field"] == field for e in response.json()["errors"]), response.json()
