@@ -18,7 +18,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export TELEMETRY_KAFKA_LIBS := $(KAFKA_LIBS)
 export TELEMETRY_SECANTUSD := $(SECANTUSD)
 
-.PHONY: help install up test test-unit lint bench clean
+.PHONY: help install up test test-unit lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,10 +37,7 @@ test-unit: $(VENV)/.synced ## Run the tests that need no server
 lint: $(VENV)/.synced ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
 
-bench: install ## Capacity benchmarks with ratios (see BENCHMARKS.md)
-	$(VENV)/bin/python -m telemetry_tools.bench
-
-clean: ## Stop nothing, delete local data (Kafka and MongoDB state) and logs
+clean: ## Delete local data (Kafka and MongoDB state) and logs; installs are kept
 	rm -rf $(LOCAL)/data
 
 $(UV):

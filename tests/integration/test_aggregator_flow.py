@@ -192,3 +192,23 @@ async def test_mongodb_outage_loses_nothing_and_dead_letters_nothing(
         )
         == []
     )
+
+
+async def test_dlq_tool_lists_and_replays_dead_letters_to_their_source(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    from telemetry_tools.dlq import describe, read_all, replay
+
+    bootstrap = service_env["kafka_bootstrap_servers"]
+    await producer.send_and_wait(topics.telemetry, b"oops", key=b"dev-x")
+    async with running(run_aggregator, aggregator_settings(service_env)):
+        await read_topic(bootstrap, topics.dlq, expected=1)
+    listed = [describe(r) for r in await read_all(bootstrap, topics.dlq, idle_s=1.0)]
+    assert len(listed) == 1
+    assert listed[0]["worker"] == "aggregator-worker"
+    assert listed[0]["source"]["topic"] == topics.telemetry
+    assert listed[0]["value"] == "oops" and listed[0]["key"] == "dev-x"
+
+    assert await replay(bootstrap, await read_all(bootstrap, topics.dlq, idle_s=1.0), None) == 1
+    on_source = await read_topic(bootstrap, topics.telemetry, expected=2)
+    assert [r.value for r in on_source] == [b"oops", b"oops"]
