@@ -1,0 +1,47 @@
+"""A service given a bad setting stops at start, naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from telemetry_common.settings import AlertsSettings, load_settings
+
+
+@pytest.mark.parametrize(
+    ("module", "variable", "value"),
+    [
+        ("ingestion_api", "PORT", "eighty"),
+        ("dashboard_api", "MONGO_URL", "postgres://db"),
+        ("aggregator_worker", "ROLLUP_RESOLUTIONS", "7m"),
+        ("alerts_worker", "MAX_RETRIES", "0"),
+        ("alerts_worker", "TEMP_MAX_THRESHOLD", "hot"),
+    ],
+)
+def test_service_refuses_to_start_and_names_the_variable(
+    module: str, variable: str, value: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module],
+        env={**os.environ, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{variable}={value!r}" in result.stderr
+
+
+def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("KAFKA_", "MONGO_", "TEMP_", "HUMIDITY_", "MAX_RETRIES")):
+            monkeypatch.delenv(name)
+    settings = load_settings(AlertsSettings)
+    assert settings.kafka_bootstrap_servers == "localhost:9092"
+    assert settings.mongo_db == "iotdb"
+    assert (settings.telemetry_topic, settings.dlq_topic) == ("telemetry.raw", "telemetry.dlq")
+    assert settings.max_retries == 3
+    assert (settings.temp_min_threshold, settings.temp_max_threshold) == (-10, 50)
+    assert (settings.humidity_min_threshold, settings.humidity_max_threshold) == (0, 100)
