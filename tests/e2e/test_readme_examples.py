@@ -119,3 +119,26 @@ def test_bad_reading_gets_a_clear_4xx_naming_the_field(stack: Stack) -> None:
     )
     assert response.status_code == 422
     assert response.json()["errors"] == [{"field": "device_id", "reason": "must be a string"}]
+
+
+def test_load_generator_readings_are_all_counted(stack: Stack, tmp_path: Path) -> None:
+    from telemetry_tools import loadgen
+
+    summary_path = tmp_path / "summary.json"
+    loadgen.main(
+        [
+            "--base-url", url(stack, "ingestion-api", ""),
+            "--devices", "4", "--rps", "20", "--total", "60", "--batch", "3",
+            "--seed", "7", "--device-prefix", "lg-", "--quiet", "--json", str(summary_path),
+        ]
+    )  # fmt: skip
+    import json
+
+    summary = json.loads(summary_path.read_text())
+    assert summary["sent"] == 60 and summary["accepted"] == 60 and summary["rejected"] == {}
+
+    def counted() -> int:
+        devices = requests.get(url(stack, "dashboard-api", "/devices"), timeout=10).json()["data"]
+        return sum(d["reading_count"] for d in devices if d["device_id"].startswith("lg-"))
+
+    assert wait_for(counted, lambda n: n >= 60) == 60

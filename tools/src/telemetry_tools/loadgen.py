@@ -1,0 +1,231 @@
+"""`telemetry-loadgen`: simulated devices posting readings at a steady rate.
+
+    python -m telemetry_tools.loadgen --devices 10 --rps 2.0 --base-url http://localhost:8001
+
+``--rps`` is per device. One asyncio process schedules every device against a
+shared clock (next send = start + n / rate), so a slow response delays one
+request, not the schedule. 429 and 503 answers are retried after Retry-After.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+
+DEFAULT_METRICS = {"temperature_c": (15.0, 35.0), "humidity": (30.0, 70.0)}
+# Values that breach the default thresholds (temperature 50, humidity 100).
+ANOMALIES = {"temperature_c": (55.0, 80.0), "humidity": (101.0, 130.0)}
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+    retries: int = 0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_s:
+            return 0.0
+        ordered = sorted(self.latencies_s)
+        return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def parse_metrics(spec: str | None) -> dict[str, tuple[float, float]]:
+    """'temperature_c=15:35,humidity=30:70' -> ranges."""
+    if not spec:
+        return dict(DEFAULT_METRICS)
+    metrics = {}
+    for part in spec.split(","):
+        name, _, bounds = part.partition("=")
+        low, _, high = bounds.partition(":")
+        metrics[name.strip()] = (float(low), float(high))
+    return metrics
+
+
+def make_reading(
+    device: str, rng: random.Random, metrics: dict[str, tuple[float, float]], anomaly_rate: float
+) -> dict[str, Any]:
+    reading: dict[str, Any] = {
+        "device_id": device,
+        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+    anomalous = rng.random() < anomaly_rate
+    for name, (low, high) in metrics.items():
+        if anomalous and name in ANOMALIES:
+            low, high = ANOMALIES[name]
+        reading[name] = round(rng.uniform(low, high), 3)
+    return reading
+
+
+async def post(client: httpx2.AsyncClient, path: str, body: Any, stats: Stats, count: int) -> None:
+    for _ in range(10):
+        started = time.perf_counter()
+        try:
+            response = await client.post(path, json=body)
+        except httpx2.HTTPError as exc:
+            stats.rejected[type(exc).__name__] += count
+            return
+        stats.latencies_s.append(time.perf_counter() - started)
+        if response.status_code in (429, 503):
+            stats.retries += 1
+            await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+            continue
+        if response.status_code // 100 == 2:
+            if path.endswith("/batch"):
+                result = response.json()
+                stats.accepted += result["stored"] + result["duplicate"]
+                if result["invalid"]:
+                    stats.rejected["invalid"] += result["invalid"]
+            else:
+                stats.accepted += count
+        else:
+            stats.rejected[f"http_{response.status_code}"] += count
+        return
+    stats.rejected["gave_up_after_retries"] += count
+
+
+async def run(args: argparse.Namespace) -> Stats:
+    rng = random.Random(args.seed)
+    metrics = parse_metrics(args.metrics)
+    stats = Stats()
+    devices = [f"{args.device_prefix}{i}" for i in range(args.devices)]
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    limits = httpx2.Limits(max_connections=args.concurrency)
+    started = time.monotonic()
+    deadline = started + args.duration if args.duration else None
+    in_flight: set[asyncio.Task[None]] = set()
+    semaphore = asyncio.Semaphore(args.concurrency)
+
+    async def device_loop(device: str, client: httpx2.AsyncClient) -> None:
+        interval = args.batch / args.rps
+        n = 0
+        # Spread devices over the first interval so they do not fire in lockstep.
+        phase = rng.random() * interval
+        while True:
+            if deadline and time.monotonic() >= deadline:
+                return
+            if args.total and stats.sent >= args.total:
+                return
+            target = started + phase + n * interval
+            await asyncio.sleep(max(0.0, target - time.monotonic()))
+            n += 1
+            size = args.batch
+            if args.total:
+                size = min(size, args.total - stats.sent)
+                if size <= 0:
+                    return
+            stats.sent += size
+            await semaphore.acquire()
+            if args.batch > 1:
+                body: Any = [
+                    make_reading(device, rng, metrics, args.anomaly_rate) for _ in range(size)
+                ]
+                coro = post(client, "/ingest/batch", body, stats, size)
+            else:
+                coro = post(
+                    client,
+                    "/ingest",
+                    make_reading(device, rng, metrics, args.anomaly_rate),
+                    stats,
+                    1,
+                )
+            task = asyncio.create_task(coro)
+            in_flight.add(task)
+            task.add_done_callback(lambda t: (in_flight.discard(t), semaphore.release()))
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            elapsed = time.monotonic() - started
+            rejected = sum(stats.rejected.values())
+            line = (
+                f"sent {stats.sent}  accepted {stats.accepted}  rejected {rejected}"
+                f"  rate {stats.accepted / elapsed:.1f}/s"
+                f"  p99 {stats.percentile(0.99) * 1000:.1f} ms"
+            )
+            print(
+                "\r" + line,
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async with httpx2.AsyncClient(
+        base_url=args.base_url, headers=headers, limits=limits, timeout=30.0
+    ) as client:
+        reporter = asyncio.create_task(progress()) if not args.quiet else None
+        await asyncio.gather(*(device_loop(d, client) for d in devices))
+        while in_flight:
+            await asyncio.gather(*list(in_flight))
+        if reporter:
+            reporter.cancel()
+            print(file=sys.stderr)
+    stats.elapsed_s = time.monotonic() - started  # type: ignore[attr-defined]
+    return stats
+
+
+def summary(stats: Stats, args: argparse.Namespace) -> dict[str, Any]:
+    elapsed = getattr(stats, "elapsed_s", 0.0) or 1e-9
+    return {
+        "sent": stats.sent,
+        "accepted": stats.accepted,
+        "rejected": dict(stats.rejected),
+        "retries_after_429_503": stats.retries,
+        "elapsed_s": round(elapsed, 3),
+        "achieved_rps": round(stats.accepted / elapsed, 1),
+        "target_rps": args.devices * args.rps,
+        "latency_ms": {
+            q: round(stats.percentile(p) * 1000, 2)
+            for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="telemetry-loadgen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--devices", type=int, default=10)
+    parser.add_argument("--rps", type=float, default=2.0, help="readings per second per device")
+    parser.add_argument("--base-url", default="http://localhost:8001")
+    parser.add_argument("--duration", type=float, default=None, help="seconds to run")
+    parser.add_argument("--total", type=int, default=None, help="stop after this many readings")
+    parser.add_argument("--batch", type=int, default=1, help="readings per request (/ingest/batch)")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--anomaly-rate", type=float, default=0.0)
+    parser.add_argument("--metrics", default=None, help="e.g. temperature_c=15:35,humidity=30:70")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device-prefix", default="sim-")
+    parser.add_argument("--concurrency", type=int, default=200, help="requests in flight at most")
+    parser.add_argument(
+        "--json", dest="json_path", default=None, help="also write the summary here"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    args = parser.parse_args(argv)
+    if not args.duration and not args.total:
+        args.duration = 60.0
+    result = summary(asyncio.run(run(args)), args)
+    print(json.dumps(result, indent=2))
+    if args.json_path:
+        with open(args.json_path, "w") as handle:
+            json.dump(result, handle, indent=2)
+    if sum(result["rejected"].values()):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
