@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,12 +131,15 @@ def test_load_generator_readings_are_all_counted(stack: Stack, tmp_path: Path) -
             "--base-url", url(stack, "ingestion-api", ""),
             "--devices", "4", "--rps", "20", "--total", "60", "--batch", "3",
             "--seed", "7", "--device-prefix", "lg-", "--quiet", "--json", str(summary_path),
+            "--verify", "--verify-timeout", "60",
+            "--dashboard-url", url(stack, "dashboard-api", ""),
         ]
     )  # fmt: skip
-    import json
 
     summary = json.loads(summary_path.read_text())
     assert summary["sent"] == 60 and summary["accepted"] == 60 and summary["rejected"] == {}
+    assert summary["verification"]["ok"] is True
+    assert summary["verification"]["counted"] == 60
 
     def counted() -> int:
         devices = requests.get(url(stack, "dashboard-api", "/devices"), timeout=10).json()["data"]

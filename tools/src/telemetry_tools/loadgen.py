@@ -34,6 +34,7 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
     retries: int = 0
+    accepted_by_device: Counter[str] = field(default_factory=Counter)
 
     def percentile(self, q: float) -> float:
         if not self.latencies_s:
@@ -88,8 +89,12 @@ async def post(client: httpx2.AsyncClient, path: str, body: Any, stats: Stats, c
                 stats.accepted += result["stored"] + result["duplicate"]
                 if result["invalid"]:
                     stats.rejected["invalid"] += result["invalid"]
+                for item in result["results"]:
+                    if item["status"] == "stored":
+                        stats.accepted_by_device[item["device_id"]] += 1
             else:
                 stats.accepted += count
+                stats.accepted_by_device[body["device_id"]] += 1
         else:
             stats.rejected[f"http_{response.status_code}"] += count
         return
@@ -176,6 +181,40 @@ async def run(args: argparse.Namespace) -> Stats:
     return stats
 
 
+async def verify(
+    dashboard_url: str, accepted_by_device: Counter[str], timeout_s: float
+) -> dict[str, Any]:
+    """Ask the dashboard whether every accepted reading was counted exactly once.
+
+    Meaningful for devices only this run posted for (use a fresh --device-prefix).
+    """
+    deadline = time.monotonic() + timeout_s
+    counted: dict[str, int] = {}
+    async with httpx2.AsyncClient(base_url=dashboard_url, timeout=10.0) as client:
+        while True:
+            for device, expected in accepted_by_device.items():
+                if counted.get(device) == expected:
+                    continue
+                response = await client.get(f"/devices/{device}")
+                counted[device] = (
+                    response.json().get("reading_count", 0) if response.is_success else 0
+                )
+            if all(counted[d] >= n for d, n in accepted_by_device.items()):
+                break
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
+    missing = {d: n - counted[d] for d, n in accepted_by_device.items() if counted[d] < n}
+    doubled = {d: counted[d] - n for d, n in accepted_by_device.items() if counted[d] > n}
+    return {
+        "ok": not missing and not doubled,
+        "accepted": sum(accepted_by_device.values()),
+        "counted": sum(counted.values()),
+        "missing_by_device": missing,
+        "double_counted_by_device": doubled,
+    }
+
+
 def summary(stats: Stats, args: argparse.Namespace) -> dict[str, Any]:
     elapsed = getattr(stats, "elapsed_s", 0.0) or 1e-9
     return {
@@ -215,15 +254,25 @@ def main(argv: list[str] | None = None) -> None:
         "--json", dest="json_path", default=None, help="also write the summary here"
     )
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    parser.add_argument(
+        "--verify", action="store_true", help="afterwards, check every accepted reading was counted"
+    )
+    parser.add_argument("--dashboard-url", default="http://localhost:8002")
+    parser.add_argument("--verify-timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     if not args.duration and not args.total:
         args.duration = 60.0
-    result = summary(asyncio.run(run(args)), args)
+    stats = asyncio.run(run(args))
+    result = summary(stats, args)
+    if args.verify:
+        result["verification"] = asyncio.run(
+            verify(args.dashboard_url, stats.accepted_by_device, args.verify_timeout)
+        )
     print(json.dumps(result, indent=2))
     if args.json_path:
         with open(args.json_path, "w") as handle:
             json.dump(result, handle, indent=2)
-    if sum(result["rejected"].values()):
+    if sum(result["rejected"].values()) or not result.get("verification", {"ok": True})["ok"]:
         raise SystemExit(1)
 
 
