@@ -18,7 +18,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export TELEMETRY_KAFKA_LIBS := $(KAFKA_LIBS)
 export TELEMETRY_SECANTUSD := $(SECANTUSD)
 
-.PHONY: help install up test test-unit lint clean
+.PHONY: help install up test test-unit bench lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: install ## Run the whole test suite against its own Kafka and MongoDB
 
 test-unit: $(VENV)/.synced ## Run the tests that need no server
 	$(VENV)/bin/pytest -m "not integration and not e2e"
+
+bench: install ## Measure every speed figure beside its ceiling (about 15 min); writes BENCHMARKS.md
+	$(VENV)/bin/telemetry-bench
 
 lint: $(VENV)/.synced ## ruff over the whole tree
 	$(VENV)/bin/ruff check .

@@ -3,49 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from telemetry_tools.servers import free_port
-from telemetry_tools.stack import Stack, default_services
+from e2e.helpers import url, wait_for
+from telemetry_tools.stack import Stack
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    base = free_port()
-    services = [s.__class__(s.name, s.module, free_port()) for s in default_services(base)]
-    running = Stack(
-        data_dir=Path(tmp_path_factory.mktemp("stack")),
-        kafka_port=free_port(),
-        controller_port=free_port(),
-        mongo_port=free_port(),
-        services=services,
-        echo_logs=False,
-    )
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-
-
-def url(stack: Stack, service: str, path: str) -> str:
-    port = next(s.port for s in stack.services if s.name == service)
-    return f"http://127.0.0.1:{port}{path}"
-
-
-def wait_for(fetch, predicate, timeout_s: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fetch()
-        if predicate(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.25)
 
 
 def test_readme_examples_produce_aggregates_alerts_devices_and_stats(stack: Stack) -> None:

@@ -72,7 +72,8 @@ class IngestionSettings(CommonSettings):
 
 class DashboardSettings(CommonSettings):
     port: int = Field(8002, ge=1, le=65535)
-    max_page_size: int = Field(1000, ge=1, le=100_000)
+    # A day of one-minute buckets fits in one page.
+    max_page_size: int = Field(1440, ge=1, le=100_000)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import uvicorn
+from fastapi import FastAPI
 from telemetry_common.logs import configure_logging
 from telemetry_common.settings import IngestionSettings, load_settings
 
 from ingestion_api.app import create_app
 
 
-def main() -> None:
-    settings = load_settings(IngestionSettings)
-    configure_logging(settings.log_level, "ingestion-api")
+def serve(app: FastAPI, settings: IngestionSettings) -> None:
+    """One uvicorn process, as in production; the benchmark serves its variant through this too."""
     # On SIGTERM uvicorn stops accepting, finishes in-flight requests, then runs
     # the lifespan exit, which flushes the producer.
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+
+
+def main() -> None:
+    settings = load_settings(IngestionSettings)
+    configure_logging(settings.log_level, "ingestion-api")
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

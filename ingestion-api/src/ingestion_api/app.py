@@ -39,10 +39,15 @@ class IngestMetrics:
         )
 
 
-def create_app(settings: IngestionSettings, registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: IngestionSettings,
+    registry: CollectorRegistry | None = None,
+    publisher: ReadingPublisher | None = None,
+) -> FastAPI:
+    """The app; ``publisher`` is replaceable so the benchmark can measure the API without Kafka."""
     registry = registry or new_registry()
     metrics = IngestMetrics(registry)
-    publisher = ReadingPublisher(
+    publisher = publisher or ReadingPublisher(
         settings.kafka_bootstrap_servers, settings.telemetry_topic, settings.kafka_send_timeout_s
     )
     max_skew = timedelta(seconds=settings.max_future_skew_s)

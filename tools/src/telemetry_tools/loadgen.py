@@ -15,6 +15,7 @@ import json
 import random
 import sys
 import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from telemetry_tools.percentiles import percentile
+
+SETTLE_S = 2.0
 DEFAULT_METRICS = {"temperature_c": (15.0, 35.0), "humidity": (30.0, 70.0)}
 # Values that breach the default thresholds (temperature 50, humidity 100).
 ANOMALIES = {"temperature_c": (55.0, 80.0), "humidity": (101.0, 130.0)}
@@ -33,26 +37,35 @@ class Stats:
     sent: int = 0
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    latencies_s: list[float] = field(default_factory=list)
+    # array('d'): 8 bytes a request, so an hour at thousands of requests/s fits.
+    latencies_s: array[float] = field(default_factory=lambda: array("d"))
     retries: int = 0
+    # Until the last request was scheduled (the rate the load generator kept),
+    # and until the last answer came back (the rate the service took).
+    send_elapsed_s: float = 0.0
+    elapsed_s: float = 0.0
     accepted_by_device: Counter[str] = field(default_factory=Counter)
 
     def percentile(self, q: float) -> float:
-        if not self.latencies_s:
-            return 0.0
-        ordered = sorted(self.latencies_s)
-        return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+        return percentile(self.latencies_s, q)
 
 
 def parse_metrics(spec: str | None) -> dict[str, tuple[float, float]]:
-    """'temperature_c=15:35,humidity=30:70' -> ranges."""
+    """'temperature_c=15:35,humidity=30:70' -> ranges; a bad spec says which part is wrong."""
     if not spec:
         return dict(DEFAULT_METRICS)
     metrics = {}
     for part in spec.split(","):
         name, _, bounds = part.partition("=")
         low, _, high = bounds.partition(":")
-        metrics[name.strip()] = (float(low), float(high))
+        try:
+            metrics[name.strip()] = (float(low), float(high))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected name=low:high, e.g. temperature_c=15:35"
+            ) from None
+        if not name.strip() or float(low) > float(high):
+            raise argparse.ArgumentTypeError(f"{part!r}: needs a name and low <= high")
     return metrics
 
 
@@ -111,7 +124,7 @@ async def post(
 
 async def run(args: argparse.Namespace) -> Stats:
     rng = random.Random(args.seed)
-    metrics = parse_metrics(args.metrics)
+    metrics = args.metrics or dict(DEFAULT_METRICS)
     stats = Stats()
     devices = [f"{args.device_prefix}{i}" for i in range(args.devices)]
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
@@ -126,11 +139,13 @@ async def run(args: argparse.Namespace) -> Stats:
         # Spread devices over the first interval so they do not fire in lockstep.
         phase = rng.random() * interval
         while True:
-            if deadline and time.monotonic() >= deadline:
+            target = started + phase + n * interval
+            # Judged on the schedule, not the clock: a send due before the deadline
+            # is sent even if the loop runs late, so the rate holds to the end.
+            if deadline and target >= deadline:
                 return
             if args.total and stats.sent >= args.total:
                 return
-            target = started + phase + n * interval
             await asyncio.sleep(max(0.0, target - time.monotonic()))
             n += 1
             size = args.batch
@@ -158,14 +173,18 @@ async def run(args: argparse.Namespace) -> Stats:
             task.add_done_callback(lambda t: (in_flight.discard(t), semaphore.release()))
 
     async def progress() -> None:
+        seen = 0
         while True:
             await asyncio.sleep(1.0)
             elapsed = time.monotonic() - started
             rejected = sum(stats.rejected.values())
+            # p99 of the last second: what the service does now, and cheap to sort.
+            recent = stats.latencies_s[seen:]
+            seen = len(stats.latencies_s)
             line = (
                 f"sent {stats.sent}  accepted {stats.accepted}  rejected {rejected}"
                 f"  rate {stats.accepted / elapsed:.1f}/s"
-                f"  p99 {stats.percentile(0.99) * 1000:.1f} ms"
+                f"  p99 {percentile(recent, 0.99) * 1000:.1f} ms"
             )
             print(
                 "\r" + line,
@@ -184,60 +203,95 @@ async def run(args: argparse.Namespace) -> Stats:
     ) as client:
         reporter = asyncio.create_task(progress()) if not args.quiet else None
         await asyncio.gather(*(device_loop(d, client) for d in devices))
+        stats.send_elapsed_s = args.duration or (time.monotonic() - started)
         while in_flight:
             await asyncio.gather(*list(in_flight))
         if reporter:
             reporter.cancel()
             print(file=sys.stderr)
-    stats.elapsed_s = time.monotonic() - started  # type: ignore[attr-defined]
+    stats.elapsed_s = time.monotonic() - started
     return stats
 
 
+async def reading_counts(
+    client: aiohttp.ClientSession, devices: list[str], known: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Readings the dashboard counts per device (0 for a device it has not seen)."""
+    limit = asyncio.Semaphore(20)
+
+    async def one(device: str) -> tuple[str, int]:
+        async with limit, client.get(f"/devices/{device}") as response:
+            found = (await response.json()) if response.status == 200 else {}
+        return device, int(found.get("reading_count", 0))
+
+    return dict(await asyncio.gather(*(one(d) for d in devices)))
+
+
 async def verify(
-    dashboard_url: str, accepted_by_device: Counter[str], timeout_s: float
+    dashboard_url: str,
+    accepted_by_device: Counter[str],
+    baseline: dict[str, int],
+    timeout_s: float,
 ) -> dict[str, Any]:
     """Ask the dashboard whether every accepted reading was counted exactly once.
 
-    Meaningful for devices only this run posted for (use a fresh --device-prefix).
+    ``baseline`` holds each device's count before the run, so a device that
+    already had readings (an earlier run with the same prefix) is judged on
+    what this run added.
     """
     deadline = time.monotonic() + timeout_s
-    counted: dict[str, int] = {}
+    added: dict[str, int] = {}
     async with aiohttp.ClientSession(
         base_url=dashboard_url, timeout=aiohttp.ClientTimeout(total=10.0)
     ) as client:
         while True:
-            for device, expected in accepted_by_device.items():
-                if counted.get(device) == expected:
-                    continue
-                async with client.get(f"/devices/{device}") as response:
-                    found = (await response.json()) if response.status == 200 else {}
-                counted[device] = found.get("reading_count", 0)
-            if all(counted[d] >= n for d, n in accepted_by_device.items()):
+            pending = [d for d, n in accepted_by_device.items() if added.get(d, -1) < n]
+            now = await reading_counts(client, pending)
+            added.update({d: n - baseline.get(d, 0) for d, n in now.items()})
+            if all(added[d] >= n for d, n in accepted_by_device.items()):
                 break
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(1.0)
-    missing = {d: n - counted[d] for d, n in accepted_by_device.items() if counted[d] < n}
-    doubled = {d: counted[d] - n for d, n in accepted_by_device.items() if counted[d] > n}
+        # A replay that counts a reading twice lands after its first count; look
+        # once more, at every device, after the workers had a moment to settle.
+        await asyncio.sleep(SETTLE_S)
+        now = await reading_counts(client, list(accepted_by_device))
+        added = {d: n - baseline.get(d, 0) for d, n in now.items()}
+    missing = {d: n - added[d] for d, n in accepted_by_device.items() if added[d] < n}
+    doubled = {d: added[d] - n for d, n in accepted_by_device.items() if added[d] > n}
     return {
         "ok": not missing and not doubled,
         "accepted": sum(accepted_by_device.values()),
-        "counted": sum(counted.values()),
+        "counted": sum(added.values()),
+        "missing": sum(missing.values()),
+        "double_counted": sum(doubled.values()),
         "missing_by_device": missing,
         "double_counted_by_device": doubled,
     }
 
 
+async def baseline_counts(dashboard_url: str, devices: list[str]) -> dict[str, int]:
+    async with aiohttp.ClientSession(
+        base_url=dashboard_url, timeout=aiohttp.ClientTimeout(total=10.0)
+    ) as client:
+        return await reading_counts(client, devices)
+
+
 def summary(stats: Stats, args: argparse.Namespace) -> dict[str, Any]:
-    elapsed = getattr(stats, "elapsed_s", 0.0) or 1e-9
+    elapsed = stats.elapsed_s or 1e-9
+    target = args.devices * args.rps
+    sent_rps = stats.sent / (stats.send_elapsed_s or 1e-9)
     return {
         "sent": stats.sent,
         "accepted": stats.accepted,
         "rejected": dict(stats.rejected),
         "retries_after_429_503": stats.retries,
         "elapsed_s": round(elapsed, 3),
+        "target_rps": target,
+        "sent_rps": round(sent_rps, 1),
+        "sent_vs_target": round(sent_rps / target, 3),
         "achieved_rps": round(stats.accepted / elapsed, 1),
-        "target_rps": args.devices * args.rps,
         "latency_ms": {
             q: round(stats.percentile(p) * 1000, 2)
             for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
@@ -259,7 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1, help="readings per request (/ingest/batch)")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--anomaly-rate", type=float, default=0.0)
-    parser.add_argument("--metrics", default=None, help="e.g. temperature_c=15:35,humidity=30:70")
+    parser.add_argument(
+        "--metrics",
+        type=parse_metrics,
+        default=None,
+        help="metric names and value ranges, e.g. temperature_c=15:35,humidity=30:70",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device-prefix", default="sim-")
     parser.add_argument("--concurrency", type=int, default=200, help="requests in flight at most")
@@ -275,11 +334,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.duration and not args.total:
         args.duration = 60.0
+    devices = [f"{args.device_prefix}{i}" for i in range(args.devices)]
+    baseline = asyncio.run(baseline_counts(args.dashboard_url, devices)) if args.verify else {}
     stats = asyncio.run(run(args))
     result = summary(stats, args)
     if args.verify:
         result["verification"] = asyncio.run(
-            verify(args.dashboard_url, stats.accepted_by_device, args.verify_timeout)
+            verify(args.dashboard_url, stats.accepted_by_device, baseline, args.verify_timeout)
         )
     print(json.dumps(result, indent=2))
     if args.json_path:

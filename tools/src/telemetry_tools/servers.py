@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 KAFKA_CONFIG_DIR = REPO_ROOT / "tools" / "kafka"
 
 
-def _pom_property(name: str) -> str:
+def pom_property(name: str) -> str:
     text = (KAFKA_CONFIG_DIR / "pom.xml").read_text()
     return text.split(f"<{name}>", 1)[1].split(f"</{name}>", 1)[0]
 
@@ -32,7 +32,7 @@ def kafka_libs() -> Path:
     libs = (
         Path(override)
         if override
-        else REPO_ROOT / ".local" / "kafka" / _pom_property("kafka.version") / "libs"
+        else REPO_ROOT / ".local" / "kafka" / pom_property("kafka.version") / "libs"
     )
     if not any(libs.glob("kafka_2.13-*.jar")):
         raise FileNotFoundError(f"no Kafka jars in {libs}; run `make install`")

@@ -1,0 +1,3 @@
+from telemetry_tools.bench.cli import main
+
+main()

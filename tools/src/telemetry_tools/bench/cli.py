@@ -1,0 +1,149 @@
+"""`telemetry-bench` (`make bench`): run every benchmark, print the table, write the results.
+
+telemetry-bench                 # the full run: under 15 minutes on 2 cores
+telemetry-bench --smoke         # a few seconds' worth of each, so the code cannot rot
+telemetry-bench --bootstrap-servers localhost:9092 --mongo-url mongodb://localhost:27017
+                                # use running servers instead of starting its own
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from pymongo import AsyncMongoClient
+
+from telemetry_tools.bench import drain, ingest, pipeline
+from telemetry_tools.bench.processes import Infra, infrastructure
+from telemetry_tools.bench.report import BENCHMARKS_MD, RESULTS_DIR, Report, machine, versions
+from telemetry_tools.servers import secantusd
+
+
+@dataclass(frozen=True)
+class Profile:
+    ingest_readings: int
+    single_seconds: float
+    drain_readings: int
+    devices: int
+    stored_readings: int
+    samples: int
+
+
+PROFILES = {
+    "full": Profile(
+        ingest_readings=200_000,
+        single_seconds=15.0,
+        drain_readings=1_000_000,
+        devices=10_000,
+        stored_readings=5_000_000,
+        samples=200,
+    ),
+    "smoke": Profile(
+        ingest_readings=2_000,
+        single_seconds=1.0,
+        drain_readings=2_000,
+        devices=50,
+        stored_readings=3_000,
+        samples=5,
+    ),
+}
+
+
+async def remove_run_data(infra: Infra, run_id: str) -> None:
+    """Leave servers that were running before as they were: drop this run's topics and databases."""
+    client: AsyncMongoClient = AsyncMongoClient(infra.mongo_url)
+    try:
+        for name in await client.list_database_names():
+            if name.startswith("bench_") and name.endswith(run_id):
+                await client.drop_database(name)
+    finally:
+        await client.close()
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap_servers)
+    await admin.start()
+    try:
+        ours = [
+            t for t in await admin.list_topics() if t.startswith("bench.") and t.endswith(run_id)
+        ]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
+
+
+def run(args: argparse.Namespace) -> Report:
+    profile = PROFILES["smoke" if args.smoke else "full"]
+    report = Report(
+        profile="smoke" if args.smoke else "full",
+        machine=machine(),
+        versions=versions(secantusd().parent.parent.name),
+    )
+    run_id = uuid.uuid4().hex[:8]
+    work_dir = Path(tempfile.mkdtemp(prefix="telemetry-bench-"))
+    started = time.monotonic()
+    try:
+        with infrastructure(work_dir, args.bootstrap_servers, args.mongo_url) as infra:
+            print(f"benchmarks ({report.profile}), run {run_id}, logs in {work_dir / 'logs'}")
+            rates = ingest.run(
+                report, infra, run_id, profile.ingest_readings, profile.single_seconds
+            )
+            db_name, drain_rates = drain.run(
+                report, infra, run_id, profile.drain_readings, profile.devices
+            )
+            # What the whole pipeline sustains: the slowest of its stages.
+            sustainable = min(rates["batch_readings_per_s"], *drain_rates.values())
+            pipeline.run(
+                report,
+                infra,
+                run_id,
+                db_name,
+                sustainable_rate=sustainable,
+                devices=profile.devices,
+                stored_readings=profile.stored_readings,
+                samples=profile.samples,
+            )
+            if args.bootstrap_servers or args.mongo_url:
+                asyncio.run(remove_run_data(infra, run_id))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    report.sizes["seconds"] = round(time.monotonic() - started)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="telemetry-bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks the code, not speed"
+    )
+    parser.add_argument(
+        "--bootstrap-servers", default=None, help="use this Kafka instead of starting one"
+    )
+    parser.add_argument(
+        "--mongo-url", default=None, help="use this MongoDB instead of starting one"
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--benchmarks-md", type=Path, default=BENCHMARKS_MD)
+    parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs")
+    args = parser.parse_args(argv)
+    report = run(args)
+    print()
+    print(report.table())
+    print(
+        f"\nwrote {report.write_json(args.results_dir)}"
+        f" and {report.write_markdown(args.benchmarks_md)}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Worker figures: how fast each worker drains a topic that was filled before it started."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+from aggregator_worker.fold import Placed
+from aggregator_worker.store import raw_document
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from pymongo import AsyncMongoClient
+from telemetry_common.kafka.producer import build_producer
+from telemetry_common.kafka.topics import TopicSpec, ensure_topics
+from telemetry_common.mongo import RAW, ensure_indexes
+from telemetry_common.reading import Reading, decode_kafka_value
+
+from telemetry_tools.bench.processes import Infra, ServiceProcess, running
+from telemetry_tools.bench.report import Figure, Report
+from telemetry_tools.bench.workload import bodies, canonical
+
+PARTITIONS = 6
+INSERT_CHUNK = 2000  # the workers' CONSUMER_MAX_RECORDS: one bulk insert per poll
+
+
+async def fill(bootstrap_servers: str, topic: str, readings: list[Reading]) -> None:
+    producer = build_producer(bootstrap_servers, client_id="bench-fill", linger_ms=20)
+    await producer.start()
+    try:
+        pending = [
+            await producer.send(topic, r.to_kafka_value(), key=r.device_id.encode())
+            for r in readings
+        ]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def bare_consumer_rate(bootstrap_servers: str, topic: str, expected: int) -> float:
+    """Readings/s a plain aiokafka consumer fetches and decodes from the start of the topic."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        decoded = 0
+        started = time.perf_counter()
+        while decoded < expected:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=INSERT_CHUNK)
+            for records in batch.values():
+                for record in records:
+                    decode_kafka_value(record.value)
+                    decoded += 1
+        return decoded / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def bare_insert_rate(mongo_url: str, db_name: str, readings: list[Reading]) -> float:
+    """Readings/s MongoDB takes the aggregator's raw documents in unordered bulk inserts."""
+    docs = [raw_document(Placed(i % PARTITIONS, i, r)) for i, r in enumerate(readings)]
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        db = client[db_name]
+        await ensure_indexes(db, timedelta(days=7))
+        started = time.perf_counter()
+        for i in range(0, len(docs), INSERT_CHUNK):
+            await db[RAW].insert_many(docs[i : i + INSERT_CHUNK], ordered=False)
+        return len(docs) / (time.perf_counter() - started)
+    finally:
+        await client.close()
+
+
+async def committed(bootstrap_servers: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+    finally:
+        await admin.close()
+
+
+def drain_rate(infra: Infra, service: ServiceProcess, group: str, expected: int) -> float:
+    """Start the worker on a full topic; readings/s until it committed all of them."""
+    with running(service):
+        started = time.perf_counter()
+        while asyncio.run(committed(infra.bootstrap_servers, group)) < expected:
+            if service.process is not None and service.process.poll() is not None:
+                raise RuntimeError(f"{service.name} exited during the drain")
+            time.sleep(0.2)
+        return expected / (time.perf_counter() - started)
+
+
+def run(
+    report: Report, infra: Infra, run_id: str, readings: int, devices: int
+) -> tuple[str, dict[str, float]]:
+    """Measure both workers' drain rates; return the database the aggregator filled, and them."""
+    topic = f"bench.drain.{run_id}"
+    asyncio.run(ensure_topics(infra.bootstrap_servers, [TopicSpec(topic, PARTITIONS, {})]))
+    now = datetime.now(UTC)
+    stream = [
+        canonical(b)
+        for b in bodies(readings, devices, end=now, anomaly_rate=0.01, prefix="dev-", seed=3)
+    ]
+    asyncio.run(fill(infra.bootstrap_servers, topic, stream))
+    consumer_ceiling = asyncio.run(bare_consumer_rate(infra.bootstrap_servers, topic, readings))
+    insert_ceiling = asyncio.run(
+        bare_insert_rate(infra.mongo_url, f"bench_insert_{run_id}", stream)
+    )
+    del stream
+
+    db_name = f"bench_{run_id}"
+    logs = infra.work_dir / "logs"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
+        "MONGO_URL": infra.mongo_url,
+        "MONGO_DB": db_name,
+        "TELEMETRY_TOPIC": topic,
+        "DLQ_TOPIC": f"bench.dlq.{run_id}",
+        "ALERTS_TOPIC": f"bench.alerts.{run_id}",
+    }
+    asyncio.run(
+        ensure_topics(
+            infra.bootstrap_servers,
+            [TopicSpec(env["DLQ_TOPIC"], 1, {}), TopicSpec(env["ALERTS_TOPIC"], 3, {})],
+        )
+    )
+    aggregator = ServiceProcess(
+        "aggregator-worker", "aggregator_worker", {**env, "CONSUMER_GROUP": f"agg-{run_id}"}, logs
+    )
+    aggregator_rate = drain_rate(infra, aggregator, f"agg-{run_id}", readings)
+    alerts = ServiceProcess(
+        "alerts-worker", "alerts_worker", {**env, "CONSUMER_GROUP": f"alerts-{run_id}"}, logs
+    )
+    alerts_rate = drain_rate(infra, alerts, f"alerts-{run_id}", readings)
+
+    lower = min(consumer_ceiling, insert_ceiling)
+    lower_name = (
+        "bare MongoDB bulk insert of the raw documents"
+        if insert_ceiling <= consumer_ceiling
+        else "bare aiokafka consumer decoding"
+    )
+    report.add(
+        Figure(
+            f"aggregator drain readings/s ({devices:,} devices)",
+            aggregator_rate,
+            "readings/s",
+            lower,
+            ceiling_name=lower_name,
+            goal="ratio >= 0.8 of the lower ceiling",
+            note=(
+                f"ceilings: bare consumer decoding {consumer_ceiling:,.0f}/s, "
+                f"bare MongoDB bulk insert {insert_ceiling:,.0f}/s"
+            ),
+        )
+    )
+    report.add(
+        Figure(
+            "alerts drain readings/s",
+            alerts_rate,
+            "readings/s",
+            consumer_ceiling,
+            ceiling_name="bare aiokafka consumer decoding",
+        )
+    )
+    report.add(
+        Figure(
+            "aggregator-worker peak RSS while draining",
+            aggregator.peak_rss_bytes / 2**20,
+            "MiB",
+            None,
+        )
+    )
+    report.add(
+        Figure("alerts-worker peak RSS while draining", alerts.peak_rss_bytes / 2**20, "MiB", None)
+    )
+    report.sizes["drain_readings"] = readings
+    report.sizes["drain_devices"] = devices
+    return db_name, {"aggregator": aggregator_rate, "alerts": alerts_rate}

@@ -1,0 +1,131 @@
+"""Ingestion figures: `/ingest/batch` readings/s and `/ingest` requests/s and p99."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import orjson
+from telemetry_common.kafka.producer import build_producer
+from telemetry_common.kafka.topics import TopicSpec, ensure_topics
+
+from telemetry_tools.bench.http_load import post_all
+from telemetry_tools.bench.processes import Infra, ServiceProcess, running
+from telemetry_tools.bench.report import Figure, Report
+from telemetry_tools.bench.workload import bodies, canonical
+from telemetry_tools.percentiles import percentile
+
+BATCH_SIZE = 500
+BATCH_CLIENTS = 4
+SINGLE_CLIENTS = 32
+
+
+async def bare_producer_rate(
+    bootstrap_servers: str, topic: str, values: list[tuple[bytes, bytes]]
+) -> float:
+    """Readings/s a plain aiokafka producer (same settings as the API's) gets acknowledged."""
+    producer = build_producer(bootstrap_servers, client_id="bench-ceiling")
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        pending = [await producer.send(topic, value, key=key) for key, value in values]
+        await asyncio.gather(*pending)
+        return len(values) / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+def run(
+    report: Report, infra: Infra, run_id: str, readings: int, single_seconds: float
+) -> dict[str, float]:
+    """Measure ingestion; return the figures later phases size their background load on."""
+    topic, ceiling_topic = f"bench.ingest.{run_id}", f"bench.ingest-ceiling.{run_id}"
+    asyncio.run(
+        ensure_topics(
+            infra.bootstrap_servers, [TopicSpec(topic, 6, {}), TopicSpec(ceiling_topic, 6, {})]
+        )
+    )
+    now = datetime.now(UTC)
+    items = list(bodies(readings, devices=1000, end=now, prefix=f"ing-{run_id}-"))
+    values = [(r.device_id.encode(), r.to_kafka_value()) for r in map(canonical, items)]
+    ceiling = asyncio.run(bare_producer_rate(infra.bootstrap_servers, ceiling_topic, values))
+
+    env = {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "TELEMETRY_TOPIC": topic}
+    logs = infra.work_dir / "logs"
+    api = ServiceProcess("ingestion-api", "ingestion_api", env, logs)
+    batches = [orjson.dumps(items[i : i + BATCH_SIZE]) for i in range(0, len(items), BATCH_SIZE)]
+    # Fresh readings for the single-reading run: the batch run's would all be duplicates
+    # only in the batch's own eyes, but the stream should stay realistic.
+    singles = [
+        orjson.dumps(b)
+        for b in bodies(
+            min(readings, 200_000), devices=1000, end=now, prefix=f"one-{run_id}-", seed=2
+        )
+    ]
+    with running(api):
+        batch = asyncio.run(post_all(api.url, "/ingest/batch", batches, concurrency=BATCH_CLIENTS))
+        single = asyncio.run(
+            post_all(
+                api.url, "/ingest", singles, concurrency=SINGLE_CLIENTS, duration_s=single_seconds
+            )
+        )
+    null_api = ServiceProcess("ingestion-api-null", "telemetry_tools.bench.null_ingest", env, logs)
+    with running(null_api):
+        bare = asyncio.run(
+            post_all(
+                null_api.url,
+                "/ingest",
+                singles,
+                concurrency=SINGLE_CLIENTS,
+                duration_s=single_seconds,
+            )
+        )
+
+    batch_rate = readings / batch.elapsed_s
+    report.add(
+        Figure(
+            f"/ingest/batch readings/s (batches of {BATCH_SIZE}, {BATCH_CLIENTS} clients)",
+            batch_rate,
+            "readings/s",
+            ceiling,
+            ceiling_name="bare aiokafka producer, same records, acks=all",
+            goal="ratio >= 0.8",
+            note=_failures(batch.failures, batch.statuses),
+        )
+    )
+    report.add(
+        Figure(
+            f"/ingest requests/s ({SINGLE_CLIENTS} clients)",
+            single.per_second,
+            "req/s",
+            bare.per_second,
+            ceiling_name="same app, no Kafka",
+            goal=">= 4,000 req/s",
+            note=_failures(single.failures, single.statuses),
+        )
+    )
+    report.add(
+        Figure(
+            "/ingest p99 latency",
+            percentile(single.latencies_s, 0.99) * 1000,
+            "ms",
+            percentile(bare.latencies_s, 0.99) * 1000,
+            ceiling_name="same app, no Kafka",
+            goal="< 25 ms",
+        )
+    )
+    report.add(
+        Figure(
+            "ingestion-api peak RSS under /ingest load",
+            api.peak_rss_bytes / 2**20,
+            "MiB",
+            None,
+        )
+    )
+    report.sizes["ingest_batch_readings"] = readings
+    return {"batch_readings_per_s": batch_rate, "single_requests_per_s": single.per_second}
+
+
+def _failures(count: int, statuses: object) -> str:
+    return f"{count} requests failed: {statuses}" if count else ""

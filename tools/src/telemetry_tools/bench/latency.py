@@ -1,0 +1,154 @@
+"""End-to-end latency: a POST until its rollup is visible and until its alert is published.
+
+The ceiling is what Kafka alone costs: a record produced (acks=all) until a
+consumer already waiting on the topic receives it, sampled the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer
+from pymongo import AsyncMongoClient
+from telemetry_common.kafka.producer import build_producer
+from telemetry_common.kafka.topics import TopicSpec, ensure_topics
+from telemetry_common.mongo import ROLLUPS
+from telemetry_common.timefmt import iso_z
+
+from telemetry_tools.percentiles import percentile
+
+GAP_S = 0.05  # between samples, so each one meets the pipeline idle of its own traffic
+POLL_S = 0.005
+
+
+class TopicWatcher:
+    """Resolves a future per key when a record with that key arrives on the topic."""
+
+    def __init__(self, bootstrap_servers: str, topic: str):
+        self._consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap_servers, group_id=None, auto_offset_reset="latest"
+        )
+        self._waiting: dict[bytes, asyncio.Future[float]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TopicWatcher:
+        await self._consumer.start()
+        # Position at the end before any sample is sent, or the first one is missed.
+        await self._consumer.seek_to_end()
+        for tp in self._consumer.assignment():
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()
+        await self._consumer.stop()
+
+    def expect(self, key: bytes) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        return future
+
+    async def _watch(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            arrived = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    future = self._waiting.pop(record.key or b"", None)
+                    if future and not future.done():
+                        future.set_result(arrived)
+
+
+async def kafka_round_trip_ms(bootstrap_servers: str, topic: str, samples: int) -> list[float]:
+    producer = build_producer(bootstrap_servers, client_id="bench-rtt")
+    await producer.start()
+    out: list[float] = []
+    try:
+        async with TopicWatcher(bootstrap_servers, topic) as watcher:
+            for i in range(samples):
+                key = f"rtt-{i}".encode()
+                arrival = watcher.expect(key)
+                sent = time.perf_counter()
+                await producer.send_and_wait(topic, b"{}", key=key)
+                out.append((await asyncio.wait_for(arrival, 30) - sent) * 1000)
+                await asyncio.sleep(GAP_S)
+    finally:
+        await producer.stop()
+    return out
+
+
+async def pipeline_latencies_ms(
+    ingest_url: str,
+    mongo_url: str,
+    db_name: str,
+    bootstrap_servers: str,
+    alerts_topic: str,
+    samples: int,
+    run_id: str,
+) -> tuple[list[float], list[float]]:
+    """POST one breaching reading per sample; time its rollup and its alert event."""
+    rollup_ms: list[float] = []
+    alert_ms: list[float] = []
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    rollups = client[db_name][ROLLUPS]
+
+    async def rollup_visible(device: str, sent: float) -> None:
+        # Polling is the point: the rollup is visible when a query can see it.
+        while await rollups.find_one({"device_id": device}, {"_id": 1}) is None:  # noqa: ASYNC110
+            await asyncio.sleep(POLL_S)
+        rollup_ms.append((time.perf_counter() - sent) * 1000)
+
+    try:
+        async with (
+            TopicWatcher(bootstrap_servers, alerts_topic) as watcher,
+            aiohttp.ClientSession(base_url=ingest_url) as http,
+        ):
+            for i in range(samples):
+                device = f"e2e-{run_id}-{i}"
+                alert = watcher.expect(device.encode())
+                body = orjson.dumps(
+                    {"device_id": device, "ts": iso_z(datetime.now(UTC)), "temperature_c": 80.0}
+                )
+                sent = time.perf_counter()
+                async with http.post(
+                    "/ingest", data=body, headers={"Content-Type": "application/json"}
+                ) as response:
+                    response.raise_for_status()
+                await asyncio.wait_for(rollup_visible(device, sent), 60)
+                alert_ms.append((await asyncio.wait_for(alert, 60) - sent) * 1000)
+                await asyncio.sleep(GAP_S)
+    finally:
+        await client.close()
+    return rollup_ms, alert_ms
+
+
+async def measure(
+    *,
+    ingest_url: str,
+    mongo_url: str,
+    db_name: str,
+    bootstrap_servers: str,
+    alerts_topic: str,
+    rtt_topic: str,
+    samples: int,
+    run_id: str,
+) -> dict[str, float]:
+    await ensure_topics(bootstrap_servers, [TopicSpec(rtt_topic, 1, {})])
+    rtt = await kafka_round_trip_ms(bootstrap_servers, rtt_topic, samples)
+    rollup, alert = await pipeline_latencies_ms(
+        ingest_url, mongo_url, db_name, bootstrap_servers, alerts_topic, samples, run_id
+    )
+    return {
+        "rtt_p50": percentile(rtt, 0.5),
+        "rtt_p99": percentile(rtt, 0.99),
+        "rollup_p50": percentile(rollup, 0.5),
+        "rollup_p99": percentile(rollup, 0.99),
+        "alert_p50": percentile(alert, 0.5),
+        "alert_p99": percentile(alert, 0.99),
+    }

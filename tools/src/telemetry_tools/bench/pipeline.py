@@ -1,0 +1,171 @@
+"""The four services together under background load: end-to-end latency, queries, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from telemetry_common.kafka.topics import TopicSpec, ensure_topics
+
+from telemetry_tools.bench import latency, queries
+from telemetry_tools.bench.processes import Infra, ServiceProcess, running
+from telemetry_tools.bench.report import Figure, Report
+
+BACKGROUND_DEVICES = 100
+BACKGROUND_BATCH = 50
+
+
+@contextmanager
+def background_load(ingest_url: str, readings_per_s: float, run_id: str) -> Iterator[None]:
+    """The load generator, posting batches at ``readings_per_s`` until the block ends."""
+    if readings_per_s < 1:
+        yield
+        return
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "telemetry_tools.loadgen",
+            "--base-url", ingest_url,
+            "--devices", str(BACKGROUND_DEVICES),
+            "--rps", f"{readings_per_s / BACKGROUND_DEVICES:.3f}",
+            "--batch", str(BACKGROUND_BATCH),
+            "--duration", "3600",
+            "--device-prefix", f"bg-{run_id}-",
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def run(
+    report: Report,
+    infra: Infra,
+    run_id: str,
+    db_name: str,
+    *,
+    sustainable_rate: float,
+    devices: int,
+    stored_readings: int,
+    samples: int,
+) -> None:
+    topic = f"bench.live.{run_id}"
+    alerts_topic = f"bench.live-alerts.{run_id}"
+    dlq_topic = f"bench.live-dlq.{run_id}"
+    asyncio.run(
+        ensure_topics(
+            infra.bootstrap_servers,
+            [TopicSpec(topic, 6, {}), TopicSpec(alerts_topic, 3, {}), TopicSpec(dlq_topic, 1, {})],
+        )
+    )
+    topped_up = asyncio.run(queries.top_up_raw(infra.mongo_url, db_name, stored_readings, devices))
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
+        "MONGO_URL": infra.mongo_url,
+        "MONGO_DB": db_name,
+        "TELEMETRY_TOPIC": topic,
+        "ALERTS_TOPIC": alerts_topic,
+        "DLQ_TOPIC": dlq_topic,
+    }
+    logs = infra.work_dir / "logs"
+    # Each worker its own consumer group, as in production: both read every reading.
+    services = [
+        ServiceProcess("ingestion-api", "ingestion_api", env, logs),
+        ServiceProcess("dashboard-api", "dashboard_api", env, logs),
+        ServiceProcess(
+            "aggregator-worker",
+            "aggregator_worker",
+            {**env, "CONSUMER_GROUP": f"live-agg-{run_id}"},
+            logs,
+        ),
+        ServiceProcess(
+            "alerts-worker",
+            "alerts_worker",
+            {**env, "CONSUMER_GROUP": f"live-alerts-{run_id}"},
+            logs,
+        ),
+    ]
+    ingest, dashboard = services[0], services[1]
+    e2e_load, query_load = 0.7 * sustainable_rate, 0.5 * sustainable_rate
+    with running(*services):
+        with background_load(ingest.url, e2e_load, run_id):
+            e2e = asyncio.run(
+                latency.measure(
+                    ingest_url=ingest.url,
+                    mongo_url=infra.mongo_url,
+                    db_name=db_name,
+                    bootstrap_servers=infra.bootstrap_servers,
+                    alerts_topic=alerts_topic,
+                    rtt_topic=f"bench.rtt.{run_id}",
+                    samples=samples,
+                    run_id=run_id,
+                )
+            )
+        with background_load(ingest.url, query_load, run_id):
+            measured = asyncio.run(
+                queries.measure(dashboard.url, infra.mongo_url, db_name, devices, samples)
+            )
+
+    load_note = (
+        f"with background ingest at {e2e_load:,.0f} readings/s (70% of the sustainable maximum)"
+    )
+    for what, key, goal in (
+        ("POST to rollup visible", "rollup", ""),
+        ("POST to alert published on alerts.triggered", "alert", "p99 < 100 ms"),
+    ):
+        for q in ("p50", "p99"):
+            report.add(
+                Figure(
+                    f"end-to-end {q}: {what}",
+                    e2e[f"{key}_{q}"],
+                    "ms",
+                    e2e[f"rtt_{q}"],
+                    ceiling_name="Kafka produce-to-consume round trip",
+                    goal=goal if q == "p99" else "",
+                    note=load_note if key == "rollup" and q == "p50" else "",
+                )
+            )
+    query_note = (
+        f"{stored_readings:,} readings stored for {devices:,} devices "
+        f"({topped_up:,} bulk-inserted as older history), background ingest at "
+        f"{query_load:,.0f} readings/s (50% of the sustainable maximum)"
+    )
+    for index, (name, (through_api, direct)) in enumerate(measured.items()):
+        api_p50, api_p99 = queries.p50_p99(through_api)
+        direct_p50, direct_p99 = queries.p50_p99(direct)
+        goal = "p99 < 50 ms" if name.startswith(("a device's 24 h", "/stats")) else ""
+        report.add(
+            Figure(
+                f"dashboard p50: {name}",
+                api_p50,
+                "ms",
+                direct_p50,
+                ceiling_name="same query, MongoDB directly",
+            )
+        )
+        report.add(
+            Figure(
+                f"dashboard p99: {name}",
+                api_p99,
+                "ms",
+                direct_p99,
+                ceiling_name="same query, MongoDB directly",
+                goal=goal,
+                note=query_note if index == 0 else "",
+            )
+        )
+    for service in services:
+        report.add(
+            Figure(
+                f"{service.name} peak RSS under load", service.peak_rss_bytes / 2**20, "MiB", None
+            )
+        )
+    report.sizes["stored_readings"] = stored_readings
+    report.sizes["latency_and_query_samples"] = samples

@@ -1,0 +1,146 @@
+"""Dashboard query latency on a large store, beside the same query sent to MongoDB directly."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from aggregator_worker.fold import Placed
+from aggregator_worker.store import raw_document
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
+
+from telemetry_tools.bench.workload import bodies, canonical
+from telemetry_tools.percentiles import percentile
+
+TOP_UP_CHUNK = 5000
+
+
+async def top_up_raw(mongo_url: str, db_name: str, total: int, devices: int) -> int:
+    """Bulk-insert older raw readings until ``telemetry_raw`` holds ``total``; return how many."""
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        raw = client[db_name][RAW]
+        missing = total - await raw.estimated_document_count()
+        if missing <= 0:
+            return 0
+        # History from the week before the drained day: the 24-hour queries below
+        # run over the day the aggregator folded, the raw store is what is large.
+        end = datetime.now(UTC) - timedelta(days=1)
+        chunk = []
+        for i, body in enumerate(
+            bodies(missing, devices, end=end, span=timedelta(days=6), prefix="dev-", seed=4)
+        ):
+            chunk.append(raw_document(Placed(0, -1 - i, canonical(body))))
+            if len(chunk) == TOP_UP_CHUNK:
+                await raw.insert_many(chunk, ordered=False)
+                chunk = []
+        if chunk:
+            await raw.insert_many(chunk, ordered=False)
+        return missing
+    finally:
+        await client.close()
+
+
+Query = Callable[[str], Awaitable[Any]]
+
+
+async def _sample(query: Query, devices: list[str], samples: int) -> list[float]:
+    out = []
+    for device in devices[:samples]:
+        started = time.perf_counter()
+        await query(device)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def measure(
+    dashboard_url: str, mongo_url: str, db_name: str, devices: int, samples: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Per dashboard query: latencies in ms through the API, and of the same query direct."""
+    rng = random.Random(5)
+    picks = [f"dev-{rng.randrange(devices)}" for _ in range(samples)]
+    now = datetime.now(UTC)
+    day_ago = now - timedelta(hours=24)
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    db: AsyncDatabase = client[db_name]
+    results: dict[str, tuple[list[float], list[float]]] = {}
+    try:
+        async with aiohttp.ClientSession(base_url=dashboard_url) as http:
+
+            async def api(path: str, params: dict[str, Any] | None = None) -> Any:
+                async with http.get(path, params=params) as response:
+                    response.raise_for_status()
+                    return await response.read()
+
+            def rollups_api(device: str) -> Awaitable[Any]:
+                return api(
+                    f"/devices/{device}/aggregates",
+                    {
+                        "metric": "temperature_c",
+                        "resolution": "1m",
+                        "from": day_ago.isoformat(),
+                        "to": now.isoformat(),
+                        "limit": "1440",
+                    },
+                )
+
+            def rollups_direct(device: str) -> Awaitable[Any]:
+                query = {
+                    "device_id": device,
+                    "resolution": "1m",
+                    "sensor_type": "temperature_c",
+                    "timestamp": {"$gte": day_ago, "$lt": now},
+                }
+                return db[ROLLUPS].find(query).sort("timestamp", -1).limit(1440).to_list()
+
+            def readings_api(device: str) -> Awaitable[Any]:
+                return api(f"/devices/{device}/telemetry", {"limit": "100"})
+
+            def readings_direct(device: str) -> Awaitable[Any]:
+                return db[RAW].find({"device_id": device}).sort("ts", -1).limit(100).to_list()
+
+            def fleet_api(_: str) -> Awaitable[Any]:
+                return api("/devices", {"limit": "100"})
+
+            def fleet_direct(_: str) -> Awaitable[Any]:
+                return db[DEVICES].find({}).sort("last_seen", -1).limit(100).to_list()
+
+            def stats_api(_: str) -> Awaitable[Any]:
+                return api("/stats")
+
+            async def stats_direct(_: str) -> Any:
+                return [
+                    *[
+                        await db[c].estimated_document_count()
+                        for c in (RAW, ROLLUPS, ALERTS, DEVICES)
+                    ],
+                    await db[ALERTS].count_documents({"status": "active"}, limit=100_000),
+                ]
+
+            pairs: dict[str, tuple[Query, Query]] = {
+                "a device's 24 h of 1-minute rollups": (rollups_api, rollups_direct),
+                "a device's latest 100 readings": (readings_api, readings_direct),
+                "fleet view (100 devices)": (fleet_api, fleet_direct),
+                "/stats": (stats_api, stats_direct),
+            }
+            for name, (through_api, direct) in pairs.items():
+                # Warm both paths once so connection set-up is not in the first sample.
+                await through_api(picks[0])
+                await direct(picks[0])
+                results[name] = (
+                    await _sample(through_api, picks, samples),
+                    await _sample(direct, picks, samples),
+                )
+    finally:
+        await client.close()
+    return results
+
+
+def p50_p99(values: list[float]) -> tuple[float, float]:
+    return percentile(values, 0.5), percentile(values, 0.99)
