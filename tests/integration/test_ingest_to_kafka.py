@@ -8,6 +8,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from ingestion_api.app import create_app
+from integration.ingestion import ingestion_client
 from telemetry_common.reading import decode_kafka_value
 from telemetry_common.settings import IngestionSettings
 from telemetry_tools.servers import free_port
@@ -16,23 +17,10 @@ from telemetry_tools.testing import Topics, read_topic
 pytestmark = pytest.mark.integration
 
 
-def connected_client(settings: IngestionSettings) -> TestClient:
-    client = TestClient(create_app(settings))
-    client.__enter__()
-    for _ in range(100):
-        if client.get("/health").status_code == 200:
-            return client
-        import time
-
-        time.sleep(0.1)
-    raise AssertionError("ingestion API never connected to Kafka")
-
-
 async def test_posted_reading_is_on_the_topic_keyed_by_device(
     service_env: dict, topics: Topics
 ) -> None:
-    client = connected_client(IngestionSettings(**service_env))
-    try:
+    with ingestion_client(IngestionSettings(**service_env)) as client:
         response = client.post(
             "/ingest",
             json={
@@ -51,8 +39,6 @@ async def test_posted_reading_is_on_the_topic_keyed_by_device(
                 "tags": ["room:101"],
             },
         )
-    finally:
-        client.__exit__(None, None, None)
     assert response.status_code == 202
     assert response.json()["status"] == "queued"
     assert response.json()["device_id"] == "dev-1"
@@ -77,8 +63,7 @@ async def test_batch_accepts_the_valid_readings_and_names_each_invalid_one(
         {"device_id": "b-2", "humidity": "wet"},
         {"event_id": "b-e", "device_id": "b-3", "metrics": {"cpu": 0.5}},
     ]
-    client = connected_client(IngestionSettings(**service_env))
-    try:
+    with ingestion_client(IngestionSettings(**service_env)) as client:
         response = client.post(
             "/ingest/batch",
             content=gzip.compress(orjson.dumps(batch)),
@@ -89,8 +74,6 @@ async def test_batch_accepts_the_valid_readings_and_names_each_invalid_one(
             content=b'{"device_id": "n-1", "humidity": 41}\n{"device_id": "n-2", "humidity": 42}\n',
             headers={"Content-Type": "application/x-ndjson"},
         )
-    finally:
-        client.__exit__(None, None, None)
     assert response.status_code == 200
     body = response.json()
     assert (body["stored"], body["duplicate"], body["invalid"]) == (2, 1, 2)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telemetry_common.resolutions import parse_resolutions
@@ -68,6 +68,32 @@ class IngestionSettings(CommonSettings):
     max_future_skew_s: float = Field(86_400.0, ge=0)
     kafka_send_timeout_s: float = Field(10.0, gt=0, le=120)
     retry_after_s: int = Field(5, ge=1, le=3600)
+    # Readings handed to the producer and not yet acknowledged. Past this the API
+    # answers 503 at once instead of queueing without bound while Kafka is slow.
+    max_in_flight_readings: int = Field(50_000, ge=1)
+    # Event ids acknowledged lately, so a retried batch is answered "duplicate"
+    # without publishing again (the workers would drop it anyway).
+    recent_event_ids: int = Field(200_000, ge=0)
+    api_keys_required: bool = False
+    # Guards /admin/keys; unset means the admin endpoints answer 401 to everyone.
+    admin_api_key: SecretStr | None = None
+    api_keys_refresh_s: float = Field(5.0, gt=0, le=3600)
+    # Per device, in readings: a sustained rate and a burst that lets one full
+    # batch of backfill through. 0 turns the limit off.
+    device_rate_limit: float = Field(100.0, ge=0)
+    device_rate_burst: float = Field(5000.0, ge=1)
+    # Per API key, in requests.
+    key_rate_limit: float = Field(1000.0, ge=0)
+    key_rate_burst: float = Field(2000.0, ge=1)
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _not_a_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and (
+            len(value.get_secret_value()) < 24 or "change" in value.get_secret_value().lower()
+        ):
+            raise ValueError("must be a random secret of 24 characters or more, not a placeholder")
+        return value
 
 
 class DashboardSettings(CommonSettings):
@@ -87,6 +113,8 @@ def load_settings(cls: type[S]) -> S:
         lines = [f"{cls.__name__}: invalid configuration"]
         for err in exc.errors():
             variable = "_".join(str(part) for part in err["loc"]).upper()
-            lines.append(f"  {variable}={err.get('input')!r}: {err['msg']}")
+            # Secrets are never echoed, not even a wrong one.
+            shown = "<hidden>" if "KEY" in variable else repr(err.get("input"))
+            lines.append(f"  {variable}={shown}: {err['msg']}")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,37 +1,95 @@
-"""Where accepted readings are published: Kafka, keyed by device, acknowledged before 2xx."""
+"""Where accepted readings are published: Kafka, keyed by device, acknowledged before 2xx.
+
+Backpressure: the API never queues without bound. A request is refused with 503
+at once when the readings already waiting for Kafka's acknowledgement would pass
+MAX_IN_FLIGHT_READINGS, or while Kafka is known to be unreachable (a send failed
+and a metadata probe has not succeeded since). The producer reconnects by
+itself; the probe notices and the API takes readings again without a restart.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.reading import Reading
 
 log = logging.getLogger(__name__)
 
+PROBE_INTERVAL_S = 1.0
+
 
 class KafkaUnavailable(RuntimeError):
-    """Kafka did not acknowledge in time: the caller must answer 503, never 2xx."""
+    """Kafka cannot take readings now: the caller must answer 503, never 2xx."""
+
+    reason = "kafka_unavailable"
+
+
+class ProducerSaturated(KafkaUnavailable):
+    """Too many readings already wait for Kafka's acknowledgement."""
+
+    reason = "producer_saturated"
+
+
+class PublisherMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.send_seconds = Histogram(
+            "ingest_kafka_send_duration_seconds",
+            "Time from handing a request's readings to the producer to Kafka's acknowledgement",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "ingest_producer_in_flight_readings",
+            "Readings handed to the producer and not yet acknowledged by Kafka",
+            registry=registry,
+        )
+        self.buffer_use = Gauge(
+            "ingest_producer_buffer_use_ratio",
+            "In-flight readings as a share of MAX_IN_FLIGHT_READINGS",
+            registry=registry,
+        )
+        self.kafka_up = Gauge(
+            "ingest_kafka_up", "1 while the producer can reach Kafka", registry=registry
+        )
 
 
 class ReadingPublisher:
-    def __init__(self, bootstrap_servers: str, topic: str, send_timeout_s: float):
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        send_timeout_s: float,
+        max_in_flight: int = 50_000,
+        registry: CollectorRegistry | None = None,
+    ):
         self._topic = topic
         self._send_timeout_s = send_timeout_s
         self._bootstrap_servers = bootstrap_servers
+        self._max_in_flight = max_in_flight
         self._producer: AIOKafkaProducer | None = None
-        self._connect_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._failing = False
+        self._metrics = PublisherMetrics(registry or CollectorRegistry())
 
     @property
     def connected(self) -> bool:
-        return self._producer is not None
+        return self._producer is not None and not self._failing
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
 
     async def start(self) -> None:
         """Connect in the background so the API serves /health (and 503s) while Kafka is down."""
-        self._connect_task = asyncio.create_task(self._connect_forever())
+        self._tasks.append(asyncio.create_task(self._connect_forever()))
 
     async def _connect_forever(self) -> None:
         backoff = 0.5
@@ -50,12 +108,15 @@ class ReadingPublisher:
                 backoff = min(backoff * 2, 10.0)
                 continue
             self._producer = producer
+            self._metrics.kafka_up.set(1)
             log.info("connected to Kafka at %s", self._bootstrap_servers)
             return
 
     async def stop(self) -> None:
-        if self._connect_task is not None:
-            self._connect_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._producer is not None:
             # stop() flushes what is buffered: nothing acknowledged is left behind.
             await self._producer.stop()
@@ -65,6 +126,14 @@ class ReadingPublisher:
         producer = self._producer
         if producer is None:
             raise KafkaUnavailable("not connected to Kafka yet")
+        if self._failing:
+            raise KafkaUnavailable("Kafka is unreachable; retry later")
+        if self._in_flight + len(readings) > self._max_in_flight:
+            raise ProducerSaturated(
+                f"{self._in_flight} readings already wait for Kafka; retry later"
+            )
+        self._track(len(readings))
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._send_timeout_s):
                 pending = [
@@ -75,4 +144,37 @@ class ReadingPublisher:
                 ]
                 await asyncio.gather(*pending)
         except (KafkaError, TimeoutError) as exc:
+            self._mark_failing(exc)
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
+        finally:
+            self._track(-len(readings))
+        self._metrics.send_seconds.observe(time.perf_counter() - started)
+
+    def _track(self, delta: int) -> None:
+        self._in_flight += delta
+        self._metrics.in_flight.set(self._in_flight)
+        self._metrics.buffer_use.set(self._in_flight / self._max_in_flight)
+
+    def _mark_failing(self, exc: BaseException) -> None:
+        if self._failing:
+            return
+        log.warning("Kafka did not acknowledge (%r); refusing readings until it answers", exc)
+        self._failing = True
+        self._metrics.kafka_up.set(0)
+        self._tasks.append(asyncio.create_task(self._probe_until_back()))
+
+    async def _probe_until_back(self) -> None:
+        assert self._producer is not None
+        client = self._producer.client
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            try:
+                async with asyncio.timeout(self._send_timeout_s):
+                    await client.fetch_all_metadata()
+            except (KafkaError, TimeoutError, OSError) as exc:
+                log.debug("Kafka still unreachable: %r", exc)
+                continue
+            log.info("Kafka answers again; taking readings")
+            self._failing = False
+            self._metrics.kafka_up.set(1)
+            return

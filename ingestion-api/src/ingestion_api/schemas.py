@@ -134,8 +134,106 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
             }
         },
     },
+    401: {
+        "model": ErrorOut,
+        "description": "API keys are required and X-API-Key is missing or not valid",
+        "content": {
+            "application/json": {
+                "example": {
+                    "detail": "X-API-Key: missing or not valid",
+                    "errors": [{"field": "X-API-Key", "reason": "missing or not valid"}],
+                }
+            }
+        },
+    },
+    403: {
+        "model": ErrorOut,
+        "description": "The key is bound to other devices",
+        "content": {
+            "application/json": {
+                "example": {
+                    "detail": "device_id: this key may not post for dev-2",
+                    "errors": [{"field": "device_id", "reason": "this key may not post for dev-2"}],
+                }
+            }
+        },
+    },
+    429: {
+        "model": ErrorOut,
+        "description": "A device or the key is over its rate; retry after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    },
     503: {
         "model": ErrorOut,
-        "description": "Kafka did not acknowledge; retry after Retry-After seconds",
+        "description": "Kafka is unreachable or the producer is saturated; nothing was "
+        "acknowledged. Retry after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
     },
 }
+
+NDJSON_EXAMPLE = (
+    '{"device_id": "dev-1", "temperature_c": 21.5}\n{"device_id": "dev-2", "humidity": 40}\n'
+)
+
+
+def single_request_body() -> dict[str, object]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": ReadingIn.model_json_schema(),
+                    "examples": {
+                        "flat": {"summary": "Flat form", "value": FLAT_EXAMPLE},
+                        "general": {"summary": "General form", "value": GENERAL_EXAMPLE},
+                    },
+                }
+            },
+        }
+    }
+
+
+def batch_request_body() -> dict[str, object]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "A JSON array or NDJSON; `Content-Encoding: gzip` is accepted",
+            "content": {
+                "application/json": {
+                    "schema": {"type": "array", "items": ReadingIn.model_json_schema()},
+                    "example": [FLAT_EXAMPLE, GENERAL_EXAMPLE],
+                },
+                "application/x-ndjson": {"schema": {"type": "string"}, "example": NDJSON_EXAMPLE},
+            },
+        }
+    }
+
+
+class KeyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200, examples=["greenhouse gateway 7"])
+    devices: list[str] | None = Field(
+        None,
+        max_length=10_000,
+        description="the only devices this key may post for; absent means any device",
+        examples=[["dev-1", "dev-2"]],
+    )
+
+
+class KeyOut(BaseModel):
+    key_id: str = Field(examples=["3f9c2a1b7d4e"])
+    name: str = Field(examples=["greenhouse gateway 7"])
+    devices: list[str] | None = Field(None, examples=[["dev-1", "dev-2"]])
+    created_at: str = Field(examples=["2025-01-15T10:00:00Z"])
+    revoked_at: str | None = Field(None, examples=[None])
+
+
+class KeyIssuedOut(KeyOut):
+    api_key: str = Field(
+        description="the key itself: shown this once, stored only as a hash",
+        examples=["tk_3f9c2a1b7d4e_q0H7xq3kz9Yw2v8pR1tL5mN4bC6dE0fG7hJ8kL9zX2c"],
+    )
+
+
+class KeysOut(BaseModel):
+    data: list[KeyOut]
+    count: int

@@ -1,0 +1,146 @@
+"""Device API keys: issued once, stored only as hashes, optionally bound to devices.
+
+A key is ``tk_<id>_<secret>``: the id names it in lists and revocations, the
+secret is 32 random bytes. Only the SHA-256 of the whole key is stored. Keys are
+random, not chosen by people, so a fast hash is enough (no password stretching),
+and looking a presented key up by its hash means the time a check takes says
+nothing about how much of a valid key an attacker guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from telemetry_common.timefmt import utcnow
+
+log = logging.getLogger(__name__)
+
+API_KEYS = "api_keys"
+KEY_PREFIX = "tk_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    name: str
+    # None: any device; otherwise the only devices this key may post for.
+    devices: frozenset[str] | None
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    def may_post_for(self, device_id: str) -> bool:
+        return self.devices is None or device_id in self.devices
+
+    def public(self) -> dict[str, Any]:
+        """What lists and responses show: never the key nor its hash."""
+        return {
+            "key_id": self.key_id,
+            "name": self.name,
+            "devices": sorted(self.devices) if self.devices is not None else None,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> ApiKey:
+        devices = doc.get("devices")
+        return cls(
+            key_id=doc["_id"],
+            name=doc.get("name", ""),
+            devices=frozenset(devices) if devices is not None else None,
+            created_at=doc["created_at"],
+            revoked_at=doc.get("revoked_at"),
+        )
+
+
+async def issue_key(
+    db: AsyncDatabase, name: str, devices: list[str] | None = None
+) -> tuple[str, ApiKey]:
+    """Create a key; return the key itself (shown this once) and its record."""
+    key_id = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    doc = {
+        "_id": key_id,
+        "hash": hash_key(key),
+        "name": name,
+        "devices": sorted(set(devices)) if devices is not None else None,
+        "created_at": utcnow(),
+        "revoked_at": None,
+    }
+    await db[API_KEYS].insert_one(doc)
+    return key, ApiKey.from_document(doc)
+
+
+async def revoke_key(db: AsyncDatabase, key_id: str) -> ApiKey | None:
+    """Mark a key revoked (kept for the record); None when there is no such key."""
+    doc = await db[API_KEYS].find_one_and_update(
+        {"_id": key_id, "revoked_at": None},
+        {"$set": {"revoked_at": utcnow()}},
+        return_document=True,
+    )
+    if doc is None:
+        doc = await db[API_KEYS].find_one({"_id": key_id})
+    return ApiKey.from_document(doc) if doc else None
+
+
+async def list_keys(db: AsyncDatabase) -> list[ApiKey]:
+    return [ApiKey.from_document(d) async for d in db[API_KEYS].find({}).sort("created_at", 1)]
+
+
+class KeyCache:
+    """The valid keys by hash, reloaded from MongoDB every ``refresh_s`` seconds.
+
+    Checking a key never waits on MongoDB: a revocation takes effect within one
+    refresh, and an unreachable MongoDB keeps the last known keys rather than
+    locking every device out. Until the first load succeeds nothing is valid.
+    """
+
+    def __init__(self, db: AsyncDatabase, refresh_s: float):
+        self._db = db
+        self._refresh_s = refresh_s
+        self._by_hash: dict[str, ApiKey] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.loaded = False
+
+    def lookup(self, presented: str | None) -> ApiKey | None:
+        if not presented:
+            return None
+        return self._by_hash.get(hash_key(presented))
+
+    async def reload(self) -> None:
+        by_hash = {
+            doc["hash"]: ApiKey.from_document(doc)
+            async for doc in self._db[API_KEYS].find({"revoked_at": None})
+        }
+        self._by_hash = by_hash
+        self.loaded = True
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.reload()
+            except Exception as exc:
+                log.warning("could not reload API keys (%s); keeping the last known", exc)
+            await asyncio.sleep(self._refresh_s)

@@ -1,0 +1,124 @@
+"""Who may post: device API keys (when required), the devices a key is bound to, the admin key."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from fastapi import Request
+from telemetry_common.api_errors import ApiError
+from telemetry_common.api_keys import ApiKey
+
+from ingestion_api.context import IngestContext
+from ingestion_api.limits import retry_after_header
+
+API_KEY_HEADER = "X-API-Key"
+# One answer for a missing key and a wrong one, so probing learns nothing.
+UNAUTHORISED = "missing or not valid"
+
+
+def refuse(
+    ctx: IngestContext,
+    status: int,
+    field: str,
+    reason: str,
+    *,
+    outcome: str,
+    readings: int = 1,
+    headers: dict[str, str] | None = None,
+) -> ApiError:
+    """Count a refusal in the metrics and build the error that answers it."""
+    ctx.metrics.refused.labels(str(status), outcome).inc()
+    ctx.metrics.readings.labels(outcome).inc(readings)
+    return ApiError(status, field, reason, headers=headers)
+
+
+def authenticate(request: Request, ctx: IngestContext) -> ApiKey | None:
+    """The caller's key when keys are required (401 without a valid one, 429 over its rate)."""
+    if not ctx.settings.api_keys_required:
+        return None
+    if ctx.keys is None or not ctx.keys.loaded:
+        raise refuse(
+            ctx,
+            503,
+            API_KEY_HEADER,
+            "keys are not loaded yet; retry later",
+            outcome="keys_unavailable",
+            headers={"Retry-After": str(ctx.settings.retry_after_s)},
+        )
+    key = ctx.keys.lookup(request.headers.get(API_KEY_HEADER))
+    if key is None:
+        raise refuse(
+            ctx,
+            401,
+            API_KEY_HEADER,
+            UNAUTHORISED,
+            outcome="unauthorised",
+            headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'},
+        )
+    wait = ctx.key_limits.take([(key.key_id, 1.0)])
+    if wait:
+        raise refuse(
+            ctx,
+            429,
+            API_KEY_HEADER,
+            f"this key is over {ctx.key_limits.rate:g} requests/s",
+            outcome="rate_limited",
+            headers=retry_after_header(wait),
+        )
+    return key
+
+
+def authorise_devices(ctx: IngestContext, key: ApiKey | None, device_ids: Iterable[str]) -> None:
+    """403 when a device-bound key posts for a device it is not bound to."""
+    if key is None or key.devices is None:
+        return
+    ids = list(device_ids)
+    foreign = sorted({d for d in ids if not key.may_post_for(d)})
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise refuse(
+            ctx,
+            403,
+            "device_id",
+            f"this key may not post for {shown}",
+            outcome="forbidden",
+            readings=len(ids),
+        )
+
+
+def limit_devices(ctx: IngestContext, device_ids: Iterable[str]) -> None:
+    """429 with Retry-After when a device is over its rate; the whole request or none of it."""
+    ids = list(device_ids)
+    wait = ctx.device_limits.take((d, 1.0) for d in ids)
+    if wait:
+        raise refuse(
+            ctx,
+            429,
+            "device_id",
+            f"a device in this request is over {ctx.device_limits.rate:g} readings/s",
+            outcome="rate_limited",
+            readings=len(ids),
+            headers=retry_after_header(wait),
+        )
+
+
+def require_admin(request: Request, ctx: IngestContext) -> None:
+    expected = ctx.settings.admin_api_key
+    presented = request.headers.get(API_KEY_HEADER, "")
+    # compare_digest: the time taken does not depend on how much of the key matched.
+    if expected is None or not hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"),
+        expected.get_secret_value().encode(),
+    ):
+        raise refuse(
+            ctx,
+            401,
+            API_KEY_HEADER,
+            UNAUTHORISED,
+            outcome="unauthorised",
+            readings=0,
+            headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'},
+        )

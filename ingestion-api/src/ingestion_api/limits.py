@@ -1,0 +1,89 @@
+"""Rate limits: a token bucket per device and per API key, in this process's memory.
+
+Pure logic with an injectable clock, so it is unit-tested without time passing.
+Each replica limits what reaches it; with N replicas behind a balancer a device
+gets at most N times its rate, which bounds a flood without a shared store on
+the hot path.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """``rate`` tokens a second per key, bursts up to ``burst``; at most ``max_keys`` tracked.
+
+    The least recently seen keys are forgotten first: a forgotten key starts with
+    a full bucket again, which errs on letting a quiet device through.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.rate = rate
+        self.burst = burst
+        self._max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def _bucket(self, key: str, now: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = TokenBucket(self.burst, now)
+            self._buckets[key] = bucket
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.updated = now
+        return bucket
+
+    def take(self, costs: Iterable[tuple[str, float]]) -> float:
+        """Take every cost or none; return 0, or the seconds until all of them would fit.
+
+        All-or-nothing, so a request refused for one device does not use up the
+        allowance of the others in it.
+        """
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        wanted: dict[str, float] = {}
+        for key, cost in costs:
+            wanted[key] = wanted.get(key, 0.0) + cost
+        wait = 0.0
+        buckets = {key: self._bucket(key, now) for key in wanted}
+        for key, cost in wanted.items():
+            shortfall = min(cost, self.burst) - buckets[key].tokens
+            if shortfall > 0:
+                wait = max(wait, shortfall / self.rate)
+        if wait > 0:
+            return wait
+        for key, cost in wanted.items():
+            buckets[key].tokens -= min(cost, self.burst)
+        return 0.0
+
+
+def retry_after_header(wait_s: float) -> dict[str, str]:
+    # Retry-After takes whole seconds (RFC 9110 §10.2.3); round up so a client
+    # that obeys it is never refused again for the same reason.
+    return {"Retry-After": str(max(1, math.ceil(wait_s)))}

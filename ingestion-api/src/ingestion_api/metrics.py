@@ -1,0 +1,22 @@
+"""The ingestion API's own metrics (request latency comes from the shared middleware)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.readings = Counter(
+            "ingest_readings_total",
+            "Readings received, by outcome: accepted, duplicate, invalid, unauthorised, "
+            "forbidden, rate_limited, kafka_unavailable, producer_saturated",
+            ["outcome"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "ingest_refused_requests_total",
+            "Requests refused before publishing, by status and reason",
+            ["status", "reason"],
+            registry=registry,
+        )

@@ -1,0 +1,139 @@
+"""Where a reading comes in: one at a time, or a batch (JSON array or NDJSON, maybe gzip)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from telemetry_common.api_errors import ApiError
+from telemetry_common.reading import InvalidReading, Reading, parse_reading
+from telemetry_common.timefmt import utcnow
+
+from ingestion_api import schemas
+from ingestion_api.auth import authenticate, authorise_devices, limit_devices, refuse
+from ingestion_api.body import parse_json, parse_ndjson, read_limited, require_json_content_type
+from ingestion_api.context import IngestContext, get_context
+from ingestion_api.publish import KafkaUnavailable
+
+JSON_TYPES = ("application/json",)
+BATCH_TYPES = ("application/json", "application/x-ndjson")
+
+router = APIRouter(tags=["ingest"])
+Context = Annotated[IngestContext, Depends(get_context)]
+
+
+async def publish_or_503(ctx: IngestContext, readings: list[Reading]) -> None:
+    try:
+        await ctx.publisher.publish(readings)
+    except KafkaUnavailable as exc:
+        raise refuse(
+            ctx,
+            503,
+            "kafka",
+            str(exc),
+            outcome=exc.reason,
+            readings=len(readings),
+            headers={"Retry-After": str(ctx.settings.retry_after_s)},
+        ) from None
+    ctx.recent.add_all([r.event_id for r in readings])
+
+
+@router.post(
+    "/ingest",
+    status_code=202,
+    response_model=schemas.QueuedOut,
+    responses=schemas.ERROR_RESPONSES,
+    openapi_extra=schemas.single_request_body(),
+)
+async def ingest(request: Request, ctx: Context) -> schemas.QueuedOut:
+    """Accept one reading; answers 202 only after Kafka acknowledged it."""
+    key = authenticate(request, ctx)
+    require_json_content_type(request, JSON_TYPES)
+    body = parse_json(await read_limited(request, ctx.settings.max_body_bytes))
+    try:
+        reading = parse_reading(body, now=utcnow(), max_future_skew=ctx.max_future_skew)
+    except InvalidReading as exc:
+        ctx.metrics.readings.labels("invalid").inc()
+        raise ApiError(422, "", "", errors=exc.errors) from None
+    authorise_devices(ctx, key, [reading.device_id])
+    limit_devices(ctx, [reading.device_id])
+    if reading.event_id in ctx.recent:
+        # Kafka acknowledged this very reading lately: a client retry. It is durable.
+        ctx.metrics.readings.labels("duplicate").inc()
+    else:
+        await publish_or_503(ctx, [reading])
+        ctx.metrics.readings.labels("accepted").inc()
+    return schemas.QueuedOut(device_id=reading.device_id, event_id=reading.event_id)
+
+
+@router.post(
+    "/ingest/batch",
+    response_model=schemas.BatchOut,
+    responses={
+        **schemas.ERROR_RESPONSES,
+        422: {"model": schemas.BatchOut, "description": "Every reading was invalid"},
+    },
+    openapi_extra=schemas.batch_request_body(),
+)
+async def ingest_batch(request: Request, ctx: Context) -> JSONResponse:
+    """Accept up to MAX_BATCH_READINGS readings; each gets stored, duplicate or invalid."""
+    key = authenticate(request, ctx)
+    media_type = require_json_content_type(request, BATCH_TYPES)
+    raw = await read_limited(request, ctx.settings.max_body_bytes)
+    items = parse_ndjson(raw) if media_type == "application/x-ndjson" else parse_json(raw)
+    if not isinstance(items, list):
+        raise ApiError(422, "body", "must be a JSON array of readings")
+    limit = ctx.settings.max_batch_readings
+    if len(items) > limit:
+        raise refuse(
+            ctx,
+            413,
+            "body",
+            f"{len(items)} readings; at most {limit} per batch",
+            outcome="too_many",
+            readings=len(items),
+        )
+    now = utcnow()
+    results: list[schemas.BatchItemOut] = []
+    valid: list[tuple[int, Reading]] = []
+    for index, item in enumerate(items):
+        try:
+            valid.append((index, parse_reading(item, now=now, max_future_skew=ctx.max_future_skew)))
+        except InvalidReading as exc:
+            results.append(
+                schemas.BatchItemOut(
+                    index=index,
+                    status="invalid",
+                    errors=[schemas.FieldErrorOut(**e.as_dict()) for e in exc.errors],
+                )
+            )
+    authorise_devices(ctx, key, (r.device_id for _, r in valid))
+    limit_devices(ctx, (r.device_id for _, r in valid))
+
+    to_publish: list[Reading] = []
+    seen: set[str] = set()
+    for index, reading in valid:
+        duplicate = reading.event_id in seen or reading.event_id in ctx.recent
+        if not duplicate:
+            seen.add(reading.event_id)
+            to_publish.append(reading)
+        results.append(
+            schemas.BatchItemOut(
+                index=index,
+                status="duplicate" if duplicate else "stored",
+                event_id=reading.event_id,
+                device_id=reading.device_id,
+            )
+        )
+    if to_publish:
+        await publish_or_503(ctx, to_publish)
+    results.sort(key=lambda r: r.index)
+    counts = {
+        s: sum(1 for r in results if r.status == s) for s in ("stored", "duplicate", "invalid")
+    }
+    for outcome, count in counts.items():
+        ctx.metrics.readings.labels("accepted" if outcome == "stored" else outcome).inc(count)
+    out = schemas.BatchOut(results=results, **counts)
+    status_code = 422 if items and counts["invalid"] == len(items) else 200
+    return JSONResponse(out.model_dump(exclude_none=True), status_code=status_code)
