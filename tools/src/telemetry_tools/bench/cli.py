@@ -34,6 +34,8 @@ class Profile:
     devices: int
     stored_readings: int
     samples: int
+    drain_budget_s: float
+    insert_sample: int
 
 
 PROFILES = {
@@ -44,6 +46,8 @@ PROFILES = {
         devices=10_000,
         stored_readings=5_000_000,
         samples=200,
+        drain_budget_s=120.0,
+        insert_sample=200_000,
     ),
     "smoke": Profile(
         ingest_readings=2_000,
@@ -52,6 +56,8 @@ PROFILES = {
         devices=50,
         stored_readings=3_000,
         samples=5,
+        drain_budget_s=60.0,
+        insert_sample=2_000,
     ),
 }
 
@@ -94,7 +100,13 @@ def run(args: argparse.Namespace) -> Report:
                 report, infra, run_id, profile.ingest_readings, profile.single_seconds
             )
             db_name, drain_rates = drain.run(
-                report, infra, run_id, profile.drain_readings, profile.devices
+                report,
+                infra,
+                run_id,
+                profile.drain_readings,
+                profile.devices,
+                profile.drain_budget_s,
+                profile.insert_sample,
             )
             # What the whole pipeline sustains: the slowest of its stages.
             sustainable = min(rates["batch_readings_per_s"], *drain_rates.values())

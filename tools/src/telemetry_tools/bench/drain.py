@@ -85,19 +85,34 @@ async def committed(bootstrap_servers: str, group: str) -> int:
         await admin.close()
 
 
-def drain_rate(infra: Infra, service: ServiceProcess, group: str, expected: int) -> float:
-    """Start the worker on a full topic; readings/s until it committed all of them."""
+def drain_rate(
+    infra: Infra, service: ServiceProcess, group: str, expected: int, budget_s: float
+) -> tuple[float, int]:
+    """Start the worker on a full topic; readings/s it commits, and how many it drained.
+
+    It stops at the whole topic or at ``budget_s``, whichever comes first: past
+    the first seconds the rate is steady, and a slow worker must not make the
+    benchmark run for hours.
+    """
     with running(service):
         started = time.perf_counter()
-        while asyncio.run(committed(infra.bootstrap_servers, group)) < expected:
+        done = 0
+        while done < expected and time.perf_counter() - started < budget_s:
             if service.process is not None and service.process.poll() is not None:
                 raise RuntimeError(f"{service.name} exited during the drain")
-            time.sleep(0.2)
-        return expected / (time.perf_counter() - started)
+            time.sleep(0.5)
+            done = asyncio.run(committed(infra.bootstrap_servers, group))
+        return done / (time.perf_counter() - started), done
 
 
 def run(
-    report: Report, infra: Infra, run_id: str, readings: int, devices: int
+    report: Report,
+    infra: Infra,
+    run_id: str,
+    readings: int,
+    devices: int,
+    budget_s: float,
+    insert_sample: int,
 ) -> tuple[str, dict[str, float]]:
     """Measure both workers' drain rates; return the database the aggregator filled, and them."""
     topic = f"bench.drain.{run_id}"
@@ -133,11 +148,15 @@ def run(
     aggregator = ServiceProcess(
         "aggregator-worker", "aggregator_worker", {**env, "CONSUMER_GROUP": f"agg-{run_id}"}, logs
     )
-    aggregator_rate = drain_rate(infra, aggregator, f"agg-{run_id}", readings)
+    with report.phase("drain: aggregator-worker"):
+        aggregator_rate, aggregated = drain_rate(
+            infra, aggregator, f"agg-{run_id}", readings, budget_s
+        )
     alerts = ServiceProcess(
         "alerts-worker", "alerts_worker", {**env, "CONSUMER_GROUP": f"alerts-{run_id}"}, logs
     )
-    alerts_rate = drain_rate(infra, alerts, f"alerts-{run_id}", readings)
+    with report.phase("drain: alerts-worker"):
+        alerts_rate, alerted = drain_rate(infra, alerts, f"alerts-{run_id}", readings, budget_s)
 
     lower = min(consumer_ceiling, insert_ceiling)
     lower_name = (
@@ -154,8 +173,9 @@ def run(
             ceiling_name=lower_name,
             goal="ratio >= 0.8 of the lower ceiling",
             note=(
-                f"ceilings: bare consumer decoding {consumer_ceiling:,.0f}/s, "
-                f"bare MongoDB bulk insert {insert_ceiling:,.0f}/s"
+                f"drained {aggregated:,} of {readings:,} readings in the time budget; ceilings: "
+                f"bare consumer decoding {consumer_ceiling:,.0f}/s, bare MongoDB bulk insert "
+                f"{insert_ceiling:,.0f}/s ({min(insert_sample, readings):,} documents)"
             ),
         )
     )
@@ -166,6 +186,7 @@ def run(
             "readings/s",
             consumer_ceiling,
             ceiling_name="bare aiokafka consumer decoding",
+            note=f"drained {alerted:,} of {readings:,} readings in the time budget",
         )
     )
     report.add(

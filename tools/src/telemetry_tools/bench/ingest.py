@@ -49,7 +49,8 @@ def run(
     now = datetime.now(UTC)
     items = list(bodies(readings, devices=1000, end=now, prefix=f"ing-{run_id}-"))
     values = [(r.device_id.encode(), r.to_kafka_value()) for r in map(canonical, items)]
-    ceiling = asyncio.run(bare_producer_rate(infra.bootstrap_servers, ceiling_topic, values))
+    with report.phase("ingest: bare producer ceiling"):
+        ceiling = asyncio.run(bare_producer_rate(infra.bootstrap_servers, ceiling_topic, values))
 
     env = {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "TELEMETRY_TOPIC": topic}
     logs = infra.work_dir / "logs"
@@ -63,7 +64,7 @@ def run(
             min(readings, 200_000), devices=1000, end=now, prefix=f"one-{run_id}-", seed=2
         )
     ]
-    with running(api):
+    with report.phase("ingest: the API, batches and single readings"), running(api):
         batch = asyncio.run(post_all(api.url, "/ingest/batch", batches, concurrency=BATCH_CLIENTS))
         single = asyncio.run(
             post_all(
@@ -71,7 +72,7 @@ def run(
             )
         )
     null_api = ServiceProcess("ingestion-api-null", "telemetry_tools.bench.null_ingest", env, logs)
-    with running(null_api):
+    with report.phase("ingest: the API without Kafka"), running(null_api):
         bare = asyncio.run(
             post_all(
                 null_api.url,

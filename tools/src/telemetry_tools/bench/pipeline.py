@@ -65,7 +65,10 @@ def run(
             [TopicSpec(topic, 6, {}), TopicSpec(alerts_topic, 3, {}), TopicSpec(dlq_topic, 1, {})],
         )
     )
-    topped_up = asyncio.run(queries.top_up_raw(infra.mongo_url, db_name, stored_readings, devices))
+    with report.phase(f"queries: fill telemetry_raw up to {stored_readings:,} readings"):
+        topped_up = asyncio.run(
+            queries.top_up_raw(infra.mongo_url, db_name, stored_readings, devices)
+        )
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
         "MONGO_URL": infra.mongo_url,
@@ -95,7 +98,7 @@ def run(
     ingest, dashboard = services[0], services[1]
     e2e_load, query_load = 0.7 * sustainable_rate, 0.5 * sustainable_rate
     with running(*services):
-        with background_load(ingest.url, e2e_load, run_id):
+        with report.phase("end-to-end latency"), background_load(ingest.url, e2e_load, run_id):
             e2e = asyncio.run(
                 latency.measure(
                     ingest_url=ingest.url,
@@ -108,7 +111,7 @@ def run(
                     run_id=run_id,
                 )
             )
-        with background_load(ingest.url, query_load, run_id):
+        with report.phase("dashboard queries"), background_load(ingest.url, query_load, run_id):
             measured = asyncio.run(
                 queries.measure(dashboard.url, infra.mongo_url, db_name, devices, samples)
             )

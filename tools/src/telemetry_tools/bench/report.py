@@ -7,6 +7,9 @@ import json
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +101,16 @@ class Report:
     date: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     figures: list[Figure] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase, so a run that grows past its budget shows where."""
+        print(f"{name} ...", flush=True)
+        started = time.monotonic()
+        yield
+        self.phase_seconds[name] = round(time.monotonic() - started, 1)
+        print(f"{name}: {self.phase_seconds[name]} s", flush=True)
 
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
@@ -111,6 +124,7 @@ class Report:
             "date": self.date,
             "profile": self.profile,
             "sizes": self.sizes,
+            "phase_seconds": self.phase_seconds,
             "figures": [asdict(f) for f in self.figures],
         }
 
