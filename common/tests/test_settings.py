@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from telemetry_common.settings import AlertsSettings, load_settings
+from telemetry_common.settings import AlertsSettings, IngestionSettings, load_settings
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,15 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_retries == 3
     assert (settings.temp_min_threshold, settings.temp_max_threshold) == (-10, 50)
     assert (settings.humidity_min_threshold, settings.humidity_max_threshold) == (0, 100)
+
+
+def test_a_placeholder_admin_key_stops_the_service_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("ADMIN_API_KEY", "change-me")
+    with pytest.raises(SystemExit) as exit_:
+        load_settings(IngestionSettings)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "ADMIN_API_KEY=<hidden>" in err and "placeholder" in err
+    assert "change-me" not in err

@@ -120,3 +120,20 @@ def test_openapi_documents_every_endpoint_with_examples(client: TestClient) -> N
     assert {"202", "413", "422", "503"} <= set(ingest["responses"])
     batch = spec["paths"]["/ingest/batch"]["post"]["requestBody"]["content"]
     assert {"application/json", "application/x-ndjson"} <= set(batch)
+    assert {"401", "403", "429"} <= set(ingest["responses"])
+    assert "Retry-After" in ingest["responses"]["429"]["headers"]
+
+
+def test_openapi_documents_the_admin_key_endpoints(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"post", "get"} <= set(paths["/admin/keys"])
+    assert "delete" in paths["/admin/keys/{key_id}"]
+    assert "401" in paths["/admin/keys"]["post"]["responses"]
+
+
+def test_admin_endpoints_refuse_everyone_when_no_admin_key_is_configured(
+    client: TestClient,
+) -> None:
+    response = client.get("/admin/keys", headers={"X-API-Key": "anything-at-all"})
+    assert response.status_code == 401
+    assert response.json()["errors"] == [{"field": "X-API-Key", "reason": "missing or not valid"}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,13 +16,18 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
+from aggregator_worker.worker import run as run_aggregator
+from alerts_worker.worker import run as run_alerts
 from integration.ingestion import ingestion_client
+from integration.workers import running
+from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
+from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
 from telemetry_common.reading import decode_kafka_value
-from telemetry_common.settings import IngestionSettings
+from telemetry_common.settings import AggregatorSettings, AlertsSettings, IngestionSettings
 from telemetry_tools import keys as keys_cli
 from telemetry_tools.servers import KafkaServer, free_port
-from telemetry_tools.testing import Topics, read_topic
+from telemetry_tools.testing import Topics, eventually, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +292,48 @@ def test_sigterm_finishes_in_flight_requests_and_loses_nothing_acknowledged(
     )
     on_topic = {decode_kafka_value(r.value).event_id for r in records}
     assert set(acknowledged) <= on_topic
+
+
+async def test_retries_however_they_interleave_are_stored_and_counted_once(
+    service_env: dict, topics: Topics, db: AsyncDatabase
+) -> None:
+    """Every retry reaches Kafka here (no recent-id memory): the workers must still count once."""
+    readings = [reading(f"r-{i % 5}", i, 60.0 if i % 7 == 0 else 20.0 + i) for i in range(40)]
+    breaching = sum(1 for r in readings if r["temperature_c"] > 50)
+    rng = random.Random(11)
+    with ingestion_client(IngestionSettings(**service_env, recent_event_ids=0)) as client:
+        for attempt in range(3):
+            order = readings[:]
+            rng.shuffle(order)
+            cut = rng.randrange(1, len(order))
+            # Some as single posts, the rest as two batches of different shapes.
+            for body in order[:cut] if attempt == 1 else []:
+                assert client.post("/ingest", json=body).status_code == 202
+            rest = order[cut:] if attempt == 1 else order
+            half = len(rest) // 2
+            for batch in (rest[:half], rest[half:]):
+                if batch:
+                    assert client.post("/ingest/batch", json=batch).status_code == 200
+
+    aggregator = AggregatorSettings(**service_env, port=free_port(), consumer_group="agg-retries")
+    alerts = AlertsSettings(**service_env, port=free_port(), consumer_group="alerts-retries")
+    async with running(run_aggregator, aggregator), running(run_alerts, alerts):
+
+        async def all_counted() -> bool:
+            rollups = await db[ROLLUPS].find({"sensor_type": "temperature_c"}).to_list()
+            return sum(r["count"] for r in rollups) >= len(readings) and (
+                await db[ALERTS].count_documents({}) >= breaching
+            )
+
+        await eventually(all_counted)
+        await asyncio.sleep(2)  # a double count would land after the first
+
+    assert await db[RAW].count_documents({}) == len(readings)
+    rollups = await db[ROLLUPS].find({"sensor_type": "temperature_c"}).to_list()
+    assert sum(r["count"] for r in rollups) == len(readings)
+    assert sum(r["sum"] for r in rollups) == pytest.approx(
+        sum(r["temperature_c"] for r in readings)
+    )
+    devices = await db[DEVICES].find({}).to_list()
+    assert sum(d["reading_count"] for d in devices) == len(readings)
+    assert await db[ALERTS].count_documents({}) == breaching

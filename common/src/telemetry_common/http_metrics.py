@@ -20,7 +20,7 @@ class RequestMetricsMiddleware:
         self.duration = Histogram(
             "http_request_duration_seconds",
             "Time from request to the end of the response",
-            ["method", "route"],
+            ["method", "route", "status"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
@@ -46,4 +46,6 @@ class RequestMetricsMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
             self.requests.labels(method, template, str(status)).inc()
-            self.duration.labels(method, template).observe(time.perf_counter() - started)
+            self.duration.labels(method, template, str(status)).observe(
+                time.perf_counter() - started
+            )
