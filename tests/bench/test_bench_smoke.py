@@ -23,6 +23,7 @@ EXPECTED = [
     "/ingest/batch readings/s",
     "/ingest requests/s",
     "/ingest p99 latency",
+    "/ingest p99 of other devices while one floods",
     "aggregator drain readings/s",
     "alerts drain readings/s",
     "end-to-end p50: POST to rollup visible",

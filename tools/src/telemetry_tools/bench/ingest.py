@@ -19,6 +19,8 @@ from telemetry_tools.percentiles import percentile
 BATCH_SIZE = 500
 BATCH_CLIENTS = 4
 SINGLE_CLIENTS = 32
+CALM_CLIENTS = 4
+FLOOD_CLIENTS = 16
 
 
 async def bare_producer_rate(
@@ -34,6 +36,23 @@ async def bare_producer_rate(
         return len(values) / (time.perf_counter() - started)
     finally:
         await producer.stop()
+
+
+async def flood_effect(url: str, bodies_: list[bytes], seconds: float) -> tuple[float, float]:
+    """p99 ms of well-behaved devices alone, then while one device floods the API."""
+    calm_bodies = bodies_[len(bodies_) // 2 :]
+    alone = await post_all(
+        url, "/ingest", calm_bodies, concurrency=CALM_CLIENTS, duration_s=seconds
+    )
+    flood_body = [orjson.dumps({"device_id": "flood", "temperature_c": 20.0})]
+    beside, _ = await asyncio.gather(
+        post_all(url, "/ingest", calm_bodies[::-1], concurrency=CALM_CLIENTS, duration_s=seconds),
+        post_all(url, "/ingest", flood_body, concurrency=FLOOD_CLIENTS, duration_s=seconds),
+    )
+    return (
+        percentile(alone.latencies_s, 0.99) * 1000,
+        percentile(beside.latencies_s, 0.99) * 1000,
+    )
 
 
 def run(
@@ -64,13 +83,22 @@ def run(
             min(readings, 200_000), devices=1000, end=now, prefix=f"one-{run_id}-", seed=2
         )
     ]
-    with report.phase("ingest: the API, batches and single readings"), running(api):
-        batch = asyncio.run(post_all(api.url, "/ingest/batch", batches, concurrency=BATCH_CLIENTS))
-        single = asyncio.run(
-            post_all(
-                api.url, "/ingest", singles, concurrency=SINGLE_CLIENTS, duration_s=single_seconds
+    with running(api):
+        with report.phase("ingest: the API, batches and single readings"):
+            batch = asyncio.run(
+                post_all(api.url, "/ingest/batch", batches, concurrency=BATCH_CLIENTS)
             )
-        )
+            single = asyncio.run(
+                post_all(
+                    api.url,
+                    "/ingest",
+                    singles,
+                    concurrency=SINGLE_CLIENTS,
+                    duration_s=single_seconds,
+                )
+            )
+        with report.phase("ingest: one device flooding beside the others"):
+            calm, flooded = asyncio.run(flood_effect(api.url, singles, single_seconds))
     null_api = ServiceProcess("ingestion-api-null", "telemetry_tools.bench.null_ingest", env, logs)
     with report.phase("ingest: the API without Kafka"), running(null_api):
         bare = asyncio.run(
@@ -114,6 +142,18 @@ def run(
             percentile(bare.latencies_s, 0.99) * 1000,
             ceiling_name="same app, no Kafka",
             goal="< 25 ms",
+        )
+    )
+    report.add(
+        Figure(
+            f"/ingest p99 of other devices while one floods ({FLOOD_CLIENTS} clients)",
+            flooded,
+            "ms",
+            calm,
+            ceiling_name="the same clients with no flood",
+            goal="ratio <= 2",
+            note=f"the flooding device is held to DEVICE_RATE_LIMIT with 429s; "
+            f"{CALM_CLIENTS} clients post for the other devices",
         )
     )
     report.add(

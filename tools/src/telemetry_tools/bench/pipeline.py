@@ -14,7 +14,8 @@ from telemetry_tools.bench import latency, queries
 from telemetry_tools.bench.processes import Infra, ServiceProcess, running
 from telemetry_tools.bench.report import Figure, Report
 
-BACKGROUND_DEVICES = 100
+# Enough devices that each stays well under DEVICE_RATE_LIMIT at the rates used here.
+BACKGROUND_DEVICES = 1000
 BACKGROUND_BATCH = 50
 
 
