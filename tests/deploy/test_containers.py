@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from deploy.tooling import ROOT, SERVICES, run, tool
-from telemetry_tools.dockerfiles import IMAGES, render
+from telemetry_tools.dockerfiles import IMAGES, Image, render
 
 pytestmark = pytest.mark.deploy
 
@@ -32,7 +33,7 @@ def test_hadolint_catches_what_it_should() -> None:
 
 
 @pytest.mark.parametrize("image", IMAGES, ids=lambda i: i.folder)
-def test_dockerfile_is_the_rendered_template(image) -> None:  # type: ignore[no-untyped-def]
+def test_dockerfile_is_the_rendered_template(image: Image) -> None:
     committed = (ROOT / image.folder / "Dockerfile").read_text()
     assert committed == render(image), "run `make dockerfiles` and commit the result"
 
@@ -42,7 +43,7 @@ def final_stage(dockerfile: str) -> str:
 
 
 @pytest.mark.parametrize("image", IMAGES, ids=lambda i: i.folder)
-def test_image_is_multi_stage_locked_non_root_and_without_build_tools(image) -> None:  # type: ignore[no-untyped-def]
+def test_image_is_multi_stage_locked_non_root_and_without_build_tools(image: Image) -> None:
     text = render(image)
     final = final_stage(text)
     # Locked dependencies install before the code is copied: their layer is cached.
@@ -79,20 +80,22 @@ def test_compose_refuses_to_start_without_the_secrets() -> None:
     assert "copy .env.example to .env" in output
 
 
-def volumes(service: dict) -> dict[str, str]:
+def volumes(service: dict[str, Any]) -> dict[str, str]:
     """Mount target -> source, from docker-compose's short form `source:target[:mode]`."""
     pairs = (volume.split(":")[:2] for volume in service["volumes"])
     return {target: source for source, target in pairs}
 
 
 @pytest.fixture(scope="module")
-def services() -> dict:
+def services() -> dict[str, Any]:
     code, output = compose("--profile", "load", "config")
     assert code == 0, output
     return yaml.safe_load(output)["services"]
 
 
-def test_compose_runs_kafka_in_kraft_mongodb_7_and_the_services_on_their_ports(services) -> None:  # type: ignore[no-untyped-def]
+def test_compose_runs_kafka_in_kraft_mongodb_7_and_the_services_on_their_ports(
+    services: dict[str, Any],
+) -> None:
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
@@ -108,13 +111,15 @@ def test_compose_runs_kafka_in_kraft_mongodb_7_and_the_services_on_their_ports(s
         assert all(d["condition"].startswith("service_") for d in service["depends_on"].values())
 
 
-def test_compose_secrets_come_from_the_env_file(services) -> None:  # type: ignore[no-untyped-def]
+def test_compose_secrets_come_from_the_env_file(services: dict[str, Any]) -> None:
     example = dict(
         line.split("=", 1)
         for line in (ROOT / ".env.example").read_text().splitlines()
         if line and not line.startswith("#")
     )
-    assert example["MONGO_ROOT_PASSWORD"] in services["aggregator-worker"]["environment"]["MONGO_URL"]
+    assert (
+        example["MONGO_ROOT_PASSWORD"] in services["aggregator-worker"]["environment"]["MONGO_URL"]
+    )
     assert services["mongodb"]["environment"]["MONGO_INITDB_ROOT_PASSWORD"] == "change-me"
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "change-me"
     raw = (ROOT / "docker-compose.yml").read_text()
@@ -122,14 +127,16 @@ def test_compose_secrets_come_from_the_env_file(services) -> None:  # type: igno
     assert ".env" in (ROOT / ".gitignore").read_text().split()
 
 
-def test_compose_loadgen_runs_only_under_its_profile(services) -> None:  # type: ignore[no-untyped-def]
+def test_compose_loadgen_runs_only_under_its_profile(services: dict[str, Any]) -> None:
     assert services["loadgen"]["profiles"] == ["load"]
     assert services["loadgen"]["command"][0] == "telemetry-loadgen"
     assert "--base-url=http://ingestion-api:8001" in services["loadgen"]["command"]
     assert [name for name, s in services.items() if "profiles" in s] == ["loadgen"]
 
 
-def test_compose_prometheus_scrapes_all_four_and_grafana_has_the_dashboard(services) -> None:  # type: ignore[no-untyped-def]
+def test_compose_prometheus_scrapes_all_four_and_grafana_has_the_dashboard(
+    services: dict[str, Any],
+) -> None:
     config = ROOT / "observability" / "prometheus" / "prometheus.yml"
     result = run([tool("promtool"), "check", "config", str(config)])
     assert result.returncode == 0, result.stdout + result.stderr

@@ -14,7 +14,14 @@ from pathlib import Path
 
 UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.8"
 PYTHON_IMAGE = "python:3.11-slim-bookworm"
-MEMBERS = ("common", "ingestion-api", "aggregator-worker", "alerts-worker", "dashboard-api", "tools")
+MEMBERS = (
+    "common",
+    "ingestion-api",
+    "aggregator-worker",
+    "alerts-worker",
+    "dashboard-api",
+    "tools",
+)
 
 
 @dataclass(frozen=True)
@@ -67,11 +74,16 @@ USER 10001:10001
 {serve}CMD ["{command}"]
 """
 
-SERVE = """\
-EXPOSE {port}
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \\
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{{os.environ[\\"PORT\\"]}}/health', timeout=2)"]
-"""
+# The slim image has no curl; Python asks /health on the port the service listens on.
+PROBE = (
+    "import os, urllib.request; "
+    "urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\\\"PORT\\\"]}/health', timeout=2)"
+)
+SERVE = (
+    "EXPOSE {port}\n"
+    "HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \\\n"
+    '    CMD ["python", "-c", "{probe}"]\n'
+)
 
 
 def render(image: Image) -> str:
@@ -83,7 +95,7 @@ def render(image: Image) -> str:
             f" \\\n    PORT={image.port} \\\n    KAFKA_BOOTSTRAP_SERVERS=kafka:9092 \\\n"
             "    MONGO_URL=mongodb://mongodb:27017"
         )
-        serve = SERVE.format(port=image.port)
+        serve = SERVE.format(port=image.port, probe=PROBE)
     return BUILD.format(
         folder=image.folder,
         package=image.package,
