@@ -13,6 +13,7 @@ from telemetry_common.api_errors import ApiError, install_error_handlers
 from telemetry_common.http_metrics import RequestMetricsMiddleware
 from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.reading import InvalidReading, Reading, parse_reading
+from telemetry_common.request_id import RequestIdMiddleware
 from telemetry_common.settings import IngestionSettings
 from telemetry_common.timefmt import utcnow
 
@@ -62,6 +63,8 @@ def create_app(settings: IngestionSettings, registry: CollectorRegistry | None =
     )
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
+    # Added last, so outermost: every response and log line carries X-Request-ID.
+    app.add_middleware(RequestIdMiddleware)
     add_metrics_route(app, registry)
 
     async def publish_or_503(readings: list[Reading]) -> None:

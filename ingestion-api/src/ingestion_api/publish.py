@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.reading import Reading
+from telemetry_common.request_id import kafka_headers
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,28 @@ class ReadingPublisher:
         producer = self._producer
         if producer is None:
             raise KafkaUnavailable("not connected to Kafka yet")
+        headers = kafka_headers()
         try:
             async with asyncio.timeout(self._send_timeout_s):
                 pending = [
                     await producer.send(
-                        self._topic, value=r.to_kafka_value(), key=r.device_id.encode()
+                        self._topic,
+                        value=r.to_kafka_value(),
+                        key=r.device_id.encode(),
+                        headers=headers,
                     )
                     for r in readings
                 ]
                 await asyncio.gather(*pending)
         except (KafkaError, TimeoutError) as exc:
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
+        if log.isEnabledFor(logging.DEBUG):
+            first = readings[0]
+            log.debug(
+                "published",
+                extra={
+                    "readings": len(readings),
+                    "event_id": first.event_id,
+                    "device_id": first.device_id,
+                },
+            )
