@@ -32,7 +32,7 @@ export TELEMETRY_CHECKOV := $(CHECKOV_VENV)/bin/checkov
 .PHONY: help install deploy-tools dockerfiles up test test-unit lint clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 install: $(VENV)/.synced $(KAFKA_LIBS)/.fetched $(SECANTUSD) ## Install what is missing: virtualenv, Kafka jars, MongoDB wire server
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
+from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from telemetry_common.kafka.dlq import HEADER_SOURCE_OFFSET, dlq_headers
 from telemetry_common.logs import JsonFormatter
 from telemetry_common.request_id import (
     RequestIdMiddleware,
@@ -75,3 +77,23 @@ def test_a_missing_or_unsafe_request_id_is_replaced_by_a_fresh_one() -> None:
         given = response.headers["x-request-id"]
         assert len(given) == 32 and given == response.json()["id"]
     assert fresh.headers["x-request-id"] != unsafe.headers["x-request-id"]
+
+
+def test_a_dead_letter_keeps_the_request_id_of_its_reading() -> None:
+    record = ConsumerRecord(
+        topic="telemetry.raw",
+        partition=2,
+        offset=7,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"dev-1",
+        value=b"{",
+        checksum=None,
+        serialized_key_size=5,
+        serialized_value_size=1,
+        headers=[("request_id", b"req-9"), ("unrelated", b"x")],
+    )
+    headers = dict(dlq_headers(record, "aggregator-worker", "undecodable", attempts=1))
+    assert headers["request_id"] == b"req-9"
+    assert "unrelated" not in headers
+    assert headers[HEADER_SOURCE_OFFSET] == b"7"
