@@ -156,6 +156,17 @@ def test_promtool_accepts_the_prometheus_rules(tmp_path: Path) -> None:
         assert any(needed in name for name in alerts), needed
 
 
+def test_the_alerts_fire_when_they_should_and_not_before(tmp_path: Path) -> None:
+    """promtool's rule unit tests: k8s/base/monitoring/prometheus-rules.test.yaml."""
+    rule = of_kind(rendered("prod"), "PrometheusRule")["telemetry"]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rule["spec"]))
+    cases = tmp_path / "rules.test.yaml"
+    cases.write_text((K8S / "base" / "monitoring" / "prometheus-rules.test.yaml").read_text())
+    result = run([tool("promtool"), "test", "rules", str(cases)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
 def test_every_pod_meets_the_restricted_pod_security_standard(docs: Docs) -> None:
     namespace = of_kind(docs, "Namespace")["telemetry"]
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
