@@ -35,24 +35,44 @@ def wait_for(fetch: Callable[[], T], done: Callable[[T], bool], timeout_s: float
         time.sleep(0.25)
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return list(ports)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    services = [Service(s.name, s.module, free_port()) for s in default_services()]
-    running = Stack(
-        data_dir=Path(tmp_path_factory.mktemp("observed-stack")),
-        kafka_port=free_port(),
-        controller_port=free_port(),
-        mongo_port=free_port(),
-        services=services,
-        # DEBUG: each worker logs every record it committed, with its request id.
-        extra_env={"LOG_LEVEL": "DEBUG"},
-        echo_logs=False,
-    )
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
+    # A free port can be taken by another process before Kafka binds it (other
+    # suites run on this machine too): such a start is retried on new ports.
+    for attempt in range(3):
+        kafka, controller, mongo, *service_ports = distinct_free_ports(7)
+        running = Stack(
+            data_dir=Path(tmp_path_factory.mktemp("observed-stack")),
+            kafka_port=kafka,
+            controller_port=controller,
+            mongo_port=mongo,
+            services=[
+                Service(s.name, s.module, port)
+                for s, port in zip(default_services(), service_ports, strict=True)
+            ],
+            # DEBUG: each worker logs every record it committed, with its request id.
+            extra_env={"LOG_LEVEL": "DEBUG"},
+            echo_logs=False,
+        )
+        try:
+            running.start()
+        except (RuntimeError, TimeoutError) as exc:
+            running.stop()
+            if attempt == 2 or "Address already in use" not in str(exc):
+                raise
+            continue
+        try:
+            yield running
+        finally:
+            running.stop()
+        return
 
 
 def base_url(stack: Stack, service: str) -> str:
@@ -220,7 +240,8 @@ def test_one_request_id_follows_a_reading_through_kafka_into_both_workers(stack:
     def traced(service: str) -> list[dict[str, Any]]:
         return [line for line in log_lines(stack, service) if line.get("request_id") == request_id]
 
-    published = traced("ingestion-api")
+    # The stack copies each service's output to its log file from another thread.
+    published = wait_for(lambda: traced("ingestion-api"), lambda found: len(found) >= 1)
     assert [(line["message"], line["event_id"]) for line in published] == [("published", event_id)]
     for worker in ("aggregator-worker", "alerts-worker"):
         lines = wait_for(lambda worker=worker: traced(worker), lambda found: len(found) >= 1)
