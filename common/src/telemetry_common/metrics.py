@@ -60,6 +60,12 @@ class ConsumerMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
+        self.end_to_end_seconds = Histogram(
+            "consumer_end_to_end_latency_seconds",
+            "Time from ingestion-api publishing a record to this worker committing it",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
         self.transient_failures = Counter(
             "consumer_transient_failures_total",
             "Batch attempts that failed on an unavailable dependency and were retried",

@@ -30,7 +30,9 @@ def worker_app(
 
 async def serve(app: FastAPI, host: str, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", log_config=None, lifespan="off"
+        )
     )
     # The worker owns signal handling; uvicorn must not install its own.
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -20,6 +20,7 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # uvicorn's lines go through our JSON formatter
         timeout_graceful_shutdown=30,
     )
 

@@ -14,6 +14,7 @@ from telemetry_common.api_keys import API_KEYS, KeyCache
 from telemetry_common.http_metrics import RequestMetricsMiddleware
 from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect
+from telemetry_common.request_id import RequestIdMiddleware
 from telemetry_common.settings import IngestionSettings
 
 from ingestion_api import schemas
@@ -86,6 +87,8 @@ def create_app(
     app.state.ingest = ctx
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
+    # Added last, so outermost: every response and log line carries X-Request-ID.
+    app.add_middleware(RequestIdMiddleware)
     add_metrics_route(app, registry)
     app.include_router(ingest.router)
     app.include_router(admin.router)

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.reading import Reading
+from telemetry_common.request_id import kafka_headers
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +133,17 @@ class ReadingPublisher:
             raise ProducerSaturated(
                 f"{self._in_flight} readings already wait for Kafka; retry later"
             )
+        headers = kafka_headers()
         self._track(len(readings))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._send_timeout_s):
                 pending = [
                     await producer.send(
-                        self._topic, value=r.to_kafka_value(), key=r.device_id.encode()
+                        self._topic,
+                        value=r.to_kafka_value(),
+                        key=r.device_id.encode(),
+                        headers=headers,
                     )
                     for r in readings
                 ]
@@ -149,6 +154,16 @@ class ReadingPublisher:
         finally:
             self._track(-len(readings))
         self._metrics.send_seconds.observe(time.perf_counter() - started)
+        if log.isEnabledFor(logging.DEBUG):
+            first = readings[0]
+            log.debug(
+                "published",
+                extra={
+                    "readings": len(readings),
+                    "event_id": first.event_id,
+                    "device_id": first.device_id,
+                },
+            )
 
     def _track(self, delta: int) -> None:
         self._in_flight += delta

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+from telemetry_common import request_id
 from telemetry_common.kafka import dlq
 from telemetry_common.kafka.producer import build_producer
 
@@ -51,6 +52,7 @@ def describe(record: ConsumerRecord) -> dict[str, Any]:
         "reason": headers.get(dlq.HEADER_REASON),
         "failed_at": headers.get(dlq.HEADER_FAILED_AT),
         "attempts": headers.get(dlq.HEADER_ATTEMPTS),
+        "request_id": headers.get(request_id.KAFKA_HEADER),
         "source": {
             "topic": headers.get(dlq.HEADER_SOURCE_TOPIC),
             "partition": headers.get(dlq.HEADER_SOURCE_PARTITION),
@@ -73,7 +75,9 @@ async def replay(
             if not topic:
                 print(f"skipping DLQ offset {record.offset}: no source topic", file=sys.stderr)
                 continue
-            await producer.send_and_wait(topic, value=record.value, key=record.key)
+            # The request id goes back with the record; the dlq.* headers do not.
+            carried = [(k, v) for k, v in record.headers if k == request_id.KAFKA_HEADER]
+            await producer.send_and_wait(topic, value=record.value, key=record.key, headers=carried)
             sent += 1
         return sent
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -26,6 +27,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from telemetry_common.kafka.dlq import DeadLetterPublisher
 from telemetry_common.metrics import ConsumerMetrics
+from telemetry_common.request_id import from_kafka_headers
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +102,30 @@ class ConsumerLoop(Generic[T]):
             with self._metrics.batch_seconds.time():
                 records = [r for partition_records in batch.values() for r in partition_records]
                 self._metrics.records_consumed.inc(len(records))
-                await self._process(records)
+                decoded = await self._process(records)
                 await self._commit(batch)
+            self._report_done(records, decoded)
             self._report_lag()
 
-    async def _process(self, records: list[ConsumerRecord]) -> None:
+    def _report_done(self, records: list[ConsumerRecord], decoded: list[Consumed[T]]) -> None:
+        # The record's timestamp is when ingestion-api published it (CreateTime),
+        # so this is the reading's latency from the API to this worker's commit.
+        now_ms = time.time() * 1000
+        for record in records:
+            self._metrics.end_to_end_seconds.observe(max(now_ms - record.timestamp, 0) / 1000)
+        if log.isEnabledFor(logging.DEBUG):
+            for item in decoded:
+                log.debug(
+                    "processed",
+                    extra={
+                        "request_id": from_kafka_headers(item.record.headers),
+                        "event_id": getattr(item.value, "event_id", None),
+                        "partition": item.partition,
+                        "offset": item.offset,
+                    },
+                )
+
+    async def _process(self, records: list[ConsumerRecord]) -> list[Consumed[T]]:
         decoded: list[Consumed[T]] = []
         for record in records:
             try:
@@ -118,6 +139,7 @@ class ConsumerLoop(Generic[T]):
             decoded.append(Consumed(record.partition, record.offset, value, record))
         if decoded:
             await self._handle_with_retries(decoded)
+        return decoded
 
     async def _handle_with_retries(self, items: list[Consumed[T]]) -> None:
         attempts = 0
@@ -165,7 +187,12 @@ class ConsumerLoop(Generic[T]):
         short_reason = reason.split(":", 1)[0][:40]
         self._metrics.records_dead_lettered.labels(short_reason).inc()
         log.error(
-            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+            "dead-lettered %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            extra={"request_id": from_kafka_headers(record.headers)},
         )
 
     async def _paused_wait(self, seconds: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
+from telemetry_common import request_id
 from telemetry_common.timefmt import iso_z, utcnow
 
 HEADER_WORKER = "dlq.worker"
@@ -21,7 +22,10 @@ MAX_REASON_BYTES = 2000
 def dlq_headers(
     record: ConsumerRecord, worker: str, reason: str, attempts: int
 ) -> list[tuple[str, bytes]]:
+    # The request id rides along, so a replayed record is still traced to its request.
+    carried = [(k, v) for k, v in record.headers or () if k == request_id.KAFKA_HEADER]
     return [
+        *carried,
         (HEADER_WORKER, worker.encode()),
         (HEADER_REASON, reason.encode("utf-8", "replace")[:MAX_REASON_BYTES]),
         (HEADER_FAILED_AT, iso_z(utcnow()).encode()),

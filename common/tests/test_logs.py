@@ -1,0 +1,99 @@
+"""Structured logs and the request id that ties a reading's log lines together."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiokafka.structs import ConsumerRecord
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from telemetry_common.kafka.dlq import HEADER_SOURCE_OFFSET, dlq_headers
+from telemetry_common.logs import JsonFormatter
+from telemetry_common.request_id import (
+    RequestIdMiddleware,
+    current_request_id,
+    from_kafka_headers,
+    kafka_headers,
+)
+
+
+def format_line(**extra: object) -> dict[str, object]:
+    logger = logging.getLogger("telemetry.test")
+    record = logger.makeRecord(
+        "telemetry.test", logging.INFO, __file__, 1, "hello %s", ("you",), None, extra=extra
+    )
+    return json.loads(JsonFormatter("aggregator-worker").format(record))
+
+
+def test_a_log_line_is_one_json_object_with_the_fields_and_extras() -> None:
+    line = format_line(partition=3, offset=42)
+    assert line["message"] == "hello you"
+    assert line["service"] == "aggregator-worker"
+    assert line["level"] == "INFO"
+    assert line["logger"] == "telemetry.test"
+    assert str(line["ts"]).endswith("Z") and "T" in str(line["ts"])
+    assert (line["partition"], line["offset"]) == (3, 42)
+    assert "request_id" not in line
+
+
+def test_a_line_logged_while_serving_a_request_carries_its_id() -> None:
+    token = current_request_id.set("req-1")
+    try:
+        assert format_line()["request_id"] == "req-1"
+        assert kafka_headers() == [("request_id", b"req-1")]
+    finally:
+        current_request_id.reset(token)
+    assert kafka_headers() == []
+
+
+def test_the_request_id_is_read_back_from_kafka_headers() -> None:
+    assert from_kafka_headers([("other", b"x"), ("request_id", b"abc")]) == "abc"
+    assert from_kafka_headers(None) is None
+
+
+def app_echoing_the_request_id() -> TestClient:
+    app = FastAPI()
+
+    @app.get("/id")
+    async def current() -> dict[str, str | None]:
+        return {"id": current_request_id.get()}
+
+    app.add_middleware(RequestIdMiddleware)
+    return TestClient(app)
+
+
+def test_the_client_request_id_is_kept_and_answered() -> None:
+    response = app_echoing_the_request_id().get("/id", headers={"X-Request-ID": "device-7:retry.2"})
+    assert response.json() == {"id": "device-7:retry.2"}
+    assert response.headers["x-request-id"] == "device-7:retry.2"
+
+
+def test_a_missing_or_unsafe_request_id_is_replaced_by_a_fresh_one() -> None:
+    client = app_echoing_the_request_id()
+    fresh = client.get("/id")
+    unsafe = client.get("/id", headers={"X-Request-ID": 'x"\n{"level": "ERROR"}'})
+    for response in (fresh, unsafe):
+        given = response.headers["x-request-id"]
+        assert len(given) == 32 and given == response.json()["id"]
+    assert fresh.headers["x-request-id"] != unsafe.headers["x-request-id"]
+
+
+def test_a_dead_letter_keeps_the_request_id_of_its_reading() -> None:
+    record = ConsumerRecord(
+        topic="telemetry.raw",
+        partition=2,
+        offset=7,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"dev-1",
+        value=b"{",
+        checksum=None,
+        serialized_key_size=5,
+        serialized_value_size=1,
+        headers=[("request_id", b"req-9"), ("unrelated", b"x")],
+    )
+    headers = dict(dlq_headers(record, "aggregator-worker", "undecodable", attempts=1))
+    assert headers["request_id"] == b"req-9"
+    assert "unrelated" not in headers
+    assert headers[HEADER_SOURCE_OFFSET] == b"7"
