@@ -196,7 +196,9 @@ def test_services_have_probes_on_their_port_and_configuration_from_configmap_and
         secret_refs = [
             e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
         ]
-        assert secret_refs == ([] if name == "ingestion-api" else ["telemetry-secrets"])
+        # ingestion-api: MONGO_URL (API keys) and ADMIN_API_KEY; the others MONGO_URL.
+        expected = 2 if name == "ingestion-api" else 1
+        assert secret_refs == ["telemetry-secrets"] * expected
 
 
 def test_apis_autoscale_on_cpu_with_a_scale_down_window(docs: Docs) -> None:

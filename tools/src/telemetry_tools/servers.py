@@ -184,7 +184,16 @@ class KafkaServer(_ChildServer):
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+                # --cluster-id=: a URL-safe base64 id may start with "-", which as a
+                # separate argument would be read as an option (1 start in 64 failed).
+                [
+                    *jvm,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={cluster_id}",
+                    "-c",
+                    str(config),
+                ],
                 check=True,
                 capture_output=True,
             )
