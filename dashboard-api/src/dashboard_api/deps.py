@@ -14,7 +14,9 @@ DEVICE_ID_PATTERN = r"^[A-Za-z0-9\-_.:]{1,128}$"
 METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 
 
-def get_db(request: Request) -> AsyncDatabase:
+# Dependencies are async on purpose: FastAPI runs a plain `def` dependency in a
+# thread pool, a thread hand-off per request that cost more than the query.
+async def get_db(request: Request) -> AsyncDatabase:
     return request.app.state.db
 
 
@@ -52,7 +54,7 @@ To = Annotated[
 DEFAULT_LIMIT = 100
 
 
-def limit_param(
+async def limit_param(
     request: Request,
     limit: int | None = Query(
         None, ge=1, description="at most this many items (default 100, at most MAX_PAGE_SIZE)"

@@ -35,5 +35,7 @@ class IngestContext:
         return timedelta(seconds=self.settings.max_future_skew_s)
 
 
-def get_context(request: Request) -> IngestContext:
+# Async on purpose: FastAPI runs a plain `def` dependency in a thread pool, a
+# thread hand-off on every request.
+async def get_context(request: Request) -> IngestContext:
     return request.app.state.ingest

@@ -15,8 +15,8 @@ from ingestion_api.auth import require_admin
 from ingestion_api.context import IngestContext, get_context
 
 
-def admin_context(request: Request) -> IngestContext:
-    ctx = get_context(request)
+async def admin_context(request: Request) -> IngestContext:
+    ctx = await get_context(request)
     require_admin(request, ctx)
     if ctx.db is None:
         raise ApiError(503, "MONGO_URL", "key storage is not configured")
