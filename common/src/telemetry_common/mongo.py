@@ -62,6 +62,9 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta) -> None:
             ),
             IndexModel([("device_id", ASCENDING), ("timestamp", DESCENDING)], name="device_ts"),
             IndexModel([("timestamp", DESCENDING)], name="ts"),
+            # Each bucket carries its own expiry (resolutions differ in retention);
+            # a bucket kept forever has no expire_at and is never touched.
+            IndexModel([("expire_at", ASCENDING)], name="expire_at_ttl", expireAfterSeconds=0),
         ]
     )
     await db[ALERTS].create_indexes(
