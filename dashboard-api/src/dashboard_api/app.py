@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -26,7 +25,7 @@ async def _ensure_indexes_when_reachable(db: AsyncDatabase) -> None:
     backoff = 1.0
     while True:
         try:
-            await ensure_indexes(db, timedelta(days=7))
+            await ensure_indexes(db, raw_retention=None)
             return
         except PyMongoError:
             await asyncio.sleep(backoff)
