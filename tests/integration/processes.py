@@ -67,15 +67,13 @@ class AggregatorProcess:
 async def group_lag(bootstrap_servers: str, group: str, topic: str) -> int:
     """Records on ``topic`` past what ``group`` has committed (everything, if nothing is)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    # Subscribed (without a group) only so its metadata covers the topic's partitions.
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, group_id=None)
     await admin.start()
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            await consumer.topics()
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         ends = await consumer.end_offsets(partitions)
         return sum(
             end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items()

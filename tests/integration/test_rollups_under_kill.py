@@ -71,34 +71,41 @@ def stream(total: int, seed: int) -> list[Reading]:
     return [r for _, r in out]
 
 
-async def publish_slowly(
+async def publish_in_chunks(
     producer: AIOKafkaProducer, topic: str, readings: list[Reading], chunks: int
 ) -> None:
-    """Spread the stream over the kills, so they land while readings still arrive."""
+    """The stream keeps arriving while the first kills happen."""
     size = max(len(readings) // chunks, 1)
     for start in range(0, len(readings), size):
         for r in readings[start : start + size]:
             await producer.send(topic, r.to_kafka_value(), key=r.device_id.encode())
         await producer.flush()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
 
 
 async def kill_at_random_moments(
     processes: list[AggregatorProcess], db: AsyncDatabase, kills: int, rnd: random.Random
 ) -> int:
-    """SIGKILL a random process once it has made progress since its last start; restart it."""
+    """SIGKILL a random process at a random moment while a batch is being written; restart it.
+
+    A batch is written raw readings first, then rollups, then device summaries,
+    then committed; waiting for the raw count to move and then up to half a
+    second more lands the kill anywhere in that sequence, including after the
+    writes and before the commit, the case that replays records already counted.
+    """
     done = 0
+    loop = asyncio.get_running_loop()
     while done < kills:
         victim = rnd.choice(processes)
         before = await db[RAW].estimated_document_count()
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + 120
-        # Wait until readings are being written, so the kill lands mid-batch, not at boot.
-        while await db[RAW].estimated_document_count() == before and loop.time() < deadline:
+        while await db[RAW].estimated_document_count() == before:
             for process in processes:
                 process.assert_alive()
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(rnd.uniform(0.0, 2.0))
+            if loop.time() > deadline:
+                return done  # the stream ran out before every kill: too few readings
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(rnd.uniform(0.0, 0.5))
         victim.kill()
         done += 1
         await asyncio.sleep(rnd.uniform(0.0, 1.0))
@@ -124,7 +131,7 @@ async def run_scenario(
         for _ in range(processes_in_group)
     ]
     publishing = asyncio.create_task(
-        publish_slowly(producer, topics.telemetry, readings, chunks=4 * KILLS)
+        publish_in_chunks(producer, topics.telemetry, readings, chunks=10)
     )
     try:
         for process in processes:
