@@ -216,3 +216,15 @@ async def test_dlq_tool_lists_and_replays_dead_letters_to_their_source(
     assert await replay(bootstrap, await read_all(bootstrap, topics.dlq, idle_s=1.0), None) == 1
     on_source = await read_topic(bootstrap, topics.telemetry, expected=2)
     assert [r.value for r in on_source] == [b"oops", b"oops"]
+
+
+async def test_drain_runs_until_every_record_is_consumed(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    from aggregator_worker.worker import drain
+
+    readings = fleet_readings(devices=4, per_device=25)
+    await publish(producer, topics.telemetry, readings)
+    seconds = await drain(aggregator_settings(service_env), len(readings), timeout_s=120)
+    assert seconds > 0
+    assert await raw_count(db) == len(readings)
