@@ -168,10 +168,6 @@ class RollupWrites:
     # (partition, offset) of every reading that added to at least one bucket.
     applied: set[tuple[int, int]] = field(default_factory=set)
 
-    @property
-    def total(self) -> int:
-        return sum(self.by_resolution.values())
-
 
 async def write_rollups(
     db: AsyncDatabase,
