@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from aggregator_worker.worker import run as run_aggregator
@@ -230,3 +230,17 @@ async def test_each_resolution_keeps_its_own_retention(seeded: dict, db: AsyncDa
             assert "expire_at" not in doc  # kept forever
         elif doc["resolution"] in keep:
             assert doc["expire_at"] - doc["updated_at"] == keep[doc["resolution"]]
+
+
+def test_v1_aggregate_defaults_to_the_most_recent_buckets(api: TestClient) -> None:
+    response = api.get("/v1/metrics/aggregate", params={"metric": "temperature_c"})
+    body = response.json()
+    assert response.status_code == 200 and body["interval"] == "1h"
+    span = datetime.fromisoformat(body["to_time"]) - datetime.fromisoformat(body["from_time"])
+    assert timedelta(days=1) <= span <= timedelta(days=1, hours=1)
+    # Minutes: no more than the page size (50 here) of buckets, rather than a 422.
+    minutes = api.get("/v1/metrics/aggregate", params={"metric": "temperature_c", "interval": "1m"})
+    body = minutes.json()
+    span = datetime.fromisoformat(body["to_time"]) - datetime.fromisoformat(body["from_time"])
+    assert minutes.status_code == 200 and span <= timedelta(minutes=50)
+    assert body["buckets"] == []  # the seeded readings are from 2025

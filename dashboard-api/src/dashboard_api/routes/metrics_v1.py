@@ -41,7 +41,7 @@ async def metric_aggregate(
         datetime | None,
         Query(
             description="inclusive start, ISO 8601; rounded down to the interval "
-            "(default: a day before to_time)",
+            "(default: a day before to_time, or fewer buckets than MAX_PAGE_SIZE)",
             examples=["2025-01-15T00:00:00Z"],
         ),
     ] = None,
@@ -64,7 +64,11 @@ async def metric_aggregate(
     settings = request.app.state.settings
     width, source = choose_resolution(interval, settings.resolutions)
     end = to_time or utcnow()
-    start, end = window(from_time or end - DEFAULT_SPAN, end, width, settings.max_page_size)
+    if from_time is None:
+        # A day back, or as many buckets as one answer holds, whichever is shorter.
+        span = min(DEFAULT_SPAN, timedelta(seconds=width * (settings.max_page_size - 1)))
+        from_time = end - span
+    start, end = window(from_time, end, width, settings.max_page_size)
     query: dict[str, Any] = {
         "sensor_type": metric,
         "resolution": source,
