@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from telemetry_common.resolutions import parse_resolutions, resolution_seconds
+from telemetry_common.resolutions import (
+    DEFAULT_RESOLUTIONS,
+    DEFAULT_ROLLUP_RETENTION,
+    bucket_start,
+    parse_resolutions,
+    parse_retention,
+    resolution_seconds,
+    serving_resolution,
+)
 
 DAY = 86_400
 
@@ -86,3 +96,102 @@ def test_parse_resolutions_needs_at_least_one(spec: str) -> None:
 def test_parse_resolutions_refuses_any_bad_entry(spec: str) -> None:
     with pytest.raises(ValueError, match="resolution"):
         parse_resolutions(spec)
+
+
+def test_default_resolutions_are_one_minute_to_one_day() -> None:
+    assert parse_resolutions(DEFAULT_RESOLUTIONS) == {
+        "1m": 60,
+        "5m": 300,
+        "15m": 900,
+        "1h": 3600,
+        "1d": DAY,
+    }
+
+
+def test_two_names_for_one_width_are_refused() -> None:
+    with pytest.raises(ValueError, match="same width"):
+        parse_resolutions("1d,24h")
+
+
+# --- retention --------------------------------------------------------------------------
+
+
+def test_default_retention() -> None:
+    kept = parse_retention(DEFAULT_ROLLUP_RETENTION, parse_resolutions(DEFAULT_RESOLUTIONS))
+    assert kept == {
+        "1m": timedelta(days=7),
+        "5m": timedelta(days=30),
+        "15m": timedelta(days=30),
+        "1h": timedelta(days=365),
+        "1d": None,
+    }
+
+
+def test_a_resolution_without_retention_is_kept_forever() -> None:
+    assert parse_retention("1m=36h", {"1m": 60, "1h": 3600}) == {
+        "1m": timedelta(hours=36),
+        "1h": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("5m=7d", "not one of the resolutions"),
+        ("1m", "is not like 1m=7d"),
+        ("1m=7", "is not like 30s"),
+        ("1m=0d", "is not like 30s"),
+        ("1m=always", "is not like 30s"),
+    ],
+)
+def test_bad_retention_is_refused(spec: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_retention(spec, {"1m": 60, "1h": 3600})
+
+
+# --- serving an interval ----------------------------------------------------------------
+
+STORED = parse_resolutions(DEFAULT_RESOLUTIONS)
+
+
+@pytest.mark.parametrize(
+    ("interval", "served_by"),
+    [
+        ("1m", "1m"),
+        ("2m", "1m"),
+        ("5m", "5m"),
+        ("10m", "5m"),
+        ("30m", "15m"),
+        ("1h", "1h"),
+        ("2h", "1h"),
+        ("6h", "1h"),
+        ("1d", "1d"),
+        ("2d", "1d"),
+    ],
+)
+def test_interval_is_served_by_the_coarsest_resolution_that_tiles_it(
+    interval: str, served_by: str
+) -> None:
+    assert serving_resolution(resolution_seconds(interval), STORED) == served_by
+
+
+@pytest.mark.parametrize("interval", ["30s", "90s", "1s"])
+def test_interval_finer_than_or_across_the_stored_ones_is_not_served(interval: str) -> None:
+    assert serving_resolution(resolution_seconds(interval), STORED) is None
+
+
+def test_without_fine_resolutions_only_their_multiples_are_served() -> None:
+    assert serving_resolution(600, {"1h": 3600}) is None
+    assert serving_resolution(7200, {"1h": 3600}) == "1h"
+
+
+@settings(database=None, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1)),
+    st.sampled_from([60, 300, 900, 3600, DAY]),
+)
+def test_buckets_nest_inside_coarser_ones(ts: datetime, width: int) -> None:
+    ts = ts.replace(tzinfo=UTC)
+    start = bucket_start(ts, width)
+    for coarser in (w for w in (60, 300, 900, 3600, DAY) if w >= width and w % width == 0):
+        assert bucket_start(start, coarser) == bucket_start(ts, coarser)

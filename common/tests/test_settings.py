@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
-from telemetry_common.settings import AlertsSettings, IngestionSettings, load_settings
+from telemetry_common.settings import (
+    AggregatorSettings,
+    AlertsSettings,
+    IngestionSettings,
+    load_settings,
+)
 
 
 @pytest.mark.parametrize(
@@ -16,6 +22,8 @@ from telemetry_common.settings import AlertsSettings, IngestionSettings, load_se
         ("ingestion_api", "PORT", "eighty"),
         ("dashboard_api", "MONGO_URL", "postgres://db"),
         ("aggregator_worker", "ROLLUP_RESOLUTIONS", "7m"),
+        ("aggregator_worker", "ROLLUP_RETENTION", "1w=7d"),
+        ("aggregator_worker", "RAW_RETENTION", "a week"),
         ("alerts_worker", "MAX_RETRIES", "0"),
         ("alerts_worker", "TEMP_MAX_THRESHOLD", "hot"),
     ],
@@ -57,3 +65,29 @@ def test_a_placeholder_admin_key_stops_the_service_without_echoing_it(
     err = capsys.readouterr().err
     assert "ADMIN_API_KEY=<hidden>" in err and "placeholder" in err
     assert "change-me" not in err
+
+
+def test_rollup_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ROLLUP_RESOLUTIONS", "ROLLUP_RETENTION", "RAW_RETENTION", "RAW_RETENTION_DAYS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(AggregatorSettings)
+    assert list(settings.resolutions) == ["1m", "5m", "15m", "1h", "1d"]
+    assert settings.retention["1m"] == timedelta(days=7)
+    assert settings.retention["1d"] is None
+    assert settings.raw_retention_period == timedelta(days=7)
+
+
+def test_custom_resolutions_keep_the_default_retention_they_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROLLUP_RESOLUTIONS", "1m,30m,1h")
+    monkeypatch.delenv("ROLLUP_RETENTION", raising=False)
+    settings = load_settings(AggregatorSettings)
+    assert settings.retention == {"1m": timedelta(days=7), "30m": None, "1h": timedelta(days=365)}
+
+
+def test_raw_retention_wins_over_the_older_days_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAW_RETENTION_DAYS", "3")
+    assert load_settings(AggregatorSettings).raw_retention_period == timedelta(days=3)
+    monkeypatch.setenv("RAW_RETENTION", "36h")
+    assert load_settings(AggregatorSettings).raw_retention_period == timedelta(hours=36)

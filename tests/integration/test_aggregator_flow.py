@@ -85,15 +85,21 @@ async def test_replay_and_duplicate_events_change_nothing(
     # exactly what a crash between the MongoDB write and the offset commit causes.
     replay_settings = aggregator_settings(service_env)
     async with running(run_aggregator, replay_settings) as registry:
-        # consumer_records_total counts a batch when it is fetched, before it is
-        # handled: wait for the handler's own counter to have seen every value.
+
         async def replay_done() -> bool:
-            skipped = metric_value(registry, "aggregator_replayed_values_skipped_total")
-            return skipped >= expected_values
+            # Counted once each batch's writes are done, unlike records fetched.
+            handled = metric_value(
+                registry, "aggregator_replayed_readings_skipped_total"
+            ) + metric_value(registry, "aggregator_duplicate_readings_total")
+            return handled >= len(readings) + 10
 
         await eventually(replay_done)
-        assert metric_value(registry, "aggregator_readings_folded_total") == len(readings)
-        assert metric_value(registry, "aggregator_replayed_values_skipped_total") == expected_values
+        # Every bucket at every resolution had applied these offsets already.
+        assert metric_value(registry, "aggregator_readings_folded_total") == 0
+        assert metric_value(registry, "aggregator_replayed_readings_skipped_total") == len(readings)
+        assert metric_value(
+            registry, "aggregator_replayed_values_skipped_total"
+        ) == expected_values * len(replay_settings.resolutions)
     assert await stored_minute_rollups(db) == before
     assert [d async for d in db[DEVICES].find({}, {"updated_at": 0}).sort("_id")] == devices_before
     assert_rollups_equal(before, await recompute_minute_rollups(db))
@@ -214,3 +220,58 @@ async def test_dlq_tool_lists_and_replays_dead_letters_to_their_source(
     assert await replay(bootstrap, await read_all(bootstrap, topics.dlq, idle_s=1.0), None) == 1
     on_source = await read_topic(bootstrap, topics.telemetry, expected=2)
     assert [r.value for r in on_source] == [b"oops", b"oops"]
+
+
+async def test_drain_runs_until_every_record_is_consumed(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    from aggregator_worker.worker import drain
+
+    readings = fleet_readings(devices=4, per_device=25)
+    await publish(producer, topics.telemetry, readings)
+    seconds = await drain(aggregator_settings(service_env), len(readings), timeout_s=120)
+    assert seconds > 0
+    assert await raw_count(db) == len(readings)
+
+
+async def test_a_changed_raw_retention_changes_the_ttl_in_place(db: AsyncDatabase) -> None:
+    from datetime import timedelta
+
+    from telemetry_common.mongo import ensure_indexes
+
+    await ensure_indexes(db, timedelta(days=7))
+    # Another service starting without a retention leaves the aggregator's TTL alone.
+    await ensure_indexes(db, None)
+    await ensure_indexes(db, timedelta(hours=36))
+    indexes = {ix["name"]: ix async for ix in await db[RAW].list_indexes()}
+    assert indexes["received_at_ttl"]["expireAfterSeconds"] == 36 * 3600
+
+
+async def test_each_resolution_expires_on_its_own_retention(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    readings = fleet_readings(devices=2, per_device=10)
+    await publish(producer, topics.telemetry, readings)
+    admin = db.client.admin
+    # MongoDB's TTL monitor wakes every 60 s; a second keeps the test short.
+    prior = (await admin.command("setParameter", 1, ttlMonitorSleepSecs=1))["was"]
+    try:
+        settings = aggregator_settings(
+            service_env, rollup_resolutions="1m,1h,1d", rollup_retention="1m=2s,1h=365d"
+        )
+        async with running(run_aggregator, settings):
+
+            async def all_stored() -> bool:
+                return await raw_count(db) == len(readings)
+
+            await eventually(all_stored)
+
+        async def minutes_expired() -> bool:
+            return await db[ROLLUPS].count_documents({"resolution": "1m"}) == 0
+
+        await eventually(minutes_expired, timeout_s=60)
+    finally:
+        await admin.command("setParameter", 1, ttlMonitorSleepSecs=prior)
+    hours = [d async for d in db[ROLLUPS].find({"resolution": {"$in": ["1h", "1d"]}})]
+    assert sum(d["count"] for d in hours) == 2 * 2 * len(readings)  # two metrics, two resolutions
+    assert all(("expire_at" in d) == (d["resolution"] == "1h") for d in hours)

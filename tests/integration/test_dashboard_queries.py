@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pytest
 from aggregator_worker.worker import run as run_aggregator
@@ -13,7 +14,7 @@ from fastapi.testclient import TestClient
 from integration.readings import publish, reading
 from integration.workers import running
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERTS, RAW
+from telemetry_common.mongo import ALERTS, RAW, ROLLUPS
 from telemetry_common.settings import AggregatorSettings, AlertsSettings, DashboardSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually
@@ -133,3 +134,113 @@ def test_bad_parameters_get_422_naming_the_parameter(
     response = api.get(path, params=params)
     assert response.status_code == 422
     assert any(e["field"] == field for e in response.json()["errors"]), response.json()
+
+
+def test_device_aggregates_carry_percentiles_and_hide_bookkeeping(api: TestClient) -> None:
+    body = api.get(
+        "/devices/q-1/aggregates", params={"metric": "temperature_c", "resolution": "1h"}
+    ).json()
+    [bucket] = body["data"]
+    assert (bucket["count"], bucket["sum"], bucket["min"], bucket["max"]) == (3, 97.0, 20.0, 55.0)
+    # Rank floor(q * (n - 1)) of 20, 22, 55: p50 is 22, p95 and p99 are 22 too.
+    for name in ("p50", "p95", "p99"):
+        assert abs(bucket[name] - 22.0) <= 0.01 * 22.0, name
+    for internal in ("sketch", "sum_partials", "mean", "m2", "expire_at", "_applied"):
+        assert internal not in bucket
+
+
+def test_v1_aggregate_merges_stored_buckets_into_the_interval(api: TestClient) -> None:
+    params = {
+        "metric": "temperature_c",
+        "device_id": "q-1",
+        "from_time": "2025-01-15T10:00:00Z",
+        "to_time": "2025-01-15T10:10:00Z",
+    }
+    two = api.get("/v1/metrics/aggregate", params={**params, "interval": "2m"}).json()
+    assert (two["resolution"], two["count"]) == ("1m", 1)
+    assert two["buckets"][0] == {
+        **two["buckets"][0],
+        "start": "2025-01-15T10:00:00.000Z",
+        "end": "2025-01-15T10:02:00.000Z",
+        "count": 3,
+        "sum": 97.0,
+        "min": 20.0,
+        "max": 55.0,
+        "avg": 97.0 / 3,
+    }
+    ten = api.get("/v1/metrics/aggregate", params={**params, "interval": "10m"}).json()
+    assert ten["resolution"] == "5m"
+    assert [(b["start"], b["count"]) for b in ten["buckets"]] == [("2025-01-15T10:00:00.000Z", 3)]
+    minutes = api.get("/v1/metrics/aggregate", params={**params, "interval": "1m"}).json()
+    assert [(b["start"], b["count"], b["sum"]) for b in minutes["buckets"]] == [
+        ("2025-01-15T10:00:00.000Z", 2, 42.0),
+        ("2025-01-15T10:01:00.000Z", 1, 55.0),
+    ]
+
+
+def test_v1_aggregate_without_a_device_merges_the_fleet(api: TestClient) -> None:
+    body = api.get(
+        "/v1/metrics/aggregate",
+        params={
+            "metric": "humidity",
+            "from_time": "2025-01-15T00:00:00Z",
+            "to_time": "2025-01-16T00:00:00Z",
+            "interval": "1d",
+        },
+    ).json()
+    assert body["device_id"] is None
+    [day] = body["buckets"]
+    assert (day["count"], day["sum"], day["min"], day["max"]) == (2, 170.0, 40.0, 130.0)
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "reason"),
+    [
+        ({"interval": "7m"}, "interval", "does not divide a day"),
+        ({"interval": "30s"}, "interval", "cannot be served"),
+        ({"interval": "$gt"}, "interval", "pattern"),
+        (
+            {"from_time": "2025-01-16T00:00:00Z", "to_time": "2025-01-15T00:00:00Z"},
+            "from_time",
+            "before to_time",
+        ),
+        ({"from_time": "2020-01-01T00:00:00Z", "interval": "1m"}, "from_time", "at most 50"),
+        ({"metric": None}, "metric", "required"),
+    ],
+)
+def test_v1_aggregate_refuses_what_it_cannot_serve(
+    api: TestClient, params: dict, field: str, reason: str
+) -> None:
+    query = {"metric": "temperature_c", "device_id": "q-1", "to_time": "2025-01-15T11:00:00Z"}
+    query.update(params)
+    response = api.get(
+        "/v1/metrics/aggregate", params={k: v for k, v in query.items() if v is not None}
+    )
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert any(e["field"] == field and reason in e["reason"].lower() for e in errors), errors
+
+
+async def test_each_resolution_keeps_its_own_retention(seeded: dict, db: AsyncDatabase) -> None:
+    indexes = {ix["name"]: ix async for ix in await db[ROLLUPS].list_indexes()}
+    assert indexes["expire_at_ttl"]["expireAfterSeconds"] == 0
+    keep = {"1m": timedelta(days=7), "5m": timedelta(days=30), "1h": timedelta(days=365)}
+    async for doc in db[ROLLUPS].find({"device_id": "q-1"}):
+        if doc["resolution"] == "1d":
+            assert "expire_at" not in doc  # kept forever
+        elif doc["resolution"] in keep:
+            assert doc["expire_at"] - doc["updated_at"] == keep[doc["resolution"]]
+
+
+def test_v1_aggregate_defaults_to_the_most_recent_buckets(api: TestClient) -> None:
+    response = api.get("/v1/metrics/aggregate", params={"metric": "temperature_c"})
+    body = response.json()
+    assert response.status_code == 200 and body["interval"] == "1h"
+    span = datetime.fromisoformat(body["to_time"]) - datetime.fromisoformat(body["from_time"])
+    assert timedelta(days=1) <= span <= timedelta(days=1, hours=1)
+    # Minutes: no more than the page size (50 here) of buckets, rather than a 422.
+    minutes = api.get("/v1/metrics/aggregate", params={"metric": "temperature_c", "interval": "1m"})
+    body = minutes.json()
+    span = datetime.fromisoformat(body["to_time"]) - datetime.fromisoformat(body["from_time"])
+    assert minutes.status_code == 200 and span <= timedelta(minutes=50)
+    assert body["buckets"] == []  # the seeded readings are from 2025

@@ -9,19 +9,14 @@ same records (after a crash, a rebalance or a manual reset) change nothing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from telemetry_common.reading import Reading
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def bucket_start(ts: datetime, width_s: int) -> datetime:
-    offset = int((ts - EPOCH).total_seconds() // width_s) * width_s
-    return EPOCH + timedelta(seconds=offset)
+from telemetry_common.resolutions import EPOCH, bucket_start
+from telemetry_common.rollup import Rollup
+from telemetry_common.sketch import bin_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,103 +41,8 @@ class Contribution:
     offset: int
     ts: datetime
     value: float
-
-
-@dataclass(slots=True)
-class Rollup:
-    """Count, sum, min, max, mean and M2 (for the standard deviation), first and last by time.
-
-    M2 is merged with Chan et al.'s parallel formula, which stays accurate where
-    a running sum of squares would cancel catastrophically.
-    """
-
-    count: int = 0
-    sum: float = 0.0
-    min: float = math.inf
-    max: float = -math.inf
-    mean: float = 0.0
-    m2: float = 0.0
-    first: float | None = None
-    first_ts: datetime | None = None
-    last: float | None = None
-    last_ts: datetime | None = None
-
-    def add(self, value: float, ts: datetime) -> None:
-        self.count += 1
-        self.sum += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
-        if self.first_ts is None or ts < self.first_ts:
-            self.first, self.first_ts = value, ts
-        if self.last_ts is None or ts >= self.last_ts:
-            self.last, self.last_ts = value, ts
-
-    def merge(self, other: Rollup) -> None:
-        if other.count == 0:
-            return
-        if self.count == 0:
-            for name in Rollup.__slots__:
-                setattr(self, name, getattr(other, name))
-            return
-        total = self.count + other.count
-        delta = other.mean - self.mean
-        self.m2 += other.m2 + delta * delta * self.count * other.count / total
-        self.mean += delta * other.count / total
-        self.count = total
-        self.sum += other.sum
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
-        assert other.first_ts is not None and other.last_ts is not None
-        if self.first_ts is None or other.first_ts < self.first_ts:
-            self.first, self.first_ts = other.first, other.first_ts
-        if self.last_ts is None or other.last_ts >= self.last_ts:
-            self.last, self.last_ts = other.last, other.last_ts
-
-    @property
-    def average(self) -> float:
-        return self.sum / self.count if self.count else 0.0
-
-    @property
-    def stddev(self) -> float:
-        """Population standard deviation of the bucket's values."""
-        return math.sqrt(max(self.m2, 0.0) / self.count) if self.count else 0.0
-
-    def to_fields(self) -> dict[str, object]:
-        return {
-            "count": self.count,
-            "sum": self.sum,
-            "min": self.min,
-            "max": self.max,
-            "average": self.average,
-            "stddev": self.stddev,
-            "m2": self.m2,
-            "first": self.first,
-            "first_ts": self.first_ts,
-            "last": self.last,
-            "last_ts": self.last_ts,
-        }
-
-    @classmethod
-    def from_fields(cls, doc: Mapping[str, object]) -> Rollup:
-        count = int(doc.get("count", 0))  # type: ignore[arg-type]
-        if count == 0:
-            return cls()
-        total = float(doc["sum"])  # type: ignore[arg-type]
-        return cls(
-            count=count,
-            sum=total,
-            min=float(doc["min"]),  # type: ignore[arg-type]
-            max=float(doc["max"]),  # type: ignore[arg-type]
-            mean=total / count,
-            m2=float(doc.get("m2", 0.0)),  # type: ignore[arg-type]
-            first=doc.get("first"),  # type: ignore[arg-type]
-            first_ts=doc.get("first_ts"),  # type: ignore[arg-type]
-            last=doc.get("last"),  # type: ignore[arg-type]
-            last_ts=doc.get("last_ts"),  # type: ignore[arg-type]
-        )
+    # The value's sketch bin, computed once and shared by every resolution.
+    key: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +61,20 @@ def fold_batch(
     buckets: dict[BucketKey, list[Contribution]] = {}
     for placed in batch:
         reading = placed.reading
+        position, ts = (placed.partition, placed.offset), reading.ts
+        contributions = [
+            (metric, Contribution(*position, ts, value, bin_key(value)))
+            for metric, value in reading.metrics.items()
+        ]
         for resolution, width_s in resolutions.items():
             start = bucket_start(reading.ts, width_s)
-            for metric, value in reading.metrics.items():
+            for metric, contribution in contributions:
                 key = BucketKey(reading.device_id, metric, resolution, start)
-                buckets.setdefault(key, []).append(
-                    Contribution(placed.partition, placed.offset, reading.ts, value)
-                )
+                bucket = buckets.get(key)
+                if bucket is None:
+                    buckets[key] = [contribution]
+                else:
+                    bucket.append(contribution)
     return buckets
 
 
@@ -185,15 +92,17 @@ class Watermarks:
         self.by_partition[key] = max(self.by_partition.get(key, -1), offset)
 
 
-def apply_new(rollup: Rollup, watermarks: Watermarks, contributions: Iterable[Contribution]) -> int:
-    """Fold the contributions past the watermarks into ``rollup``; return how many were new."""
+def apply_new(
+    rollup: Rollup, watermarks: Watermarks, contributions: Iterable[Contribution]
+) -> list[Contribution]:
+    """Fold the contributions past the watermarks into ``rollup``; return those applied."""
     contributions = list(contributions)  # read twice below
-    applied = 0
     fresh = Rollup()
+    applied = []
     for c in contributions:
         if watermarks.is_new(c.partition, c.offset):
-            fresh.add(c.value, c.ts)
-            applied += 1
+            fresh.add(c.value, c.ts, c.key)
+            applied.append(c)
     for c in contributions:
         watermarks.advance(c.partition, c.offset)
     rollup.merge(fresh)

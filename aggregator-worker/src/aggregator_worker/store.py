@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReplaceOne
@@ -22,13 +23,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
 from telemetry_common.reading import Reading
+from telemetry_common.rollup import Rollup
 from telemetry_common.timefmt import utcnow
 
 from aggregator_worker.fold import (
     BucketKey,
     Contribution,
     Placed,
-    Rollup,
     Watermarks,
     apply_new,
 )
@@ -105,19 +106,29 @@ async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
 
 
 def rollup_document(
-    key: BucketKey, rollup: Rollup, watermarks: Watermarks, version: int
+    key: BucketKey,
+    rollup: Rollup,
+    watermarks: Watermarks,
+    version: int,
+    now: datetime,
+    keep_for: timedelta | None,
 ) -> dict[str, Any]:
-    return {
+    doc = {
         "_id": key.doc_id,
         "device_id": key.device_id,
         "sensor_type": key.sensor_type,
         "resolution": key.resolution,
         "timestamp": key.start,
         **rollup.to_fields(),
-        "updated_at": utcnow(),
+        "updated_at": now,
         "_applied": watermarks.by_partition,
         "_v": version,
     }
+    if keep_for is not None:
+        # A TTL index with expireAfterSeconds=0 on expire_at lets each resolution
+        # keep its own retention in one collection; counted from the last write.
+        doc["expire_at"] = now + keep_for
+    return doc
 
 
 async def _replace_versioned(
@@ -148,33 +159,58 @@ async def _replace_versioned(
     return set()
 
 
+@dataclass
+class RollupWrites:
+    """What one batch did to the rollup buckets, for the metrics."""
+
+    by_resolution: dict[str, int] = field(default_factory=dict)
+    values_skipped: int = 0
+    # (partition, offset) of every reading that added to at least one bucket.
+    applied: set[tuple[int, int]] = field(default_factory=set)
+
+
 async def write_rollups(
-    db: AsyncDatabase, buckets: Mapping[BucketKey, list[Contribution]]
-) -> tuple[int, int]:
-    """Fold new contributions into each stored bucket; return (bucket writes, values skipped)."""
+    db: AsyncDatabase,
+    buckets: Mapping[BucketKey, list[Contribution]],
+    retention: Mapping[str, timedelta | None],
+) -> RollupWrites:
+    """Fold new contributions into each stored bucket: one read and one bulk write per round."""
     pending = dict(buckets)
-    writes = skipped = 0
+    result = RollupWrites()
     for _ in range(MAX_CONFLICT_ROUNDS):
         by_id = {key.doc_id: key for key in pending}
         stored = {doc["_id"]: doc async for doc in db[ROLLUPS].find({"_id": {"$in": list(by_id)}})}
+        now = utcnow()
         replacements: list[tuple[dict[str, Any], int | None]] = []
+        skipped: dict[str, int] = {}
+        applied: dict[str, list[Contribution]] = {}
         for doc_id, key in by_id.items():
             current = stored.get(doc_id)
             rollup = Rollup.from_fields(current) if current else Rollup()
             watermarks = Watermarks(dict(current.get("_applied", {})) if current else {})
             contributions = pending[key]
             new = apply_new(rollup, watermarks, contributions)
-            skipped += len(contributions) - new
-            if new == 0:
+            skipped[doc_id] = len(contributions) - len(new)
+            if not new:
                 continue
+            applied[doc_id] = new
             version = current.get("_v") if current else None
-            replacements.append(
-                (rollup_document(key, rollup, watermarks, (version or 0) + 1), version)
+            doc = rollup_document(
+                key, rollup, watermarks, (version or 0) + 1, now, retention.get(key.resolution)
             )
+            replacements.append((doc, version))
         conflicts = await _replace_versioned(db[ROLLUPS], replacements)
-        writes += len(replacements) - len(conflicts)
+        # A conflicting bucket is read and counted again in the next round.
+        result.values_skipped += sum(n for i, n in skipped.items() if i not in conflicts)
+        for doc_id, contributions in applied.items():
+            if doc_id not in conflicts:
+                result.applied.update((c.partition, c.offset) for c in contributions)
+        for doc, _ in replacements:
+            if doc["_id"] not in conflicts:
+                resolution = doc["resolution"]
+                result.by_resolution[resolution] = result.by_resolution.get(resolution, 0) + 1
         if not conflicts:
-            return writes, skipped
+            return result
         pending = {key: pending[key] for key in pending if key.doc_id in conflicts}
     raise WriteConflict(f"{len(pending)} buckets kept changing during the write")
 

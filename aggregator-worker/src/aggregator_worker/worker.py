@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from telemetry_common.kafka.consumer import Consumed, Handler
+from telemetry_common.metrics import new_registry
 from telemetry_common.reading import Reading, decode_kafka_value
-from telemetry_common.resolutions import parse_resolutions
 from telemetry_common.settings import AggregatorSettings
 from telemetry_common.worker import WorkerContext, run_worker
 
@@ -22,26 +22,42 @@ SERVICE = "aggregator-worker"
 
 
 class AggregatorMetrics:
+    # Consumer lag per partition is the shared consumer_lag_records gauge.
     def __init__(self, registry: CollectorRegistry):
         self.readings_folded = Counter(
             "aggregator_readings_folded_total", "Readings folded into rollups", registry=registry
         )
         self.duplicates = Counter(
             "aggregator_duplicate_readings_total",
-            "Readings skipped because the same event_id was already stored",
+            "Readings skipped because the same event_id was already stored from another record",
+            registry=registry,
+        )
+        self.replayed_readings = Counter(
+            "aggregator_replayed_readings_skipped_total",
+            "Readings consumed again (crash, rebalance) that every bucket had already applied",
             registry=registry,
         )
         self.replayed_values = Counter(
             "aggregator_replayed_values_skipped_total",
-            "Metric values skipped because their bucket had already applied their offset",
+            "Bucket contributions skipped because the bucket had already applied their offset",
             registry=registry,
         )
         self.bucket_writes = Counter(
-            "aggregator_bucket_writes_total", "Rollup bucket documents written", registry=registry
+            "aggregator_bucket_writes_total",
+            "Rollup bucket documents written",
+            ["resolution"],
+            registry=registry,
         )
         self.write_seconds = Histogram(
             "aggregator_write_duration_seconds",
             "Time to write one batch to MongoDB (raw, rollups, devices)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.rollup_write_seconds = Histogram(
+            "aggregator_rollup_write_duration_seconds",
+            "Time to read, fold and bulk-write one batch's rollup buckets",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
 
@@ -51,7 +67,9 @@ def decode(record: ConsumerRecord) -> Reading:
 
 
 def make_handler(
-    resolutions: dict[str, int], metrics: AggregatorMetrics
+    resolutions: Mapping[str, int],
+    retention: Mapping[str, timedelta | None],
+    metrics: AggregatorMetrics,
 ) -> Callable[[WorkerContext], Handler[Reading]]:
     def bind(context: WorkerContext) -> Handler[Reading]:
         db = context.db
@@ -60,13 +78,17 @@ def make_handler(
             started = time.perf_counter()
             batch = [Placed(i.partition, i.offset, i.value) for i in items]
             raw = await insert_raw(db, batch)
+            rollups_started = time.perf_counter()
             buckets = fold_batch(raw.to_fold, resolutions)
-            writes, skipped = await write_rollups(db, buckets)
+            writes = await write_rollups(db, buckets, retention)
+            metrics.rollup_write_seconds.observe(time.perf_counter() - rollups_started)
             await write_devices(db, raw.to_fold)
-            metrics.readings_folded.inc(len(raw.to_fold))
+            metrics.readings_folded.inc(len(writes.applied))
             metrics.duplicates.inc(raw.duplicates)
-            metrics.replayed_values.inc(skipped)
-            metrics.bucket_writes.inc(writes)
+            metrics.replayed_readings.inc(len(raw.to_fold) - len(writes.applied))
+            metrics.replayed_values.inc(writes.values_skipped)
+            for resolution, count in writes.by_resolution.items():
+                metrics.bucket_writes.labels(resolution).inc(count)
             metrics.write_seconds.observe(time.perf_counter() - started)
 
         return handle
@@ -77,7 +99,6 @@ def make_handler(
 async def run(
     settings: AggregatorSettings, registry: CollectorRegistry, stop: asyncio.Event | None = None
 ) -> None:
-    resolutions = parse_resolutions(settings.rollup_resolutions)
     await run_worker(
         name=SERVICE,
         settings=settings,
@@ -85,7 +106,45 @@ async def run(
         port=settings.port,
         registry=registry,
         decode=decode,
-        make_handler=make_handler(resolutions, AggregatorMetrics(registry)),
+        make_handler=make_handler(
+            settings.resolutions, settings.retention, AggregatorMetrics(registry)
+        ),
         stop=stop,
-        raw_retention=timedelta(days=settings.raw_retention_days),
+        raw_retention=settings.raw_retention_period,
+    )
+
+
+async def drain(settings: AggregatorSettings, records: int, timeout_s: float = 3600.0) -> float:
+    """Run the aggregator until it has written ``records`` records; return the seconds it took.
+
+    For `make bench`: the clock starts before the consumer joins its group, so
+    the figure includes start-up, as an operator's catch-up after an outage does.
+    """
+    registry = new_registry()
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    task = asyncio.create_task(run(settings, registry, stop))
+    try:
+        while _records_written(registry) < records:
+            if task.done():
+                task.result()
+                raise RuntimeError("aggregator stopped before draining")
+            if time.perf_counter() - started > timeout_s:
+                raise TimeoutError(f"drained fewer than {records} records in {timeout_s}s")
+            await asyncio.sleep(0.05)
+        return time.perf_counter() - started
+    finally:
+        stop.set()
+        await task
+
+
+def _records_written(registry: CollectorRegistry) -> float:
+    # Each of these is counted once the batch's writes succeeded.
+    return sum(
+        registry.get_sample_value(name) or 0.0
+        for name in (
+            "aggregator_readings_folded_total",
+            "aggregator_duplicate_readings_total",
+            "aggregator_replayed_readings_skipped_total",
+        )
     )

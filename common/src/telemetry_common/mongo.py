@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +33,28 @@ def connect(url: str, app_name: str) -> AsyncMongoClient:
     )
 
 
-async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta) -> None:
-    """Create the indexes the queries and the idempotent writes rely on (no-op when present)."""
+# IndexOptionsConflict: an index of that name exists with other options (another TTL).
+INDEX_OPTIONS_CONFLICT = 85
+
+
+async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> None:
+    """Create the indexes the queries and the idempotent writes rely on (no-op when present).
+
+    Only the aggregator, which writes raw readings, passes ``raw_retention``: the
+    other services leave the TTL to it, so a changed RAW_RETENTION is not fought
+    over by services that still carry the default.
+    """
     await db[RAW].create_indexes(
         [
             IndexModel([("device_id", ASCENDING), ("ts", DESCENDING)], name="device_ts"),
             IndexModel([("tags", ASCENDING), ("ts", DESCENDING)], name="tags_ts"),
             IndexModel([("ts", DESCENDING)], name="ts"),
-            # Retention counts from arrival, not from the reading's own time, so a
-            # backfill of old history is kept for the full period like any reading.
-            IndexModel(
-                [("received_at", ASCENDING)],
-                name="received_at_ttl",
-                expireAfterSeconds=int(raw_retention.total_seconds()),
-            ),
         ]
     )
+    if raw_retention is not None:
+        # Retention counts from arrival, not from the reading's own time, so a
+        # backfill of old history is kept for the full period like any reading.
+        await _ensure_ttl(db, RAW, "received_at", "received_at_ttl", raw_retention)
     await db[ROLLUPS].create_indexes(
         [
             IndexModel(
@@ -62,6 +69,9 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta) -> None:
             ),
             IndexModel([("device_id", ASCENDING), ("timestamp", DESCENDING)], name="device_ts"),
             IndexModel([("timestamp", DESCENDING)], name="ts"),
+            # Each bucket carries its own expiry (resolutions differ in retention);
+            # a bucket kept forever has no expire_at and is never touched.
+            IndexModel([("expire_at", ASCENDING)], name="expire_at_ttl", expireAfterSeconds=0),
         ]
     )
     await db[ALERTS].create_indexes(
@@ -74,3 +84,20 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta) -> None:
         ]
     )
     await db[DEVICES].create_indexes([IndexModel([("last_seen", DESCENDING)], name="last_seen")])
+
+
+async def _ensure_ttl(
+    db: AsyncDatabase, collection: str, field: str, name: str, keep: timedelta
+) -> None:
+    seconds = int(keep.total_seconds())
+    try:
+        await db[collection].create_indexes(
+            [IndexModel([(field, ASCENDING)], name=name, expireAfterSeconds=seconds)]
+        )
+    except OperationFailure as exc:
+        if exc.code != INDEX_OPTIONS_CONFLICT:
+            raise
+        # The retention setting changed: change the index in place (collMod), as
+        # MongoDB's manual advises, instead of dropping and rebuilding it.
+        log.info("changing %s.%s to expire after %ss", collection, name, seconds)
+        await db.command("collMod", collection, index={"name": name, "expireAfterSeconds": seconds})

@@ -8,12 +8,19 @@ A bad value stops the service with a message that names the variable.
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from typing import TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from telemetry_common.resolutions import parse_resolutions
+from telemetry_common.resolutions import (
+    DEFAULT_RESOLUTIONS,
+    DEFAULT_ROLLUP_RETENTION,
+    parse_duration,
+    parse_resolutions,
+    parse_retention,
+)
 
 
 class CommonSettings(BaseSettings):
@@ -37,17 +44,61 @@ class WorkerSettings(CommonSettings):
     retry_backoff_max_s: float = Field(30.0, gt=0, le=600)
 
 
-class AggregatorSettings(WorkerSettings):
-    port: int = Field(8003, ge=1, le=65535)
-    consumer_group: str = "aggregator-worker"
-    raw_retention_days: float = Field(7.0, gt=0)
-    rollup_resolutions: str = "1m"
+class RollupSettings(BaseSettings):
+    """Which resolutions are rolled up: the aggregator writes them, the dashboard serves them."""
+
+    rollup_resolutions: str = DEFAULT_RESOLUTIONS
 
     @field_validator("rollup_resolutions")
     @classmethod
     def _known_resolutions(cls, value: str) -> str:
         parse_resolutions(value)
         return value
+
+    @property
+    def resolutions(self) -> dict[str, int]:
+        return parse_resolutions(self.rollup_resolutions)
+
+
+class AggregatorSettings(WorkerSettings, RollupSettings):
+    port: int = Field(8003, ge=1, le=65535)
+    consumer_group: str = "aggregator-worker"
+    # RAW_RETENTION (e.g. 7d, 36h) wins over the older RAW_RETENTION_DAYS.
+    raw_retention: str | None = None
+    raw_retention_days: float = Field(7.0, gt=0)
+    rollup_retention: str = DEFAULT_ROLLUP_RETENTION
+
+    @field_validator("raw_retention")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("rollup_retention")
+    @classmethod
+    def _retention_of_rolled_up_resolutions(cls, value: str, info: ValidationInfo) -> str:
+        resolutions_spec = info.data.get("rollup_resolutions")
+        if resolutions_spec is None:
+            return value  # ROLLUP_RESOLUTIONS is refused on its own
+        resolutions = parse_resolutions(resolutions_spec)
+        if value == DEFAULT_ROLLUP_RETENTION:
+            # The default names the five default resolutions; a custom list keeps
+            # the default for those it shares with it.
+            value = ",".join(e for e in value.split(",") if e.split("=")[0] in resolutions)
+        parse_retention(value, resolutions)
+        return value
+
+    @property
+    def raw_retention_period(self) -> timedelta:
+        if self.raw_retention is not None:
+            return parse_duration(self.raw_retention)
+        return timedelta(days=self.raw_retention_days)
+
+    @property
+    def retention(self) -> dict[str, timedelta | None]:
+        """How long each resolution's buckets are kept after their last write (None: forever)."""
+        return parse_retention(self.rollup_retention, self.resolutions)
 
 
 class AlertsSettings(WorkerSettings):
@@ -96,7 +147,7 @@ class IngestionSettings(CommonSettings):
         return value
 
 
-class DashboardSettings(CommonSettings):
+class DashboardSettings(CommonSettings, RollupSettings):
     port: int = Field(8002, ge=1, le=65535)
     # A day of one-minute buckets fits in one page.
     max_page_size: int = Field(1440, ge=1, le=100_000)

@@ -71,7 +71,7 @@ async def run_worker(
     decode: Decode[T],
     make_handler: Callable[[WorkerContext], Handler[T]],
     stop: asyncio.Event | None = None,
-    raw_retention: timedelta = timedelta(days=7),
+    raw_retention: timedelta | None = None,
 ) -> None:
     if stop is None:
         # Run as a process: SIGTERM (Kubernetes, docker stop) and Ctrl-C stop it.

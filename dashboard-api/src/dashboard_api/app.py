@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,7 +17,7 @@ from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect, ensure_indexes
 from telemetry_common.settings import DashboardSettings
 
-from dashboard_api.routes import aggregates, alerts, devices, stats, telemetry
+from dashboard_api.routes import aggregates, alerts, devices, metrics_v1, stats, telemetry
 from dashboard_api.schemas import HealthOut
 
 
@@ -26,7 +25,7 @@ async def _ensure_indexes_when_reachable(db: AsyncDatabase) -> None:
     backoff = 1.0
     while True:
         try:
-            await ensure_indexes(db, timedelta(days=7))
+            await ensure_indexes(db, raw_retention=None)
             return
         except PyMongoError:
             await asyncio.sleep(backoff)
@@ -86,6 +85,6 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         body = HealthOut(status="ok" if ok else "degraded", mongo=ok)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    for module in (telemetry, aggregates, alerts, devices, stats):
+    for module in (telemetry, aggregates, metrics_v1, alerts, devices, stats):
         app.include_router(module.router)
     return app

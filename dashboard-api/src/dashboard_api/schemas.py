@@ -21,6 +21,9 @@ class ReadingOut(_Open):
     lon: float | None = None
 
 
+PERCENTILE_NOTE = "from a DDSketch; within 1% (relative) of the exact percentile"
+
+
 class RollupOut(_Open):
     device_id: str = Field(examples=["dev-1"])
     sensor_type: str = Field(examples=["temperature_c"])
@@ -32,8 +35,15 @@ class RollupOut(_Open):
     max: float = Field(examples=[26.1])
     average: float = Field(examples=[25.5])
     stddev: float | None = Field(None, description="population standard deviation", examples=[0.31])
-    first: float | None = Field(None, description="value of the earliest reading in the bucket")
-    last: float | None = Field(None, description="value of the latest reading in the bucket")
+    first: float | None = Field(
+        None, description="value of the earliest reading in the bucket", examples=[25.1]
+    )
+    last: float | None = Field(
+        None, description="value of the latest reading in the bucket", examples=[25.8]
+    )
+    p50: float | None = Field(None, description=PERCENTILE_NOTE, examples=[25.49])
+    p95: float | None = Field(None, description=PERCENTILE_NOTE, examples=[26.02])
+    p99: float | None = Field(None, description=PERCENTILE_NOTE, examples=[26.09])
 
 
 class AlertOut(_Open):
@@ -56,6 +66,35 @@ class DeviceOut(_Open):
     last_seen: str = Field(examples=["2025-01-15T10:00:00.000Z"])
     reading_count: int = Field(examples=[3600])
     last_values: dict[str, float] = Field(examples=[{"temperature_c": 25.5, "humidity": 60.0}])
+
+
+class IntervalBucketOut(BaseModel):
+    start: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    end: str = Field(description="exclusive", examples=["2025-01-15T10:10:00.000Z"])
+    count: int = Field(examples=[120])
+    sum: float = Field(examples=[3060.0])
+    avg: float = Field(examples=[25.5])
+    min: float = Field(examples=[24.9])
+    max: float = Field(examples=[26.1])
+    stddev: float = Field(description="population standard deviation", examples=[0.31])
+    p50: float | None = Field(None, description=PERCENTILE_NOTE, examples=[25.49])
+    p95: float | None = Field(None, description=PERCENTILE_NOTE, examples=[26.02])
+    p99: float | None = Field(None, description=PERCENTILE_NOTE, examples=[26.09])
+
+
+class IntervalAggregateOut(BaseModel):
+    metric: str = Field(examples=["temperature_c"])
+    device_id: str | None = Field(description="null: every device merged", examples=["dev-1"])
+    interval: str = Field(examples=["10m"])
+    resolution: str = Field(description="the stored resolution merged", examples=["5m"])
+    from_time: str = Field(
+        description="start of the first bucket", examples=["2025-01-15T10:00:00.000Z"]
+    )
+    to_time: str = Field(
+        description="end of the last bucket", examples=["2025-01-15T11:00:00.000Z"]
+    )
+    buckets: list[IntervalBucketOut]
+    count: int = Field(description="number of buckets (empty intervals are left out)", examples=[6])
 
 
 class ReadingsPage(BaseModel):

@@ -8,7 +8,20 @@ from typing import Any
 from telemetry_common.timefmt import iso_z
 
 # Bookkeeping for idempotent writes; meaningless to API clients.
-INTERNAL_FIELDS = frozenset({"_v", "_applied", "_src", "m2", "notified", "last_value_ts"})
+INTERNAL_FIELDS = frozenset(
+    {
+        "_v",
+        "_applied",
+        "_src",
+        "m2",
+        "mean",
+        "sum_partials",
+        "sketch",
+        "expire_at",
+        "notified",
+        "last_value_ts",
+    }
+)
 
 
 def public(doc: dict[str, Any], id_name: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""A mergeable quantile sketch for rollup percentiles: DDSketch bins, stored as plain counts.
+
+The value-to-bin mapping is the `ddsketch` library's ``LogarithmicMapping``
+(Masson, Rim and Lee, "DDSketch: a fast and fully-mergeable quantile sketch with
+relative-error guarantees", VLDB 2019). With relative accuracy ``alpha`` every
+quantile it reports is within ``alpha`` (relative) of the exact value at rank
+``floor(q * (n - 1))`` of the sorted values; quantiles use the same rank rule
+as the library's ``DDSketch.get_quantile_value``.
+
+The bins are integer counts keyed by bin index, so merging is adding counts:
+exact, commutative and associative, whatever the batch split or order. They
+are kept in dicts rather than the library's dense float store because a bucket
+is read from and written back to MongoDB on every batch, and a dict of a few
+dozen int counts crosses BSON with no conversion step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ddsketch.mapping import LogarithmicMapping
+
+RELATIVE_ACCURACY = 0.01
+MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
+PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+
+
+def bin_key(value: float) -> int:
+    """The signed bin of ``value``: positive keys count up from 1, negatives mirror, 0 is zero.
+
+    Both of the library's stores are packed into one signed key space so a
+    contribution carries a single int, computed once and reused at every resolution.
+    """
+    if value > MAPPING.min_possible:
+        return _POSITIVE_BASE + MAPPING.key(value)
+    if value < -MAPPING.min_possible:
+        return -(_POSITIVE_BASE + MAPPING.key(-value))
+    return 0
+
+
+# Library keys are bounded by the float range (about +-36,000 at 1%); shifting by
+# more than that keeps every positive key above 0 and every negative one below.
+_POSITIVE_BASE = 1 << 20
+
+
+def _bin_value(key: int) -> float:
+    if key > 0:
+        return MAPPING.value(key - _POSITIVE_BASE)
+    if key < 0:
+        return -MAPPING.value(-key - _POSITIVE_BASE)
+    return 0.0
+
+
+@dataclass(slots=True)
+class QuantileSketch:
+    bins: dict[int, int] = field(default_factory=dict)
+
+    def add_key(self, key: int, count: int = 1) -> None:
+        self.bins[key] = self.bins.get(key, 0) + count
+
+    def add(self, value: float) -> None:
+        self.add_key(bin_key(value))
+
+    def merge(self, other: QuantileSketch) -> None:
+        bins = self.bins
+        for key, count in other.bins.items():
+            bins[key] = bins.get(key, 0) + count
+
+    @property
+    def count(self) -> int:
+        return sum(self.bins.values())
+
+    def quantile(self, q: float) -> float | None:
+        """The value at rank ``floor(q * (n - 1))``, within the relative accuracy; None if empty."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile {q} is not between 0 and 1")
+        total = self.count
+        if total == 0:
+            return None
+        rank = q * (total - 1)
+        seen = 0
+        for key in sorted(self.bins):
+            seen += self.bins[key]
+            if seen > rank:
+                return _bin_value(key)
+        return _bin_value(max(self.bins))
+
+    def quantiles(self, qs: Mapping[str, float] = PERCENTILES) -> dict[str, float | None]:
+        """Several quantiles in one pass over the sorted bins."""
+        total = self.count
+        out: dict[str, float | None] = dict.fromkeys(qs)
+        if total == 0:
+            return out
+        wanted = sorted(((q * (total - 1), name) for name, q in qs.items()))
+        seen = 0
+        i = 0
+        for key in sorted(self.bins):
+            seen += self.bins[key]
+            while i < len(wanted) and seen > wanted[i][0]:
+                out[wanted[i][1]] = _bin_value(key)
+                i += 1
+            if i == len(wanted):
+                break
+        return out
+
+    def to_document(self) -> dict[str, Any]:
+        # BSON keys are strings; the accuracy travels along so a reader never
+        # merges bins made with another mapping.
+        return {
+            "relative_accuracy": RELATIVE_ACCURACY,
+            "bins": {str(k): n for k, n in self.bins.items()},
+        }
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any] | None) -> QuantileSketch:
+        if not doc:
+            return cls()
+        if doc.get("relative_accuracy") != RELATIVE_ACCURACY:
+            raise ValueError(
+                f"sketch made with relative accuracy {doc.get('relative_accuracy')!r}, "
+                f"this build uses {RELATIVE_ACCURACY}"
+            )
+        return cls({int(k): int(n) for k, n in doc.get("bins", {}).items()})
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> QuantileSketch:
+        sketch = cls()
+        for value in values:
+            sketch.add(value)
+        return sketch

@@ -1,0 +1,90 @@
+"""`GET /v1/metrics/aggregate`: buckets of any servable interval, for the other seed's clients."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from telemetry_common.mongo import ROLLUPS
+from telemetry_common.timefmt import iso_z, utcnow
+
+from dashboard_api.deps import DEVICE_ID_PATTERN, METRIC_PATTERN, Db
+from dashboard_api.intervals import choose_resolution, interval_bucket, merge_into_intervals, window
+from dashboard_api.schemas import IntervalAggregateOut
+
+router = APIRouter(prefix="/v1", tags=["aggregates"])
+
+DEFAULT_SPAN = timedelta(days=1)
+
+
+@router.get(
+    "/metrics/aggregate",
+    response_model=IntervalAggregateOut,
+    responses={422: {"description": "a parameter is bad or the interval cannot be served"}},
+)
+async def metric_aggregate(
+    request: Request,
+    db: Db,
+    metric: Annotated[
+        str, Query(pattern=METRIC_PATTERN, description="metric name", examples=["temperature_c"])
+    ],
+    device_id: Annotated[
+        str | None,
+        Query(
+            pattern=DEVICE_ID_PATTERN,
+            description="one device; all devices merged when absent",
+            examples=["dev-1"],
+        ),
+    ] = None,
+    from_time: Annotated[
+        datetime | None,
+        Query(
+            description="inclusive start, ISO 8601; rounded down to the interval "
+            "(default: a day before to_time, or fewer buckets than MAX_PAGE_SIZE)",
+            examples=["2025-01-15T00:00:00Z"],
+        ),
+    ] = None,
+    to_time: Annotated[
+        datetime | None,
+        Query(
+            description="exclusive end, ISO 8601 (default: now)", examples=["2025-01-16T00:00:00Z"]
+        ),
+    ] = None,
+    interval: Annotated[
+        str,
+        Query(
+            pattern=r"^\d+[smhd]$",
+            description="bucket width: a stored resolution or a multiple of one (10m from 5m)",
+            examples=["10m"],
+        ),
+    ] = "1h",
+) -> dict[str, Any]:
+    """Buckets of ``interval``: count, sum, avg, min, max, stddev, p50/p95/p99; oldest first."""
+    settings = request.app.state.settings
+    width, source = choose_resolution(interval, settings.resolutions)
+    end = to_time or utcnow()
+    if from_time is None:
+        # A day back, or as many buckets as one answer holds, whichever is shorter.
+        span = min(DEFAULT_SPAN, timedelta(seconds=width * (settings.max_page_size - 1)))
+        from_time = end - span
+    start, end = window(from_time, end, width, settings.max_page_size)
+    query: dict[str, Any] = {
+        "sensor_type": metric,
+        "resolution": source,
+        "timestamp": {"$gte": start, "$lt": end},
+    }
+    if device_id is not None:
+        query["device_id"] = device_id
+    merged = merge_into_intervals([doc async for doc in db[ROLLUPS].find(query)], width)
+    buckets = [interval_bucket(s, width, merged[s]) for s in sorted(merged)]
+    return {
+        "metric": metric,
+        "device_id": device_id,
+        "interval": interval,
+        "resolution": source,
+        "from_time": iso_z(start),
+        "to_time": iso_z(end),
+        "buckets": buckets,
+        "count": len(buckets),
+    }

@@ -1,0 +1,194 @@
+"""Rollups stay exact while aggregator processes are killed -9 at random moments.
+
+A stream of readings (late, out of order, device retries, any metric name) flows
+into Kafka while a real `python -m aggregator_worker` process is SIGKILLed and
+restarted several times; then every bucket at every resolution must equal a
+recomputation from telemetry_raw. The second test runs two processes in one
+group and kills them in turn, so partitions move between them mid-stream.
+
+ROLLUP_KILL_READINGS sets the stream size (the issue's full 100,000 works; the
+default is smaller so `make test` stays quick on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from integration.processes import AggregatorProcess, wait_caught_up
+from integration.readings import BASE_TS, reading
+from integration.recompute import rollup_mismatches
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.mongo import RAW
+from telemetry_common.reading import Reading
+from telemetry_common.resolutions import DEFAULT_RESOLUTIONS, parse_resolutions
+from telemetry_tools.servers import free_port
+from telemetry_tools.testing import Topics
+
+pytestmark = pytest.mark.integration
+
+READINGS = int(os.environ.get("ROLLUP_KILL_READINGS", "20000"))
+KILLS = int(os.environ.get("ROLLUP_KILL_COUNT", "5"))
+RESOLUTIONS = parse_resolutions(DEFAULT_RESOLUTIONS)
+EXTRA_METRICS = ["rpm", "battery_v", "cpu_load", "signal-dbm"]
+
+
+def stream(total: int, seed: int) -> list[Reading]:
+    """Readings over many devices, a few seconds apart per device, in a shuffled arrival order:
+    about 5% backfilled days late, 1% sent twice (a device retry, same event_id)."""
+    rnd = random.Random(seed)
+    devices = max(total // 200, 1)
+    out: list[tuple[float, Reading]] = []
+    for i in range(total):
+        device = i % devices
+        seq = i // devices
+        ts = BASE_TS + timedelta(seconds=seq * 3 + rnd.random() * 3, minutes=device % 90)
+        if rnd.random() < 0.05:
+            ts -= timedelta(days=rnd.randint(1, 4), minutes=rnd.randint(0, 600))
+        metrics = {
+            "temperature_c": round(rnd.uniform(-20.0, 60.0), 3),
+            "humidity": round(rnd.uniform(0.0, 100.0), 2),
+        }
+        if device % 3 == 0:
+            metrics[EXTRA_METRICS[device % len(EXTRA_METRICS)]] = rnd.lognormvariate(2, 1.5)
+        body = {
+            "event_id": f"ev-{seed}-{i}",
+            "device_id": f"kill-{device}",
+            "ts": ts.isoformat(),
+            "metrics": metrics,
+        }
+        r = reading(body)
+        # Arrival roughly follows the device's own sequence, with jitter across devices.
+        out.append((seq + rnd.random() * 5, r))
+        if rnd.random() < 0.01:
+            out.append((seq + 5 + rnd.random() * 5, r))
+    out.sort(key=lambda pair: pair[0])
+    return [r for _, r in out]
+
+
+async def publish_in_chunks(
+    producer: AIOKafkaProducer, topic: str, readings: list[Reading], chunks: int
+) -> None:
+    """The stream keeps arriving while the first kills happen."""
+    size = max(len(readings) // chunks, 1)
+    for start in range(0, len(readings), size):
+        for r in readings[start : start + size]:
+            await producer.send(topic, r.to_kafka_value(), key=r.device_id.encode())
+        await producer.flush()
+        await asyncio.sleep(0.2)
+
+
+async def kill_at_random_moments(
+    processes: list[AggregatorProcess], db: AsyncDatabase, kills: int, rnd: random.Random
+) -> int:
+    """SIGKILL a random process at a random moment while a batch is being written; restart it.
+
+    A batch is written raw readings first, then rollups, then device summaries,
+    then committed; waiting for the raw count to move and then up to half a
+    second more lands the kill anywhere in that sequence, including after the
+    writes and before the commit, the case that replays records already counted.
+    """
+    done = 0
+    loop = asyncio.get_running_loop()
+    while done < kills:
+        victim = rnd.choice(processes)
+        before = await db[RAW].estimated_document_count()
+        deadline = loop.time() + 120
+        while await db[RAW].estimated_document_count() == before:
+            for process in processes:
+                process.assert_alive()
+            if loop.time() > deadline:
+                return done  # the stream ran out before every kill: too few readings
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(rnd.uniform(0.0, 0.5))
+        victim.kill()
+        done += 1
+        await asyncio.sleep(rnd.uniform(0.0, 1.0))
+        victim.start()
+    return done
+
+
+async def run_scenario(
+    service_env: dict,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    db: AsyncDatabase,
+    tmp_path: Path,
+    processes_in_group: int,
+    seed: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rnd = random.Random(seed)
+    readings = stream(READINGS, seed)
+    group = f"agg-kill-{free_port()}"
+    processes = [
+        # Smaller polls than the default: more batches, so more moments to die in.
+        AggregatorProcess(service_env, group, tmp_path, CONSUMER_MAX_RECORDS="500")
+        for _ in range(processes_in_group)
+    ]
+    publishing = asyncio.create_task(
+        publish_in_chunks(producer, topics.telemetry, readings, chunks=10)
+    )
+    try:
+        for process in processes:
+            process.start()
+        kills = await kill_at_random_moments(processes, db, KILLS, rnd)
+        await publishing
+        await wait_caught_up(
+            service_env["kafka_bootstrap_servers"],
+            group,
+            topics.telemetry,
+            processes,
+            timeout_s=600,
+        )
+    finally:
+        publishing.cancel()
+        for process in processes:
+            process.stop()
+    unique = len({r.event_id for r in readings})
+    assert await db[RAW].count_documents({}) == unique
+    mismatches = await rollup_mismatches(db, RESOLUTIONS)
+    with capsys.disabled():  # the figures belong in every run's output
+        print(
+            f"\n{processes_in_group} aggregator process(es), {len(readings)} records "
+            f"({unique} unique readings): kills={kills} mismatches={len(mismatches)}"
+        )
+    assert kills == KILLS
+    assert mismatches == [], mismatches[:20]
+
+
+async def test_kill_9_during_a_stream_leaves_every_bucket_exact(
+    service_env: dict,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    db: AsyncDatabase,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await run_scenario(service_env, topics, producer, db, tmp_path, 1, seed=1, capsys=capsys)
+
+
+async def test_two_processes_killed_in_turn_rebalance_and_stay_exact(
+    service_env: dict,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    db: AsyncDatabase,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await run_scenario(service_env, topics, producer, db, tmp_path, 2, seed=2, capsys=capsys)
+
+
+def test_the_stream_has_late_duplicate_and_arbitrary_metrics() -> None:
+    readings = stream(2000, seed=3)
+    late = [r for r in readings if r.ts < BASE_TS - timedelta(hours=12)]
+    assert 0.02 * len(readings) < len(late) < 0.1 * len(readings)
+    assert len({r.event_id for r in readings}) < len(readings)
+    names = {m for r in readings for m in r.metrics}
+    assert set(EXTRA_METRICS) <= names
+    assert all(isinstance(r.ts, datetime) for r in readings)
