@@ -33,6 +33,15 @@ MetricFilter = Annotated[
         examples=["temperature_c"],
     ),
 ]
+TagFilter = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=128,
+        description="only readings carrying this tag (an exact match)",
+        examples=["room:101"],
+    ),
+]
 From = Annotated[
     datetime | None,
     Query(
@@ -50,6 +59,10 @@ To = Annotated[
     ),
 ]
 
+
+BAD_PARAMETER: dict[int | str, dict[str, Any]] = {
+    422: {"description": "a parameter is bad; `errors` names it and why"}
+}
 
 DEFAULT_LIMIT = 100
 
@@ -71,17 +84,25 @@ async def limit_param(
 Limit = Annotated[int, Depends(limit_param)]
 
 
-def time_range(field: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
-    """A MongoDB range filter on ``field``; refuses an empty or inverted range."""
+def time_range(
+    field: str,
+    start: datetime | None,
+    end: datetime | None,
+    names: tuple[str, str] = ("from", "to"),
+) -> dict[str, Any]:
+    """A MongoDB range filter on ``field``; refuses an empty or inverted range.
+
+    ``names`` are the two parameters as the endpoint spells them, for the 422.
+    """
     condition: dict[str, Any] = {}
     if start is not None:
         condition["$gte"] = to_utc_ms(start)
     if end is not None:
         condition["$lt"] = to_utc_ms(end)
     if start is not None and end is not None and condition["$gte"] >= condition["$lt"]:
-        raise ApiError(422, "from", "must be before 'to'")
+        raise ApiError(422, names[0], f"must be before '{names[1]}'")
     return {field: condition} if condition else {}
 
 
-def page(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"data": items, "count": len(items)}
+def page(items: list[dict[str, Any]], next_cursor: str | None = None) -> dict[str, Any]:
+    return {"data": items, "count": len(items), "next_cursor": next_cursor}

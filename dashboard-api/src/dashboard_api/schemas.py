@@ -66,6 +66,10 @@ class DeviceOut(_Open):
     last_seen: str = Field(examples=["2025-01-15T10:00:00.000Z"])
     reading_count: int = Field(examples=[3600])
     last_values: dict[str, float] = Field(examples=[{"temperature_c": 25.5, "humidity": 60.0}])
+    open_alerts: int = Field(description="alerts with status active", examples=[2])
+    tags: list[str] = Field(
+        default_factory=list, description="tags of the latest reading", examples=[["room:101"]]
+    )
 
 
 class IntervalBucketOut(BaseModel):
@@ -97,24 +101,28 @@ class IntervalAggregateOut(BaseModel):
     count: int = Field(description="number of buckets (empty intervals are left out)", examples=[6])
 
 
-class ReadingsPage(BaseModel):
+class _Page(BaseModel):
+    count: int = Field(description="items in this page", examples=[1])
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page",
+        examples=["WyJ0cyIsIjIwMjUtMDEtMTVUMTA6MDA6MDAuMDAwWiIsImUwMDEiXQ"],
+    )
+
+
+class ReadingsPage(_Page):
     data: list[ReadingOut]
-    count: int
 
 
-class RollupsPage(BaseModel):
+class RollupsPage(_Page):
     data: list[RollupOut]
-    count: int
 
 
-class AlertsPage(BaseModel):
+class AlertsPage(_Page):
     data: list[AlertOut]
-    count: int
 
 
-class DevicesPage(BaseModel):
+class DevicesPage(_Page):
     data: list[DeviceOut]
-    count: int
 
 
 class StatsOut(BaseModel):
