@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 import pytest
 from dashboard_api.app import create_app
+from dashboard_api.paging import keyset_page, keyset_query
 from fastapi.testclient import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
+from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS, ensure_indexes
 from telemetry_common.settings import DashboardSettings
 from telemetry_tools.servers import MongoServer
 
@@ -330,3 +331,49 @@ def test_an_operator_string_as_a_tag_is_only_a_tag(api: TestClient) -> None:
     for tag in ('{"$ne": null}', "$ne", "$where"):
         assert ok(api.get("/v1/search", params={"tag": tag}))["data"] == []
         assert ok(api.get("/telemetry", params={"tag": tag}))["data"] == []
+
+
+def _stages(plan: dict) -> list[str]:
+    found = [plan["stage"]] if "stage" in plan else []
+    for child in ("inputStage", "queryPlan"):
+        if child in plan:
+            found += _stages(plan[child])
+    for sub in plan.get("inputStages", []):
+        found += _stages(sub)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        ({}, "ts_id"),
+        ({"device_id": "deep"}, "device_ts_id"),
+        ({"tags": "t:deep"}, "tags_ts_id"),
+    ],
+)
+async def test_a_deep_page_reads_only_its_own_index_keys(
+    db: AsyncDatabase, query: dict, index: str
+) -> None:
+    await ensure_indexes(db, None)
+    readings = [raw(f"d{i:03}", "deep", i // 2, ["t:deep"]) for i in range(300)]  # ties in pairs
+    await db[RAW].insert_many(readings)
+    _, cursor = await keyset_page(db[RAW], query, sort_key="ts", limit=201, cursor=None)
+    assert cursor is not None
+    page_query, sort = keyset_query(query, sort_key="ts", cursor=cursor)
+    explained = await db[RAW].find(page_query).sort(sort).limit(21).explain()
+    stages = _stages(explained["queryPlanner"]["winningPlan"])
+    assert "SORT" not in stages and "IXSCAN" in stages, explained["queryPlanner"]
+    assert index in str(explained["queryPlanner"]["winningPlan"])
+    # Not the 201 keys before the cursor: the scan starts at the cursor's key.
+    assert explained["executionStats"]["totalKeysExamined"] <= 21 + 1
+
+
+async def test_indexes_without_the_id_tie_break_are_replaced(db: AsyncDatabase) -> None:
+    await db[RAW].create_index([("device_id", 1), ("ts", -1)], name="device_ts")
+    await db[ALERTS].create_index([("status", 1), ("created_at", -1)], name="status_created")
+    await ensure_indexes(db, None)
+    await ensure_indexes(db, None)  # a second service starting: nothing left to drop
+    raw_indexes = {ix["name"] async for ix in await db[RAW].list_indexes()}
+    alert_indexes = {ix["name"] async for ix in await db[ALERTS].list_indexes()}
+    assert {"device_ts_id", "tags_ts_id", "ts_id"} <= raw_indexes and "device_ts" not in raw_indexes
+    assert "status_created_id" in alert_indexes and "status_created" not in alert_indexes

@@ -69,12 +69,27 @@ def after(sort_key: str, position: Position, descending: bool) -> dict[str, Any]
     beyond = "$lt" if descending else "$gt"
     if sort_key == "_id":
         return {"_id": {beyond: position.id}}
+    # The bound on the key alone is what lets the index scan start at the cursor
+    # (an $or of the two cases alone scans from the newest key and filters);
+    # the $or then drops the ties already served.
     return {
-        "$or": [
-            {sort_key: {beyond: position.key}},
-            {sort_key: position.key, "_id": {beyond: position.id}},
-        ]
+        sort_key: {f"{beyond}e": position.key},
+        "$or": [{sort_key: {beyond: position.key}}, {"_id": {beyond: position.id}}],
     }
+
+
+def keyset_query(
+    query: dict[str, Any], *, sort_key: str, cursor: str | None, descending: bool = True
+) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """The filter and sort of the page after ``cursor`` (the first page without one)."""
+    if cursor is not None:
+        # $and keeps a time range on the same field next to the keyset condition.
+        query = {"$and": [query, after(sort_key, decode_cursor(sort_key, cursor), descending)]}
+    direction = -1 if descending else 1
+    sort = (
+        [("_id", direction)] if sort_key == "_id" else [(sort_key, direction), ("_id", direction)]
+    )
+    return query, sort
 
 
 async def keyset_page(
@@ -87,13 +102,7 @@ async def keyset_page(
     descending: bool = True,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of documents and the cursor of the next (None on the last page)."""
-    if cursor is not None:
-        # $and keeps a time range on the same field next to the keyset condition.
-        query = {"$and": [query, after(sort_key, decode_cursor(sort_key, cursor), descending)]}
-    direction = -1 if descending else 1
-    sort = (
-        [("_id", direction)] if sort_key == "_id" else [(sort_key, direction), ("_id", direction)]
-    )
+    query, sort = keyset_query(query, sort_key=sort_key, cursor=cursor, descending=descending)
     # One more than the page: whether a next page exists, without a count.
     docs = [doc async for doc in collection.find(query).sort(sort).limit(limit + 1)]
     if len(docs) <= limit:
