@@ -17,6 +17,7 @@ import orjson
 import pytest
 from dashboard_api.app import create_app
 from dashboard_api.paging import keyset_page, keyset_query
+from dashboard_api.routes.stats import ACTIVE_ALERTS_CAP
 from fastapi.testclient import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS, ensure_indexes
@@ -377,3 +378,15 @@ async def test_indexes_without_the_id_tie_break_are_replaced(db: AsyncDatabase) 
     alert_indexes = {ix["name"] async for ix in await db[ALERTS].list_indexes()}
     assert {"device_ts_id", "tags_ts_id", "ts_id"} <= raw_indexes and "device_ts" not in raw_indexes
     assert "status_created_id" in alert_indexes and "status_created" not in alert_indexes
+
+
+async def test_stats_count_active_alerts_up_to_a_cap(
+    api: TestClient, seeded: AsyncDatabase
+) -> None:
+    stats = ok(api.get("/stats"))
+    assert (stats["active_alerts"], stats["active_alerts_capped"]) == (3, False)
+    assert (stats["total_readings"], stats["total_alerts"], stats["total_devices"]) == (7, 5, 4)
+    storm = [alert(f"s{i}", f"s-{i % 50}", i, "active") for i in range(ACTIVE_ALERTS_CAP)]
+    await seeded[ALERTS].insert_many(storm)
+    stats = ok(api.get("/stats"))
+    assert (stats["active_alerts"], stats["active_alerts_capped"]) == (ACTIVE_ALERTS_CAP, True)

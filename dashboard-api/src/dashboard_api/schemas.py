@@ -130,7 +130,13 @@ class StatsOut(BaseModel):
     total_aggregates: int = Field(examples=[84_000])
     total_alerts: int = Field(examples=[312])
     total_devices: int = Field(examples=[1000])
-    active_alerts: int = Field(examples=[12])
+    active_alerts: int = Field(
+        description="alerts with status active, counted up to 10000", examples=[12]
+    )
+    active_alerts_capped: bool = Field(
+        description="true: there are at least `active_alerts` (the count stopped there)",
+        examples=[False],
+    )
     generated_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
 
 
