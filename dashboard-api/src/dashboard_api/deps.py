@@ -10,6 +10,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError
 from telemetry_common.timefmt import to_utc_ms
 
+from dashboard_api.schemas import ErrorOut
+
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9\-_.:]{1,128}$"
 METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 
@@ -61,7 +63,7 @@ To = Annotated[
 
 
 BAD_PARAMETER: dict[int | str, dict[str, Any]] = {
-    422: {"description": "a parameter is bad; `errors` names it and why"}
+    422: {"description": "a parameter is bad; `errors` names it and why", "model": ErrorOut}
 }
 
 DEFAULT_LIMIT = 100
@@ -70,7 +72,10 @@ DEFAULT_LIMIT = 100
 async def limit_param(
     request: Request,
     limit: int | None = Query(
-        None, ge=1, description="at most this many items (default 100, at most MAX_PAGE_SIZE)"
+        None,
+        ge=1,
+        description="at most this many items (default 100, at most MAX_PAGE_SIZE)",
+        examples=[100],
     ),
 ) -> int:
     maximum = request.app.state.settings.max_page_size

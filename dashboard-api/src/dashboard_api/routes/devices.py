@@ -11,7 +11,7 @@ from telemetry_common.mongo import ALERTS, DEVICES
 
 from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN, Db, Limit, TagFilter, page
 from dashboard_api.paging import Cursor, keyset_page
-from dashboard_api.schemas import DeviceOut, DevicesPage
+from dashboard_api.schemas import DeviceOut, DevicesPage, ErrorOut
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["devices"])
@@ -60,7 +60,10 @@ async def list_devices(
 @router.get(
     "/devices/{device_id}",
     response_model=DeviceOut,
-    responses={404: {"description": "No reading from this device yet"}, **BAD_PARAMETER},
+    responses={
+        404: {"description": "No reading from this device yet", "model": ErrorOut},
+        **BAD_PARAMETER,
+    },
 )
 async def get_device(
     db: Db, device_id: str = Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])
