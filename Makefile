@@ -56,8 +56,8 @@ bench: install ## Measure every speed figure beside its ceiling (about 15 min); 
 lint: $(VENV)/.synced ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
 
-clean: ## Delete local data (Kafka and MongoDB state) and logs; installs are kept
-	rm -rf $(LOCAL)/data
+clean: ## Delete local data (Kafka and MongoDB state, the bench's store) and logs; installs are kept
+	rm -rf $(LOCAL)/data $(LOCAL)/bench
 
 $(UV):
 	$(PYTHON) -m venv $(LOCAL)/bootstrap

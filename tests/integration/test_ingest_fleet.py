@@ -320,7 +320,11 @@ async def test_retries_however_they_interleave_are_stored_and_counted_once(
     async with running(run_aggregator, aggregator), running(run_alerts, alerts):
 
         async def all_counted() -> bool:
-            rollups = await db[ROLLUPS].find({"sensor_type": "temperature_c"}).to_list()
+            rollups = (
+                await db[ROLLUPS]
+                .find({"sensor_type": "temperature_c", "resolution": "1m"})
+                .to_list()
+            )
             return sum(r["count"] for r in rollups) >= len(readings) and (
                 await db[ALERTS].count_documents({}) >= breaching
             )
@@ -329,7 +333,7 @@ async def test_retries_however_they_interleave_are_stored_and_counted_once(
         await asyncio.sleep(2)  # a double count would land after the first
 
     assert await db[RAW].count_documents({}) == len(readings)
-    rollups = await db[ROLLUPS].find({"sensor_type": "temperature_c"}).to_list()
+    rollups = await db[ROLLUPS].find({"sensor_type": "temperature_c", "resolution": "1m"}).to_list()
     assert sum(r["count"] for r in rollups) == len(readings)
     assert sum(r["sum"] for r in rollups) == pytest.approx(
         sum(r["temperature_c"] for r in readings)

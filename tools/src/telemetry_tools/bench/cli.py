@@ -23,7 +23,7 @@ from pymongo import AsyncMongoClient
 from telemetry_tools.bench import drain, ingest, pipeline
 from telemetry_tools.bench.processes import Infra, infrastructure
 from telemetry_tools.bench.report import BENCHMARKS_MD, RESULTS_DIR, Report, machine, versions
-from telemetry_tools.servers import secantusd
+from telemetry_tools.servers import REPO_ROOT, secantusd
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ async def remove_run_data(infra: Infra, run_id: str) -> None:
     client: AsyncMongoClient = AsyncMongoClient(infra.mongo_url)
     try:
         for name in await client.list_database_names():
+            # The bench's own store ("bench_store", no run id) is kept on purpose.
             if name.startswith("bench_") and name.endswith(run_id):
                 await client.drop_database(name)
     finally:
@@ -94,7 +95,9 @@ def run(args: argparse.Namespace) -> Report:
     work_dir = Path(tempfile.mkdtemp(prefix="telemetry-bench-"))
     started = time.monotonic()
     try:
-        with infrastructure(work_dir, args.bootstrap_servers, args.mongo_url) as infra:
+        with infrastructure(
+            work_dir, args.store_dir, run_id, args.bootstrap_servers, args.mongo_url
+        ) as infra:
             print(f"benchmarks ({report.profile}), run {run_id}, logs in {work_dir / 'logs'}")
             rates = ingest.run(
                 report, infra, run_id, profile.ingest_readings, profile.single_seconds
@@ -120,8 +123,7 @@ def run(args: argparse.Namespace) -> Report:
                 stored_readings=profile.stored_readings,
                 samples=profile.samples,
             )
-            if args.bootstrap_servers or args.mongo_url:
-                asyncio.run(remove_run_data(infra, run_id))
+            asyncio.run(remove_run_data(infra, run_id))
     finally:
         if not args.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -146,7 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--benchmarks-md", type=Path, default=BENCHMARKS_MD)
-    parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs")
+    parser.add_argument("--keep", action="store_true", help="keep Kafka's data and the logs")
+    parser.add_argument(
+        "--store-dir",
+        type=Path,
+        default=REPO_ROOT / ".local" / "bench",
+        help="where the bench's own MongoDB keeps the large store between runs "
+        "(filling 5,000,000 readings takes a while once); `make clean` deletes it",
+    )
     args = parser.parse_args(argv)
     report = run(args)
     print()

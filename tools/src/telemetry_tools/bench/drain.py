@@ -122,14 +122,16 @@ def run(
         canonical(b)
         for b in bodies(readings, devices, end=now, anomaly_rate=0.01, prefix="dev-", seed=3)
     ]
-    asyncio.run(fill(infra.bootstrap_servers, topic, stream))
-    consumer_ceiling = asyncio.run(bare_consumer_rate(infra.bootstrap_servers, topic, readings))
-    insert_ceiling = asyncio.run(
-        bare_insert_rate(infra.mongo_url, f"bench_insert_{run_id}", stream)
-    )
+    with report.phase(f"drain: fill a topic with {readings:,} readings"):
+        asyncio.run(fill(infra.bootstrap_servers, topic, stream))
+    with report.phase("drain: bare consumer and bare MongoDB insert ceilings"):
+        consumer_ceiling = asyncio.run(bare_consumer_rate(infra.bootstrap_servers, topic, readings))
+        insert_ceiling = asyncio.run(
+            bare_insert_rate(infra.mongo_url, f"bench_insert_{run_id}", stream[:insert_sample])
+        )
     del stream
 
-    db_name = f"bench_{run_id}"
+    db_name = infra.store_db
     logs = infra.work_dir / "logs"
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,

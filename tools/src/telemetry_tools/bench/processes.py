@@ -24,16 +24,26 @@ class Infra:
     bootstrap_servers: str
     mongo_url: str
     work_dir: Path
+    # The database the workers drain into and the queries run on. On the bench's
+    # own MongoDB it is kept between runs, so the large store is filled once.
+    store_db: str
+    store_kept: bool
 
 
 @contextmanager
 def infrastructure(
-    work_dir: Path, bootstrap_servers: str | None, mongo_url: str | None
+    work_dir: Path,
+    store_dir: Path,
+    run_id: str,
+    bootstrap_servers: str | None,
+    mongo_url: str | None,
 ) -> Iterator[Infra]:
+    """Kafka in ``work_dir`` (thrown away); MongoDB in ``store_dir`` (kept), unless given."""
     started: list[KafkaServer | MongoServer] = []
+    store_kept = mongo_url is None
     try:
         if mongo_url is None:
-            mongo = MongoServer(work_dir / "mongo", free_port(), cache_size="1G")
+            mongo = MongoServer(store_dir / "mongo", free_port(), cache_size="1G")
             mongo.start()
             started.append(mongo)
             mongo_url = mongo.url
@@ -42,7 +52,8 @@ def infrastructure(
             kafka.start()
             started.append(kafka)
             bootstrap_servers = kafka.bootstrap_servers
-        yield Infra(bootstrap_servers, mongo_url, work_dir)
+        store_db = "bench_store" if store_kept else f"bench_store_{run_id}"
+        yield Infra(bootstrap_servers, mongo_url, work_dir, store_db, store_kept)
     finally:
         for server in reversed(started):
             server.stop()
