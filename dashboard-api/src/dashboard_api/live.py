@@ -129,12 +129,15 @@ class DeviceFeeds:
 
     async def _poll(self, feed: _Feed) -> None:
         while True:
-            try:
-                events = await self._new_readings(feed) + await self._changed_rollups(feed)
-            except PyMongoError as exc:
-                # MongoDB away: keep the watchers, try again at the next poll.
-                log.warning("live feed of %s: %s", feed.device_id, exc)
-                events = []
+            events: list[Event] = []
+            # Readings, then rollups: a failure of the second keeps the readings
+            # read (their position has moved on). MongoDB away: keep the
+            # watchers, try again at the next poll.
+            for read in (self._new_readings, self._changed_rollups):
+                try:
+                    events += await read(feed)
+                except PyMongoError as exc:
+                    log.warning("live feed of %s: %s", feed.device_id, exc)
             for event in events:
                 for watcher in list(feed.watchers):
                     if not _offer(watcher.queue, event):
