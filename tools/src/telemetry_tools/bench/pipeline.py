@@ -144,6 +144,7 @@ def run(
     for index, (name, (through_api, direct)) in enumerate(measured.items()):
         api_p50, api_p99 = queries.p50_p99(through_api)
         direct_p50, direct_p99 = queries.p50_p99(direct)
+        sampled = f"{len(through_api)} samples"
         goal = "p99 < 50 ms" if name.startswith(("a device's 24 h", "/stats")) else ""
         report.add(
             Figure(
@@ -162,7 +163,7 @@ def run(
                 direct_p99,
                 ceiling_name="same query, MongoDB directly",
                 goal=goal,
-                note=query_note if index == 0 else "",
+                note=f"{sampled}; {query_note}" if index == 0 else sampled,
             )
         )
     for service in services:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from telemetry_tools.bench.workload import bodies, canonical
 from telemetry_tools.percentiles import percentile
 
 TOP_UP_CHUNK = 5000
+TOP_UP_IN_FLIGHT = 2
 
 
 async def top_up_raw(mongo_url: str, db_name: str, total: int, devices: int) -> int:
@@ -32,16 +34,26 @@ async def top_up_raw(mongo_url: str, db_name: str, total: int, devices: int) -> 
         # History from the week before the drained day: the 24-hour queries below
         # run over the day the aggregator folded, the raw store is what is large.
         end = datetime.now(UTC) - timedelta(days=1)
-        chunk = []
+        chunk: list[dict[str, Any]] = []
+        in_flight: set[asyncio.Task[Any]] = set()
         for i, body in enumerate(
             bodies(missing, devices, end=end, span=timedelta(days=6), prefix="dev-", seed=4)
         ):
             chunk.append(raw_document(Placed(0, -1 - i, canonical(body))))
             if len(chunk) == TOP_UP_CHUNK:
-                await raw.insert_many(chunk, ordered=False)
+                # Build the next chunk while MongoDB writes this one.
+                if len(in_flight) >= TOP_UP_IN_FLIGHT:
+                    done, in_flight = await asyncio.wait(
+                        in_flight, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        task.result()  # an insert that failed fails the run
+                in_flight.add(asyncio.create_task(raw.insert_many(chunk, ordered=False)))
                 chunk = []
         if chunk:
-            await raw.insert_many(chunk, ordered=False)
+            in_flight.add(asyncio.create_task(raw.insert_many(chunk, ordered=False)))
+        for task in in_flight:
+            await task
         return missing
     finally:
         await client.close()
@@ -50,9 +62,18 @@ async def top_up_raw(mongo_url: str, db_name: str, total: int, devices: int) -> 
 Query = Callable[[str], Awaitable[Any]]
 
 
+# A query that takes seconds (a count the server cannot answer from metadata)
+# gets fewer samples rather than stretching the run past its budget.
+SAMPLE_BUDGET_S = 20.0
+MIN_SAMPLES = 5
+
+
 async def _sample(query: Query, devices: list[str], samples: int) -> list[float]:
-    out = []
+    out: list[float] = []
+    deadline = time.perf_counter() + SAMPLE_BUDGET_S
     for device in devices[:samples]:
+        if len(out) >= MIN_SAMPLES and time.perf_counter() > deadline:
+            break
         started = time.perf_counter()
         await query(device)
         out.append((time.perf_counter() - started) * 1000)
