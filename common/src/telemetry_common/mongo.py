@@ -35,6 +35,24 @@ def connect(url: str, app_name: str) -> AsyncMongoClient:
 
 # IndexOptionsConflict: an index of that name exists with other options (another TTL).
 INDEX_OPTIONS_CONFLICT = 85
+INDEX_NOT_FOUND = 27
+
+
+def newest_first(field: str) -> list[tuple[str, int]]:
+    """Newest first with ``_id`` breaking ties: the order of every paged listing.
+
+    With ``_id`` in the index, a page after a cursor (key, _id) is an index range;
+    without it MongoDB sorts every matching document in memory to order the ties.
+    """
+    return [(field, DESCENDING), ("_id", DESCENDING)]
+
+
+# Indexes the ones ending in ``_id`` replaced (they serve every query these did).
+SUPERSEDED_INDEXES = {
+    RAW: ("device_ts", "tags_ts", "ts"),
+    ROLLUPS: ("device_ts", "ts"),
+    ALERTS: ("created_at", "device_created_at", "status_created"),
+}
 
 
 async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> None:
@@ -46,9 +64,9 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> 
     """
     await db[RAW].create_indexes(
         [
-            IndexModel([("device_id", ASCENDING), ("ts", DESCENDING)], name="device_ts"),
-            IndexModel([("tags", ASCENDING), ("ts", DESCENDING)], name="tags_ts"),
-            IndexModel([("ts", DESCENDING)], name="ts"),
+            IndexModel([("device_id", ASCENDING), *newest_first("ts")], name="device_ts_id"),
+            IndexModel([("tags", ASCENDING), *newest_first("ts")], name="tags_ts_id"),
+            IndexModel(newest_first("ts"), name="ts_id"),
         ]
     )
     if raw_retention is not None:
@@ -67,8 +85,8 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> 
                 name="bucket_unique",
                 unique=True,
             ),
-            IndexModel([("device_id", ASCENDING), ("timestamp", DESCENDING)], name="device_ts"),
-            IndexModel([("timestamp", DESCENDING)], name="ts"),
+            IndexModel([("device_id", ASCENDING), *newest_first("timestamp")], name="device_ts_id"),
+            IndexModel(newest_first("timestamp"), name="ts_id"),
             # Each bucket carries its own expiry (resolutions differ in retention);
             # a bucket kept forever has no expire_at and is never touched.
             IndexModel([("expire_at", ASCENDING)], name="expire_at_ttl", expireAfterSeconds=0),
@@ -76,14 +94,30 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> 
     )
     await db[ALERTS].create_indexes(
         [
-            IndexModel([("created_at", DESCENDING)], name="created_at"),
+            IndexModel(newest_first("created_at"), name="created_at_id"),
             IndexModel(
-                [("device_id", ASCENDING), ("created_at", DESCENDING)], name="device_created_at"
+                [("device_id", ASCENDING), *newest_first("created_at")], name="device_created_at_id"
             ),
-            IndexModel([("status", ASCENDING), ("created_at", DESCENDING)], name="status_created"),
+            IndexModel(
+                [("status", ASCENDING), *newest_first("created_at")], name="status_created_id"
+            ),
         ]
     )
+    for collection, names in SUPERSEDED_INDEXES.items():
+        await _drop_indexes(db, collection, names)
     await db[DEVICES].create_indexes([IndexModel([("last_seen", DESCENDING)], name="last_seen")])
+
+
+async def _drop_indexes(db: AsyncDatabase, collection: str, names: tuple[str, ...]) -> None:
+    existing = {index["name"] async for index in await db[collection].list_indexes()}
+    for name in names:
+        if name not in existing:
+            continue
+        try:
+            await db[collection].drop_index(name)
+        except OperationFailure as exc:
+            if exc.code != INDEX_NOT_FOUND:  # another service dropped it first
+                raise
 
 
 async def _ensure_ttl(

@@ -151,6 +151,10 @@ class DashboardSettings(CommonSettings, RollupSettings):
     port: int = Field(8002, ge=1, le=65535)
     # A day of one-minute buckets fits in one page.
     max_page_size: int = Field(1440, ge=1, le=100_000)
+    # How often a watched device's live feed reads MongoDB (one poller per device).
+    stream_poll_interval_s: float = Field(1.0, gt=0, le=60)
+    # An SSE comment this often keeps proxies from closing a quiet stream.
+    stream_heartbeat_s: float = Field(15.0, gt=0, le=300)
 
 
 S = TypeVar("S", bound=BaseSettings)

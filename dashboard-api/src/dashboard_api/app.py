@@ -17,7 +17,8 @@ from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect, ensure_indexes
 from telemetry_common.settings import DashboardSettings
 
-from dashboard_api.routes import aggregates, alerts, devices, metrics_v1, stats, telemetry
+from dashboard_api.live import DeviceFeeds
+from dashboard_api.routes import aggregates, alerts, devices, metrics_v1, stats, stream, telemetry
 from dashboard_api.schemas import HealthOut
 
 
@@ -40,11 +41,15 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         client = connect(settings.mongo_url, "dashboard-api")
         app.state.db = client[settings.mongo_db]
         app.state.settings = settings
+        app.state.feeds = DeviceFeeds(
+            app.state.db, settings.stream_poll_interval_s, settings.resolutions
+        )
         # The queries lean on these indexes; creating them is idempotent and lets the
         # dashboard start before either worker ran. In the background, so the API
         # starts (and /health says why it is degraded) while MongoDB is down.
         index_task = asyncio.create_task(_ensure_indexes_when_reachable(app.state.db))
         yield
+        app.state.feeds.close()
         index_task.cancel()
         await client.close()
 
@@ -85,6 +90,6 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         body = HealthOut(status="ok" if ok else "degraded", mongo=ok)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    for module in (telemetry, aggregates, metrics_v1, alerts, devices, stats):
+    for module in (telemetry, aggregates, metrics_v1, alerts, devices, stats, stream):
         app.include_router(module.router)
     return app

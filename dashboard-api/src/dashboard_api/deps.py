@@ -10,6 +10,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError
 from telemetry_common.timefmt import to_utc_ms
 
+from dashboard_api.schemas import ErrorOut
+
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9\-_.:]{1,128}$"
 METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 
@@ -33,6 +35,15 @@ MetricFilter = Annotated[
         examples=["temperature_c"],
     ),
 ]
+TagFilter = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=128,
+        description="only readings carrying this tag (an exact match)",
+        examples=["room:101"],
+    ),
+]
 From = Annotated[
     datetime | None,
     Query(
@@ -51,13 +62,20 @@ To = Annotated[
 ]
 
 
+BAD_PARAMETER: dict[int | str, dict[str, Any]] = {
+    422: {"description": "a parameter is bad; `errors` names it and why", "model": ErrorOut}
+}
+
 DEFAULT_LIMIT = 100
 
 
 async def limit_param(
     request: Request,
     limit: int | None = Query(
-        None, ge=1, description="at most this many items (default 100, at most MAX_PAGE_SIZE)"
+        None,
+        ge=1,
+        description="at most this many items (default 100, at most MAX_PAGE_SIZE)",
+        examples=[100],
     ),
 ) -> int:
     maximum = request.app.state.settings.max_page_size
@@ -71,17 +89,25 @@ async def limit_param(
 Limit = Annotated[int, Depends(limit_param)]
 
 
-def time_range(field: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
-    """A MongoDB range filter on ``field``; refuses an empty or inverted range."""
+def time_range(
+    field: str,
+    start: datetime | None,
+    end: datetime | None,
+    names: tuple[str, str] = ("from", "to"),
+) -> dict[str, Any]:
+    """A MongoDB range filter on ``field``; refuses an empty or inverted range.
+
+    ``names`` are the two parameters as the endpoint spells them, for the 422.
+    """
     condition: dict[str, Any] = {}
     if start is not None:
         condition["$gte"] = to_utc_ms(start)
     if end is not None:
         condition["$lt"] = to_utc_ms(end)
     if start is not None and end is not None and condition["$gte"] >= condition["$lt"]:
-        raise ApiError(422, "from", "must be before 'to'")
+        raise ApiError(422, names[0], f"must be before '{names[1]}'")
     return {field: condition} if condition else {}
 
 
-def page(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"data": items, "count": len(items)}
+def page(items: list[dict[str, Any]], next_cursor: str | None = None) -> dict[str, Any]:
+    return {"data": items, "count": len(items), "next_cursor": next_cursor}

@@ -66,6 +66,10 @@ class DeviceOut(_Open):
     last_seen: str = Field(examples=["2025-01-15T10:00:00.000Z"])
     reading_count: int = Field(examples=[3600])
     last_values: dict[str, float] = Field(examples=[{"temperature_c": 25.5, "humidity": 60.0}])
+    open_alerts: int = Field(description="alerts with status active", examples=[2])
+    tags: list[str] = Field(
+        default_factory=list, description="tags of the latest reading", examples=[["room:101"]]
+    )
 
 
 class IntervalBucketOut(BaseModel):
@@ -97,24 +101,28 @@ class IntervalAggregateOut(BaseModel):
     count: int = Field(description="number of buckets (empty intervals are left out)", examples=[6])
 
 
-class ReadingsPage(BaseModel):
+class _Page(BaseModel):
+    count: int = Field(description="items in this page", examples=[1])
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page",
+        examples=["WyJ0cyIsIjIwMjUtMDEtMTVUMTA6MDA6MDAuMDAwWiIsImUwMDEiXQ"],
+    )
+
+
+class ReadingsPage(_Page):
     data: list[ReadingOut]
-    count: int
 
 
-class RollupsPage(BaseModel):
+class RollupsPage(_Page):
     data: list[RollupOut]
-    count: int
 
 
-class AlertsPage(BaseModel):
+class AlertsPage(_Page):
     data: list[AlertOut]
-    count: int
 
 
-class DevicesPage(BaseModel):
+class DevicesPage(_Page):
     data: list[DeviceOut]
-    count: int
 
 
 class StatsOut(BaseModel):
@@ -122,8 +130,26 @@ class StatsOut(BaseModel):
     total_aggregates: int = Field(examples=[84_000])
     total_alerts: int = Field(examples=[312])
     total_devices: int = Field(examples=[1000])
-    active_alerts: int = Field(examples=[12])
+    active_alerts: int = Field(
+        description="alerts with status active, counted up to 10000", examples=[12]
+    )
+    active_alerts_capped: bool = Field(
+        description="true: there are at least `active_alerts` (the count stopped there)",
+        examples=[False],
+    )
     generated_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+
+
+class FieldErrorOut(BaseModel):
+    field: str = Field(examples=["cursor"])
+    reason: str = Field(examples=["belongs to another listing"])
+
+
+class ErrorOut(BaseModel):
+    """Every refusal's body (telemetry_common.api_errors.error_body)."""
+
+    detail: str = Field(examples=["cursor: belongs to another listing"])
+    errors: list[FieldErrorOut]
 
 
 class HealthOut(BaseModel):

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query
 from telemetry_common.mongo import ROLLUPS
 
 from dashboard_api.deps import (
+    BAD_PARAMETER,
     DEVICE_ID_PATTERN,
     Db,
     DeviceFilter,
@@ -18,6 +19,7 @@ from dashboard_api.deps import (
     page,
     time_range,
 )
+from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import RollupsPage
 from dashboard_api.serialize import public
 
@@ -28,15 +30,18 @@ Resolution = Annotated[
 ]
 
 
-async def _rollups(db: Db, query: dict[str, Any], limit: int) -> dict[str, Any]:
-    cursor = db[ROLLUPS].find(query).sort("timestamp", -1).limit(limit)
-    return page([public(doc) async for doc in cursor])
+async def _rollups(db: Db, query: dict[str, Any], limit: int, cursor: str | None) -> dict[str, Any]:
+    docs, next_cursor = await keyset_page(
+        db[ROLLUPS], query, sort_key="timestamp", limit=limit, cursor=cursor
+    )
+    return page([public(doc) for doc in docs], next_cursor)
 
 
-@router.get("/aggregated", response_model=RollupsPage)
+@router.get("/aggregated", response_model=RollupsPage, responses=BAD_PARAMETER)
 async def list_aggregated(
     db: Db,
     limit: Limit,
+    cursor: Cursor = None,
     device_id: DeviceFilter = None,
     metric: MetricFilter = None,
     resolution: Resolution = "1m",
@@ -49,13 +54,14 @@ async def list_aggregated(
         query["device_id"] = device_id
     if metric:
         query["sensor_type"] = metric
-    return await _rollups(db, query, limit)
+    return await _rollups(db, query, limit, cursor)
 
 
-@router.get("/devices/{device_id}/aggregates", response_model=RollupsPage)
+@router.get("/devices/{device_id}/aggregates", response_model=RollupsPage, responses=BAD_PARAMETER)
 async def device_aggregates(
     db: Db,
     limit: Limit,
+    cursor: Cursor = None,
     device_id: str = Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"]),
     metric: MetricFilter = None,
     resolution: Resolution = "1m",
@@ -70,4 +76,4 @@ async def device_aggregates(
     }
     if metric:
         query["sensor_type"] = metric
-    return await _rollups(db, query, limit)
+    return await _rollups(db, query, limit, cursor)

@@ -5,33 +5,72 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Path
+from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError
-from telemetry_common.mongo import DEVICES
+from telemetry_common.mongo import ALERTS, DEVICES
 
-from dashboard_api.deps import DEVICE_ID_PATTERN, Db, Limit, page
-from dashboard_api.schemas import DeviceOut, DevicesPage
+from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN, Db, Limit, TagFilter, page
+from dashboard_api.paging import Cursor, keyset_page
+from dashboard_api.schemas import DeviceOut, DevicesPage, ErrorOut
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["devices"])
 
 
-@router.get("/devices", response_model=DevicesPage)
-async def list_devices(db: Db, limit: Limit) -> dict[str, Any]:
-    """Devices with first/last seen, reading count and last values, most recently seen first."""
-    cursor = db[DEVICES].find({}).sort("last_seen", -1).limit(limit)
-    return page([public(doc, "device_id") async for doc in cursor])
+async def open_alert_counts(db: AsyncDatabase, device_ids: list[str]) -> dict[str, int]:
+    """Active alerts per device, for one page of devices, in one aggregation.
+
+    Counted at read time rather than kept on the device document: an ``$inc`` by
+    the alerts worker would count twice when a batch is replayed after a crash,
+    and a resolved or acknowledged alert would need a matching decrement. A page
+    is bounded (MAX_PAGE_SIZE devices), and the alerts' (device_id, created_at)
+    index narrows the match to those devices.
+    """
+    if not device_ids:
+        return {}
+    pipeline = [
+        {"$match": {"device_id": {"$in": device_ids}, "status": "active"}},
+        {"$group": {"_id": "$device_id", "open": {"$sum": 1}}},
+    ]
+    counts = await (await db[ALERTS].aggregate(pipeline)).to_list()
+    return {row["_id"]: row["open"] for row in counts}
+
+
+async def _with_open_alerts(db: AsyncDatabase, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    counts = await open_alert_counts(db, [doc["_id"] for doc in docs])
+    return [{**public(doc, "device_id"), "open_alerts": counts.get(doc["_id"], 0)} for doc in docs]
+
+
+@router.get("/devices", response_model=DevicesPage, responses=BAD_PARAMETER)
+async def list_devices(
+    db: Db, limit: Limit, cursor: Cursor = None, tag: TagFilter = None
+) -> dict[str, Any]:
+    """Devices with first/last seen, reading count, last values and open alerts, by device id.
+
+    Ordered by device id, which never changes: ordered by last seen, a device
+    reporting while a client pages would move between pages, seen twice or never.
+    """
+    query = {"tags": tag} if tag else {}
+    docs, next_cursor = await keyset_page(
+        db[DEVICES], query, sort_key="_id", limit=limit, cursor=cursor, descending=False
+    )
+    return page(await _with_open_alerts(db, docs), next_cursor)
 
 
 @router.get(
     "/devices/{device_id}",
     response_model=DeviceOut,
-    responses={404: {"description": "No reading from this device yet"}},
+    responses={
+        404: {"description": "No reading from this device yet", "model": ErrorOut},
+        **BAD_PARAMETER,
+    },
 )
 async def get_device(
     db: Db, device_id: str = Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])
 ) -> dict[str, Any]:
-    """One device's summary."""
+    """One device's summary, with its open (active) alerts."""
     doc = await db[DEVICES].find_one({"_id": device_id})
     if doc is None:
         raise ApiError(404, "device_id", f"no readings from {device_id!r} yet")
-    return public(doc, "device_id")
+    [device] = await _with_open_alerts(db, [doc])
+    return device

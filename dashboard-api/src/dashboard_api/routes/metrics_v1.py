@@ -11,7 +11,7 @@ from telemetry_common.timefmt import iso_z, utcnow
 
 from dashboard_api.deps import DEVICE_ID_PATTERN, METRIC_PATTERN, Db
 from dashboard_api.intervals import choose_resolution, interval_bucket, merge_into_intervals, window
-from dashboard_api.schemas import IntervalAggregateOut
+from dashboard_api.schemas import ErrorOut, IntervalAggregateOut
 
 router = APIRouter(prefix="/v1", tags=["aggregates"])
 
@@ -21,7 +21,12 @@ DEFAULT_SPAN = timedelta(days=1)
 @router.get(
     "/metrics/aggregate",
     response_model=IntervalAggregateOut,
-    responses={422: {"description": "a parameter is bad or the interval cannot be served"}},
+    responses={
+        422: {
+            "description": "a parameter is bad or the interval cannot be served",
+            "model": ErrorOut,
+        }
+    },
 )
 async def metric_aggregate(
     request: Request,

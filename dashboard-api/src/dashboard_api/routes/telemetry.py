@@ -1,51 +1,122 @@
-"""Raw readings, newest first."""
+"""Raw readings, newest first: the listings, tag search and a device's recent events."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from telemetry_common.mongo import RAW
 
 from dashboard_api.deps import (
+    BAD_PARAMETER,
     DEVICE_ID_PATTERN,
     Db,
     DeviceFilter,
     From,
     Limit,
+    TagFilter,
     To,
     page,
     time_range,
 )
+from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import ReadingsPage
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["telemetry"])
 
+DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])]
+FromTime = Annotated[
+    datetime | None,
+    Query(
+        description="inclusive start, ISO 8601 (UTC if no offset)",
+        examples=["2025-01-15T00:00:00Z"],
+    ),
+]
+ToTime = Annotated[
+    datetime | None,
+    Query(
+        description="exclusive end, ISO 8601 (UTC if no offset)", examples=["2025-01-16T00:00:00Z"]
+    ),
+]
+V1_RANGE = ("from_time", "to_time")
 
-async def _readings(db: Db, query: dict[str, Any], limit: int) -> dict[str, Any]:
-    cursor = db[RAW].find(query).sort("ts", -1).limit(limit)
-    return page([public(doc, "event_id") async for doc in cursor])
+
+async def _readings(
+    db: Db, query: dict[str, Any], limit: int, cursor: str | None
+) -> dict[str, Any]:
+    docs, next_cursor = await keyset_page(db[RAW], query, sort_key="ts", limit=limit, cursor=cursor)
+    return page([public(doc, "event_id") for doc in docs], next_cursor)
 
 
-@router.get("/telemetry", response_model=ReadingsPage)
+@router.get("/telemetry", response_model=ReadingsPage, responses=BAD_PARAMETER)
 async def list_telemetry(
-    db: Db, limit: Limit, device_id: DeviceFilter = None, start: From = None, end: To = None
+    db: Db,
+    limit: Limit,
+    cursor: Cursor = None,
+    device_id: DeviceFilter = None,
+    tag: TagFilter = None,
+    start: From = None,
+    end: To = None,
 ) -> dict[str, Any]:
     """Raw readings across devices, newest first."""
     query = {**time_range("ts", start, end)}
     if device_id:
         query["device_id"] = device_id
-    return await _readings(db, query, limit)
+    if tag:
+        query["tags"] = tag
+    return await _readings(db, query, limit, cursor)
 
 
-@router.get("/devices/{device_id}/telemetry", response_model=ReadingsPage)
+@router.get("/devices/{device_id}/telemetry", response_model=ReadingsPage, responses=BAD_PARAMETER)
 async def device_telemetry(
     db: Db,
     limit: Limit,
-    device_id: str = Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"]),
+    device_id: DevicePath,
+    cursor: Cursor = None,
+    tag: TagFilter = None,
     start: From = None,
     end: To = None,
 ) -> dict[str, Any]:
     """One device's raw readings, newest first."""
-    return await _readings(db, {"device_id": device_id, **time_range("ts", start, end)}, limit)
+    query = {"device_id": device_id, **time_range("ts", start, end)}
+    if tag:
+        query["tags"] = tag
+    return await _readings(db, query, limit, cursor)
+
+
+@router.get("/v1/search", response_model=ReadingsPage, responses=BAD_PARAMETER, tags=["v1"])
+async def search_by_tag(
+    db: Db,
+    limit: Limit,
+    tag: Annotated[
+        str,
+        Query(min_length=1, max_length=128, description="an exact tag", examples=["room:101"]),
+    ],
+    cursor: Cursor = None,
+    from_time: FromTime = None,
+    to_time: ToTime = None,
+) -> dict[str, Any]:
+    """Readings carrying ``tag``, newest first (served by the (tags, ts) index)."""
+    query = {"tags": tag, **time_range("ts", from_time, to_time, names=V1_RANGE)}
+    return await _readings(db, query, limit, cursor)
+
+
+@router.get(
+    "/v1/devices/{device_id}/events",
+    response_model=ReadingsPage,
+    responses=BAD_PARAMETER,
+    tags=["v1"],
+)
+async def device_events(
+    db: Db,
+    limit: Limit,
+    device_id: DevicePath,
+    cursor: Cursor = None,
+    from_time: FromTime = None,
+    to_time: ToTime = None,
+) -> dict[str, Any]:
+    """One device's recent readings, newest first (served by the (device_id, ts) index)."""
+    query = {"device_id": device_id, **time_range("ts", from_time, to_time, names=V1_RANGE)}
+    return await _readings(db, query, limit, cursor)

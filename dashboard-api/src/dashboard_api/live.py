@@ -1,0 +1,192 @@
+"""Live feeds of one device's new readings and rollup updates, shared by its watchers.
+
+MongoDB is polled, not watched through a change stream: change streams need a
+replica set, and the compose deployment runs a standalone mongod (the wire
+server used in tests has them, which would hide the gap). One poller per
+watched device, however many clients watch it, each poll an index range:
+readings after the newest one pushed on (device_id, ts, _id), and the rollup
+buckets those readings fall in by (device_id, timestamp). A reading is "new"
+by its own time: a late reading older than one already pushed is not pushed
+(the listings have it), and only the buckets of pushed readings are watched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from telemetry_common.mongo import RAW, ROLLUPS
+from telemetry_common.resolutions import bucket_start
+
+from dashboard_api.paging import Position, after
+from dashboard_api.serialize import public
+
+log = logging.getLogger(__name__)
+
+# Readings read per poll; a burst beyond it is read over the next polls.
+POLL_BATCH = 500
+# A watcher whose client reads slower than this many events behind is dropped
+# (its stream ends; an EventSource reconnects) instead of growing memory.
+WATCHER_BACKLOG = 2000
+# How many polls a reading's buckets are re-read after it: the aggregator writes
+# rollups just after raw readings, and a bucket may change again with the next ones.
+BUCKET_WATCH_POLLS = 10
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "reading" or "rollup"
+    data: dict[str, Any]
+
+
+@dataclass
+class _Feed:
+    device_id: str
+    position: Position | None
+    watchers: set[Watcher] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+    # bucket start -> polls left to re-read it; rollup _id -> (bucket start, version pushed).
+    buckets: dict[datetime, int] = field(default_factory=dict)
+    versions: dict[str, tuple[datetime, Any]] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Watcher:
+    device_id: str
+    # None in the queue means the feed ended for this watcher.
+    queue: asyncio.Queue[Event | None] = field(
+        default_factory=lambda: asyncio.Queue(WATCHER_BACKLOG)
+    )
+
+
+class DeviceFeeds:
+    def __init__(self, db: AsyncDatabase, interval_s: float, resolutions: Mapping[str, int]):
+        self._db = db
+        self._interval_s = interval_s
+        self._widths = sorted(set(resolutions.values()))
+        self._feeds: dict[str, _Feed] = {}
+
+    async def subscribe(self, device_id: str) -> Watcher:
+        """A watcher of the device's events from now on; pair with ``unsubscribe``."""
+        feed = self._feeds.get(device_id)
+        if feed is None:
+            # Start at the newest reading stored: the stream shows what comes next.
+            position = await self._newest(device_id)
+            feed = self._feeds.get(device_id)  # another watcher may have come meanwhile
+            if feed is None:
+                feed = self._feeds[device_id] = _Feed(device_id, position)
+                feed.task = asyncio.create_task(self._poll(feed), name=f"feed:{device_id}")
+                feed.task.add_done_callback(lambda task, feed=feed: self._ended(feed, task))
+        watcher = Watcher(device_id)
+        feed.watchers.add(watcher)
+        return watcher
+
+    def unsubscribe(self, watcher: Watcher) -> None:
+        feed = self._feeds.get(watcher.device_id)
+        if feed is None:
+            return
+        feed.watchers.discard(watcher)
+        if not feed.watchers:
+            del self._feeds[watcher.device_id]
+            if feed.task is not None:
+                feed.task.cancel()
+
+    def watched(self) -> dict[str, int]:
+        """Watchers per watched device."""
+        return {device: len(feed.watchers) for device, feed in self._feeds.items()}
+
+    def close(self) -> None:
+        for feed in self._feeds.values():
+            if feed.task is not None:
+                feed.task.cancel()
+            for watcher in feed.watchers:
+                _end(watcher.queue)
+        self._feeds.clear()
+
+    def _ended(self, feed: _Feed, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        # A poller that crashed ends its watchers' streams rather than leave them
+        # waiting on heartbeats for events that never come; they reconnect.
+        log.error("live feed of %s stopped", feed.device_id, exc_info=task.exception())
+        if self._feeds.get(feed.device_id) is feed:
+            del self._feeds[feed.device_id]
+        for watcher in feed.watchers:
+            _end(watcher.queue)
+
+    async def _newest(self, device_id: str) -> Position | None:
+        newest = await self._db[RAW].find_one(
+            {"device_id": device_id}, sort=[("ts", -1), ("_id", -1)], projection={"ts": 1}
+        )
+        return Position(newest["ts"], newest["_id"]) if newest else None
+
+    async def _poll(self, feed: _Feed) -> None:
+        while True:
+            events: list[Event] = []
+            # Readings, then rollups: a failure of the second keeps the readings
+            # read (their position has moved on). MongoDB away: keep the
+            # watchers, try again at the next poll.
+            for read in (self._new_readings, self._changed_rollups):
+                try:
+                    events += await read(feed)
+                except PyMongoError as exc:
+                    log.warning("live feed of %s: %s", feed.device_id, exc)
+            for event in events:
+                for watcher in list(feed.watchers):
+                    if not _offer(watcher.queue, event):
+                        feed.watchers.discard(watcher)
+                        _end(watcher.queue)
+            await asyncio.sleep(self._interval_s)
+
+    async def _new_readings(self, feed: _Feed) -> list[Event]:
+        query: dict[str, Any] = {"device_id": feed.device_id}
+        if feed.position is not None:
+            query.update(after("ts", feed.position, descending=False))
+        cursor = self._db[RAW].find(query).sort([("ts", 1), ("_id", 1)]).limit(POLL_BATCH)
+        docs = [doc async for doc in cursor]
+        for doc in docs:
+            for width in self._widths:
+                feed.buckets[bucket_start(doc["ts"], width)] = BUCKET_WATCH_POLLS
+        if docs:
+            feed.position = Position(docs[-1]["ts"], docs[-1]["_id"])
+        return [Event("reading", public(doc, "event_id")) for doc in docs]
+
+    async def _changed_rollups(self, feed: _Feed) -> list[Event]:
+        if not feed.buckets:
+            return []
+        query = {"device_id": feed.device_id, "timestamp": {"$in": list(feed.buckets)}}
+        events = []
+        async for doc in self._db[ROLLUPS].find(query).sort([("timestamp", 1), ("_id", 1)]):
+            version = doc.get("_v", doc.get("updated_at"))
+            if feed.versions.get(doc["_id"]) != (doc["timestamp"], version):
+                feed.versions[doc["_id"]] = (doc["timestamp"], version)
+                events.append(Event("rollup", public(doc)))
+        for start, polls_left in list(feed.buckets.items()):
+            if polls_left <= 1:
+                del feed.buckets[start]
+            else:
+                feed.buckets[start] = polls_left - 1
+        feed.versions = {k: v for k, v in feed.versions.items() if v[0] in feed.buckets}
+        return events
+
+
+def _offer(queue: asyncio.Queue[Event | None], event: Event | None) -> bool:
+    try:
+        queue.put_nowait(event)
+        return True
+    except asyncio.QueueFull:
+        return False
+
+
+def _end(queue: asyncio.Queue[Event | None]) -> None:
+    # A full queue: make room for the end mark, the client reconnects anyway.
+    with contextlib.suppress(asyncio.QueueEmpty):
+        queue.get_nowait()
+    _offer(queue, None)

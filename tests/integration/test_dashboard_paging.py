@@ -1,0 +1,392 @@
+"""Cursor pagination, tag search, device events and open alert counts against a real MongoDB.
+
+The documents are written in the shapes the aggregator and alerts workers write
+(their flows are tested in test_dashboard_queries.py); writing them directly
+lets these tests put ties, tags and late arrivals exactly where paging must
+cope with them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from dashboard_api.app import create_app
+from dashboard_api.paging import keyset_page, keyset_query
+from dashboard_api.routes.stats import ACTIVE_ALERTS_CAP
+from fastapi.testclient import TestClient
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS, ensure_indexes
+from telemetry_common.settings import DashboardSettings
+from telemetry_tools.servers import MongoServer
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2025, 1, 15, 10, 0, tzinfo=UTC)
+
+
+def raw(event_id: str, device_id: str, seconds: int, tags: list[str] | None = None) -> dict:
+    ts = T0 + timedelta(seconds=seconds)
+    return {
+        "_id": event_id,
+        "device_id": device_id,
+        "ts": ts,
+        "received_at": ts + timedelta(milliseconds=100),
+        "metrics": {"temperature_c": float(seconds)},
+        "tags": tags or [],
+        "_src": "0:0",
+    }
+
+
+# Three readings share a timestamp: a page boundary falls inside the tie.
+READINGS = [
+    raw("e01", "p-1", 0, ["room:1"]),
+    raw("e02", "p-1", 10, ["room:1", "floor:2"]),
+    raw("e03", "p-1", 20),
+    raw("e04", "p-1", 20, ["room:1"]),
+    raw("e05", "p-1", 20),
+    raw("e06", "p-2", 30, ["room:1"]),
+    raw("e07", "p-1", 40),
+]
+
+
+def rollup(device_id: str, minute: int) -> dict:
+    start = T0 + timedelta(minutes=minute)
+    return {
+        "_id": f"{device_id}|temperature_c|1m|{start.isoformat()}",
+        "device_id": device_id,
+        "sensor_type": "temperature_c",
+        "resolution": "1m",
+        "timestamp": start,
+        "count": 1,
+        "sum": 1.0,
+        "min": 1.0,
+        "max": 1.0,
+        "average": 1.0,
+    }
+
+
+def alert(alert_id: str, device_id: str, seconds: int, status: str) -> dict:
+    at = T0 + timedelta(seconds=seconds)
+    return {
+        "_id": alert_id,
+        "alert_id": alert_id,
+        "device_id": device_id,
+        "sensor_type": "temperature",
+        "value": 61.0,
+        "threshold": 50.0,
+        "alert_type": "temperature_high",
+        "severity": "warning",
+        "message": "hot",
+        "timestamp": at,
+        "created_at": at,
+        "status": status,
+        "notified": True,
+    }
+
+
+def device(device_id: str, tags: list[str] | None = None) -> dict:
+    doc = {
+        "_id": device_id,
+        "device_id": device_id,
+        "first_seen": T0,
+        "last_seen": T0,
+        "reading_count": 1,
+        "last_values": {"temperature_c": 1.0},
+        "last_value_ts": {"temperature_c": T0},
+    }
+    if tags:
+        doc["tags"] = tags
+    return doc
+
+
+ALERTS_SEEDED = [
+    alert("a1", "p-1", 0, "active"),
+    alert("a2", "p-1", 5, "active"),
+    alert("a3", "p-1", 5, "resolved"),
+    alert("a4", "p-2", 5, "active"),
+    alert("a5", "p-3", 9, "acknowledged"),
+]
+
+
+@pytest.fixture
+async def seeded(db: AsyncDatabase) -> AsyncDatabase:
+    await db[RAW].insert_many(READINGS)
+    await db[ROLLUPS].insert_many([rollup(d, m) for d in ("p-1", "p-2") for m in (0, 1, 2)])
+    await db[ROLLUPS].insert_one(rollup("p-3", 1))  # a tie on the bucket start
+    await db[ALERTS].insert_many(ALERTS_SEEDED)
+    await db[DEVICES].insert_many(
+        [device("p-1", ["room:1"]), device("p-2"), device("p-3"), device("p-5")]
+    )
+    return db
+
+
+@pytest.fixture
+def api(seeded: AsyncDatabase, mongo_server: MongoServer) -> Iterator[TestClient]:
+    settings = DashboardSettings(mongo_url=mongo_server.url, mongo_db=seeded.name, max_page_size=50)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def ok(response: Any) -> dict:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _key(item: dict, key: str) -> str:
+    # Rollups carry no id of their own in the API: a bucket is device and start.
+    return f"{item['device_id']}@{item['timestamp']}" if key == "_id" else item[key]
+
+
+def walk(api: TestClient, path: str, params: dict, key: str) -> list[str]:
+    """Every item of a listing, page after page, by ``key``."""
+    seen: list[str] = []
+    cursor = None
+    while True:
+        body = ok(api.get(path, params={**params, **({"cursor": cursor} if cursor else {})}))
+        assert body["count"] == len(body["data"])
+        seen += [_key(item, key) for item in body["data"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return seen
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "key"),
+    [
+        ("/telemetry", {}, "event_id"),
+        ("/devices/p-1/telemetry", {}, "event_id"),
+        ("/aggregated", {}, "_id"),
+        ("/devices/p-1/aggregates", {}, "timestamp"),
+        ("/alerts", {}, "alert_id"),
+        ("/devices", {}, "device_id"),
+        ("/v1/search", {"tag": "room:1"}, "event_id"),
+        ("/v1/devices/p-1/events", {}, "event_id"),
+    ],
+)
+def test_pages_walk_the_whole_listing_once_in_order(
+    api: TestClient, path: str, params: dict, key: str
+) -> None:
+    everything = ok(api.get(path, params={**params, "limit": 50}))
+    assert everything["next_cursor"] is None and everything["count"] >= 3
+    expected = [_key(d, key) for d in everything["data"]]
+    assert len(set(expected)) == len(expected)
+    for size in (1, 2, 3):
+        assert walk(api, path, {**params, "limit": size}, key) == expected
+
+
+def test_readings_are_newest_first_with_ties_in_id_order(api: TestClient) -> None:
+    listed = [d["event_id"] for d in ok(api.get("/telemetry"))["data"]]
+    assert listed == ["e07", "e06", "e05", "e04", "e03", "e02", "e01"]
+
+
+async def test_paging_is_stable_while_data_arrives(api: TestClient, seeded: AsyncDatabase) -> None:
+    first = ok(api.get("/telemetry", params={"limit": 3}))
+    assert [d["event_id"] for d in first["data"]] == ["e07", "e06", "e05"]
+    # Newer readings, and one tied with the page's last reading but sorting before it.
+    await seeded[RAW].insert_many(
+        [raw("e99", "p-1", 50), raw("e08", "p-1", 20), raw("e00", "p-9", 60)]
+    )
+    rest = walk(api, "/telemetry", {"limit": 2, "cursor": first["next_cursor"]}, "event_id")
+    assert rest == ["e04", "e03", "e02", "e01"]
+
+    devices = ok(api.get("/devices", params={"limit": 2}))
+    assert [d["device_id"] for d in devices["data"]] == ["p-1", "p-2"]
+    await seeded[DEVICES].insert_many([device("p-0"), device("p-4")])
+    rest = walk(api, "/devices", {"limit": 2, "cursor": devices["next_cursor"]}, "device_id")
+    assert rest == ["p-3", "p-4", "p-5"]
+
+
+def test_a_cursor_keeps_the_filters_and_range_of_the_request(api: TestClient) -> None:
+    params = {"device_id": "p-1", "from": "2025-01-15T10:00:10Z", "to": "2025-01-15T10:00:40Z"}
+    assert walk(api, "/telemetry", {**params, "limit": 1}, "event_id") == [
+        "e05",
+        "e04",
+        "e03",
+        "e02",
+    ]
+    assert walk(api, "/alerts", {"status": "active", "limit": 1}, "alert_id") == ["a4", "a2", "a1"]
+
+
+def test_tag_filters(api: TestClient) -> None:
+    tagged = [d["event_id"] for d in ok(api.get("/telemetry", params={"tag": "room:1"}))["data"]]
+    assert tagged == ["e06", "e04", "e02", "e01"]
+    one_device = ok(api.get("/devices/p-1/telemetry", params={"tag": "floor:2"}))["data"]
+    assert [d["event_id"] for d in one_device] == ["e02"]
+    assert [d["device_id"] for d in ok(api.get("/devices", params={"tag": "room:1"}))["data"]] == [
+        "p-1"
+    ]
+
+
+def test_v1_search_and_events_take_from_time_and_to_time(api: TestClient) -> None:
+    search = ok(
+        api.get(
+            "/v1/search",
+            params={
+                "tag": "room:1",
+                "from_time": "2025-01-15T10:00:05Z",
+                "to_time": "2025-01-15T10:00:30Z",
+            },
+        )
+    )
+    assert [(d["event_id"], d["ts"]) for d in search["data"]] == [
+        ("e04", "2025-01-15T10:00:20.000Z"),
+        ("e02", "2025-01-15T10:00:10.000Z"),
+    ]
+    events = ok(
+        api.get("/v1/devices/p-1/events", params={"from_time": "2025-01-15T10:00:20Z", "limit": 2})
+    )
+    assert [d["event_id"] for d in events["data"]] == ["e07", "e05"]
+    assert events["next_cursor"] is not None
+    assert ok(api.get("/v1/devices/nobody/events"))["data"] == []
+
+
+def test_devices_carry_their_open_alert_count(api: TestClient) -> None:
+    devices = {d["device_id"]: d for d in ok(api.get("/devices"))["data"]}
+    assert {name: d["open_alerts"] for name, d in devices.items()} == {
+        "p-1": 2,
+        "p-2": 1,
+        "p-3": 0,  # acknowledged is not open
+        "p-5": 0,
+    }
+    one = ok(api.get("/devices/p-1"))
+    assert (one["open_alerts"], one["reading_count"], one["last_values"]) == (
+        2,
+        1,
+        {"temperature_c": 1.0},
+    )
+    assert "last_value_ts" not in one and "_id" not in one
+
+
+def cursor_of(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(list(parts))).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    ("path", "cursor", "reason"),
+    [
+        ("/telemetry", "!!!", "not a cursor"),
+        ("/telemetry", "bm90IGpzb24", "not a cursor"),  # base64 of "not json"
+        ("/telemetry", cursor_of("ts", "2025-01-15T10:00:00Z"), "not a cursor"),
+        ("/telemetry", cursor_of("ts", "yesterday", "e01"), "not a cursor"),
+        ("/telemetry", cursor_of("ts", "2025-01-15T10:00:00Z", {"$ne": None}), "not a cursor"),
+        ("/telemetry", cursor_of("ts", {"$gt": ""}, "e01"), "not a cursor"),
+        ("/devices", cursor_of("_id", None, {"$gt": ""}), "not a cursor"),
+        ("/devices", cursor_of("_id", "2025-01-15T10:00:00Z", "p-1"), "not a cursor"),
+        ("/alerts", cursor_of("ts", "2025-01-15T10:00:00Z", "e01"), "another listing"),
+        ("/telemetry", "x" * 600, "at most 512"),
+    ],
+)
+def test_bad_cursors_get_422_naming_cursor(
+    api: TestClient, path: str, cursor: str, reason: str
+) -> None:
+    response = api.get(path, params={"cursor": cursor})
+    assert response.status_code == 422, response.text
+    errors = response.json()["errors"]
+    assert any(e["field"] == "cursor" and reason in e["reason"] for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/telemetry", "/devices/p-1/telemetry", "/aggregated", "/alerts", "/devices"],
+)
+def test_bracketed_operator_parameters_are_not_filters(api: TestClient, path: str) -> None:
+    # PHP-style `field[$op]=` names are not parameters this API knows: ignored,
+    # the answer is the unfiltered listing, never a MongoDB operator.
+    plain = ok(api.get(path))
+    for name in ("device_id[$gt]", "device_id[$ne]", "status[$ne]", "tag[$exists]"):
+        assert ok(api.get(f"{path}?{name}=")) == plain
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        ("/telemetry", {"device_id": '{"$ne": null}'}, "device_id"),
+        ("/devices/p-1/aggregates", {"metric": '{"$ne": ""}'}, "metric"),
+        ("/alerts", {"status": '{"$ne": "active"}'}, "status"),
+        ("/v1/search", {"tag": "room:1", "from_time": "$gt"}, "from_time"),
+        ("/v1/search", {"tag[$ne]": "x"}, "tag"),
+        ("/v1/search", {"tag": "room:1", "limit": "51"}, "limit"),
+        (
+            "/v1/devices/p-1/events",
+            {"from_time": "2025-01-16T00:00:00Z", "to_time": "2025-01-15T00:00:00Z"},
+            "from_time",
+        ),
+        ("/v1/devices/$where/events", {}, "path.device_id"),
+    ],
+)
+def test_operator_strings_get_422_naming_the_parameter(
+    api: TestClient, path: str, params: dict, field: str
+) -> None:
+    response = api.get(path, params=params)
+    assert response.status_code == 422, response.text
+    assert any(e["field"] == field for e in response.json()["errors"]), response.json()
+
+
+def test_an_operator_string_as_a_tag_is_only_a_tag(api: TestClient) -> None:
+    # A tag may be any printable text; as a value it is compared, never evaluated.
+    for tag in ('{"$ne": null}', "$ne", "$where"):
+        assert ok(api.get("/v1/search", params={"tag": tag}))["data"] == []
+        assert ok(api.get("/telemetry", params={"tag": tag}))["data"] == []
+
+
+def _stages(plan: dict) -> list[str]:
+    found = [plan["stage"]] if "stage" in plan else []
+    for child in ("inputStage", "queryPlan"):
+        if child in plan:
+            found += _stages(plan[child])
+    for sub in plan.get("inputStages", []):
+        found += _stages(sub)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        ({}, "ts_id"),
+        ({"device_id": "deep"}, "device_ts_id"),
+        ({"tags": "t:deep"}, "tags_ts_id"),
+    ],
+)
+async def test_a_deep_page_reads_only_its_own_index_keys(
+    db: AsyncDatabase, query: dict, index: str
+) -> None:
+    await ensure_indexes(db, None)
+    readings = [raw(f"d{i:03}", "deep", i // 2, ["t:deep"]) for i in range(300)]  # ties in pairs
+    await db[RAW].insert_many(readings)
+    _, cursor = await keyset_page(db[RAW], query, sort_key="ts", limit=201, cursor=None)
+    assert cursor is not None
+    page_query, sort = keyset_query(query, sort_key="ts", cursor=cursor)
+    explained = await db[RAW].find(page_query).sort(sort).limit(21).explain()
+    stages = _stages(explained["queryPlanner"]["winningPlan"])
+    assert "SORT" not in stages and "IXSCAN" in stages, explained["queryPlanner"]
+    assert index in str(explained["queryPlanner"]["winningPlan"])
+    # Not the 201 keys before the cursor: the scan starts at the cursor's key.
+    assert explained["executionStats"]["totalKeysExamined"] <= 21 + 1
+
+
+async def test_indexes_without_the_id_tie_break_are_replaced(db: AsyncDatabase) -> None:
+    await db[RAW].create_index([("device_id", 1), ("ts", -1)], name="device_ts")
+    await db[ALERTS].create_index([("status", 1), ("created_at", -1)], name="status_created")
+    await ensure_indexes(db, None)
+    await ensure_indexes(db, None)  # a second service starting: nothing left to drop
+    raw_indexes = {ix["name"] async for ix in await db[RAW].list_indexes()}
+    alert_indexes = {ix["name"] async for ix in await db[ALERTS].list_indexes()}
+    assert {"device_ts_id", "tags_ts_id", "ts_id"} <= raw_indexes and "device_ts" not in raw_indexes
+    assert "status_created_id" in alert_indexes and "status_created" not in alert_indexes
+
+
+async def test_stats_count_active_alerts_up_to_a_cap(
+    api: TestClient, seeded: AsyncDatabase
+) -> None:
+    stats = ok(api.get("/stats"))
+    assert (stats["active_alerts"], stats["active_alerts_capped"]) == (3, False)
+    assert (stats["total_readings"], stats["total_alerts"], stats["total_devices"]) == (7, 5, 4)
+    storm = [alert(f"s{i}", f"s-{i % 50}", i, "active") for i in range(ACTIVE_ALERTS_CAP)]
+    await seeded[ALERTS].insert_many(storm)
+    stats = ok(api.get("/stats"))
+    assert (stats["active_alerts"], stats["active_alerts_capped"]) == (ACTIVE_ALERTS_CAP, True)

@@ -1,0 +1,198 @@
+"""`GET /devices/{id}/stream` read by a real HTTP client from a served dashboard API.
+
+Readings go through Kafka and the aggregator into MongoDB, as in production;
+the stream must push them and the rollup buckets they change, and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import uvicorn
+from aggregator_worker.worker import run as run_aggregator
+from aiokafka import AIOKafkaProducer
+from dashboard_api.app import create_app
+from fastapi import FastAPI
+from integration.readings import publish, reading
+from integration.workers import running
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.mongo import RAW
+from telemetry_common.settings import AggregatorSettings, DashboardSettings
+from telemetry_tools.servers import free_port
+from telemetry_tools.testing import Topics, eventually
+
+pytestmark = pytest.mark.integration
+
+# A guard against a hung stream, not a speed requirement.
+PATIENCE_S = 60
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    await eventually(started)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, PATIENCE_S)
+
+
+class EventStream:
+    """Server-Sent Events as an EventSource parses them, comments kept as {"comment": ...}."""
+
+    def __init__(self, response: aiohttp.ClientResponse):
+        self.response = response
+
+    async def next_event(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        while True:
+            line = (await self.response.content.readline()).decode().rstrip("\n")
+            if line == "" and fields:
+                return fields
+            if line.startswith(":"):
+                return {"comment": line[1:].strip()}
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = orjson.loads(value) if name == "data" else value
+
+    async def until(self, done: Any) -> list[dict[str, Any]]:
+        """Events up to and including the first after which ``done(events)`` holds."""
+        seen: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            while not done(seen):
+                seen.append(await self.next_event())
+
+        await asyncio.wait_for(read(), PATIENCE_S)
+        return seen
+
+
+@asynccontextmanager
+async def stream(session: aiohttp.ClientSession, url: str) -> AsyncIterator[EventStream]:
+    async with session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = EventStream(response)
+        # The retry hint and the greeting come first: the subscription is in place.
+        device_id = url.rsplit("/", 2)[-2]
+        assert await events.next_event() == {"retry": "3000"}
+        assert await events.next_event() == {"comment": f"watching {device_id}"}
+        yield events
+
+
+@pytest.fixture
+async def api(service_env: dict) -> AsyncIterator[tuple[FastAPI, str]]:
+    settings = DashboardSettings(**service_env, stream_poll_interval_s=0.1, stream_heartbeat_s=0.5)
+    app = create_app(settings)
+    async with serving(app) as base:
+        yield app, base
+
+
+def readings_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e["data"] for e in events if e.get("event") == "reading"]
+
+
+def has_rollup(events: list[dict[str, Any]], resolution: str, count: int) -> bool:
+    return any(
+        e.get("event") == "rollup"
+        and e["data"]["resolution"] == resolution
+        and e["data"]["sensor_type"] == "temperature_c"
+        and e["data"]["count"] == count
+        for e in events
+    )
+
+
+async def test_new_readings_and_their_rollups_are_pushed(
+    api: tuple[FastAPI, str],
+    service_env: dict,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    db: AsyncDatabase,
+) -> None:
+    _, base = api
+    before = reading({"device_id": "s-1", "ts": "2025-01-15T10:00:00Z", "temperature_c": 20.0})
+    later = [
+        reading({"device_id": "s-1", "ts": "2025-01-15T10:00:20Z", "temperature_c": 21.0}),
+        reading({"device_id": "s-2", "ts": "2025-01-15T10:00:25Z", "temperature_c": 99.0}),
+        reading({"device_id": "s-1", "ts": "2025-01-15T10:00:40Z", "temperature_c": 23.0}),
+    ]
+    aggregator = AggregatorSettings(**service_env, port=free_port())
+    async with running(run_aggregator, aggregator), aiohttp.ClientSession() as session:
+        await publish(producer, topics.telemetry, [before])
+
+        async def stored() -> bool:
+            return await db[RAW].count_documents({"device_id": "s-1"}) == 1
+
+        await eventually(stored)
+        async with stream(session, f"{base}/devices/s-1/stream") as events:
+            await publish(producer, topics.telemetry, later)
+            # Three readings in the 10:00 minute: the 1m bucket's last update counts 3.
+            seen = await events.until(
+                lambda seen: len(readings_of(seen)) == 2 and has_rollup(seen, "1m", 3)
+            )
+    pushed = readings_of(seen)
+    assert [(r["ts"], r["metrics"]["temperature_c"]) for r in pushed] == [
+        ("2025-01-15T10:00:20.000Z", 21.0),
+        ("2025-01-15T10:00:40.000Z", 23.0),
+    ]
+    assert [e["id"] for e in seen if e.get("event") == "reading"] == [r["event_id"] for r in pushed]
+    rollups = [e["data"] for e in seen if e.get("event") == "rollup"]
+    assert {r["device_id"] for r in rollups} == {"s-1"}
+    assert all("_applied" not in r and "sketch" not in r for r in rollups)
+
+
+async def test_watchers_of_one_device_share_one_feed_that_stops_with_the_last(
+    api: tuple[FastAPI, str], db: AsyncDatabase
+) -> None:
+    app, base = api
+    feeds = app.state.feeds
+    url = f"{base}/devices/w-1/stream"
+    async with aiohttp.ClientSession() as one, aiohttp.ClientSession() as two:
+        async with stream(one, url) as first, stream(two, url) as second:
+            assert feeds.watched() == {"w-1": 2}
+            await db[RAW].insert_one(
+                {
+                    "_id": "w-e1",
+                    "device_id": "w-1",
+                    "ts": datetime(2025, 1, 15, 10, tzinfo=UTC),
+                    "received_at": datetime(2025, 1, 15, 10, tzinfo=UTC),
+                    "metrics": {"temperature_c": 1.0},
+                    "tags": [],
+                }
+            )
+            for events in (first, second):
+                seen = await events.until(lambda seen: bool(readings_of(seen)))
+                assert [(e["event"], e["id"]) for e in seen if "event" in e] == [
+                    ("reading", "w-e1")
+                ]
+            # A quiet stream still speaks, so proxies keep it open.
+            await first.until(lambda seen: {"comment": "keep-alive"} in seen)
+
+    async def stopped() -> bool:
+        return feeds.watched() == {}
+
+    await eventually(stopped)
+
+
+async def test_a_bad_device_id_is_a_422(api: tuple[FastAPI, str]) -> None:
+    _, base = api
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/devices/$x/stream") as bad:
+        assert bad.status == 422
+        assert (await bad.json())["errors"][0]["field"] == "path.device_id"
