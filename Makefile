@@ -50,7 +50,7 @@ test: install deploy-tools ## Run the whole test suite against its own Kafka and
 test-unit: $(VENV)/.synced ## Run the tests that need no server
 	$(VENV)/bin/pytest -m "not integration and not e2e and not deploy"
 
-bench: install ## Measure every speed figure beside its ceiling (about 15 min); writes BENCHMARKS.md
+bench: install ## Measure every speed figure beside its ceiling (10 min; the first run 30); writes BENCHMARKS.md
 	$(VENV)/bin/telemetry-bench
 
 lint: $(VENV)/.synced ## ruff over the whole tree
