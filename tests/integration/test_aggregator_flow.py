@@ -222,18 +222,6 @@ async def test_dlq_tool_lists_and_replays_dead_letters_to_their_source(
     assert [r.value for r in on_source] == [b"oops", b"oops"]
 
 
-async def test_drain_runs_until_every_record_is_consumed(
-    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
-) -> None:
-    from aggregator_worker.worker import drain
-
-    readings = fleet_readings(devices=4, per_device=25)
-    await publish(producer, topics.telemetry, readings)
-    seconds = await drain(aggregator_settings(service_env), len(readings), timeout_s=120)
-    assert seconds > 0
-    assert await raw_count(db) == len(readings)
-
-
 async def test_a_changed_raw_retention_changes_the_ttl_in_place(db: AsyncDatabase) -> None:
     from datetime import timedelta
 

@@ -10,7 +10,6 @@ from datetime import timedelta
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from telemetry_common.kafka.consumer import Consumed, Handler
-from telemetry_common.metrics import new_registry
 from telemetry_common.reading import Reading, decode_kafka_value
 from telemetry_common.settings import AggregatorSettings
 from telemetry_common.worker import WorkerContext, run_worker
@@ -111,40 +110,4 @@ async def run(
         ),
         stop=stop,
         raw_retention=settings.raw_retention_period,
-    )
-
-
-async def drain(settings: AggregatorSettings, records: int, timeout_s: float = 3600.0) -> float:
-    """Run the aggregator until it has written ``records`` records; return the seconds it took.
-
-    For `make bench`: the clock starts before the consumer joins its group, so
-    the figure includes start-up, as an operator's catch-up after an outage does.
-    """
-    registry = new_registry()
-    stop = asyncio.Event()
-    started = time.perf_counter()
-    task = asyncio.create_task(run(settings, registry, stop))
-    try:
-        while _records_written(registry) < records:
-            if task.done():
-                task.result()
-                raise RuntimeError("aggregator stopped before draining")
-            if time.perf_counter() - started > timeout_s:
-                raise TimeoutError(f"drained fewer than {records} records in {timeout_s}s")
-            await asyncio.sleep(0.05)
-        return time.perf_counter() - started
-    finally:
-        stop.set()
-        await task
-
-
-def _records_written(registry: CollectorRegistry) -> float:
-    # Each of these is counted once the batch's writes succeeded.
-    return sum(
-        registry.get_sample_value(name) or 0.0
-        for name in (
-            "aggregator_readings_folded_total",
-            "aggregator_duplicate_readings_total",
-            "aggregator_replayed_readings_skipped_total",
-        )
     )

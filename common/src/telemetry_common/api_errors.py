@@ -5,8 +5,21 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from telemetry_common.reading import FieldError
+
+
+class FieldErrorOut(BaseModel):
+    field: str = Field(examples=["temperature_c"])
+    reason: str = Field(examples=["must be a finite number"])
+
+
+class ErrorOut(BaseModel):
+    """Every refusal's body, in both APIs (built by :func:`error_body`)."""
+
+    detail: str = Field(examples=["temperature_c: must be a finite number"])
+    errors: list[FieldErrorOut]
 
 
 class ApiError(Exception):

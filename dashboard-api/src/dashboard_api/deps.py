@@ -7,10 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.api_errors import ApiError
+from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.timefmt import to_utc_ms
-
-from dashboard_api.schemas import ErrorOut
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9\-_.:]{1,128}$"
 METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"

@@ -140,18 +140,6 @@ class StatsOut(BaseModel):
     generated_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
 
 
-class FieldErrorOut(BaseModel):
-    field: str = Field(examples=["cursor"])
-    reason: str = Field(examples=["belongs to another listing"])
-
-
-class ErrorOut(BaseModel):
-    """Every refusal's body (telemetry_common.api_errors.error_body)."""
-
-    detail: str = Field(examples=["cursor: belongs to another listing"])
-    errors: list[FieldErrorOut]
-
-
 class HealthOut(BaseModel):
     status: str = Field(examples=["ok"])
     service: str = "dashboard-api"

@@ -33,6 +33,18 @@ def refuse(
     return ApiError(status, field, reason, headers=headers)
 
 
+def unauthorised(ctx: IngestContext, readings: int) -> ApiError:
+    return refuse(
+        ctx,
+        401,
+        API_KEY_HEADER,
+        UNAUTHORISED,
+        outcome="unauthorised",
+        readings=readings,
+        headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'},
+    )
+
+
 def authenticate(request: Request, ctx: IngestContext) -> ApiKey | None:
     """The caller's key when keys are required (401 without a valid one, 429 over its rate)."""
     if not ctx.settings.api_keys_required:
@@ -48,14 +60,7 @@ def authenticate(request: Request, ctx: IngestContext) -> ApiKey | None:
         )
     key = ctx.keys.lookup(request.headers.get(API_KEY_HEADER))
     if key is None:
-        raise refuse(
-            ctx,
-            401,
-            API_KEY_HEADER,
-            UNAUTHORISED,
-            outcome="unauthorised",
-            headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'},
-        )
+        raise unauthorised(ctx, readings=1)
     wait = ctx.key_limits.take([(key.key_id, 1.0)])
     if wait:
         raise refuse(
@@ -113,12 +118,4 @@ def require_admin(request: Request, ctx: IngestContext) -> None:
         presented.encode("utf-8", "surrogatepass"),
         expected.get_secret_value().encode(),
     ):
-        raise refuse(
-            ctx,
-            401,
-            API_KEY_HEADER,
-            UNAUTHORISED,
-            outcome="unauthorised",
-            readings=0,
-            headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'},
-        )
+        raise unauthorised(ctx, readings=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from telemetry_common.api_errors import ErrorOut, FieldErrorOut
 
 FLAT_EXAMPLE = {
     "device_id": "dev-1",
@@ -50,16 +51,6 @@ class ReadingIn(BaseModel):
     tags: list[str] | None = Field(None, max_length=64)
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
-
-
-class FieldErrorOut(BaseModel):
-    field: str = Field(examples=["temperature_c"])
-    reason: str = Field(examples=["must be a finite number"])
-
-
-class ErrorOut(BaseModel):
-    detail: str = Field(examples=["temperature_c: must be a finite number"])
-    errors: list[FieldErrorOut]
 
 
 class QueuedOut(BaseModel):

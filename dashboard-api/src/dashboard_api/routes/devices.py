@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Path
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.api_errors import ApiError
+from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.mongo import ALERTS, DEVICES
 
 from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN, Db, Limit, TagFilter, page
 from dashboard_api.paging import Cursor, keyset_page
-from dashboard_api.schemas import DeviceOut, DevicesPage, ErrorOut
+from dashboard_api.schemas import DeviceOut, DevicesPage
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["devices"])
