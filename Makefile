@@ -48,7 +48,7 @@ test: install deploy-tools ## Run the whole test suite against its own Kafka and
 	$(VENV)/bin/pytest
 
 test-unit: $(VENV)/.synced ## Run the tests that need no server
-	$(VENV)/bin/pytest -m "not integration and not e2e and not deploy"
+	$(VENV)/bin/pytest -m "not integration and not e2e and not deploy" --ignore=tests/deploy
 
 bench: install ## Measure every speed figure beside its ceiling (10 min; the first run 30); writes BENCHMARKS.md
 	$(VENV)/bin/telemetry-bench

@@ -12,20 +12,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
 
+from telemetry_common.api_errors import ApiError
 from telemetry_common.timefmt import utcnow
 
 log = logging.getLogger(__name__)
 
 API_KEYS = "api_keys"
 KEY_PREFIX = "tk_"
+API_KEY_HEADER = "X-API-Key"
+# One answer for a missing key and a wrong one, so probing learns nothing.
+UNAUTHORISED = "missing or not valid"
+
+
+def unauthorised_error() -> ApiError:
+    return ApiError(
+        401,
+        API_KEY_HEADER,
+        UNAUTHORISED,
+        headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'},
+    )
+
+
+def is_admin_key(presented: str | None, expected: SecretStr | None) -> bool:
+    if expected is None or not presented:
+        return False
+    # compare_digest: the time taken does not depend on how much of the key matched.
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), expected.get_secret_value().encode()
+    )
 
 
 def hash_key(key: str) -> str:

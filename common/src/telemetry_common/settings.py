@@ -110,7 +110,28 @@ class AlertsSettings(WorkerSettings):
     humidity_max_threshold: float = 100.0
 
 
-class IngestionSettings(CommonSettings):
+class KeySettings(BaseSettings):
+    """Who may write: device API keys (issued, stored as hashes) and the admin key.
+
+    Both APIs read the same keys, so a key revoked once is refused by both.
+    """
+
+    api_keys_required: bool = False
+    # Guards the admin endpoints; unset means they answer 401 to everyone.
+    admin_api_key: SecretStr | None = None
+    api_keys_refresh_s: float = Field(5.0, gt=0, le=3600)
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _not_a_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and (
+            len(value.get_secret_value()) < 24 or "change" in value.get_secret_value().lower()
+        ):
+            raise ValueError("must be a random secret of 24 characters or more, not a placeholder")
+        return value
+
+
+class IngestionSettings(CommonSettings, KeySettings):
     port: int = Field(8001, ge=1, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_batch_readings: int = Field(5000, ge=1, le=100_000)
@@ -125,10 +146,6 @@ class IngestionSettings(CommonSettings):
     # Event ids acknowledged lately, so a retried batch is answered "duplicate"
     # without publishing again (the workers would drop it anyway).
     recent_event_ids: int = Field(200_000, ge=0)
-    api_keys_required: bool = False
-    # Guards /admin/keys; unset means the admin endpoints answer 401 to everyone.
-    admin_api_key: SecretStr | None = None
-    api_keys_refresh_s: float = Field(5.0, gt=0, le=3600)
     # Per device, in readings: a sustained rate and a burst that lets one full
     # batch of backfill through. 0 turns the limit off.
     device_rate_limit: float = Field(100.0, ge=0)
@@ -137,17 +154,8 @@ class IngestionSettings(CommonSettings):
     key_rate_limit: float = Field(1000.0, ge=0)
     key_rate_burst: float = Field(2000.0, ge=1)
 
-    @field_validator("admin_api_key")
-    @classmethod
-    def _not_a_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and (
-            len(value.get_secret_value()) < 24 or "change" in value.get_secret_value().lower()
-        ):
-            raise ValueError("must be a random secret of 24 characters or more, not a placeholder")
-        return value
 
-
-class DashboardSettings(CommonSettings, RollupSettings):
+class DashboardSettings(CommonSettings, RollupSettings, KeySettings):
     port: int = Field(8002, ge=1, le=65535)
     # A day of one-minute buckets fits in one page.
     max_page_size: int = Field(1440, ge=1, le=100_000)

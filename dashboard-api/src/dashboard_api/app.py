@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from telemetry_common.api_errors import install_error_handlers
+from telemetry_common.api_keys import KeyCache
 from telemetry_common.http_metrics import RequestMetricsMiddleware
 from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect, ensure_indexes
@@ -48,7 +49,11 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         # dashboard start before either worker ran. In the background, so the API
         # starts (and /health says why it is degraded) while MongoDB is down.
         index_task = asyncio.create_task(_ensure_indexes_when_reachable(app.state.db))
+        app.state.keys = KeyCache(app.state.db, settings.api_keys_refresh_s)
+        if settings.api_keys_required:
+            await app.state.keys.start()
         yield
+        await app.state.keys.stop()
         app.state.feeds.close()
         index_task.cancel()
         await client.close()

@@ -1,0 +1,53 @@
+"""Who may change things through the dashboard API (rules, acknowledgements, webhooks).
+
+With API_KEYS_REQUIRED, a write needs X-API-Key: the admin key, or an issued key
+bound to no device. Device-bound keys exist so a stolen device cannot post for
+others; letting one edit alert rules or webhooks would undo that.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.api_keys import API_KEY_HEADER, is_admin_key, unauthorised_error
+
+ANONYMOUS = "anonymous"
+ADMIN = "admin"
+
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "X-API-Key is missing or not valid", "model": ErrorOut},
+    403: {
+        "description": "the key is bound to devices and may only post readings",
+        "model": ErrorOut,
+    },
+    503: {"description": "the keys are not loaded yet; retry after Retry-After", "model": ErrorOut},
+}
+
+
+async def require_writer(request: Request) -> str:
+    """The name of whoever writes: the key's name, "admin", or "anonymous" when keys are off."""
+    settings = request.app.state.settings
+    if not settings.api_keys_required:
+        return ANONYMOUS
+    presented = request.headers.get(API_KEY_HEADER)
+    if is_admin_key(presented, settings.admin_api_key):
+        return ADMIN
+    keys = request.app.state.keys
+    if not keys.loaded:
+        raise ApiError(
+            503,
+            API_KEY_HEADER,
+            "keys are not loaded yet; retry later",
+            headers={"Retry-After": "5"},
+        )
+    key = keys.lookup(presented)
+    if key is None:
+        raise unauthorised_error()
+    if key.devices is not None:
+        raise ApiError(403, API_KEY_HEADER, "a device-bound key may only post readings")
+    return key.name or key.key_id
+
+
+Writer = Annotated[str, Depends(require_writer)]
