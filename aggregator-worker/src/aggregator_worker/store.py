@@ -18,25 +18,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
 from telemetry_common.reading import Reading
 from telemetry_common.rollup import Rollup
 from telemetry_common.timefmt import utcnow
+from telemetry_common.versioned import DUPLICATE_KEY, Watermarks, replace_versioned
 
 from aggregator_worker.fold import (
     BucketKey,
     Contribution,
     Placed,
-    Watermarks,
     apply_new,
 )
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_KEY = 11000
 # Version conflicts only happen while two consumers briefly own one partition
 # during a rebalance; a handful of rereads settles them.
 MAX_CONFLICT_ROUNDS = 5
@@ -131,34 +129,6 @@ def rollup_document(
     return doc
 
 
-async def _replace_versioned(
-    collection: Any, replacements: list[tuple[dict[str, Any], int | None]]
-) -> set[str]:
-    """Replace each document if its version is still the one read; return ids that conflicted."""
-    if not replacements:
-        return set()
-    ops = [
-        ReplaceOne(
-            {"_id": doc["_id"], "_v": previous if previous is not None else {"$exists": False}},
-            doc,
-            upsert=True,
-        )
-        for doc, previous in replacements
-    ]
-    try:
-        await collection.bulk_write(ops, ordered=False)
-    except BulkWriteError as exc:
-        conflicts = set()
-        for error in exc.details["writeErrors"]:
-            if error["code"] != DUPLICATE_KEY:
-                raise
-            # The filter missed because the version moved, so the upsert tried
-            # to insert an existing _id: someone else wrote this one first.
-            conflicts.add(replacements[error["index"]][0]["_id"])
-        return conflicts
-    return set()
-
-
 @dataclass
 class RollupWrites:
     """What one batch did to the rollup buckets, for the metrics."""
@@ -199,7 +169,7 @@ async def write_rollups(
                 key, rollup, watermarks, (version or 0) + 1, now, retention.get(key.resolution)
             )
             replacements.append((doc, version))
-        conflicts = await _replace_versioned(db[ROLLUPS], replacements)
+        conflicts = await replace_versioned(db[ROLLUPS], replacements)
         # A conflicting bucket is read and counted again in the next round.
         result.values_skipped += sum(n for i, n in skipped.items() if i not in conflicts)
         for doc_id, contributions in applied.items():
@@ -276,7 +246,7 @@ async def write_devices(db: AsyncDatabase, batch: list[Placed]) -> int:
             version = current.get("_v") if current else None
             doc.update({"_id": device_id, "_v": (version or 0) + 1, "updated_at": utcnow()})
             replacements.append((doc, version))
-        conflicts = await _replace_versioned(db[DEVICES], replacements)
+        conflicts = await replace_versioned(db[DEVICES], replacements)
         writes += len(replacements) - len(conflicts)
         if not conflicts:
             return writes
