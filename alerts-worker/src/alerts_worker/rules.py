@@ -64,6 +64,8 @@ class Transition:
     # The alert's fields after the transition.
     alert: dict[str, Any]
     at: datetime
+    # False when a silence covers it: recorded, not announced.
+    notify: bool = True
 
     @property
     def notification_id(self) -> str:
@@ -106,10 +108,13 @@ def _breaches(rule: Rule, values: list[float], limit: float) -> bool:
     return sum(1 for value in values if check(value, limit)) >= rule.k
 
 
-def evaluate(rule: Rule, state: RuleState, seen: Observed, now: datetime) -> Transition | None:
+def evaluate(
+    rule: Rule, state: RuleState, seen: Observed, now: datetime, silenced: bool = False
+) -> Transition | None:
     """Fold one reading into ``state``; the transition it causes, if any.
 
-    ``now`` only stamps a new alert's ``created_at``; every decision is on reading time.
+    ``now`` only stamps a new alert's ``created_at``; every decision is on reading
+    time. ``silenced``: a silence covers this rule and device now.
     """
     if any(event_id == seen.event_id for event_id, _ in state.recent):
         return None  # the device sent this reading again
@@ -124,7 +129,7 @@ def evaluate(rule: Rule, state: RuleState, seen: Observed, now: datetime) -> Tra
         limit = rule.threshold if rule.clear_threshold is None else rule.clear_threshold
         if _breaches(rule, window, limit):
             return None
-        return resolve(state, clock, "cleared")
+        return resolve(state, clock, "cleared", silenced)
 
     if not _breaches(rule, window, rule.threshold):
         state.pending_since = None
@@ -158,14 +163,18 @@ def evaluate(rule: Rule, state: RuleState, seen: Observed, now: datetime) -> Tra
         "status": "active",
         "fired_at": clock,
         "resolved_at": None,
+        "silenced": silenced,
     }
-    return Transition("fired", dict(state.alert), clock)
+    return Transition("fired", dict(state.alert), clock, notify=not silenced)
 
 
-def resolve(state: RuleState, at: datetime, reason: str) -> Transition:
-    """Close the open alert: its condition cleared, or its rule no longer applies."""
+def resolve(state: RuleState, at: datetime, reason: str, silenced: bool = False) -> Transition:
+    """Close the open alert: its condition cleared, or its rule no longer applies.
+
+    An alert whose firing was silenced resolves silently too: nobody was told it began.
+    """
     assert state.alert is not None
     alert = {**state.alert, "status": "resolved", "resolved_at": at, "resolved_reason": reason}
     state.alert = None
     state.pending_since = None
-    return Transition("resolved", alert, at)
+    return Transition("resolved", alert, at, notify=not (silenced or alert["silenced"]))

@@ -108,6 +108,8 @@ class AlertsSettings(WorkerSettings):
     temp_max_threshold: float = 50.0
     humidity_min_threshold: float = 0.0
     humidity_max_threshold: float = 100.0
+    # How soon a rule changed through dashboard-api is evaluated (one small read each time).
+    rules_refresh_s: float = Field(1.0, gt=0, le=3600)
 
 
 class KeySettings(BaseSettings):
