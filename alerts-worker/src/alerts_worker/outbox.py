@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS
 from telemetry_common.timefmt import iso_z
@@ -52,13 +51,13 @@ def notification(doc: dict[str, Any], acknowledged: dict[str, Any]) -> bytes:
 
 async def published_since(bootstrap_servers: str, topic: str, since: datetime) -> set[str]:
     """notification_ids of the messages on ``topic`` stamped at ``since`` or later."""
+    # Subscribed without a group: every partition of the topic is this consumer's.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+        topic, bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in await consumer.partitions_for(topic)]
-        consumer.assign(partitions)
+        partitions = list(consumer.assignment())
         starts = await consumer.offsets_for_times(
             {tp: int(since.timestamp() * 1000) for tp in partitions}
         )

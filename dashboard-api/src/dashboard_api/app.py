@@ -18,8 +18,19 @@ from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect, ensure_indexes
 from telemetry_common.settings import DashboardSettings
 
+from dashboard_api.alert_feed import AlertFeed
 from dashboard_api.live import DeviceFeeds
-from dashboard_api.routes import aggregates, alerts, devices, metrics_v1, stats, stream, telemetry
+from dashboard_api.routes import (
+    aggregates,
+    alert_rules,
+    alerts,
+    devices,
+    metrics_v1,
+    silences,
+    stats,
+    stream,
+    telemetry,
+)
 from dashboard_api.schemas import HealthOut
 
 
@@ -52,7 +63,12 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         app.state.keys = KeyCache(app.state.db, settings.api_keys_refresh_s)
         if settings.api_keys_required:
             await app.state.keys.start()
+        app.state.alert_feed = AlertFeed(
+            settings.kafka_bootstrap_servers, settings.alerts_topic, registry
+        )
+        app.state.alert_feed.start()
         yield
+        await app.state.alert_feed.stop()
         await app.state.keys.stop()
         app.state.feeds.close()
         index_task.cancel()
@@ -95,6 +111,16 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         body = HealthOut(status="ok" if ok else "degraded", mongo=ok)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    for module in (telemetry, aggregates, metrics_v1, alerts, devices, stats, stream):
+    for module in (
+        telemetry,
+        aggregates,
+        metrics_v1,
+        alert_rules,
+        silences,
+        alerts,
+        devices,
+        stats,
+        stream,
+    ):
         app.include_router(module.router)
     return app
