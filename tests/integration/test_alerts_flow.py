@@ -1,4 +1,4 @@
-"""The alerts worker against real Kafka and MongoDB: one alert per incident, each transition once."""
+"""The alerts worker on real Kafka and MongoDB: one alert per incident, each transition once."""
 
 from __future__ import annotations
 
