@@ -1,4 +1,4 @@
-"""Aggregator processes a test can kill -9: `python -m aggregator_worker` on its servers."""
+"""Worker processes a test can kill -9: `python -m <worker module>` on the test's servers."""
 
 from __future__ import annotations
 
@@ -15,10 +15,18 @@ from aiokafka.structs import TopicPartition
 from telemetry_tools.servers import free_port
 
 
-class AggregatorProcess:
+class WorkerProcess:
     """One worker process with its own port; restartable after a SIGKILL."""
 
-    def __init__(self, service_env: dict[str, Any], group: str, log_dir: Path, **env: str):
+    def __init__(
+        self,
+        service_env: dict[str, Any],
+        group: str,
+        log_dir: Path,
+        module: str = "aggregator_worker",
+        **env: str,
+    ):
+        self.module = module
         self.env = {
             **os.environ,
             **{name.upper(): str(value) for name, value in service_env.items()},
@@ -33,9 +41,9 @@ class AggregatorProcess:
     def start(self) -> None:
         self.starts += 1
         self.env["PORT"] = str(free_port())
-        with (self.log_dir / f"aggregator-{id(self)}-{self.starts}.log").open("wb") as log:
+        with (self.log_dir / f"{self.module}-{id(self)}-{self.starts}.log").open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "aggregator_worker"],
+                [sys.executable, "-m", self.module],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -59,9 +67,9 @@ class AggregatorProcess:
     def assert_alive(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
-            logs = sorted(self.log_dir.glob(f"aggregator-{id(self)}-*.log"))
+            logs = sorted(self.log_dir.glob(f"{self.module}-{id(self)}-*.log"))
             tail = logs[-1].read_text(errors="replace")[-3000:] if logs else ""
-            raise AssertionError(f"aggregator exited with {self.process.returncode}:\n{tail}")
+            raise AssertionError(f"{self.module} exited with {self.process.returncode}:\n{tail}")
 
 
 async def group_lag(bootstrap_servers: str, group: str, topic: str) -> int:
@@ -87,7 +95,7 @@ async def wait_caught_up(
     bootstrap_servers: str,
     group: str,
     topic: str,
-    processes: list[AggregatorProcess],
+    processes: list[WorkerProcess],
     timeout_s: float,
 ) -> None:
     loop = asyncio.get_running_loop()

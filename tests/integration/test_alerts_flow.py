@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from alerts_worker.store import ALERT_OUTBOX
 from alerts_worker.worker import run as run_alerts
 from integration.readings import publish, reading
 from integration.workers import metric_value, running
@@ -109,3 +110,33 @@ async def test_incidents_become_one_alert_each_and_transitions_are_published_onc
         assert metric_value(registry, "alerts_rule_evaluations_total") == 0
     assert await db[ALERTS].count_documents({}) == 4
     assert len(await read_topic(bootstrap, topics.alerts, expected=6, timeout_s=3)) == 5
+
+
+async def test_a_transition_sent_before_a_crash_is_not_sent_again(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    """The crash fell between publishing a transition and marking it: the restarted
+    worker finds it on alerts.triggered and only marks it."""
+    await publish(producer, topics.telemetry, READINGS[:2])
+    bootstrap = service_env["kafka_bootstrap_servers"]
+    async with running(run_alerts, alerts_settings(service_env)) as registry:
+
+        async def fired() -> bool:
+            return metric_value(registry, "alerts_published_total") == 1
+
+        await eventually(fired)
+    [sent] = await read_topic(bootstrap, topics.alerts, expected=1)
+    notification_id = orjson.loads(sent.value)["notification_id"]
+    await db[ALERT_OUTBOX].update_one({"_id": notification_id}, {"$set": {"notified": False}})
+
+    # The device's next reading (same partition) cools it down: one new transition.
+    await publish(producer, topics.telemetry, LATER[:1])
+    async with running(run_alerts, alerts_settings(service_env)) as registry:
+
+        async def resolved() -> bool:
+            return metric_value(registry, "alerts_published_total") == 1
+
+        await eventually(resolved)
+    events = await read_topic(bootstrap, topics.alerts, expected=3, timeout_s=3)
+    assert [orjson.loads(e.value)["transition"] for e in events] == ["fired", "resolved"]
+    assert await db[ALERT_OUTBOX].count_documents({"notified": False}) == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from integration.processes import AggregatorProcess, wait_caught_up
+from integration.processes import WorkerProcess, wait_caught_up
 from integration.readings import BASE_TS, reading
 from integration.recompute import rollup_mismatches
 from pymongo.asynchronous.database import AsyncDatabase
@@ -84,7 +84,7 @@ async def publish_in_chunks(
 
 
 async def kill_at_random_moments(
-    processes: list[AggregatorProcess], db: AsyncDatabase, kills: int, rnd: random.Random
+    processes: list[WorkerProcess], db: AsyncDatabase, kills: int, rnd: random.Random
 ) -> int:
     """SIGKILL a random process at a random moment while a batch is being written; restart it.
 
@@ -128,7 +128,7 @@ async def run_scenario(
     group = f"agg-kill-{free_port()}"
     processes = [
         # Smaller polls than the default: more batches, so more moments to die in.
-        AggregatorProcess(service_env, group, tmp_path, CONSUMER_MAX_RECORDS="500")
+        WorkerProcess(service_env, group, tmp_path, CONSUMER_MAX_RECORDS="500")
         for _ in range(processes_in_group)
     ]
     publishing = asyncio.create_task(
