@@ -119,3 +119,18 @@ def test_a_silence_of_the_rule_or_the_device_mutes_the_transition() -> None:
         Partition().items({"t": 40}), RuleIndex([rule()]), {}, others, NOW
     ).raised
     assert raised.transition.notify
+
+
+def test_states_that_decide_nothing_are_idle_and_a_replay_from_none_decides_the_same() -> None:
+    p = Partition()
+    index = RuleIndex([rule(k=2, n=3, clear_threshold=25.0, cooldown="1m")])
+    tracked: dict[str, Tracked] = {}
+    evaluate_batch(p.items({"t": 10}, {"t": 20}), index, tracked, [], NOW)
+    assert [t.idle for t in tracked.values()] == [True]  # nothing past 25 or 30
+    evaluate_batch(p.items({"t": 27}), index, tracked, [], NOW)
+    assert [t.idle for t in tracked.values()] == [False]  # 27 would hold an open alert
+    # Fired, then resolved: the cooldown keeps the state until it has run out.
+    later = p.items({"t": 31}, {"t": 31}, {"t": 0}, {"t": 0}, {"t": 0})
+    kinds = [r.transition.kind for r in evaluate_batch(later, index, tracked, [], NOW).raised]
+    assert kinds == ["fired", "resolved"]
+    assert [t.idle for t in tracked.values()] == [False]

@@ -37,6 +37,8 @@ class Tracked:
     watermarks: Watermarks = field(default_factory=Watermarks)
     version: int | None = None
     changed: bool = False
+    # Nothing worth keeping (``RuleState.is_idle``): not written, or deleted.
+    idle: bool = False
 
     @property
     def doc_id(self) -> str:
@@ -138,6 +140,7 @@ def evaluate_batch(
             assert found is not None  # the index chose the rule by this metric
             seen = Observed(reading.event_id, device_id, found[0], found[1], reading.ts)
             transition = evaluate(rule, t.state, seen, now, silenced(rule.rule_id, device_id))
+            t.idle = t.state.is_idle(rule)
             if transition is not None:
                 outcome.raised.append(Raised(transition, item.partition))
         for t in by_device.get(device_id, ()):
@@ -146,6 +149,7 @@ def evaluate_batch(
             if t.takes(item):
                 at = reading.ts if t.state.clock is None else max(t.state.clock, reading.ts)
                 transition = resolve(t.state, at, "rule_changed", silenced(t.rule_id, device_id))
+                t.idle = True  # its rule no longer applies
                 outcome.raised.append(Raised(transition, item.partition))
     return outcome
 

@@ -47,6 +47,31 @@ class RuleState:
             "alert": self.alert,
         }
 
+    def is_idle(self, rule: Rule) -> bool:
+        """Whether this state decides nothing a fresh one would not: then it need not be kept.
+
+        Nothing open or pending, no value in the window past the threshold or the
+        clear threshold, no cooldown running. Most readings leave their rules'
+        states idle, so most readings cost no state write.
+        """
+        if self.alert is not None or self.pending_since is not None:
+            return False
+        if self.last_fired_at is not None and rule.cooldown_s > 0:
+            if self.clock is None or self.clock - self.last_fired_at < timedelta(
+                seconds=rule.cooldown_s
+            ):
+                return False
+        check = OPERATORS[rule.operator]
+        limits = (
+            [rule.threshold]
+            if rule.clear_threshold is None
+            else [
+                rule.threshold,
+                rule.clear_threshold,
+            ]
+        )
+        return not any(check(value, limit) for _, value in self.recent for limit in limits)
+
     @classmethod
     def from_fields(cls, doc: dict[str, Any]) -> RuleState:
         return cls(

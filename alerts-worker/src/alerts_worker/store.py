@@ -81,8 +81,20 @@ async def record_transitions(db: AsyncDatabase, raised: list[Raised], now: datet
 
 
 async def write_states(db: AsyncDatabase, tracked: Iterable[Tracked], now: datetime) -> set[str]:
-    """Write the changed states; return the ids someone else changed first."""
+    """Write the changed states, delete those gone idle; return the ids someone else
+    changed first.
+
+    An idle state is equivalent to none: a replay of its readings finds no state,
+    evaluates them from scratch and decides the same (nothing).
+    """
+    changed = [t for t in tracked if t.changed]
     replacements: list[tuple[dict[str, Any], int | None]] = [
-        (t.to_document(now), t.version) for t in tracked if t.changed
+        (t.to_document(now), t.version) for t in changed if not t.idle
     ]
-    return await replace_versioned(db[ALERT_STATE], replacements)
+    conflicts = await replace_versioned(db[ALERT_STATE], replacements)
+    for t in changed:
+        if t.idle and t.version is not None:
+            deleted = await db[ALERT_STATE].delete_one({"_id": t.doc_id, "_v": t.version})
+            if deleted.deleted_count == 0:
+                conflicts.add(t.doc_id)
+    return conflicts
