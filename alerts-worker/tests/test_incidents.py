@@ -121,12 +121,12 @@ def test_a_silence_of_the_rule_or_the_device_mutes_the_transition() -> None:
     assert raised.transition.notify
 
 
-def test_states_that_decide_nothing_are_idle_and_a_replay_from_none_decides_the_same() -> None:
+def test_states_that_decide_nothing_are_not_kept() -> None:
     p = Partition()
     index = RuleIndex([rule(k=2, n=3, clear_threshold=25.0, cooldown="1m")])
     tracked: dict[str, Tracked] = {}
-    evaluate_batch(p.items({"t": 10}, {"t": 20}), index, tracked, [], NOW)
-    assert [t.idle for t in tracked.values()] == [True]  # nothing past 25 or 30
+    outcome = evaluate_batch(p.items({"t": 10}, {"t": 20}), index, tracked, [], NOW)
+    assert (outcome.evaluations, tracked) == (2, {})  # nothing past 25 or 30: nothing kept
     evaluate_batch(p.items({"t": 27}), index, tracked, [], NOW)
     assert [t.idle for t in tracked.values()] == [False]  # 27 would hold an open alert
     # Fired, then resolved: the cooldown keeps the state until it has run out.

@@ -121,23 +121,28 @@ def evaluate_batch(
         by_device.setdefault(t.device_id, []).append(t)
 
     def silenced(rule_id: str, device_id: str) -> bool:
-        return any(s.matches(rule_id, device_id, now) for s in silences)
+        return bool(silences) and any(s.matches(rule_id, device_id, now) for s in silences)
 
     for item in items:
         reading = item.value
         device_id = reading.device_id
         applicable = rules.for_reading(reading)
         for rule in applicable:
+            found = rule.value_in(reading.metrics)
+            assert found is not None  # the index chose the rule by this metric
             key = state_id(rule.rule_id, device_id)
             t = tracked.get(key)
             if t is None:
+                if not rule.concerns(found[1]):
+                    # No state and a value that leaves it idle: the common case, and
+                    # nothing to keep (a replay of it decides nothing either).
+                    outcome.evaluations += 1
+                    continue
                 t = tracked[key] = Tracked(rule.rule_id, device_id)
                 by_device.setdefault(device_id, []).append(t)
             if not t.takes(item):
                 continue
             outcome.evaluations += 1
-            found = rule.value_in(reading.metrics)
-            assert found is not None  # the index chose the rule by this metric
             seen = Observed(reading.event_id, device_id, found[0], found[1], reading.ts)
             transition = evaluate(rule, t.state, seen, now, silenced(rule.rule_id, device_id))
             t.idle = t.state.is_idle(rule)

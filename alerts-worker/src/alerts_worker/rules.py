@@ -61,16 +61,7 @@ class RuleState:
                 seconds=rule.cooldown_s
             ):
                 return False
-        check = OPERATORS[rule.operator]
-        limits = (
-            [rule.threshold]
-            if rule.clear_threshold is None
-            else [
-                rule.threshold,
-                rule.clear_threshold,
-            ]
-        )
-        return not any(check(value, limit) for _, value in self.recent for limit in limits)
+        return not any(rule.concerns(value) for _, value in self.recent)
 
     @classmethod
     def from_fields(cls, doc: dict[str, Any]) -> RuleState:

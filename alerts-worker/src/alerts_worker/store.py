@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, UpdateOne
+from pymongo import ASCENDING, DeleteOne, IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS
 from telemetry_common.versioned import replace_versioned
@@ -92,9 +92,13 @@ async def write_states(db: AsyncDatabase, tracked: Iterable[Tracked], now: datet
         (t.to_document(now), t.version) for t in changed if not t.idle
     ]
     conflicts = await replace_versioned(db[ALERT_STATE], replacements)
-    for t in changed:
-        if t.idle and t.version is not None:
-            deleted = await db[ALERT_STATE].delete_one({"_id": t.doc_id, "_v": t.version})
-            if deleted.deleted_count == 0:
-                conflicts.add(t.doc_id)
+    deletes = [t for t in changed if t.idle and t.version is not None]
+    if deletes:
+        result = await db[ALERT_STATE].bulk_write(
+            [DeleteOne({"_id": t.doc_id, "_v": t.version}) for t in deletes], ordered=False
+        )
+        if result.deleted_count < len(deletes):
+            # Another owner wrote (or deleted) some first; which ones matters little
+            # in so rare a case: all are read and evaluated again.
+            conflicts.update(t.doc_id for t in deletes)
     return conflicts

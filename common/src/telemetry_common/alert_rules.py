@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from datetime import datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -197,13 +198,26 @@ class Rule(BaseModel):
     unit: str = ""
     critical_beyond: float | None = None
 
-    @property
+    # Cached: read for every reading a rule meets.
+    @cached_property
     def for_s(self) -> int:
         return duration_seconds(self.for_)
 
-    @property
+    @cached_property
     def cooldown_s(self) -> int:
         return duration_seconds(self.cooldown)
+
+    @cached_property
+    def limits(self) -> tuple[float, ...]:
+        """The threshold, and the clear threshold when there is one."""
+        if self.clear_threshold is None:
+            return (self.threshold,)
+        return (self.threshold, self.clear_threshold)
+
+    def concerns(self, value: float) -> bool:
+        """Whether a value is past the threshold or the clear threshold (it may matter)."""
+        check = OPERATORS[self.operator]
+        return any(check(value, limit) for limit in self.limits)
 
     @property
     def alert_type(self) -> str:
