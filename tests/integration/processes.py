@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +109,38 @@ async def wait_caught_up(
             return
         await asyncio.sleep(1.0)
     raise AssertionError(f"group {group} still behind after {timeout_s}s")
+
+
+async def kill_at_random_moments(
+    processes: list[WorkerProcess],
+    progress: Callable[[], Awaitable[int]],
+    kills: int,
+    rnd: random.Random,
+    max_delay_s: float,
+) -> int:
+    """SIGKILL a random process at a random moment while a batch is being written; restart it.
+
+    Waiting for ``progress()`` (a count of documents the workers write) to move,
+    then up to ``max_delay_s`` more, lands the kill anywhere in a batch's
+    writes, including after them and before the commit, the case that replays
+    records already written. Returns how many kills happened (fewer when the
+    stream ran out first).
+    """
+    done = 0
+    loop = asyncio.get_running_loop()
+    while done < kills:
+        victim = rnd.choice(processes)
+        before = await progress()
+        deadline = loop.time() + 120
+        while await progress() == before:
+            for process in processes:
+                process.assert_alive()
+            if loop.time() > deadline:
+                return done  # the stream ran out before every kill: too few readings
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(rnd.uniform(0.0, max_delay_s))
+        victim.kill()
+        done += 1
+        await asyncio.sleep(rnd.uniform(0.0, 1.0))
+        victim.start()
+    return done

@@ -66,3 +66,17 @@ class EventStream:
 
         await asyncio.wait_for(read(), PATIENCE_S)
         return seen
+
+
+@asynccontextmanager
+async def stream(
+    session: aiohttp.ClientSession, url: str, greeting: str
+) -> AsyncIterator[EventStream]:
+    """An open stream, once its retry hint and greeting came: the subscription is in place."""
+    async with session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = EventStream(response)
+        assert await events.next_event() == {"retry": "3000"}
+        assert await events.next_event() == {"comment": greeting}
+        yield events

@@ -7,8 +7,6 @@ client; writes need a writer's key when keys are required.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -18,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from alerts_worker.worker import run as run_alerts
 from dashboard_api.app import create_app
 from integration.readings import publish, reading
-from integration.served import EventStream, serving
+from integration.served import serving, stream
 from integration.workers import metric_value, running
 from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
@@ -48,17 +46,6 @@ def pressure(device_id: str, second: int, value: float) -> Any:
     return reading(
         {"device_id": device_id, "ts": f"2025-01-15T10:00:{second:02d}Z", "pressure": value}
     )
-
-
-@asynccontextmanager
-async def alert_stream(session: aiohttp.ClientSession, url: str) -> AsyncIterator[EventStream]:
-    async with session.get(url) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        events = EventStream(response)
-        assert await events.next_event() == {"retry": "3000"}
-        assert (await events.next_event())["comment"].startswith("watching alerts")
-        yield events
 
 
 def transitions(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -99,7 +86,8 @@ async def test_rule_from_the_api_fires_resolves_and_streams(
         assert (rule["for"], rule["cooldown"], rule["builtin"]) == ("0s", "0s", False)
         await rules_loaded(registry, 5)
 
-        async with alert_stream(http, f"{base}/alerts/stream?device_id=p-1") as events:
+        url = f"{base}/alerts/stream?device_id=p-1"
+        async with stream(http, url, "watching alerts of p-1") as events:
             await publish(
                 producer,
                 topics.telemetry,

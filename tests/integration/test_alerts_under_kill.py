@@ -20,7 +20,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from alerts_worker.incidents import RuleIndex, evaluate_batch
-from integration.processes import WorkerProcess, wait_caught_up
+from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
 from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.alert_rules import ALERT_RULES, Rule, RuleCreate, builtin_rules
@@ -80,31 +80,6 @@ def expected_notifications(readings: list[Reading]) -> list[str]:
     return [raised.transition.notification_id for raised in outcome.raised]
 
 
-async def kill_at_random_moments(
-    processes: list[WorkerProcess], db: AsyncDatabase, rnd: random.Random
-) -> int:
-    """SIGKILL a process while alerts are being written (anywhere from the alert write to
-    the commit), restart it after a moment."""
-    done = 0
-    loop = asyncio.get_running_loop()
-    while done < KILLS:
-        before = await db[ALERTS].estimated_document_count()
-        deadline = loop.time() + 120
-        while await db[ALERTS].estimated_document_count() == before:
-            for process in processes:
-                process.assert_alive()
-            if loop.time() > deadline:
-                return done
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(rnd.uniform(0.0, 0.3))
-        victim = rnd.choice(processes)
-        victim.kill()
-        done += 1
-        await asyncio.sleep(rnd.uniform(0.0, 1.0))
-        victim.start()
-    return done
-
-
 async def run_scenario(
     service_env: dict,
     topics: Topics,
@@ -143,7 +118,9 @@ async def run_scenario(
     try:
         for process in processes:
             process.start()
-        kills = await kill_at_random_moments(processes, db, rnd)
+        kills = await kill_at_random_moments(
+            processes, db[ALERTS].estimated_document_count, KILLS, rnd, max_delay_s=0.3
+        )
         await publishing
         bootstrap = service_env["kafka_bootstrap_servers"]
         await wait_caught_up(bootstrap, group, topics.telemetry, processes, timeout_s=300)
