@@ -101,6 +101,10 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> 
             IndexModel(
                 [("status", ASCENDING), *newest_first("created_at")], name="status_created_id"
             ),
+            # GET /alerts?rule_id=: one rule's history.
+            IndexModel(
+                [("rule_id", ASCENDING), *newest_first("created_at")], name="rule_created_id"
+            ),
         ]
     )
     for collection, names in SUPERSEDED_INDEXES.items():
