@@ -80,10 +80,11 @@ async def install_builtin_rules(db: AsyncDatabase, builtin: list[dict[str, Any]]
     """Write the built-in rules with this worker's thresholds; keep whether each is enabled."""
     now = utcnow()
     for rule in builtin:
+        definition = {k: v for k, v in rule.items() if k != "_id"}
         await db[ALERT_RULES].update_one(
             {"_id": rule["_id"]},
             {
-                "$set": {**rule, "updated_at": now},
+                "$set": {**definition, "updated_at": now},
                 "$setOnInsert": {"enabled": True, "created_at": now, "created_by": "builtin"},
             },
             upsert=True,

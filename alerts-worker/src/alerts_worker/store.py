@@ -27,6 +27,7 @@ from alerts_worker.incidents import Raised, Tracked
 
 ALERT_STATE = "alert_state"
 ALERT_OUTBOX = "alert_outbox"
+OUTBOX_KEEP_S = 7 * 86_400
 # Fields a person sets on an alert (acknowledging it); the worker never writes them.
 ACK_FIELDS = {"acknowledged_at": None, "acknowledged_by": None}
 
@@ -34,7 +35,14 @@ ACK_FIELDS = {"acknowledged_at": None, "acknowledged_by": None}
 async def ensure_alert_indexes(db: AsyncDatabase) -> None:
     await db[ALERT_STATE].create_indexes([IndexModel([("device_id", ASCENDING)], name="device")])
     await db[ALERT_OUTBOX].create_indexes(
-        [IndexModel([("notified", ASCENDING), ("partition", ASCENDING)], name="pending")]
+        [
+            IndexModel([("notified", ASCENDING), ("partition", ASCENDING)], name="pending"),
+            # A transition is announced within moments; a week covers any outage
+            # (alerts.triggered keeps a week too) and keeps the outbox bounded.
+            IndexModel(
+                [("created_at", ASCENDING)], name="created_at_ttl", expireAfterSeconds=OUTBOX_KEEP_S
+            ),
+        ]
     )
 
 

@@ -16,7 +16,7 @@ from telemetry_common.settings import AlertsSettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.worker import WorkerContext, run_worker
 
-from alerts_worker.incidents import BatchOutcome, evaluate_batch
+from alerts_worker.incidents import BatchOutcome, evaluate_batch, state_id
 from alerts_worker.outbox import Outbox
 from alerts_worker.rule_cache import RuleCache
 from alerts_worker.store import load_states, record_transitions, write_states
@@ -121,7 +121,7 @@ def bind_handler(
                 outcome.raised += [
                     r
                     for r in round_outcome.raised
-                    if f"{r.transition.alert['rule_id']}|{r.transition.alert['device_id']}"
+                    if state_id(r.transition.alert["rule_id"], r.transition.alert["device_id"])
                     not in conflicts
                 ]
                 if not conflicts:
