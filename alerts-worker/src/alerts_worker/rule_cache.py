@@ -70,6 +70,7 @@ class RuleCache(Reloading):
         self.rules = RuleIndex(rules)
         self.silences = silences
         self._rules_loaded.set(len(self.rules.by_id))
+        self.loaded = True
 
     def reload_failed(self, exc: Exception) -> None:
         self._reload_errors.inc()
