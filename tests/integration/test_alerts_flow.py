@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from alerts_worker.store import ALERT_OUTBOX
+from alerts_worker.store import ALERT_OUTBOX, ALERT_STATE
 from alerts_worker.worker import run as run_alerts
 from integration.readings import publish, reading
 from integration.workers import metric_value, running
@@ -119,28 +119,32 @@ async def test_incidents_become_one_alert_each_and_transitions_are_published_onc
 async def test_a_transition_sent_before_a_crash_is_not_sent_again(
     service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
 ) -> None:
-    """The crash fell between publishing a transition and marking it: the restarted
-    worker finds it on alerts.triggered and only marks it."""
-    await publish(producer, topics.telemetry, READINGS[:2])
+    """The crash fell between publishing transitions and marking them: the restarted
+    worker finds them on alerts.triggered and only marks them, whether its replay
+    skips their readings (the state kept them) or evaluates them again (it did not)."""
     bootstrap = service_env["kafka_bootstrap_servers"]
-    async with running(run_alerts, alerts_settings(service_env)) as registry:
 
-        async def fired() -> bool:
-            return metric_value(registry, "alerts_published_total") == 1
+    async def run_until_evaluated(readings: int) -> float:
+        async with running(run_alerts, alerts_settings(service_env)) as registry:
 
-        await eventually(fired)
-    [sent] = await read_topic(bootstrap, topics.alerts, expected=1)
-    notification_id = orjson.loads(sent.value)["notification_id"]
-    await db[ALERT_OUTBOX].update_one({"_id": notification_id}, {"$set": {"notified": False}})
+            async def evaluated() -> bool:
+                return metric_value(registry, "alerts_readings_evaluated_total") == readings
 
-    # The device's next reading (same partition) cools it down: one new transition.
+            await eventually(evaluated)
+            return metric_value(registry, "alerts_published_total")
+
+    async def crash_before_marking() -> None:
+        await db[ALERT_OUTBOX].update_many({}, {"$set": {"notified": False}})
+
+    await publish(producer, topics.telemetry, READINGS[:2])
+    assert await run_until_evaluated(2) == 1  # fired
+    await crash_before_marking()
+    # The device's next reading (same partition) cools it down.
     await publish(producer, topics.telemetry, LATER[:1])
-    async with running(run_alerts, alerts_settings(service_env)) as registry:
-
-        async def resolved() -> bool:
-            return metric_value(registry, "alerts_published_total") == 1
-
-        await eventually(resolved)
+    assert await run_until_evaluated(3) == 1  # resolved; fired was found on the topic
+    await crash_before_marking()
+    await db[ALERT_STATE].delete_many({})  # nothing kept: the replay evaluates all again
+    assert await run_until_evaluated(3) == 0
     events = await read_topic(bootstrap, topics.alerts, expected=3, timeout_s=3)
     assert [orjson.loads(e.value)["transition"] for e in events] == ["fired", "resolved"]
     assert await db[ALERT_OUTBOX].count_documents({"notified": False}) == 0

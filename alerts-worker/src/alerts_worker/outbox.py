@@ -2,12 +2,12 @@
 
 Each transition is first recorded with ``notified: false`` (``store.py``), then
 published and marked. A crash between the publish and the mark would publish it
-again after the restart; so a transition left over from an earlier attempt (not
-recorded by the batch at hand) is looked for on alerts.triggered first, from
-shortly before it was recorded, and only published if it is not there. With
-that, a replay yields one message per transition; receivers can still drop a
-repeat by ``notification_id`` (a message whose send timed out, yet landed, is
-the one case left).
+again after the restart; so a transition left over from an earlier attempt (one
+the batch at hand did not record first, even if it computed it again) is looked
+for on alerts.triggered first, from shortly before it was recorded, and only
+published if it is not there. With that, a replay yields one message per
+transition; receivers can still drop a repeat by ``notification_id`` (a message
+whose send timed out, yet landed, is the one case left).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Outbox:
     async def publish_pending(self, partitions: Collection[int], fresh: Collection[str]) -> int:
         """Publish the unannounced transitions of these partitions, then mark them.
 
-        ``fresh``: notification ids recorded by the batch at hand (surely not sent yet).
+        ``fresh``: notification ids the batch at hand recorded first (surely not sent yet).
         """
         outbox = self._db[ALERT_OUTBOX]
         pending = [

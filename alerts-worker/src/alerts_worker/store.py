@@ -80,12 +80,20 @@ def _outbox_write(raised: Raised, now: datetime) -> UpdateOne:
     return UpdateOne({"_id": transition.notification_id}, {"$setOnInsert": doc}, upsert=True)
 
 
-async def record_transitions(db: AsyncDatabase, raised: list[Raised], now: datetime) -> None:
+async def record_transitions(db: AsyncDatabase, raised: list[Raised], now: datetime) -> set[str]:
+    """Record the transitions; return the notification ids recorded for the first time.
+
+    A transition computed again (a replay of readings whose state was not kept)
+    is already in the outbox, and may have been published already.
+    """
     if not raised:
-        return
+        return set()
     # Ordered: an alert fired and resolved within one batch is inserted, then resolved.
     await db[ALERTS].bulk_write([_alert_write(r) for r in raised], ordered=True)
-    await db[ALERT_OUTBOX].bulk_write([_outbox_write(r, now) for r in raised], ordered=False)
+    result = await db[ALERT_OUTBOX].bulk_write(
+        [_outbox_write(r, now) for r in raised], ordered=False
+    )
+    return {raised[index].transition.notification_id for index in result.upserted_ids}
 
 
 async def write_states(db: AsyncDatabase, tracked: Iterable[Tracked], now: datetime) -> set[str]:

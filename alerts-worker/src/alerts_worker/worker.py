@@ -16,7 +16,7 @@ from telemetry_common.settings import AlertsSettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.worker import WorkerContext, run_worker
 
-from alerts_worker.incidents import BatchOutcome, evaluate_batch, state_id
+from alerts_worker.incidents import BatchOutcome, evaluate_batch
 from alerts_worker.outbox import Outbox
 from alerts_worker.rule_cache import RuleCache
 from alerts_worker.store import load_states, record_transitions, write_states
@@ -62,10 +62,13 @@ class AlertMetrics:
             registry=registry,
         )
 
-    def count(self, outcome: BatchOutcome) -> None:
+    def count(self, outcome: BatchOutcome, fresh: set[str]) -> None:
+        """Count the transitions recorded for the first time (not those a replay computed again)."""
         self.rule_evaluations.inc(outcome.evaluations)
         for raised in outcome.raised:
             transition = raised.transition
+            if transition.notification_id not in fresh:
+                continue
             counter = self.fired if transition.kind == "fired" else self.resolved
             counter.labels(transition.alert["severity"]).inc()
             if not transition.notify:
@@ -93,39 +96,33 @@ def bind_handler(
                 # Never evaluate without the rules: a batch would pass unjudged.
                 await rules.reload()
             with metrics.evaluation_seconds.time():
-                outcome = await evaluate_and_record(items, rules)
-            published = await outbox.publish_pending(
-                {item.partition for item in items},
-                {r.transition.notification_id for r in outcome.raised},
-            )
+                outcome, fresh = await evaluate_and_record(items, rules)
+            published = await outbox.publish_pending({item.partition for item in items}, fresh)
             metrics.readings_evaluated.inc(len(items))
-            metrics.count(outcome)
+            metrics.count(outcome, fresh)
             metrics.published.inc(published)
 
         async def evaluate_and_record(
             items: list[Consumed[Reading]], rules: RuleCache
-        ) -> BatchOutcome:
+        ) -> tuple[BatchOutcome, set[str]]:
+            """The batch's outcome, and the notification ids it recorded first."""
             index, silences = rules.rules, rules.silences
             devices = {item.value.device_id for item in items}
             outcome = BatchOutcome()
+            fresh: set[str] = set()
             for _ in range(MAX_CONFLICT_ROUNDS):
                 items = [item for item in items if item.value.device_id in devices]
                 tracked = await load_states(db, devices)
                 now = utcnow()
                 round_outcome = evaluate_batch(items, index, tracked, silences, now)
-                await record_transitions(db, round_outcome.raised, now)
+                fresh |= await record_transitions(db, round_outcome.raised, now)
                 conflicts = await write_states(db, tracked.values(), now)
-                # States written in this round are final; the conflicting ones are
-                # read again and their readings evaluated on what the other owner wrote.
                 outcome.evaluations += round_outcome.evaluations
-                outcome.raised += [
-                    r
-                    for r in round_outcome.raised
-                    if state_id(r.transition.alert["rule_id"], r.transition.alert["device_id"])
-                    not in conflicts
-                ]
+                outcome.raised += round_outcome.raised
                 if not conflicts:
-                    return outcome
+                    return outcome, fresh
+                # The conflicting states are read again and their readings evaluated on
+                # what the other owner wrote (the same transitions are recorded once).
                 devices = {tracked[c].device_id for c in conflicts}
             raise WriteConflict(f"{len(conflicts)} alert states kept changing during the write")
 
