@@ -13,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from alerts_worker.incidents import RuleIndex, evaluate_batch
+from integration.alerts_reference import alert_ids, expected_notifications
 from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
 from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.alert_rules import ALERT_RULES, Rule, RuleCreate, builtin_rules
-from telemetry_common.kafka.consumer import Consumed
+from telemetry_common.alert_rules import ALERT_RULES, RuleCreate
 from telemetry_common.mongo import ALERTS
 from telemetry_common.reading import Reading
 from telemetry_tools.servers import free_port
@@ -71,15 +70,6 @@ def incidents(seed: int) -> list[Reading]:
     return out
 
 
-def expected_notifications(readings: list[Reading]) -> list[str]:
-    """The notification ids of one uninterrupted evaluation (created_at aside)."""
-    rules = [Rule.model_validate(doc) for doc in builtin_rules(-10, 50, 0, 100)]
-    rules.append(Rule.model_validate({**HUMIDITY_RULE, "_id": "damp"}))
-    items = [Consumed(0, offset, r, None) for offset, r in enumerate(readings)]  # type: ignore[arg-type]
-    outcome = evaluate_batch(items, RuleIndex(rules), {}, [], datetime.now(UTC))
-    return [raised.transition.notification_id for raised in outcome.raised]
-
-
 async def run_scenario(
     service_env: dict,
     topics: Topics,
@@ -91,7 +81,7 @@ async def run_scenario(
 ) -> None:
     rnd = random.Random(seed)
     readings = incidents(seed)
-    expected = expected_notifications(readings)
+    expected = expected_notifications(readings, [{**HUMIDITY_RULE, "_id": "damp"}])
     await db[ALERT_RULES].insert_one({**HUMIDITY_RULE, "_id": "damp", "builtin": False})
     group = f"alerts-kill-{free_port()}"
     processes = [
@@ -129,13 +119,13 @@ async def run_scenario(
         for process in processes:
             process.stop()
     assert kills == KILLS
-    fired = [n for n in expected if n.endswith(":fired")]
+    fired = alert_ids(expected, "fired")
     assert len(fired) > 3 * DEVICES  # every device had several incidents
 
     alerts = {doc["_id"]: doc async for doc in db[ALERTS].find({})}
-    assert sorted(alerts) == sorted(n.removesuffix(":fired") for n in fired)
-    resolved = {n.removesuffix(":resolved") for n in expected if n.endswith(":resolved")}
-    assert {a for a, doc in alerts.items() if doc["status"] == "resolved"} == resolved
+    assert set(alerts) == fired
+    resolved = {a for a, doc in alerts.items() if doc["status"] == "resolved"}
+    assert resolved == alert_ids(expected, "resolved")
 
     messages = await read_topic(bootstrap, topics.alerts, expected=len(expected) + 1, timeout_s=5)
     published = Counter(orjson.loads(m.value)["notification_id"] for m in messages)

@@ -19,12 +19,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
 from telemetry_common.reading import Reading
 from telemetry_common.rollup import Rollup
 from telemetry_common.timefmt import utcnow
-from telemetry_common.versioned import DUPLICATE_KEY, Watermarks, replace_versioned
+from telemetry_common.versioned import (
+    Watermarks,
+    insert_first_copies,
+    replace_versioned,
+    source,
+)
 
 from aggregator_worker.fold import (
     BucketKey,
@@ -44,10 +48,6 @@ class WriteConflict(RuntimeError):
     """A bucket kept changing under us; the batch is retried from the top."""
 
 
-def _src(placed: Placed) -> str:
-    return f"{placed.partition}:{placed.offset}"
-
-
 def raw_document(placed: Placed) -> dict[str, Any]:
     r = placed.reading
     doc: dict[str, Any] = {
@@ -57,7 +57,7 @@ def raw_document(placed: Placed) -> dict[str, Any]:
         "received_at": r.received_at,
         "metrics": r.metrics,
         "tags": list(r.tags),
-        "_src": _src(placed),
+        "_src": source(placed.partition, placed.offset),
     }
     if r.lat is not None:
         doc["lat"] = r.lat
@@ -77,29 +77,8 @@ async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
     unique: dict[str, Placed] = {}
     for placed in batch:
         unique.setdefault(placed.reading.event_id, placed)
-    docs = [raw_document(p) for p in unique.values()]
-    duplicate_ids: list[str] = []
-    try:
-        await db[RAW].insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        for error in exc.details["writeErrors"]:
-            if error["code"] != DUPLICATE_KEY:
-                raise
-            duplicate_ids.append(docs[error["index"]]["_id"])
-    to_fold = list(unique.values())
-    if duplicate_ids:
-        existing = {
-            doc["_id"]: doc.get("_src")
-            async for doc in db[RAW].find({"_id": {"$in": duplicate_ids}}, {"_src": 1})
-        }
-        # Same event, same Kafka position: this is a replay of a record whose
-        # rollups may not have been written; fold it (the watermarks decide).
-        # Same event from another position: a device retry, counted already.
-        to_fold = [
-            p
-            for p in to_fold
-            if p.reading.event_id not in existing or existing[p.reading.event_id] == _src(p)
-        ]
+    retried = await insert_first_copies(db[RAW], [raw_document(p) for p in unique.values()])
+    to_fold = [p for p in unique.values() if p.reading.event_id not in retried]
     return RawInsertResult(to_fold=to_fold, duplicates=len(batch) - len(to_fold))
 
 

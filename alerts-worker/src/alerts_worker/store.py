@@ -3,6 +3,7 @@
 A batch is written in this order, each step idempotent, so a crash between any
 two is repaired by the replay of the uncommitted records:
 
+0. the event ids seen (a reading sent twice by its device is evaluated once);
 1. alert documents (``_id`` = alert_id: inserted on firing, ``$set`` resolved)
    and one outbox document per transition (``_id`` = notification_id,
    ``notified: false``), both keyed by ids the replay computes again;
@@ -20,14 +21,20 @@ from typing import Any
 
 from pymongo import ASCENDING, DeleteOne, IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.mongo import ALERTS
-from telemetry_common.versioned import replace_versioned
+from telemetry_common.reading import Reading
+from telemetry_common.versioned import insert_first_copies, replace_versioned, source
 
 from alerts_worker.incidents import Raised, Tracked
 
 ALERT_STATE = "alert_state"
 ALERT_OUTBOX = "alert_outbox"
-OUTBOX_KEEP_S = 7 * 86_400
+# Event ids seen, so a device's retry of a reading is evaluated once.
+ALERT_SEEN = "alert_seen_events"
+# A transition is announced within moments, and a retry comes within moments; a
+# week covers any outage (alerts.triggered keeps a week too) and keeps both bounded.
+KEEP_S = 7 * 86_400
 # Fields a person sets on an alert (acknowledging it); the worker never writes them.
 ACK_FIELDS = {"acknowledged_at": None, "acknowledged_by": None}
 
@@ -37,13 +44,30 @@ async def ensure_alert_indexes(db: AsyncDatabase) -> None:
     await db[ALERT_OUTBOX].create_indexes(
         [
             IndexModel([("notified", ASCENDING), ("partition", ASCENDING)], name="pending"),
-            # A transition is announced within moments; a week covers any outage
-            # (alerts.triggered keeps a week too) and keeps the outbox bounded.
             IndexModel(
-                [("created_at", ASCENDING)], name="created_at_ttl", expireAfterSeconds=OUTBOX_KEEP_S
+                [("created_at", ASCENDING)], name="created_at_ttl", expireAfterSeconds=KEEP_S
             ),
         ]
     )
+    await db[ALERT_SEEN].create_indexes(
+        [IndexModel([("seen_at", ASCENDING)], name="seen_at_ttl", expireAfterSeconds=KEEP_S)]
+    )
+
+
+async def drop_retries(
+    db: AsyncDatabase, items: list[Consumed[Reading]], now: datetime
+) -> list[Consumed[Reading]]:
+    """The batch without second copies of a reading (a device retry, in this batch or
+    an earlier one), so that every reading counts once in every k-of-n window."""
+    unique: dict[str, Consumed[Reading]] = {}
+    for item in items:
+        unique.setdefault(item.value.event_id, item)
+    docs = [
+        {"_id": event_id, "_src": source(item.partition, item.offset), "seen_at": now}
+        for event_id, item in unique.items()
+    ]
+    retried = await insert_first_copies(db[ALERT_SEEN], docs)
+    return [item for event_id, item in unique.items() if event_id not in retried]
 
 
 async def load_states(db: AsyncDatabase, device_ids: Iterable[str]) -> dict[str, Tracked]:

@@ -19,7 +19,7 @@ from telemetry_common.worker import WorkerContext, run_worker
 from alerts_worker.incidents import BatchOutcome, evaluate_batch
 from alerts_worker.outbox import Outbox
 from alerts_worker.rule_cache import RuleCache
-from alerts_worker.store import load_states, record_transitions, write_states
+from alerts_worker.store import drop_retries, load_states, record_transitions, write_states
 
 SERVICE = "alerts-worker"
 # State version conflicts only happen while two consumers briefly own one
@@ -36,6 +36,11 @@ class AlertMetrics:
         self.readings_evaluated = Counter(
             "alerts_readings_evaluated_total",
             "Readings evaluated against the rules",
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "alerts_duplicate_readings_total",
+            "Readings skipped because their device sent them before (same event_id)",
             registry=registry,
         )
         self.rule_evaluations = Counter(
@@ -95,10 +100,13 @@ def bind_handler(
             if not rules.loaded:
                 # Never evaluate without the rules: a batch would pass unjudged.
                 await rules.reload()
+            partitions = {item.partition for item in items}
             with metrics.evaluation_seconds.time():
-                outcome, fresh = await evaluate_and_record(items, rules)
-            published = await outbox.publish_pending({item.partition for item in items}, fresh)
+                first_copies = await drop_retries(db, items, utcnow())
+                outcome, fresh = await evaluate_and_record(first_copies, rules)
+            published = await outbox.publish_pending(partitions, fresh)
             metrics.readings_evaluated.inc(len(items))
+            metrics.duplicates.inc(len(items) - len(first_copies))
             metrics.count(outcome, fresh)
             metrics.published.inc(published)
 

@@ -1,4 +1,10 @@
-"""Idempotent writes of folded state: per-partition offset watermarks and versioned replaces.
+"""Idempotent writes of folded state: first copies of events, per-partition offset
+watermarks and versioned replaces.
+
+A device may send a reading twice (a retry after a timeout), and both copies
+reach Kafka at different positions. Storing each event once, with the position
+that carried it (``_src``), tells a second copy (counted already) from a replay
+of the same record after a crash (which the watermarks below settle).
 
 A consumer that folds records into stored documents keeps, in each document, the
 highest offset folded per partition (``_applied``), so a replayed offset is never
@@ -15,6 +21,33 @@ from pymongo import ReplaceOne
 from pymongo.errors import BulkWriteError
 
 DUPLICATE_KEY = 11000
+
+
+def source(partition: int, offset: int) -> str:
+    return f"{partition}:{offset}"
+
+
+async def insert_first_copies(collection: Any, docs: list[dict[str, Any]]) -> set[str]:
+    """Insert documents keyed by event id, each with its ``_src``; return the ids that are
+    second copies: stored already from another position."""
+    duplicate_ids: list[str] = []
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        for error in exc.details["writeErrors"]:
+            if error["code"] != DUPLICATE_KEY:
+                raise
+            duplicate_ids.append(docs[error["index"]]["_id"])
+    if not duplicate_ids:
+        return set()
+    sources = {doc["_id"]: doc["_src"] for doc in docs}
+    # Same event, same position: a replay of a record whose writes may not all
+    # have happened; it is processed again (the watermarks decide).
+    return {
+        doc["_id"]
+        async for doc in collection.find({"_id": {"$in": duplicate_ids}}, {"_src": 1})
+        if doc.get("_src") != sources[doc["_id"]]
+    }
 
 
 @dataclass(slots=True)
