@@ -151,8 +151,8 @@ class StatsOut(BaseModel):
         description="false: the Kafka figures below are null", examples=[True]
     )
     ingest_rate_per_s: float | None = Field(
-        description="readings written to the telemetry topic per second since the previous "
-        "snapshot; null on the first",
+        description="readings written to the telemetry topic per second, over the last minute; "
+        "null on the first snapshot",
         examples=[1250.0],
     )
     consumer_lag: dict[str, int] | None = Field(

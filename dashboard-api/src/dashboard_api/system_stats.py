@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 ACTIVE_ALERTS_CAP = 10_000
 # How long a request made before the first snapshot waits for it.
 FIRST_SNAPSHOT_WAIT_S = 10.0
+# Kafka figures not in by then are left out of this snapshot (a broker that
+# does not answer must not hold the MongoDB figures back).
+KAFKA_WAIT_S = 5.0
+# The ingest rate is an average over this long: steadier than one refresh's
+# worth, still quick to show a stop.
+RATE_WINDOW_S = 60.0
 
 
 class StatsSnapshot:
@@ -48,9 +55,9 @@ class StatsSnapshot:
         self._body: dict[str, Any] | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # Readings written to the telemetry topic, and when: the ingest rate is
-        # the growth between two snapshots.
-        self._last_written: tuple[float, int] | None = None
+        # (when, records ever written to the telemetry topic), oldest first, for
+        # RATE_WINDOW_S: the ingest rate is their growth over that window.
+        self._written: deque[tuple[float, int]] = deque()
         self._age = Gauge(
             "dashboard_stats_snapshot_age_seconds",
             "Age of the figures /stats serves",
@@ -101,21 +108,28 @@ class StatsSnapshot:
 
     async def _gather(self) -> dict[str, Any]:
         as_of = iso_z(utcnow())
+        # Side by side: a slow or absent Kafka neither delays nor fails the MongoDB figures.
+        stored, streamed = await asyncio.gather(self._stored_figures(), self._kafka_figures())
+        return {
+            **stored,
+            "as_of": as_of,
+            "generated_at": as_of,
+            "refresh_interval_s": self._settings.stats_refresh_s,
+            **streamed,
+        }
+
+    async def _stored_figures(self) -> dict[str, Any]:
         active = await self._db[ALERTS].count_documents(
             {"status": "active"}, limit=ACTIVE_ALERTS_CAP
         )
-        body: dict[str, Any] = {
+        return {
             "total_readings": await self._db[RAW].estimated_document_count(),
             "total_aggregates": await self._db[ROLLUPS].estimated_document_count(),
             "total_alerts": await self._db[ALERTS].estimated_document_count(),
             "total_devices": await self._db[DEVICES].estimated_document_count(),
             "active_alerts": active,
             "active_alerts_capped": active >= ACTIVE_ALERTS_CAP,
-            "as_of": as_of,
-            "generated_at": as_of,
-            "refresh_interval_s": self._settings.stats_refresh_s,
         }
-        return body | await self._kafka_figures()
 
     async def _kafka_figures(self) -> dict[str, Any]:
         unknown = {
@@ -124,31 +138,36 @@ class StatsSnapshot:
             "consumer_lag": None,
             "dlq_size": None,
         }
-        topic = self._settings.telemetry_topic
         try:
-            if self._offsets is None:
-                offsets = KafkaOffsets(self._settings.kafka_bootstrap_servers)
-                self._offsets = offsets
-                await offsets.start()
-            written = sum((await self._offsets.next_offsets(topic)).values())
-            lag = {group: await self._offsets.lag(group, topic) for group in self._groups}
-            dlq_size = await self._offsets.size(self._settings.dlq_topic)
+            written, lag, dlq_size = await asyncio.wait_for(self._offsets_now(), KAFKA_WAIT_S)
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("stats snapshot: Kafka unavailable: %s", exc)
             await self._close_kafka()  # reconnect from scratch next time
-            self._last_written = None
+            self._written.clear()
             return unknown
-        now = time.monotonic()
-        rate = None
-        if self._last_written is not None and now > self._last_written[0]:
-            rate = (written - self._last_written[1]) / (now - self._last_written[0])
-        self._last_written = (now, written)
         return {
             "kafka_reachable": True,
-            "ingest_rate_per_s": rate,
+            "ingest_rate_per_s": self._rate(time.monotonic(), written),
             "consumer_lag": lag,
             "dlq_size": dlq_size,
         }
+
+    def _rate(self, now: float, written: int) -> float | None:
+        self._written.append((now, written))
+        while now - self._written[0][0] > RATE_WINDOW_S:
+            self._written.popleft()
+        since, before = self._written[0]
+        return (written - before) / (now - since) if now > since else None
+
+    async def _offsets_now(self) -> tuple[int, dict[str, int], int]:
+        if self._offsets is None:
+            offsets = KafkaOffsets(self._settings.kafka_bootstrap_servers)
+            await offsets.start()
+            self._offsets = offsets
+        topic = self._settings.telemetry_topic
+        written = sum((await self._offsets.next_offsets(topic)).values())
+        lag = {group: await self._offsets.lag(group, topic) for group in self._groups}
+        return written, lag, await self._offsets.size(self._settings.dlq_topic)
 
     async def _close_kafka(self) -> None:
         offsets, self._offsets = self._offsets, None

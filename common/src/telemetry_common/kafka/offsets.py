@@ -25,8 +25,12 @@ class KafkaOffsets:
         )
 
     async def start(self) -> None:
-        await self._admin.start()
-        await self._consumer.start()
+        try:
+            await self._admin.start()
+            await self._consumer.start()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         await self._consumer.stop()

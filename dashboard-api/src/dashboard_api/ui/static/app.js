@@ -233,13 +233,29 @@
     </div>`;
   }
 
-  // Every view polls /stats a little; one request serves the nav badge too.
-  async function fetchStats() {
-    const stats = await api("/stats");
-    const badge = $("#nav-active-alerts");
-    badge.hidden = !stats.active_alerts;
-    badge.textContent = stats.active_alerts_capped ? `${stats.active_alerts}+` : stats.active_alerts;
-    return stats;
+  /* /stats is polled once for the whole page, as often as the server refreshes it; the nav
+   * badge and whichever view shows figures listen. A listener added gets the latest at once. */
+  const statsListeners = new Set();
+  let latestStats = null;
+
+  async function pollStats() {
+    try {
+      latestStats = await api("/stats");
+    } catch (error) {
+      latestStats = { error };
+    }
+    if (!latestStats.error) {
+      const badge = $("#nav-active-alerts");
+      badge.hidden = !latestStats.active_alerts;
+      badge.textContent = `${latestStats.active_alerts}${latestStats.active_alerts_capped ? "+" : ""}`;
+    }
+    for (const listener of statsListeners) listener(latestStats);
+  }
+
+  function onStats(listener) {
+    statsListeners.add(listener);
+    if (latestStats) listener(latestStats);
+    return () => statsListeners.delete(listener);
   }
 
   // ---------------------------------------------------------------- fleet view
@@ -333,14 +349,15 @@
       $("#fleet-next", main).disabled = !state.next;
     }
 
-    async function loadCards() {
-      try {
-        const stats = await fetchStats();
-        const silent = state.devices.filter(
+    function renderCards(stats) {
+      if (stats.error) return; // the cards are a summary; the table works without /stats
+      const silent = state.devices.filter(
           (d) => (Date.now() - Date.parse(d.last_seen)) / 1000 > state.silentAfter
         ).length;
         $("#fleet-cards", main).innerHTML = [
-          statCard("Devices", fmtCount(stats.total_devices), { testid: "devices" }),
+          statCard("Devices", fmtCount(stats.total_devices), {
+            testid: "devices", note: `as of ${esc(fmtTime(stats.as_of))}`,
+          }),
           statCard("Silent on this page", fmtCount(silent), {
             tone: silent ? "warn" : "good", note: `of ${state.devices.length} shown`,
           }),
@@ -349,10 +366,8 @@
           }),
           statCard("Ingest rate", fmt(stats.ingest_rate_per_s), { unit: "readings/s" }),
         ].join("");
-      } catch {
-        /* the cards are a summary; the table still works without /stats */
-      }
     }
+    const loadCards = () => latestStats && renderCards(latestStats);
 
     let typing = null;
     $("#fleet-search", main).addEventListener("input", (event) => {
@@ -390,11 +405,15 @@
       if (row && !event.target.closest("a")) location.hash = `#/device/${encodeURIComponent(row.dataset.device)}`;
     });
 
-    load().then(loadCards);
+    let stopCards = () => {};
+    load().then(() => {
+      stopCards = onStats(renderCards);
+    });
     // Only the page on screen is refreshed: one bounded request however large the fleet.
     const timer = setInterval(() => load().then(loadCards), 10000);
     return () => {
       clearInterval(timer);
+      stopCards();
       request?.abort();
     };
   }
@@ -420,7 +439,7 @@
 
   function deviceView(main, deviceId) {
     const state = {
-      range: store.get("device.range", "6h"),
+      range: store.get("device.range", "1h"),
       resolution: null,
       device: null,
       charts: new Map(), // metric -> {plot, buckets: Map(ts seconds -> rollup), el}
@@ -526,12 +545,19 @@
         bands: [{ series: [2, 1], fill: css("--band") }],
         scales: {
           x: { time: true, range: () => windowRange() },
-          y: { range: (u, min, max) => (min === null ? [0, 1] : uPlot.rangeNum(min, max, 0.1, true)) },
+          y: { range: (u, min, max) => valueRange(min, max) },
         },
         axes: [{ ...axis }, { ...axis, size: 56, values: (u, ticks) => ticks.map(fmt) }],
         legend: { live: true },
         cursor: { drag: { x: true, y: false } },
       };
+    }
+
+    // Some room above and below the values; a flat line sits in the middle.
+    function valueRange(min, max) {
+      if (min === null || max === null) return [0, 1];
+      const pad = max > min ? (max - min) * 0.1 : Math.max(Math.abs(max) * 0.05, 1);
+      return [min - pad, max + pad];
     }
 
     function windowRange() {
@@ -592,7 +618,8 @@
       await Promise.all(metrics.map(async (metric) => {
         const card = $(`.chart-card[data-metric="${CSS.escape(metric)}"]`, container);
         const rollups = await fetchBuckets(metric, from);
-        const withPercentiles = rollups.some((b) => b.p50 !== undefined && b.p50 !== null);
+        // Percentiles of single readings are the readings: drawn only when they say more.
+        const withPercentiles = rollups.some((b) => b.p50 != null && b.count > 1);
         const chart = { card, withPercentiles, buckets: new Map(), plot: null };
         for (const r of rollups) chart.buckets.set(Date.parse(r.timestamp) / 1000, toBucket(r));
         state.charts.set(metric, chart);
@@ -907,7 +934,6 @@
       state.ack = supported;
       load();
     });
-    fetchStats().catch(() => {});
     // Relative times ("2 min ago") age even when nothing new comes.
     const ageTimer = setInterval(renderRows, 30000);
     return () => {
@@ -1001,19 +1027,14 @@
       }, data, el);
     }
 
-    async function refresh() {
-      try {
-        render(await fetchStats());
-      } catch (error) {
-        $("#system-asof", main).textContent = `Figures unavailable: ${error.message}`;
-      }
-    }
-    refresh();
-    const timer = setInterval(refresh, Math.max(2, config.stats_refresh_s) * 1000);
+    const stopStats = onStats((stats) => {
+      if (stats.error) $("#system-asof", main).textContent = `Figures unavailable: ${stats.error.message}`;
+      else render(stats);
+    });
     const onResize = () => plot?.setSize({ width: $("#system-chart", main).clientWidth, height: 220 });
     window.addEventListener("resize", onResize);
     return () => {
-      clearInterval(timer);
+      stopStats();
       window.removeEventListener("resize", onResize);
       plot?.destroy();
     };
@@ -1069,6 +1090,8 @@
     refreshKeyButton();
     window.addEventListener("hashchange", route);
     route();
+    pollStats();
+    setInterval(pollStats, Math.max(2, config.stats_refresh_s) * 1000);
   }
 
   start();
