@@ -34,8 +34,14 @@ def test_the_page_and_every_file_it_names_are_served_same_origin_only() -> None:
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assets = re.findall(r'(?:src|href)="([^"#:]+)"', page.text)
     assert {"app.js", "app.css", "vendor/uplot/uPlot.iife.min.js"} <= set(assets)
-    for asset in assets:
-        assert client.get(f"/ui/{asset}").status_code == 200, asset
+    imports = [re.findall(r'from "\./([^"]+)"', js.read_text()) for js in STATIC.glob("*.js")]
+    modules = {name for names in imports for name in names}
+    assert {"core.js", "fleet.js", "device.js", "alerts.js", "system.js"} <= modules
+    for asset in [*assets, *modules]:
+        response = client.get(f"/ui/{asset}")
+        assert response.status_code == 200, asset
+        if asset.endswith(".js"):  # modules load only with a script type
+            assert "javascript" in response.headers["content-type"], asset
 
 
 def test_no_file_of_the_page_loads_anything_from_the_internet() -> None:
