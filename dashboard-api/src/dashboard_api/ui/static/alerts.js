@@ -27,6 +27,7 @@ export function alertsView(main, query) {
     alerts: new Map(), // alert_id -> alert, in the order shown (newest first)
     next: null,
     fresh: new Set(),
+    loaded: false,
     ack: false,
   };
   main.innerHTML = `
@@ -110,6 +111,7 @@ export function alertsView(main, query) {
       const body = await api("/alerts", { params: params(), signal: request.signal });
       state.alerts = new Map(body.data.map((a) => [a.alert_id, a]));
       state.next = body.next_cursor;
+      state.loaded = true;
       renderRows();
     } catch (error) {
       if (error.name === "AbortError") return;
@@ -144,16 +146,22 @@ export function alertsView(main, query) {
     renderRows();
   }
 
+  // Polled whenever the stream is not live: absent on this server (404), or away
+  // (Kafka down, a restart). Once live again, one poll catches up on what it missed.
   let pollTimer = null;
+  const stopPolling = () => {
+    clearInterval(pollTimer);
+    pollTimer = null;
+  };
   const stopStream = openStream("/alerts/stream", {
     onState: (s) => {
-      if (s === "missing") {
-        // No alert stream on this server: poll instead.
-        liveLabel($("#alerts-live", main), "poll");
+      if (s === "live") {
+        stopPolling();
+        if (state.loaded) poll(); // the first load is still to come otherwise
+      } else if (s !== "connecting" && pollTimer === null) {
         pollTimer = setInterval(poll, POLL_MS);
-      } else {
-        liveLabel($("#alerts-live", main), s);
       }
+      liveLabel($("#alerts-live", main), s === "live" ? "live" : pollTimer ? "poll" : s);
     },
     onEvent: (_kind, event) => {
       if (!event.alert_id) return;
@@ -219,7 +227,7 @@ export function alertsView(main, query) {
   const ageTimer = setInterval(renderRows, 30000);
   return () => {
     stopStream();
-    clearInterval(pollTimer);
+    stopPolling();
     clearInterval(ageTimer);
     request?.abort();
   };
