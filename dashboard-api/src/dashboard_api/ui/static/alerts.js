@@ -176,7 +176,7 @@ export function alertsView(main, query) {
     try {
       const alert = await api(`/alerts/${encodeURIComponent(id)}/ack`, { method: "POST" });
       upsert(alert, false);
-      toast(`Acknowledged ${alert.alert_type || "alert"} on ${alert.device_id}`);
+      toast(`Acknowledged ${alert.rule_name || alert.alert_type || "alert"} on ${alert.device_id}`);
     } catch (error) {
       button.disabled = false;
       if (error.status === 405 || (error.status === 404 && !error.body?.errors)) {
