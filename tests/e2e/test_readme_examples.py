@@ -76,7 +76,11 @@ def test_readme_examples_produce_aggregates_alerts_devices_and_stats(stack: Stac
     assert devices[0]["reading_count"] == 2
     assert devices[0]["last_values"]["temperature_c"] == 61.0
 
-    stats = requests.get(url(stack, "dashboard-api", "/stats"), timeout=10).json()
+    def stats_now() -> dict:
+        return requests.get(url(stack, "dashboard-api", "/stats"), timeout=10).json()
+
+    # /stats serves a snapshot refreshed every few seconds: wait for one that has both.
+    stats = wait_for(stats_now, lambda s: s["total_readings"] == 2 and s["active_alerts"] == 1)
     assert stats["total_readings"] == 2
     assert stats["total_devices"] == 1
     assert stats["total_alerts"] == 1

@@ -165,6 +165,12 @@ class DashboardSettings(CommonSettings, RollupSettings, KeySettings):
     stream_poll_interval_s: float = Field(1.0, gt=0, le=60)
     # An SSE comment this often keeps proxies from closing a quiet stream.
     stream_heartbeat_s: float = Field(15.0, gt=0, le=300)
+    # /stats serves figures gathered this often in the background.
+    stats_refresh_s: float = Field(5.0, gt=0, le=3600)
+    # Whose lag on the telemetry topic /stats reports.
+    stats_consumer_groups: str = Field(
+        "aggregator-worker,alerts-worker", pattern=r"^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$"
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -32,6 +33,8 @@ from dashboard_api.routes import (
     telemetry,
 )
 from dashboard_api.schemas import HealthOut
+from dashboard_api.system_stats import StatsSnapshot
+from dashboard_api.ui import install_ui, redirect_to_ui, wants_page
 
 
 async def _ensure_indexes_when_reachable(db: AsyncDatabase) -> None:
@@ -67,7 +70,10 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
             settings.kafka_bootstrap_servers, settings.alerts_topic, registry
         )
         app.state.alert_feed.start()
+        app.state.stats = StatsSnapshot(app.state.db, settings, registry)
+        app.state.stats.start()
         yield
+        await app.state.stats.stop()
         await app.state.alert_feed.stop()
         await app.state.keys.stop()
         app.state.feeds.close()
@@ -95,9 +101,22 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
             headers={"Retry-After": "5"},
         )
 
-    @app.get("/", summary="Service banner")
-    async def root() -> dict[str, str]:
-        """A short health message for API clients."""
+    @app.get(
+        "/",
+        summary="Service banner",
+        response_model=dict[str, str],
+        responses={
+            307: {
+                "description": "a browser (Accept: text/html) is sent to the web dashboard",
+                "headers": {"Location": {"schema": {"type": "string"}, "example": "/ui/"}},
+                "content": {"text/html": {"example": ""}},
+            }
+        },
+    )
+    async def root(request: Request) -> Any:
+        """A short health message for API clients; browsers go to the dashboard at /ui/."""
+        if wants_page(request):
+            return redirect_to_ui()
         return {"message": "IoT telemetry dashboard API", "status": "ok", "docs": "/docs"}
 
     @app.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
@@ -123,4 +142,5 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         stream,
     ):
         app.include_router(module.router)
+    install_ui(app, settings)
     return app

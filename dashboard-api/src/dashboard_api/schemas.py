@@ -196,7 +196,29 @@ class StatsOut(BaseModel):
         description="true: there are at least `active_alerts` (the count stopped there)",
         examples=[False],
     )
-    generated_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    as_of: str = Field(
+        description="when these figures were gathered (every `refresh_interval_s`, in the "
+        "background)",
+        examples=["2025-01-15T10:00:00.000Z"],
+    )
+    generated_at: str = Field(
+        description="the same as `as_of`, for clients of the first version",
+        examples=["2025-01-15T10:00:00.000Z"],
+    )
+    refresh_interval_s: float = Field(examples=[5.0])
+    kafka_reachable: bool = Field(
+        description="false: the Kafka figures below are null", examples=[True]
+    )
+    ingest_rate_per_s: float | None = Field(
+        description="readings written to the telemetry topic per second, over the last minute; "
+        "null on the first snapshot",
+        examples=[1250.0],
+    )
+    consumer_lag: dict[str, int] | None = Field(
+        description="per consumer group, telemetry records not processed yet",
+        examples=[{"aggregator-worker": 40, "alerts-worker": 12}],
+    )
+    dlq_size: int | None = Field(description="records held in the dead-letter topic", examples=[0])
 
 
 class HealthOut(BaseModel):
