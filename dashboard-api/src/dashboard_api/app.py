@@ -20,6 +20,7 @@ from telemetry_common.settings import DashboardSettings
 
 from dashboard_api.live import DeviceFeeds
 from dashboard_api.routes import aggregates, alerts, devices, metrics_v1, stats, stream, telemetry
+from dashboard_api.routes import webhooks as webhook_routes
 from dashboard_api.schemas import HealthOut
 
 
@@ -95,6 +96,8 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         body = HealthOut(status="ok" if ok else "degraded", mongo=ok)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
+    # First, so an /alerts/{alert_id} route never takes "webhooks" for an alert id.
+    app.include_router(webhook_routes.router)
     for module in (telemetry, aggregates, metrics_v1, alerts, devices, stats, stream):
         app.include_router(module.router)
     return app
