@@ -15,13 +15,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import uvicorn
 from aggregator_worker.worker import run as run_aggregator
 from aiokafka import AIOKafkaProducer
 from dashboard_api.app import create_app
 from fastapi import FastAPI
 from integration.readings import publish, reading
-from integration.workers import running
+from integration.workers import running, serving
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import RAW
 from telemetry_common.settings import AggregatorSettings, DashboardSettings
@@ -32,26 +31,6 @@ pytestmark = pytest.mark.integration
 
 # A guard against a hung stream, not a speed requirement.
 PATIENCE_S = 60
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    await eventually(started)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, PATIENCE_S)
 
 
 class EventStream:

@@ -7,8 +7,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from telemetry_common.metrics import new_registry
+from telemetry_tools.servers import free_port
+from telemetry_tools.testing import eventually
 
 
 @asynccontextmanager
@@ -33,3 +37,24 @@ def metric_value(
 ) -> float:
     value = registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """Serve ``app`` over real HTTP in the test's event loop; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    await eventually(started)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 60)

@@ -50,7 +50,10 @@ class ConsumerMetrics:
 
     def __init__(self, registry: CollectorRegistry, namespace: str = ""):
         self.records_consumed = Counter(
-            "consumer_records_total", "Records fetched from Kafka", registry=registry
+            "consumer_records_total",
+            "Records fetched from Kafka",
+            registry=registry,
+            namespace=namespace,
         )
         self.records_dead_lettered = Counter(
             "consumer_records_dead_lettered_total",
