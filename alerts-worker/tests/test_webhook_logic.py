@@ -1,12 +1,16 @@
-"""Webhook delivery logic without servers: signatures, retry schedule, circuit breaker, matching."""
+"""Webhook delivery without servers: signatures, retry schedule, circuit breaker, matching,
+and where an attempt connects."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from alerts_worker.webhooks.backoff import retry_delay
 from alerts_worker.webhooks.circuit import Breakers, Circuit, CircuitState
+from alerts_worker.webhooks.delivery import NETWORK_ERROR, REFUSED, attempt, new_client, pinned
 from alerts_worker.webhooks.records import Notification, matches
 from alerts_worker.webhooks.signature import (
     IDEMPOTENCY_HEADER,
@@ -18,6 +22,7 @@ from alerts_worker.webhooks.signature import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from telemetry_common.webhook_targets import TargetPolicy, check_target
 
 SECRET = "whsec_test-secret-of-some-length"
 BODY = b'{"alert_id":"e1:temperature_high","transition":"fired"}'
@@ -164,3 +169,34 @@ def test_a_webhook_gets_no_transition_published_before_it_existed() -> None:
     webhook = {"_id": "wh_1", "created_at": T0 + timedelta(seconds=1)}
     assert not matches(webhook, notification())
     assert matches(webhook, notification(published_at=T0 + timedelta(seconds=1)))
+
+
+async def test_an_attempt_connects_to_the_checked_address_with_the_original_host() -> None:
+    target = await check_target(
+        "https://hooks.example.com:8443/in?x=1", TargetPolicy(), public_resolver("2606:4700::1")
+    )
+    url, host, extensions = pinned(target)
+    assert url == "https://[2606:4700::1]:8443/in?x=1"
+    assert host == {"Host": "hooks.example.com:8443"}
+    assert extensions == {"sni_hostname": "hooks.example.com"}  # the certificate is checked by name
+
+
+async def test_a_refused_or_unreachable_target_is_a_recorded_failure_not_a_crash() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    async with new_client(timeout_s=5, concurrency=1) as client:
+        refused = await attempt(client, f"http://127.0.0.1:{port}/", b"{}", {}, TargetPolicy(), 5)
+        unreachable = await attempt(
+            client, f"http://127.0.0.1:{port}/", b"{}", {}, TargetPolicy(allow_private=True), 5
+        )
+    assert (refused.outcome, refused.status_code) == (REFUSED, None)
+    assert refused.error == "url: targets 127.0.0.1, a loopback address"
+    assert unreachable.outcome == NETWORK_ERROR and not unreachable.ok
+
+
+def public_resolver(address: str):
+    async def resolve(host: str, port: int) -> list:
+        return [ipaddress.ip_address(address)]
+
+    return resolve

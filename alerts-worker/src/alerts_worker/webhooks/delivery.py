@@ -91,7 +91,9 @@ async def attempt(
         return result(REFUSED, error=f"url: {exc}")
     except (TimeoutError, httpx2.TimeoutException):
         return result(TIMEOUT, error=f"no answer within {timeout_s:g}s")
-    except (httpx2.HTTPError, OSError) as exc:
+    except Exception as exc:
+        # Transport errors, TLS failures, a URL the client refuses: each is this
+        # attempt's failure, recorded and retried, never an unrecorded crash.
         return result(NETWORK_ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
     if 200 <= status < 300:
         return result(SUCCESS, status)
