@@ -295,7 +295,10 @@ def test_network_policies_deny_by_default_and_let_only_what_must_talk_talk(docs:
     # dashboard-api reads alerts.triggered for the alert stream.
     assert egress_ports("dashboard-api") == {53, 9092, 27017}
     assert egress_ports("aggregator-worker") == {53, 9092, 27017}
-    assert egress_ports("alerts-worker") == {53, 9092, 27017}
+    # Webhooks: public addresses only, never the cluster's or the metadata service's.
+    assert egress_ports("alerts-worker") == {53, 80, 443, 9092, 27017}
+    webhooks = policies["alerts-worker-webhooks-egress"]["spec"]["egress"][0]["to"][0]["ipBlock"]
+    assert {"10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8"} <= set(webhooks["except"])
     mongo_peers = policies["mongodb"]["spec"]["ingress"][0]["from"]
     allowed = [p["podSelector"] for p in mongo_peers]
     for reader in ("ingestion-api", "dashboard-api", "aggregator-worker", "alerts-worker"):

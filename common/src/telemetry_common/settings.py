@@ -21,6 +21,7 @@ from telemetry_common.resolutions import (
     parse_resolutions,
     parse_retention,
 )
+from telemetry_common.webhook_targets import TargetPolicy, parse_allowed_targets
 
 
 class CommonSettings(BaseSettings):
@@ -101,7 +102,45 @@ class AggregatorSettings(WorkerSettings, RollupSettings):
         return parse_retention(self.rollup_retention, self.resolutions)
 
 
-class AlertsSettings(WorkerSettings):
+class WebhookTargetSettings(BaseSettings):
+    """Where webhooks may point: public addresses only, unless an operator allows more (SSRF)."""
+
+    webhook_allow_private_networks: bool = False
+    # Comma-separated CIDRs and host names reachable even though they are not
+    # public, e.g. "10.20.0.0/16,hooks.internal"; cloud metadata needs a CIDR here.
+    webhook_allowed_targets: str = ""
+
+    @field_validator("webhook_allowed_targets")
+    @classmethod
+    def _targets(cls, value: str) -> str:
+        parse_allowed_targets(value)
+        return value
+
+    @property
+    def webhook_target_policy(self) -> TargetPolicy:
+        networks, hosts = parse_allowed_targets(self.webhook_allowed_targets)
+        return TargetPolicy(self.webhook_allow_private_networks, networks, hosts)
+
+
+class WebhookDeliverySettings(WebhookTargetSettings):
+    """How the alert notifier delivers webhooks: retries, circuit breaker, bounds."""
+
+    notifier_consumer_group: str = "alert-notifier"
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(8, ge=1, le=50)
+    # Attempt n waits between half and all of initial * 2^(n-1), capped at max:
+    # about 10 s, 20 s, 40 s ... so 8 attempts span roughly 20 minutes.
+    webhook_backoff_initial_s: float = Field(10.0, gt=0, le=3600)
+    webhook_backoff_max_s: float = Field(3600.0, gt=0, le=86_400)
+    # Consecutive failures of one URL that open its circuit, and how long it stays open.
+    webhook_circuit_failures: int = Field(5, ge=1, le=1000)
+    webhook_circuit_cooloff_s: float = Field(60.0, gt=0, le=3600)
+    webhook_concurrency: int = Field(16, ge=1, le=256)
+    # How often due deliveries are looked for when no new notification woke the notifier.
+    webhook_poll_interval_s: float = Field(1.0, gt=0, le=60)
+
+
+class AlertsSettings(WorkerSettings, WebhookDeliverySettings):
     port: int = Field(8004, ge=1, le=65535)
     consumer_group: str = "alerts-worker"
     temp_min_threshold: float = -10.0
@@ -157,7 +196,7 @@ class IngestionSettings(CommonSettings, KeySettings):
     key_rate_burst: float = Field(2000.0, ge=1)
 
 
-class DashboardSettings(CommonSettings, RollupSettings, KeySettings):
+class DashboardSettings(CommonSettings, RollupSettings, KeySettings, WebhookTargetSettings):
     port: int = Field(8002, ge=1, le=65535)
     # A day of one-minute buckets fits in one page.
     max_page_size: int = Field(1440, ge=1, le=100_000)

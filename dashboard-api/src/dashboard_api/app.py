@@ -32,6 +32,7 @@ from dashboard_api.routes import (
     stream,
     telemetry,
 )
+from dashboard_api.routes import webhooks as webhook_routes
 from dashboard_api.schemas import HealthOut
 from dashboard_api.system_stats import StatsSnapshot
 from dashboard_api.ui import install_ui, redirect_to_ui, wants_page
@@ -130,6 +131,8 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         body = HealthOut(status="ok" if ok else "degraded", mongo=ok)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
+    # First, so an /alerts/{alert_id} route never takes "webhooks" for an alert id.
+    app.include_router(webhook_routes.router)
     for module in (
         telemetry,
         aggregates,
