@@ -24,5 +24,7 @@ async def test_nothing_acknowledged_is_lost_or_counted_twice(
     assert outcome.acknowledged > 0.5 * SHORT.seconds * SHORT.devices * SHORT.rps_per_device
     assert outcome.lost == 0, outcome.examples
     assert outcome.duplicated == 0, outcome.examples
+    assert outcome.values_counted == outcome.values_stored, outcome.examples
     assert outcome.rollup_mismatches == 0, outcome.examples
+    assert outcome.alert_violations == 0, outcome.examples
     assert outcome.dead_letters == outcome.dead_letters_expected, outcome.examples

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from telemetry_common.mongo import connect
 from telemetry_common.resolutions import DEFAULT_RESOLUTIONS, parse_resolutions
@@ -39,11 +40,21 @@ from telemetry_tools import loadgen
 from telemetry_tools.dlq import read_all
 from telemetry_tools.servers import free_port
 from telemetry_tools.stack import Stack, default_services
-from telemetry_tools.verify import double_counted, group_lag, missing_event_ids, rollup_mismatches
+from telemetry_tools.verify import (
+    alerts_of,
+    double_counted,
+    group_lag,
+    incident_violations,
+    missing_event_ids,
+    repeated_transitions,
+    rollup_mismatches,
+    value_counts,
+)
 
 WORKER_GROUPS = ("aggregator-worker", "alerts-worker")
 TELEMETRY_TOPIC = "telemetry.raw"
 DLQ_TOPIC = "telemetry.dlq"
+ALERTS_TOPIC = "alerts.triggered"
 POISON_EVERY = 1000
 POISON_PREFIX = b"poison-record:"
 
@@ -70,7 +81,11 @@ class Outcome:
     stored: int
     lost: int
     duplicated: int
+    values_stored: int
+    values_counted: int
     rollup_mismatches: int
+    alerts: int
+    alert_violations: int
     dead_letters_expected: int
     dead_letters: int
     retries: dict[str, int] = field(default_factory=dict)
@@ -82,7 +97,9 @@ class Outcome:
             self.acknowledged > 0
             and self.lost == 0
             and self.duplicated == 0
+            and self.values_counted == self.values_stored
             and self.rollup_mismatches == 0
+            and self.alert_violations == 0
             and self.dead_letters == self.dead_letters_expected
         )
 
@@ -204,7 +221,10 @@ async def wait_caught_up(stack: Stack, timeout_s: float) -> None:
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"workers still behind after {timeout_s}s: {lags}")
-        print(f"  waiting for the workers: lag {dict(zip(WORKER_GROUPS, lags))}", file=sys.stderr)
+        print(
+            f"  waiting for the workers: lag {dict(zip(WORKER_GROUPS, lags, strict=True))}",
+            file=sys.stderr,
+        )
         await asyncio.sleep(1.0)
 
 
@@ -236,13 +256,21 @@ async def run_scenario(stack: Stack, scenario: Scenario, settings: Settings) -> 
         db = client["iotdb"]
         missing = await missing_event_ids(db, acknowledged)
         doubled = await double_counted(db, "1m", prefix)
+        raw_values, counted_values = await value_counts(db, "1m", prefix)
         mismatches = await rollup_mismatches(
             db, parse_resolutions(DEFAULT_RESOLUTIONS), device_prefix=prefix
         )
+        alerts = await alerts_of(db, prefix)
     finally:
         await client.close()
+    transitions = [
+        message
+        for record in await read_all(bootstrap, ALERTS_TOPIC, idle_s=1.0)
+        if (message := orjson.loads(record.value))["device_id"].startswith(prefix)
+    ]
+    violations = incident_violations(alerts) + repeated_transitions(transitions)
     new_dead = await dead_letters(bootstrap) - dlq_before
-    examples = [f"lost {e}" for e in missing[:3]] + mismatches[:3]
+    examples = [f"lost {e}" for e in missing[:3]] + mismatches[:3] + violations[:3]
     unexpected = [v for v in new_dead if not v.startswith(POISON_PREFIX)]
     examples += [f"dead letter {v[:60]!r}" for v in unexpected[:3]]
     return Outcome(
@@ -254,7 +282,11 @@ async def run_scenario(stack: Stack, scenario: Scenario, settings: Settings) -> 
         stored=len(acknowledged) - len(missing),
         lost=len(missing),
         duplicated=doubled,
+        values_stored=sum(raw_values.values()),
+        values_counted=sum(counted_values.values()),
         rollup_mismatches=len(mismatches),
+        alerts=len(alerts),
+        alert_violations=len(violations),
         # Each poison record is given up on by both consumer groups.
         dead_letters_expected=run.injected * len(WORKER_GROUPS) if scenario.poisons else 0,
         dead_letters=sum(new_dead.values()),
@@ -270,7 +302,10 @@ COLUMNS = [
     ("stored", "stored"),
     ("lost", "lost"),
     ("duplicated", "duplicated"),
+    ("values stored / counted in rollups", None),
     ("rollup mismatches", "rollup_mismatches"),
+    ("alerts", "alerts"),
+    ("alert breaches", "alert_violations"),
     ("DLQ (expected)", None),
     ("client retries", None),
     ("result", None),
@@ -284,6 +319,8 @@ def _cells(outcome: Outcome) -> list[str]:
             cells.append(str(getattr(outcome, attr)))
         elif title.startswith("DLQ"):
             cells.append(f"{outcome.dead_letters} ({outcome.dead_letters_expected})")
+        elif title.startswith("values"):
+            cells.append(f"{outcome.values_stored} / {outcome.values_counted}")
         elif title == "client retries":
             cells.append(", ".join(f"{k} {v}" for k, v in sorted(outcome.retries.items())) or "0")
         else:
@@ -310,9 +347,13 @@ with what the API acknowledged (2xx).
 Lost = acknowledged but not in `telemetry_raw`. Duplicated = counted in the rollups
 more often than stored. Rollup mismatches = buckets, at every resolution, that differ
 from a recomputation from the raw readings (count, sum, min, max exactly; percentiles
-within the sketch's 1%). DLQ = records dead-lettered during the scenario (each
-poison record once per consumer group). Client retries = requests the load
-generator sent again after a 503/429 or a dropped connection, with the same event ids.
+within the sketch's 1%). Values stored / counted = metric values in the stored
+readings, and counted in the 1-minute rollups (equal when nothing is missing or
+doubled). Alert breaches = a (rule, device) with a second alert fired while one
+was open, or an alert transition sent twice on `alerts.triggered`. DLQ = records
+dead-lettered during the scenario (each poison record once per consumer group).
+Client retries = requests the load generator sent again after a 503/429 or a
+dropped connection, with the same event ids.
 
 ## Last run ({when})
 

@@ -13,15 +13,16 @@ The integration tests and ``telemetry-chaos`` share these checks.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import RAW, ROLLUPS
+from telemetry_common.mongo import ALERTS, RAW, ROLLUPS
 from telemetry_common.resolutions import bucket_start
 from telemetry_common.sketch import PERCENTILES, RELATIVE_ACCURACY
 
@@ -93,11 +94,11 @@ async def rollup_mismatches(
     return problems
 
 
-async def double_counted(
+async def value_counts(
     db: AsyncDatabase, resolution: str, device_prefix: str | None = None
-) -> int:
-    """Readings the rollups count more than once: rollup counts above the raw count,
-    per (device, metric), summed. 0 when nothing was applied twice."""
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """Values stored in raw readings and values counted in ``resolution``'s rollups,
+    each per (device, metric)."""
     raw: dict[tuple[str, str], int] = defaultdict(int)
     async for doc in db[RAW].find(_device_filter(device_prefix), {"device_id": 1, "metrics": 1}):
         for metric in doc["metrics"]:
@@ -106,7 +107,45 @@ async def double_counted(
     query = {**_device_filter(device_prefix), "resolution": resolution}
     async for doc in db[ROLLUPS].find(query, {"device_id": 1, "sensor_type": 1, "count": 1}):
         rolled[(doc["device_id"], doc["sensor_type"])] += doc["count"]
+    return raw, rolled
+
+
+async def double_counted(
+    db: AsyncDatabase, resolution: str, device_prefix: str | None = None
+) -> int:
+    """Readings the rollups count more than once: rollup counts above the raw count,
+    per (device, metric), summed. 0 when nothing was applied twice."""
+    raw, rolled = await value_counts(db, resolution, device_prefix)
     return sum(max(0, n - raw.get(key, 0)) for key, n in rolled.items())
+
+
+def incident_violations(alerts: Iterable[dict[str, Any]]) -> list[str]:
+    """Breaks of "one alert per incident": a (rule, device) with two alerts open at
+    once, or one fired before the previous one resolved."""
+    by_incident: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for alert in alerts:
+        by_incident[(alert["rule_id"], alert["device_id"])].append(alert)
+    violations = []
+    for (rule_id, device_id), history in by_incident.items():
+        history.sort(key=lambda a: a["fired_at"])
+        for earlier, later in pairwise(history):
+            if earlier["resolved_at"] is None or earlier["resolved_at"] > later["fired_at"]:
+                violations.append(
+                    f"rule {rule_id} on {device_id}: {later['alert_id']} fired while "
+                    f"{earlier['alert_id']} was open"
+                )
+    return violations
+
+
+async def alerts_of(db: AsyncDatabase, device_prefix: str) -> list[dict[str, Any]]:
+    fields = {"alert_id": 1, "rule_id": 1, "device_id": 1, "fired_at": 1, "resolved_at": 1}
+    return [doc async for doc in db[ALERTS].find(_device_filter(device_prefix), fields)]
+
+
+def repeated_transitions(messages: Iterable[dict[str, Any]]) -> list[str]:
+    """notification_ids sent more than once on alerts.triggered."""
+    counts = Counter(m["notification_id"] for m in messages)
+    return [f"{key} sent {n} times" for key, n in counts.items() if n > 1]
 
 
 async def group_lag(bootstrap_servers: str, group: str, topic: str) -> int:
