@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -394,6 +395,9 @@ def main(argv: list[str] | None = None) -> None:
         rps_per_device=args.rps,
         progress=True,
     )
+    # A SIGTERM (a CI timeout, `kill`) ends the run through the finally below,
+    # so the servers it started do not outlive it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="telemetry-chaos-") as data_dir:
         stack = Stack(
             data_dir=Path(data_dir),
