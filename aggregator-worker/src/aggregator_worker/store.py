@@ -12,11 +12,12 @@ Every write is idempotent so the consumer can commit after it and replay safely:
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -35,6 +36,8 @@ from aggregator_worker.fold import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DUPLICATE_KEY = 11000
 # Version conflicts only happen while two consumers briefly own one partition
@@ -131,32 +134,114 @@ def rollup_document(
     return doc
 
 
-async def _replace_versioned(
-    collection: Any, replacements: list[tuple[dict[str, Any], int | None]]
-) -> set[str]:
-    """Replace each document if its version is still the one read; return ids that conflicted."""
-    if not replacements:
-        return set()
-    ops = [
-        ReplaceOne(
-            {"_id": doc["_id"], "_v": previous if previous is not None else {"$exists": False}},
-            doc,
-            upsert=True,
-        )
-        for doc, previous in replacements
-    ]
+# The wire server's cost of one `$in` grows faster than the list (10,000 ids take
+# three times as long as 20 finds of 500), and it serves a few requests at once
+# while this process encodes the next; measured in BENCHMARKS.md's notes.
+FIND_CHUNK = 500
+WRITE_CHUNK = 1000
+IN_FLIGHT = 4
+
+
+async def _bounded(calls: list[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` with at most IN_FLIGHT of them running at once."""
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(call: Awaitable[T]) -> T:
+        async with gate:
+            return await call
+
+    return await asyncio.gather(*(one(call) for call in calls))
+
+
+def _chunks(items: list[T], size: int) -> list[list[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def find_by_id(collection: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    async def find(chunk: list[str]) -> list[dict[str, Any]]:
+        return [doc async for doc in collection.find({"_id": {"$in": chunk}})]
+
+    found = await _bounded([find(chunk) for chunk in _chunks(ids, FIND_CHUNK)])
+    return {doc["_id"]: doc for docs in found for doc in docs}
+
+
+async def _duplicate_ids(write: Awaitable[Any], ids: list[str]) -> set[str]:
+    """Run an unordered bulk write; the ids (by op index) it refused as duplicate keys."""
     try:
-        await collection.bulk_write(ops, ordered=False)
+        await write
     except BulkWriteError as exc:
-        conflicts = set()
+        refused = set()
         for error in exc.details["writeErrors"]:
             if error["code"] != DUPLICATE_KEY:
                 raise
-            # The filter missed because the version moved, so the upsert tried
-            # to insert an existing _id: someone else wrote this one first.
-            conflicts.add(replacements[error["index"]][0]["_id"])
-        return conflicts
+            refused.add(ids[error["index"]])
+        return refused
     return set()
+
+
+async def write_versioned(
+    collection: Any, writes: list[tuple[dict[str, Any], int | None, bool]]
+) -> set[str]:
+    """Write each (document, version read, whether one was stored); return ids that conflicted.
+
+    A document nobody had stored is inserted: a plain insert costs the server a
+    third of a conditional upsert, and a duplicate key means someone else
+    created it first. A stored one is replaced only if its version is still the
+    one read; otherwise the filter misses, the upsert tries to insert an
+    existing _id, and that duplicate key is the conflict.
+    """
+    new = [doc for doc, _, stored in writes if not stored]
+    replaced = [(doc, version) for doc, version, stored in writes if stored]
+
+    def replace(chunk: list[tuple[dict[str, Any], int | None]]) -> Awaitable[Any]:
+        ops = [
+            ReplaceOne(
+                {"_id": doc["_id"], "_v": version if version is not None else {"$exists": False}},
+                doc,
+                upsert=True,
+            )
+            for doc, version in chunk
+        ]
+        return collection.bulk_write(ops, ordered=False)
+
+    calls = [
+        _duplicate_ids(collection.insert_many(chunk, ordered=False), [d["_id"] for d in chunk])
+        for chunk in _chunks(new, WRITE_CHUNK)
+    ]
+    calls += [
+        _duplicate_ids(replace(chunk), [doc["_id"] for doc, _ in chunk])
+        for chunk in _chunks(replaced, WRITE_CHUNK)
+    ]
+    return set().union(*await _bounded(calls))
+
+
+class RecentBuckets:
+    """Ids of buckets this process wrote lately, oldest forgotten first.
+
+    Only a guess at which buckets exist, used to skip reading the others: a
+    bucket not listed is inserted outright, and if it did exist after all (written
+    before a restart, or by another process) the insert fails on its _id and the
+    bucket takes the read-then-replace path. So the guess costs time when wrong,
+    never correctness. Most fine buckets get one reading and are never seen
+    again; coarse ones (an hour, a day) come back and are remembered.
+    """
+
+    def __init__(self, capacity: int = 200_000):
+        self._capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, ids: Iterable[str]) -> None:
+        for doc_id in ids:
+            self._ids.pop(doc_id, None)
+            self._ids[doc_id] = None
+        for _ in range(len(self._ids) - self._capacity):
+            del self._ids[next(iter(self._ids))]
 
 
 @dataclass
@@ -173,15 +258,21 @@ async def write_rollups(
     db: AsyncDatabase,
     buckets: Mapping[BucketKey, list[Contribution]],
     retention: Mapping[str, timedelta | None],
+    recent: RecentBuckets | None = None,
 ) -> RollupWrites:
-    """Fold new contributions into each stored bucket: one read and one bulk write per round."""
+    """Fold new contributions into each stored bucket: one read and one bulk write per round.
+
+    In the first round only the ``recent`` buckets are read; the others are
+    taken to be new (see RecentBuckets) and those that were not conflict.
+    """
     pending = dict(buckets)
     result = RollupWrites()
-    for _ in range(MAX_CONFLICT_ROUNDS):
+    for round_ in range(MAX_CONFLICT_ROUNDS):
         by_id = {key.doc_id: key for key in pending}
-        stored = {doc["_id"]: doc async for doc in db[ROLLUPS].find({"_id": {"$in": list(by_id)}})}
+        to_read = list(by_id) if recent is None or round_ else [i for i in by_id if i in recent]
+        stored = await find_by_id(db[ROLLUPS], to_read)
         now = utcnow()
-        replacements: list[tuple[dict[str, Any], int | None]] = []
+        replacements: list[tuple[dict[str, Any], int | None, bool]] = []
         skipped: dict[str, int] = {}
         applied: dict[str, list[Contribution]] = {}
         for doc_id, key in by_id.items():
@@ -198,14 +289,16 @@ async def write_rollups(
             doc = rollup_document(
                 key, rollup, watermarks, (version or 0) + 1, now, retention.get(key.resolution)
             )
-            replacements.append((doc, version))
-        conflicts = await _replace_versioned(db[ROLLUPS], replacements)
+            replacements.append((doc, version, current is not None))
+        conflicts = await write_versioned(db[ROLLUPS], replacements)
+        if recent is not None:
+            recent.add(doc["_id"] for doc, _, _ in replacements if doc["_id"] not in conflicts)
         # A conflicting bucket is read and counted again in the next round.
         result.values_skipped += sum(n for i, n in skipped.items() if i not in conflicts)
         for doc_id, contributions in applied.items():
             if doc_id not in conflicts:
                 result.applied.update((c.partition, c.offset) for c in contributions)
-        for doc, _ in replacements:
+        for doc, _, _ in replacements:
             if doc["_id"] not in conflicts:
                 resolution = doc["resolution"]
                 result.by_resolution[resolution] = result.by_resolution.get(resolution, 0) + 1
@@ -263,10 +356,8 @@ async def write_devices(db: AsyncDatabase, batch: list[Placed]) -> int:
     pending = set(by_device)
     writes = 0
     for _ in range(MAX_CONFLICT_ROUNDS):
-        stored = {
-            doc["_id"]: doc async for doc in db[DEVICES].find({"_id": {"$in": list(pending)}})
-        }
-        replacements: list[tuple[dict[str, Any], int | None]] = []
+        stored = await find_by_id(db[DEVICES], list(pending))
+        replacements: list[tuple[dict[str, Any], int | None, bool]] = []
         for device_id in pending:
             current = stored.get(device_id)
             update = _device_update(current, by_device[device_id])
@@ -275,8 +366,8 @@ async def write_devices(db: AsyncDatabase, batch: list[Placed]) -> int:
             doc, _ = update
             version = current.get("_v") if current else None
             doc.update({"_id": device_id, "_v": (version or 0) + 1, "updated_at": utcnow()})
-            replacements.append((doc, version))
-        conflicts = await _replace_versioned(db[DEVICES], replacements)
+            replacements.append((doc, version, current is not None))
+        conflicts = await write_versioned(db[DEVICES], replacements)
         writes += len(replacements) - len(conflicts)
         if not conflicts:
             return writes

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ddsketch.mapping import LogarithmicMapping
@@ -45,6 +46,9 @@ def bin_key(value: float) -> int:
 _POSITIVE_BASE = 1 << 20
 
 
+# A few hundred bins cover any metric's range; the aggregator asks for them
+# three times for each of ten buckets per reading.
+@lru_cache(maxsize=65_536)
 def _bin_value(key: int) -> float:
     if key > 0:
         return MAPPING.value(key - _POSITIVE_BASE)
@@ -93,6 +97,9 @@ class QuantileSketch:
         out: dict[str, float | None] = dict.fromkeys(qs)
         if total == 0:
             return out
+        if len(self.bins) == 1:
+            # Most fine buckets hold one value: every quantile is its bin.
+            return dict.fromkeys(qs, _bin_value(next(iter(self.bins))))
         wanted = sorted(((q * (total - 1), name) for name, q in qs.items()))
         seen = 0
         i = 0
