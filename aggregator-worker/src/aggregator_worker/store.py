@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -157,6 +157,17 @@ def _chunks(items: list[T], size: int) -> list[list[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 async def find_by_id(collection: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
     async def find(chunk: list[str]) -> list[dict[str, Any]]:
         return [doc async for doc in collection.find({"_id": {"$in": chunk}})]
@@ -179,9 +190,22 @@ async def _duplicate_ids(write: Awaitable[Any], ids: list[str]) -> set[str]:
     return set()
 
 
-async def write_versioned(
-    collection: Any, writes: list[tuple[dict[str, Any], int | None, bool]]
-) -> set[str]:
+Write = tuple[dict[str, Any], int | None, bool]
+
+
+def _replace_if_unchanged(collection: Any, chunk: list[Write]) -> Awaitable[Any]:
+    ops = [
+        ReplaceOne(
+            {"_id": doc["_id"], "_v": version if version is not None else {"$exists": False}},
+            doc,
+            upsert=True,
+        )
+        for doc, version, _ in chunk
+    ]
+    return collection.bulk_write(ops, ordered=False)
+
+
+async def write_versioned(collection: Any, writes: Iterable[Write]) -> set[str]:
     """Write each (document, version read, whether one was stored); return ids that conflicted.
 
     A document nobody had stored is inserted: a plain insert costs the server a
@@ -189,30 +213,33 @@ async def write_versioned(
     created it first. A stored one is replaced only if its version is still the
     one read; otherwise the filter misses, the upsert tries to insert an
     existing _id, and that duplicate key is the conflict.
+
+    ``writes`` may be a generator that builds each document: every WRITE_CHUNK
+    of them is sent as soon as it is built, so the server stores one chunk
+    while this process builds the next.
     """
-    new = [doc for doc, _, stored in writes if not stored]
-    replaced = [(doc, version) for doc, version, stored in writes if stored]
+    in_flight: set[asyncio.Future[set[str]]] = set()
+    conflicts: set[str] = set()
 
-    def replace(chunk: list[tuple[dict[str, Any], int | None]]) -> Awaitable[Any]:
-        ops = [
-            ReplaceOne(
-                {"_id": doc["_id"], "_v": version if version is not None else {"$exists": False}},
-                doc,
-                upsert=True,
-            )
-            for doc, version in chunk
-        ]
-        return collection.bulk_write(ops, ordered=False)
+    async def send(write: Awaitable[Any], ids: list[str]) -> None:
+        nonlocal in_flight
+        if len(in_flight) >= IN_FLIGHT:
+            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            conflicts.update(*(task.result() for task in done))
+        in_flight.add(asyncio.ensure_future(_duplicate_ids(write, ids)))
+        await asyncio.sleep(0)  # let it put its request on the wire before building more
 
-    calls = [
-        _duplicate_ids(collection.insert_many(chunk, ordered=False), [d["_id"] for d in chunk])
-        for chunk in _chunks(new, WRITE_CHUNK)
-    ]
-    calls += [
-        _duplicate_ids(replace(chunk), [doc["_id"] for doc, _ in chunk])
-        for chunk in _chunks(replaced, WRITE_CHUNK)
-    ]
-    return set().union(*await _bounded(calls))
+    for chunk in _batched(writes, WRITE_CHUNK):
+        new = [doc for doc, _, stored in chunk if not stored]
+        replaced = [write for write in chunk if write[2]]
+        if new:
+            await send(collection.insert_many(new, ordered=False), [d["_id"] for d in new])
+        if replaced:
+            ids = [doc["_id"] for doc, _, _ in replaced]
+            await send(_replace_if_unchanged(collection, replaced), ids)
+    for task in asyncio.as_completed(in_flight):
+        conflicts.update(await task)
+    return conflicts
 
 
 class RecentBuckets:
@@ -254,6 +281,41 @@ class RollupWrites:
     applied: set[tuple[int, int]] = field(default_factory=set)
 
 
+@dataclass
+class _Round:
+    """What one round of bucket writes built, filled in as its documents are."""
+
+    writes: list[Write] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    applied: dict[str, list[Contribution]] = field(default_factory=dict)
+
+
+def _bucket_writes(
+    by_id: Mapping[str, BucketKey],
+    stored: Mapping[str, Mapping[str, Any]],
+    pending: Mapping[BucketKey, list[Contribution]],
+    retention: Mapping[str, timedelta | None],
+    done: _Round,
+) -> Iterator[Write]:
+    """Each bucket's new document, built lazily so write_versioned sends while it builds."""
+    now = utcnow()
+    for doc_id, key in by_id.items():
+        current = stored.get(doc_id)
+        rollup = Rollup.from_fields(current) if current else Rollup()
+        watermarks = Watermarks(dict(current.get("_applied", {})) if current else {})
+        contributions = pending[key]
+        new = apply_new(rollup, watermarks, contributions)
+        done.skipped[doc_id] = len(contributions) - len(new)
+        if not new:
+            continue
+        done.applied[doc_id] = new
+        version = current.get("_v") if current else None
+        keep_for = retention.get(key.resolution)
+        doc = rollup_document(key, rollup, watermarks, (version or 0) + 1, now, keep_for)
+        done.writes.append((doc, version, current is not None))
+        yield done.writes[-1]
+
+
 async def write_rollups(
     db: AsyncDatabase,
     buckets: Mapping[BucketKey, list[Contribution]],
@@ -271,34 +333,17 @@ async def write_rollups(
         by_id = {key.doc_id: key for key in pending}
         to_read = list(by_id) if recent is None or round_ else [i for i in by_id if i in recent]
         stored = await find_by_id(db[ROLLUPS], to_read)
-        now = utcnow()
-        replacements: list[tuple[dict[str, Any], int | None, bool]] = []
-        skipped: dict[str, int] = {}
-        applied: dict[str, list[Contribution]] = {}
-        for doc_id, key in by_id.items():
-            current = stored.get(doc_id)
-            rollup = Rollup.from_fields(current) if current else Rollup()
-            watermarks = Watermarks(dict(current.get("_applied", {})) if current else {})
-            contributions = pending[key]
-            new = apply_new(rollup, watermarks, contributions)
-            skipped[doc_id] = len(contributions) - len(new)
-            if not new:
-                continue
-            applied[doc_id] = new
-            version = current.get("_v") if current else None
-            doc = rollup_document(
-                key, rollup, watermarks, (version or 0) + 1, now, retention.get(key.resolution)
-            )
-            replacements.append((doc, version, current is not None))
-        conflicts = await write_versioned(db[ROLLUPS], replacements)
+        done = _Round()
+        writes = _bucket_writes(by_id, stored, pending, retention, done)
+        conflicts = await write_versioned(db[ROLLUPS], writes)
         if recent is not None:
-            recent.add(doc["_id"] for doc, _, _ in replacements if doc["_id"] not in conflicts)
+            recent.add(doc["_id"] for doc, _, _ in done.writes if doc["_id"] not in conflicts)
         # A conflicting bucket is read and counted again in the next round.
-        result.values_skipped += sum(n for i, n in skipped.items() if i not in conflicts)
-        for doc_id, contributions in applied.items():
+        result.values_skipped += sum(n for i, n in done.skipped.items() if i not in conflicts)
+        for doc_id, contributions in done.applied.items():
             if doc_id not in conflicts:
                 result.applied.update((c.partition, c.offset) for c in contributions)
-        for doc, _, _ in replacements:
+        for doc, _, _ in done.writes:
             if doc["_id"] not in conflicts:
                 resolution = doc["resolution"]
                 result.by_resolution[resolution] = result.by_resolution.get(resolution, 0) + 1
@@ -357,7 +402,7 @@ async def write_devices(db: AsyncDatabase, batch: list[Placed]) -> int:
     writes = 0
     for _ in range(MAX_CONFLICT_ROUNDS):
         stored = await find_by_id(db[DEVICES], list(pending))
-        replacements: list[tuple[dict[str, Any], int | None, bool]] = []
+        replacements: list[Write] = []
         for device_id in pending:
             current = stored.get(device_id)
             update = _device_update(current, by_device[device_id])

@@ -2,7 +2,7 @@
 
 telemetry-bench                 # the full run: under 15 minutes on 2 cores
 telemetry-bench --smoke         # a few seconds' worth of each, so the code cannot rot
-telemetry-bench --only drain    # just the workers' drain figures and their ceilings (no files written)
+telemetry-bench --only drain    # the workers' drain figures and ceilings alone; writes no files
 telemetry-bench --bootstrap-servers localhost:9092 --mongo-url mongodb://localhost:27017
                                 # use running servers instead of starting its own
 """
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         choices=["drain"],
         default=None,
-        help="run one phase and print its figures; BENCHMARKS.md and the results are left as they are",
+        help="run one phase and print its figures; BENCHMARKS.md and results are left alone",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--benchmarks-md", type=Path, default=BENCHMARKS_MD)
