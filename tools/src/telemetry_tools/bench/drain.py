@@ -24,7 +24,8 @@ from telemetry_tools.bench.report import Figure, Report
 from telemetry_tools.bench.workload import bodies, canonical
 
 PARTITIONS = 6
-INSERT_CHUNK = 2000  # the workers' CONSUMER_MAX_RECORDS: one bulk insert per poll
+# The aggregator's CONSUMER_MAX_RECORDS: the ceilings fetch and insert in its batches.
+INSERT_CHUNK = AggregatorSettings().consumer_max_records
 # Readings whose rollup buckets are inserted bare: each makes about ten buckets.
 BUCKET_SAMPLE = 20_000
 
