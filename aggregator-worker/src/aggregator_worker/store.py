@@ -110,7 +110,7 @@ async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
 
 def rollup_document(
     key: BucketKey,
-    rollup: Rollup,
+    fields: dict[str, Any],
     watermarks: Watermarks,
     version: int,
     now: datetime,
@@ -122,7 +122,7 @@ def rollup_document(
         "sensor_type": key.sensor_type,
         "resolution": key.resolution,
         "timestamp": key.start,
-        **rollup.to_fields(),
+        **fields,
         "updated_at": now,
         "_applied": watermarks.by_partition,
         "_v": version,
@@ -301,17 +301,25 @@ def _bucket_writes(
     now = utcnow()
     for doc_id, key in by_id.items():
         current = stored.get(doc_id)
-        rollup = Rollup.from_fields(current) if current else Rollup()
-        watermarks = Watermarks(dict(current.get("_applied", {})) if current else {})
         contributions = pending[key]
-        new = apply_new(rollup, watermarks, contributions)
+        keep_for = retention.get(key.resolution)
+        if current is None and len(contributions) == 1:
+            # The common case of a fine bucket: new, one value, no rollup to build.
+            [c] = contributions
+            new = contributions
+            fields = Rollup.single_fields(c.value, c.ts, c.key)
+            watermarks = Watermarks({str(c.partition): c.offset})
+        else:
+            rollup = Rollup.from_fields(current) if current else Rollup()
+            watermarks = Watermarks(dict(current.get("_applied", {})) if current else {})
+            new = apply_new(rollup, watermarks, contributions)
+            fields = rollup.to_fields()
         done.skipped[doc_id] = len(contributions) - len(new)
         if not new:
             continue
         done.applied[doc_id] = new
         version = current.get("_v") if current else None
-        keep_for = retention.get(key.resolution)
-        doc = rollup_document(key, rollup, watermarks, (version or 0) + 1, now, keep_for)
+        doc = rollup_document(key, fields, watermarks, (version or 0) + 1, now, keep_for)
         done.writes.append((doc, version, current is not None))
         yield done.writes[-1]
 

@@ -49,7 +49,8 @@ _POSITIVE_BASE = 1 << 20
 # A few hundred bins cover any metric's range; the aggregator asks for them
 # three times for each of ten buckets per reading.
 @lru_cache(maxsize=65_536)
-def _bin_value(key: int) -> float:
+def bin_value(key: int) -> float:
+    """The value a bin stands for (within the relative accuracy of every value in it)."""
     if key > 0:
         return MAPPING.value(key - _POSITIVE_BASE)
     if key < 0:
@@ -88,8 +89,8 @@ class QuantileSketch:
         for key in sorted(self.bins):
             seen += self.bins[key]
             if seen > rank:
-                return _bin_value(key)
-        return _bin_value(max(self.bins))
+                return bin_value(key)
+        return bin_value(max(self.bins))
 
     def quantiles(self, qs: Mapping[str, float] = PERCENTILES) -> dict[str, float | None]:
         """Several quantiles in one pass over the sorted bins."""
@@ -99,14 +100,14 @@ class QuantileSketch:
             return out
         if len(self.bins) == 1:
             # Most fine buckets hold one value: every quantile is its bin.
-            return dict.fromkeys(qs, _bin_value(next(iter(self.bins))))
+            return dict.fromkeys(qs, bin_value(next(iter(self.bins))))
         wanted = sorted(((q * (total - 1), name) for name, q in qs.items()))
         seen = 0
         i = 0
         for key in sorted(self.bins):
             seen += self.bins[key]
             while i < len(wanted) and seen > wanted[i][0]:
-                out[wanted[i][1]] = _bin_value(key)
+                out[wanted[i][1]] = bin_value(key)
                 i += 1
             if i == len(wanted):
                 break

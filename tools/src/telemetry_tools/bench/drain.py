@@ -91,7 +91,7 @@ def bucket_documents(readings: list[Reading]) -> list[dict[str, Any]]:
         rollup, watermarks = Rollup(), Watermarks()
         apply_new(rollup, watermarks, contributions)
         keep_for = settings.retention.get(key.resolution)
-        docs.append(rollup_document(key, rollup, watermarks, 1, now, keep_for))
+        docs.append(rollup_document(key, rollup.to_fields(), watermarks, 1, now, keep_for))
     return docs
 
 
