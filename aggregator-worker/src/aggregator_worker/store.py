@@ -230,16 +230,24 @@ async def write_versioned(collection: Any, writes: Iterable[Write]) -> set[str]:
         in_flight.add(asyncio.ensure_future(_duplicate_ids(write, ids)))
         await asyncio.sleep(0)  # let it put its request on the wire before building more
 
-    for chunk in _batched(writes, WRITE_CHUNK):
-        new = [doc for doc, _, stored in chunk if not stored]
-        replaced = [write for write in chunk if write[2]]
-        if new:
-            await send(collection.insert_many(new, ordered=False), [d["_id"] for d in new])
-        if replaced:
-            ids = [doc["_id"] for doc, _, _ in replaced]
-            await send(_replace_if_unchanged(collection, replaced), ids)
-    for task in asyncio.as_completed(in_flight):
-        conflicts.update(await task)
+    try:
+        for chunk in _batched(writes, WRITE_CHUNK):
+            new = [doc for doc, _, stored in chunk if not stored]
+            replaced = [write for write in chunk if write[2]]
+            if new:
+                await send(collection.insert_many(new, ordered=False), [d["_id"] for d in new])
+            if replaced:
+                ids = [doc["_id"] for doc, _, _ in replaced]
+                await send(_replace_if_unchanged(collection, replaced), ids)
+        for task in asyncio.as_completed(in_flight):
+            conflicts.update(await task)
+    except BaseException:
+        # The batch is retried from the top; no write of this attempt should
+        # still be landing then (harmless, the versions see to it, but confusing).
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        raise
     return conflicts
 
 
@@ -254,7 +262,7 @@ class RecentBuckets:
     again; coarse ones (an hour, a day) come back and are remembered.
     """
 
-    def __init__(self, capacity: int = 200_000):
+    def __init__(self, capacity: int = 100_000):
         self._capacity = capacity
         # An OrderedDict drops its oldest entry in constant time; a plain dict's
         # next(iter()) walks past every slot deleted before it.
@@ -288,7 +296,9 @@ class RollupWrites:
 class _Round:
     """What one round of bucket writes built, filled in as its documents are."""
 
-    writes: list[Write] = field(default_factory=list)
+    # (id, resolution) of each bucket written: the documents themselves are
+    # let go as soon as they are sent, which bounds memory in large batches.
+    written: list[tuple[str, str]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     applied: dict[str, list[Contribution]] = field(default_factory=dict)
 
@@ -323,8 +333,8 @@ def _bucket_writes(
         done.applied[doc_id] = new
         version = current.get("_v") if current else None
         doc = rollup_document(key, fields, watermarks, (version or 0) + 1, now, keep_for)
-        done.writes.append((doc, version, current is not None))
-        yield done.writes[-1]
+        done.written.append((doc_id, key.resolution))
+        yield doc, version, current is not None
 
 
 async def write_rollups(
@@ -348,15 +358,14 @@ async def write_rollups(
         writes = _bucket_writes(by_id, stored, pending, retention, done)
         conflicts = await write_versioned(db[ROLLUPS], writes)
         if recent is not None:
-            recent.add(doc["_id"] for doc, _, _ in done.writes if doc["_id"] not in conflicts)
+            recent.add(doc_id for doc_id, _ in done.written if doc_id not in conflicts)
         # A conflicting bucket is read and counted again in the next round.
         result.values_skipped += sum(n for i, n in done.skipped.items() if i not in conflicts)
         for doc_id, contributions in done.applied.items():
             if doc_id not in conflicts:
                 result.applied.update((c.partition, c.offset) for c in contributions)
-        for doc, _, _ in done.writes:
-            if doc["_id"] not in conflicts:
-                resolution = doc["resolution"]
+        for doc_id, resolution in done.written:
+            if doc_id not in conflicts:
                 result.by_resolution[resolution] = result.by_resolution.get(resolution, 0) + 1
         if not conflicts:
             return result
