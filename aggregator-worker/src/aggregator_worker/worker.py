@@ -58,7 +58,7 @@ class AggregatorMetrics:
         )
         self.rollup_write_seconds = Histogram(
             "aggregator_rollup_write_duration_seconds",
-            "Time to read and bulk-write one batch's rollup buckets",
+            "Time to read, fold and bulk-write one batch's rollup buckets",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
