@@ -12,35 +12,36 @@ Every write is idempotent so the consumer can commit after it and replay safely:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
 from telemetry_common.reading import Reading
 from telemetry_common.rollup import Rollup
 from telemetry_common.timefmt import utcnow
+from telemetry_common.versioned import (
+    Watermarks,
+    Write,
+    find_by_id,
+    insert_first_copies,
+    source,
+    write_versioned,
+)
 
 from aggregator_worker.fold import (
     BucketKey,
     Contribution,
     Placed,
-    Watermarks,
     apply_new,
 )
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-DUPLICATE_KEY = 11000
 # Version conflicts only happen while two consumers briefly own one partition
 # during a rebalance; a handful of rereads settles them.
 MAX_CONFLICT_ROUNDS = 5
@@ -48,10 +49,6 @@ MAX_CONFLICT_ROUNDS = 5
 
 class WriteConflict(RuntimeError):
     """A bucket kept changing under us; the batch is retried from the top."""
-
-
-def _src(placed: Placed) -> str:
-    return f"{placed.partition}:{placed.offset}"
 
 
 def raw_document(placed: Placed) -> dict[str, Any]:
@@ -63,7 +60,7 @@ def raw_document(placed: Placed) -> dict[str, Any]:
         "received_at": r.received_at,
         "metrics": r.metrics,
         "tags": list(r.tags),
-        "_src": _src(placed),
+        "_src": source(placed.partition, placed.offset),
     }
     if r.lat is not None:
         doc["lat"] = r.lat
@@ -83,29 +80,8 @@ async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
     unique: dict[str, Placed] = {}
     for placed in batch:
         unique.setdefault(placed.reading.event_id, placed)
-    docs = [raw_document(p) for p in unique.values()]
-    duplicate_ids: list[str] = []
-    try:
-        await db[RAW].insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        for error in exc.details["writeErrors"]:
-            if error["code"] != DUPLICATE_KEY:
-                raise
-            duplicate_ids.append(docs[error["index"]]["_id"])
-    to_fold = list(unique.values())
-    if duplicate_ids:
-        existing = {
-            doc["_id"]: doc.get("_src")
-            async for doc in db[RAW].find({"_id": {"$in": duplicate_ids}}, {"_src": 1})
-        }
-        # Same event, same Kafka position: this is a replay of a record whose
-        # rollups may not have been written; fold it (the watermarks decide).
-        # Same event from another position: a device retry, counted already.
-        to_fold = [
-            p
-            for p in to_fold
-            if p.reading.event_id not in existing or existing[p.reading.event_id] == _src(p)
-        ]
+    retried = await insert_first_copies(db[RAW], [raw_document(p) for p in unique.values()])
+    to_fold = [p for p in unique.values() if p.reading.event_id not in retried]
     return RawInsertResult(to_fold=to_fold, duplicates=len(batch) - len(to_fold))
 
 
@@ -133,122 +109,6 @@ def rollup_document(
         # keep its own retention in one collection; counted from the last write.
         doc["expire_at"] = now + keep_for
     return doc
-
-
-# Measured on secantusd: one `$in` of 10,000 stored ids takes about three times
-# as long as 20 finds of 500, and a few requests in flight keep the server busy
-# while this process builds and encodes the next.
-FIND_CHUNK = 500
-WRITE_CHUNK = 1000
-IN_FLIGHT = 4
-
-
-async def _bounded(calls: list[Awaitable[T]]) -> list[T]:
-    """Await ``calls`` with at most IN_FLIGHT of them running at once."""
-    gate = asyncio.Semaphore(IN_FLIGHT)
-
-    async def one(call: Awaitable[T]) -> T:
-        async with gate:
-            return await call
-
-    return await asyncio.gather(*(one(call) for call in calls))
-
-
-def _chunks(items: list[T], size: int) -> list[list[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-async def find_by_id(collection: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
-    async def find(chunk: list[str]) -> list[dict[str, Any]]:
-        return [doc async for doc in collection.find({"_id": {"$in": chunk}})]
-
-    found = await _bounded([find(chunk) for chunk in _chunks(ids, FIND_CHUNK)])
-    return {doc["_id"]: doc for docs in found for doc in docs}
-
-
-async def _duplicate_ids(write: Awaitable[Any], ids: list[str]) -> set[str]:
-    """Run an unordered bulk write; the ids (by op index) it refused as duplicate keys."""
-    try:
-        await write
-    except BulkWriteError as exc:
-        refused = set()
-        for error in exc.details["writeErrors"]:
-            if error["code"] != DUPLICATE_KEY:
-                raise
-            refused.add(ids[error["index"]])
-        return refused
-    return set()
-
-
-Write = tuple[dict[str, Any], int | None, bool]
-
-
-def _replace_if_unchanged(collection: Any, chunk: list[Write]) -> Awaitable[Any]:
-    ops = [
-        ReplaceOne(
-            {"_id": doc["_id"], "_v": version if version is not None else {"$exists": False}},
-            doc,
-            upsert=True,
-        )
-        for doc, version, _ in chunk
-    ]
-    return collection.bulk_write(ops, ordered=False)
-
-
-async def write_versioned(collection: Any, writes: Iterable[Write]) -> set[str]:
-    """Write each (document, version read, whether one was stored); return ids that conflicted.
-
-    A document nobody had stored is inserted: a plain insert costs the server a
-    third of a conditional upsert, and a duplicate key means someone else
-    created it first. A stored one is replaced only if its version is still the
-    one read; otherwise the filter misses, the upsert tries to insert an
-    existing _id, and that duplicate key is the conflict.
-
-    ``writes`` may be a generator that builds each document: every WRITE_CHUNK
-    of them is sent as soon as it is built, so the server stores one chunk
-    while this process builds the next.
-    """
-    in_flight: set[asyncio.Future[set[str]]] = set()
-    conflicts: set[str] = set()
-
-    async def send(write: Awaitable[Any], ids: list[str]) -> None:
-        nonlocal in_flight
-        if len(in_flight) >= IN_FLIGHT:
-            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            conflicts.update(*(task.result() for task in done))
-        in_flight.add(asyncio.ensure_future(_duplicate_ids(write, ids)))
-        await asyncio.sleep(0)  # let it put its request on the wire before building more
-
-    try:
-        for chunk in _batched(writes, WRITE_CHUNK):
-            new = [doc for doc, _, stored in chunk if not stored]
-            replaced = [write for write in chunk if write[2]]
-            if new:
-                await send(collection.insert_many(new, ordered=False), [d["_id"] for d in new])
-            if replaced:
-                ids = [doc["_id"] for doc, _, _ in replaced]
-                await send(_replace_if_unchanged(collection, replaced), ids)
-        for task in asyncio.as_completed(in_flight):
-            conflicts.update(await task)
-    except BaseException:
-        # The batch is retried from the top; no write of this attempt should
-        # still be landing then (harmless, the versions see to it, but confusing).
-        for task in in_flight:
-            task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-        raise
-    return conflicts
 
 
 class RecentBuckets:
@@ -334,7 +194,7 @@ def _bucket_writes(
         version = current.get("_v") if current else None
         doc = rollup_document(key, fields, watermarks, (version or 0) + 1, now, keep_for)
         done.written.append((doc_id, key.resolution))
-        yield doc, version, current is not None
+        yield doc, version
 
 
 async def write_rollups(
@@ -431,7 +291,7 @@ async def write_devices(db: AsyncDatabase, batch: list[Placed]) -> int:
             doc, _ = update
             version = current.get("_v") if current else None
             doc.update({"_id": device_id, "_v": (version or 0) + 1, "updated_at": utcnow()})
-            replacements.append((doc, version, current is not None))
+            replacements.append((doc, version))
         conflicts = await write_versioned(db[DEVICES], replacements)
         writes += len(replacements) - len(conflicts)
         if not conflicts:
