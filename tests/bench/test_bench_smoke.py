@@ -91,3 +91,28 @@ def test_smoke_run_reports_every_figure_beside_its_ceiling(
 
     # Servers that were already running are left as they were found.
     assert asyncio.run(leftovers(kafka_server, mongo_server)) == ([], [])
+
+
+def test_only_drain_prints_the_drain_figures_and_writes_nothing(
+    kafka_server: KafkaServer,
+    mongo_server: MongoServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli.main(
+        [
+            "--smoke", "--only", "drain",
+            "--bootstrap-servers", kafka_server.bootstrap_servers,
+            "--mongo-url", mongo_server.url,
+            "--results-dir", str(tmp_path / "results"),
+            "--benchmarks-md", str(tmp_path / "BENCHMARKS.md"),
+        ]
+    )  # fmt: skip
+
+    table = capsys.readouterr().out
+    assert "| aggregator drain readings/s" in table
+    assert "| aggregator drain readings/s beside its own document design's bound" in table
+    assert "| alerts drain readings/s" in table
+    assert "/ingest" not in table and "end-to-end" not in table
+    assert list(tmp_path.iterdir()) == []
+    assert asyncio.run(leftovers(kafka_server, mongo_server)) == ([], [])

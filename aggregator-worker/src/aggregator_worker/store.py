@@ -13,7 +13,8 @@ Every write is idempotent so the consumer can commit after it and replay safely:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,9 +26,11 @@ from telemetry_common.rollup import Rollup
 from telemetry_common.timefmt import utcnow
 from telemetry_common.versioned import (
     Watermarks,
+    Write,
+    find_by_id,
     insert_first_copies,
-    replace_versioned,
     source,
+    write_versioned,
 )
 
 from aggregator_worker.fold import (
@@ -84,7 +87,7 @@ async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
 
 def rollup_document(
     key: BucketKey,
-    rollup: Rollup,
+    fields: dict[str, Any],
     watermarks: Watermarks,
     version: int,
     now: datetime,
@@ -96,7 +99,7 @@ def rollup_document(
         "sensor_type": key.sensor_type,
         "resolution": key.resolution,
         "timestamp": key.start,
-        **rollup.to_fields(),
+        **fields,
         "updated_at": now,
         "_applied": watermarks.by_partition,
         "_v": version,
@@ -106,6 +109,37 @@ def rollup_document(
         # keep its own retention in one collection; counted from the last write.
         doc["expire_at"] = now + keep_for
     return doc
+
+
+class RecentBuckets:
+    """Ids of buckets this process wrote lately, oldest forgotten first.
+
+    Only a guess at which buckets exist, used to skip reading the others: a
+    bucket not listed is inserted outright, and if it did exist after all (written
+    before a restart, or by another process) the insert fails on its _id and the
+    bucket takes the read-then-replace path. So the guess costs time when wrong,
+    never correctness. Most fine buckets get one reading and are never seen
+    again; coarse ones (an hour, a day) come back and are remembered.
+    """
+
+    def __init__(self, capacity: int = 100_000):
+        self._capacity = capacity
+        # An OrderedDict drops its oldest entry in constant time; a plain dict's
+        # next(iter()) walks past every slot deleted before it.
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, ids: Iterable[str]) -> None:
+        for doc_id in ids:
+            self._ids[doc_id] = None
+            self._ids.move_to_end(doc_id)
+        while len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
 
 
 @dataclass
@@ -118,45 +152,80 @@ class RollupWrites:
     applied: set[tuple[int, int]] = field(default_factory=set)
 
 
+@dataclass
+class _Round:
+    """What one round of bucket writes built, filled in as its documents are."""
+
+    # (id, resolution) of each bucket written: the documents themselves are
+    # let go as soon as they are sent, which bounds memory in large batches.
+    written: list[tuple[str, str]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    applied: dict[str, list[Contribution]] = field(default_factory=dict)
+
+
+def _bucket_writes(
+    by_id: Mapping[str, BucketKey],
+    stored: Mapping[str, Mapping[str, Any]],
+    pending: Mapping[BucketKey, list[Contribution]],
+    retention: Mapping[str, timedelta | None],
+    done: _Round,
+) -> Iterator[Write]:
+    """Each bucket's new document, built lazily so write_versioned sends while it builds."""
+    now = utcnow()
+    for doc_id, key in by_id.items():
+        current = stored.get(doc_id)
+        contributions = pending[key]
+        keep_for = retention.get(key.resolution)
+        if current is None and len(contributions) == 1:
+            # The common case of a fine bucket: new, one value, no rollup to build.
+            [c] = contributions
+            new = contributions
+            fields = Rollup.single_fields(c.value, c.ts, c.key)
+            watermarks = Watermarks({str(c.partition): c.offset})
+        else:
+            rollup = Rollup.from_fields(current) if current else Rollup()
+            watermarks = Watermarks(dict(current.get("_applied", {})) if current else {})
+            new = apply_new(rollup, watermarks, contributions)
+            fields = rollup.to_fields()
+        done.skipped[doc_id] = len(contributions) - len(new)
+        if not new:
+            continue
+        done.applied[doc_id] = new
+        version = current.get("_v") if current else None
+        doc = rollup_document(key, fields, watermarks, (version or 0) + 1, now, keep_for)
+        done.written.append((doc_id, key.resolution))
+        yield doc, version
+
+
 async def write_rollups(
     db: AsyncDatabase,
     buckets: Mapping[BucketKey, list[Contribution]],
     retention: Mapping[str, timedelta | None],
+    recent: RecentBuckets | None = None,
 ) -> RollupWrites:
-    """Fold new contributions into each stored bucket: one read and one bulk write per round."""
+    """Fold new contributions into each stored bucket: one read and one bulk write per round.
+
+    In the first round only the ``recent`` buckets are read; the others are
+    taken to be new (see RecentBuckets) and those that were not conflict.
+    """
     pending = dict(buckets)
     result = RollupWrites()
-    for _ in range(MAX_CONFLICT_ROUNDS):
+    for round_ in range(MAX_CONFLICT_ROUNDS):
         by_id = {key.doc_id: key for key in pending}
-        stored = {doc["_id"]: doc async for doc in db[ROLLUPS].find({"_id": {"$in": list(by_id)}})}
-        now = utcnow()
-        replacements: list[tuple[dict[str, Any], int | None]] = []
-        skipped: dict[str, int] = {}
-        applied: dict[str, list[Contribution]] = {}
-        for doc_id, key in by_id.items():
-            current = stored.get(doc_id)
-            rollup = Rollup.from_fields(current) if current else Rollup()
-            watermarks = Watermarks(dict(current.get("_applied", {})) if current else {})
-            contributions = pending[key]
-            new = apply_new(rollup, watermarks, contributions)
-            skipped[doc_id] = len(contributions) - len(new)
-            if not new:
-                continue
-            applied[doc_id] = new
-            version = current.get("_v") if current else None
-            doc = rollup_document(
-                key, rollup, watermarks, (version or 0) + 1, now, retention.get(key.resolution)
-            )
-            replacements.append((doc, version))
-        conflicts = await replace_versioned(db[ROLLUPS], replacements)
+        to_read = list(by_id) if recent is None or round_ else [i for i in by_id if i in recent]
+        stored = await find_by_id(db[ROLLUPS], to_read)
+        done = _Round()
+        writes = _bucket_writes(by_id, stored, pending, retention, done)
+        conflicts = await write_versioned(db[ROLLUPS], writes)
+        if recent is not None:
+            recent.add(doc_id for doc_id, _ in done.written if doc_id not in conflicts)
         # A conflicting bucket is read and counted again in the next round.
-        result.values_skipped += sum(n for i, n in skipped.items() if i not in conflicts)
-        for doc_id, contributions in applied.items():
+        result.values_skipped += sum(n for i, n in done.skipped.items() if i not in conflicts)
+        for doc_id, contributions in done.applied.items():
             if doc_id not in conflicts:
                 result.applied.update((c.partition, c.offset) for c in contributions)
-        for doc, _ in replacements:
-            if doc["_id"] not in conflicts:
-                resolution = doc["resolution"]
+        for doc_id, resolution in done.written:
+            if doc_id not in conflicts:
                 result.by_resolution[resolution] = result.by_resolution.get(resolution, 0) + 1
         if not conflicts:
             return result
@@ -212,10 +281,8 @@ async def write_devices(db: AsyncDatabase, batch: list[Placed]) -> int:
     pending = set(by_device)
     writes = 0
     for _ in range(MAX_CONFLICT_ROUNDS):
-        stored = {
-            doc["_id"]: doc async for doc in db[DEVICES].find({"_id": {"$in": list(pending)}})
-        }
-        replacements: list[tuple[dict[str, Any], int | None]] = []
+        stored = await find_by_id(db[DEVICES], list(pending))
+        replacements: list[Write] = []
         for device_id in pending:
             current = stored.get(device_id)
             update = _device_update(current, by_device[device_id])
@@ -225,7 +292,7 @@ async def write_devices(db: AsyncDatabase, batch: list[Placed]) -> int:
             version = current.get("_v") if current else None
             doc.update({"_id": device_id, "_v": (version or 0) + 1, "updated_at": utcnow()})
             replacements.append((doc, version))
-        conflicts = await replace_versioned(db[DEVICES], replacements)
+        conflicts = await write_versioned(db[DEVICES], replacements)
         writes += len(replacements) - len(conflicts)
         if not conflicts:
             return writes

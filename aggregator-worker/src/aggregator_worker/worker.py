@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
+from typing import TypeVar
 
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -15,9 +16,11 @@ from telemetry_common.settings import AggregatorSettings
 from telemetry_common.worker import WorkerContext, run_worker
 
 from aggregator_worker.fold import Placed, fold_batch
-from aggregator_worker.store import insert_raw, write_devices, write_rollups
+from aggregator_worker.store import RecentBuckets, insert_raw, write_devices, write_rollups
 
 SERVICE = "aggregator-worker"
+
+T = TypeVar("T")
 
 
 class AggregatorMetrics:
@@ -61,6 +64,14 @@ class AggregatorMetrics:
         )
 
 
+async def timed(call: Awaitable[T], histogram: Histogram) -> T:
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        histogram.observe(time.perf_counter() - started)
+
+
 def decode(record: ConsumerRecord) -> Reading:
     return decode_kafka_value(record.value)
 
@@ -72,16 +83,19 @@ def make_handler(
 ) -> Callable[[WorkerContext], Handler[Reading]]:
     def bind(context: WorkerContext) -> Handler[Reading]:
         db = context.db
+        recent = RecentBuckets()
 
         async def handle(items: list[Consumed[Reading]]) -> None:
             started = time.perf_counter()
             batch = [Placed(i.partition, i.offset, i.value) for i in items]
             raw = await insert_raw(db, batch)
-            rollups_started = time.perf_counter()
             buckets = fold_batch(raw.to_fold, resolutions)
-            writes = await write_rollups(db, buckets, retention)
-            metrics.rollup_write_seconds.observe(time.perf_counter() - rollups_started)
-            await write_devices(db, raw.to_fold)
+            # Buckets and device summaries are separate documents: the server
+            # works on one while this process prepares the other.
+            writes, _ = await asyncio.gather(
+                timed(write_rollups(db, buckets, retention, recent), metrics.rollup_write_seconds),
+                write_devices(db, raw.to_fold),
+            )
             metrics.readings_folded.inc(len(writes.applied))
             metrics.duplicates.inc(raw.duplicates)
             metrics.replayed_readings.inc(len(raw.to_fold) - len(writes.applied))

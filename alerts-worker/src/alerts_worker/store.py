@@ -24,7 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.mongo import ALERTS
 from telemetry_common.reading import Reading
-from telemetry_common.versioned import insert_first_copies, replace_versioned, source
+from telemetry_common.versioned import insert_first_copies, source, write_versioned
 
 from alerts_worker.incidents import Raised, Tracked
 
@@ -131,7 +131,7 @@ async def write_states(db: AsyncDatabase, tracked: Iterable[Tracked], now: datet
     replacements: list[tuple[dict[str, Any], int | None]] = [
         (t.to_document(now), t.version) for t in changed if not t.idle
     ]
-    conflicts = await replace_versioned(db[ALERT_STATE], replacements)
+    conflicts = await write_versioned(db[ALERT_STATE], replacements)
     deletes = [t for t in changed if t.idle and t.version is not None]
     if deletes:
         result = await db[ALERT_STATE].bulk_write(

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from telemetry_common.exact_sum import add_exact, exact_partials, rounded
-from telemetry_common.sketch import QuantileSketch, bin_key
+from telemetry_common.sketch import PERCENTILES, QuantileSketch, bin_key, bin_value
 
 
 def _earlier(ts: datetime, value: float, than_ts: datetime | None, than: float | None) -> bool:
@@ -119,6 +119,32 @@ class Rollup:
             "mean": self.mean,
             "m2": self.m2,
             "sketch": self.sketch.to_document(),
+        }
+
+    @staticmethod
+    def single_fields(value: float, ts: datetime, key: int) -> dict[str, Any]:
+        """``to_fields`` of a rollup of ``value`` alone (``key`` its sketch bin), built directly.
+
+        Most fine buckets hold one reading; this skips building the rollup.
+        """
+        total = rounded(exact_partials([value]))
+        value_of_bin = bin_value(key)
+        return {
+            "count": 1,
+            "sum": total,
+            "min": value,
+            "max": value,
+            "average": total,
+            "stddev": 0.0,
+            "first": value,
+            "first_ts": ts,
+            "last": value,
+            "last_ts": ts,
+            **dict.fromkeys(PERCENTILES, value_of_bin),
+            "sum_partials": exact_partials([value]),
+            "mean": 0.0 + value,
+            "m2": 0.0,
+            "sketch": QuantileSketch({key: 1}).to_document(),
         }
 
     @classmethod

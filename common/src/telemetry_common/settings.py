@@ -68,6 +68,10 @@ class RollupSettings(BaseSettings):
 class AggregatorSettings(WorkerSettings, RollupSettings):
     port: int = Field(8003, ge=1, le=65535)
     consumer_group: str = "aggregator-worker"
+    # Larger than the other workers': a device's hour and day buckets and its
+    # summary are written once per batch however many of its readings it holds,
+    # so a backlog drains faster in big batches (see BENCHMARKS.md).
+    consumer_max_records: int = Field(10_000, ge=1, le=100_000)
     # RAW_RETENTION (e.g. 7d, 36h) wins over the older RAW_RETENTION_DAYS.
     raw_retention: str | None = None
     raw_retention_days: float = Field(7.0, gt=0)

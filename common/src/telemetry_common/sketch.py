@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ddsketch.mapping import LogarithmicMapping
@@ -45,7 +46,11 @@ def bin_key(value: float) -> int:
 _POSITIVE_BASE = 1 << 20
 
 
-def _bin_value(key: int) -> float:
+# A few hundred bins cover any metric's range; the aggregator asks for them
+# three times for each of ten buckets per reading.
+@lru_cache(maxsize=65_536)
+def bin_value(key: int) -> float:
+    """The value a bin stands for (within the relative accuracy of every value in it)."""
     if key > 0:
         return MAPPING.value(key - _POSITIVE_BASE)
     if key < 0:
@@ -84,8 +89,8 @@ class QuantileSketch:
         for key in sorted(self.bins):
             seen += self.bins[key]
             if seen > rank:
-                return _bin_value(key)
-        return _bin_value(max(self.bins))
+                return bin_value(key)
+        return bin_value(max(self.bins))
 
     def quantiles(self, qs: Mapping[str, float] = PERCENTILES) -> dict[str, float | None]:
         """Several quantiles in one pass over the sorted bins."""
@@ -93,13 +98,16 @@ class QuantileSketch:
         out: dict[str, float | None] = dict.fromkeys(qs)
         if total == 0:
             return out
+        if len(self.bins) == 1:
+            # Most fine buckets hold one value: every quantile is its bin.
+            return dict.fromkeys(qs, bin_value(next(iter(self.bins))))
         wanted = sorted(((q * (total - 1), name) for name, q in qs.items()))
         seen = 0
         i = 0
         for key in sorted(self.bins):
             seen += self.bins[key]
             while i < len(wanted) and seen > wanted[i][0]:
-                out[wanted[i][1]] = _bin_value(key)
+                out[wanted[i][1]] = bin_value(key)
                 i += 1
             if i == len(wanted):
                 break

@@ -14,13 +14,17 @@ briefly owning one partition during a rebalance only one writes a given version.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import ReplaceOne
 from pymongo.errors import BulkWriteError
 
 DUPLICATE_KEY = 11000
+
+T = TypeVar("T")
 
 
 def source(partition: int, offset: int) -> str:
@@ -64,29 +68,118 @@ class Watermarks:
         self.by_partition[key] = max(self.by_partition.get(key, -1), offset)
 
 
-async def replace_versioned(
-    collection: Any, replacements: list[tuple[dict[str, Any], int | None]]
-) -> set[str]:
-    """Replace each document if its version is still the one read; return ids that conflicted."""
-    if not replacements:
-        return set()
-    ops = [
-        ReplaceOne(
-            {"_id": doc["_id"], "_v": previous if previous is not None else {"$exists": False}},
-            doc,
-            upsert=True,
-        )
-        for doc, previous in replacements
-    ]
+# Measured on secantusd: one `$in` of 10,000 stored ids takes about three times
+# as long as 20 finds of 500, and a few requests in flight keep the server busy
+# while this process builds and encodes the next.
+FIND_CHUNK = 500
+WRITE_CHUNK = 1000
+IN_FLIGHT = 4
+
+
+async def _bounded(calls: list[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` with at most IN_FLIGHT of them running at once."""
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(call: Awaitable[T]) -> T:
+        async with gate:
+            return await call
+
+    return await asyncio.gather(*(one(call) for call in calls))
+
+
+def _chunks(items: list[T], size: int) -> list[list[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def find_by_id(collection: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    async def find(chunk: list[str]) -> list[dict[str, Any]]:
+        return [doc async for doc in collection.find({"_id": {"$in": chunk}})]
+
+    found = await _bounded([find(chunk) for chunk in _chunks(ids, FIND_CHUNK)])
+    return {doc["_id"]: doc for docs in found for doc in docs}
+
+
+async def _duplicate_ids(write: Awaitable[Any], ids: list[str]) -> set[str]:
+    """Run an unordered bulk write; the ids (by op index) it refused as duplicate keys."""
     try:
-        await collection.bulk_write(ops, ordered=False)
+        await write
     except BulkWriteError as exc:
-        conflicts = set()
+        refused = set()
         for error in exc.details["writeErrors"]:
             if error["code"] != DUPLICATE_KEY:
                 raise
-            # The filter missed because the version moved, so the upsert tried
-            # to insert an existing _id: someone else wrote this one first.
-            conflicts.add(replacements[error["index"]][0]["_id"])
-        return conflicts
+            refused.add(ids[error["index"]])
+        return refused
     return set()
+
+
+# A document to write and the version read with it (None: none was stored).
+Write = tuple[dict[str, Any], int | None]
+
+
+def _replace_if_unchanged(collection: Any, chunk: list[Write]) -> Awaitable[Any]:
+    ops = [
+        ReplaceOne(
+            {"_id": doc["_id"], "_v": version if version is not None else {"$exists": False}},
+            doc,
+            upsert=True,
+        )
+        for doc, version in chunk
+    ]
+    return collection.bulk_write(ops, ordered=False)
+
+
+async def write_versioned(collection: Any, writes: Iterable[Write]) -> set[str]:
+    """Write each (document, version read); return the ids that conflicted.
+
+    A document nobody had stored is inserted: a plain insert costs the server a
+    third of a conditional upsert, and a duplicate key means someone else
+    created it first. A stored one is replaced only if its version is still the
+    one read; otherwise the filter misses, the upsert tries to insert an
+    existing _id, and that duplicate key is the conflict.
+
+    ``writes`` may be a generator that builds each document: every WRITE_CHUNK
+    of them is sent as soon as it is built, so the server stores one chunk
+    while this process builds the next.
+    """
+    in_flight: set[asyncio.Future[set[str]]] = set()
+    conflicts: set[str] = set()
+
+    async def send(write: Awaitable[Any], ids: list[str]) -> None:
+        nonlocal in_flight
+        if len(in_flight) >= IN_FLIGHT:
+            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            conflicts.update(*(task.result() for task in done))
+        in_flight.add(asyncio.ensure_future(_duplicate_ids(write, ids)))
+        await asyncio.sleep(0)  # let it put its request on the wire before building more
+
+    try:
+        for chunk in _batched(writes, WRITE_CHUNK):
+            new = [doc for doc, version in chunk if version is None]
+            replaced = [write for write in chunk if write[1] is not None]
+            if new:
+                await send(collection.insert_many(new, ordered=False), [d["_id"] for d in new])
+            if replaced:
+                ids = [doc["_id"] for doc, _ in replaced]
+                await send(_replace_if_unchanged(collection, replaced), ids)
+        for task in asyncio.as_completed(in_flight):
+            conflicts.update(await task)
+    except BaseException:
+        # The batch is retried from the top; no write of this attempt should
+        # still be landing then (harmless, the versions see to it, but confusing).
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        raise
+    return conflicts
