@@ -2,6 +2,7 @@
 
 telemetry-bench                 # the full run: under 15 minutes on 2 cores
 telemetry-bench --smoke         # a few seconds' worth of each, so the code cannot rot
+telemetry-bench --only drain    # just the workers' drain figures and their ceilings (no files written)
 telemetry-bench --bootstrap-servers localhost:9092 --mongo-url mongodb://localhost:27017
                                 # use running servers instead of starting its own
 """
@@ -99,6 +100,18 @@ def run(args: argparse.Namespace) -> Report:
             work_dir, args.store_dir, run_id, args.bootstrap_servers, args.mongo_url
         ) as infra:
             print(f"benchmarks ({report.profile}), run {run_id}, logs in {work_dir / 'logs'}")
+            if args.only == "drain":
+                drain.run(
+                    report,
+                    infra,
+                    run_id,
+                    profile.drain_readings,
+                    profile.devices,
+                    profile.drain_budget_s,
+                    profile.insert_sample,
+                )
+                asyncio.run(remove_run_data(infra, run_id))
+                return report
             rates = ingest.run(
                 report, infra, run_id, profile.ingest_readings, profile.single_seconds
             )
@@ -146,6 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--mongo-url", default=None, help="use this MongoDB instead of starting one"
     )
+    parser.add_argument(
+        "--only",
+        choices=["drain"],
+        default=None,
+        help="run one phase and print its figures; BENCHMARKS.md and the results are left as they are",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--benchmarks-md", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--keep", action="store_true", help="keep Kafka's data and the logs")
@@ -160,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     report = run(args)
     print()
     print(report.table())
+    if args.only:
+        return
     print(
         f"\nwrote {report.write_json(args.results_dir)}"
         f" and {report.write_markdown(args.benchmarks_md)}"
