@@ -3,6 +3,7 @@
 telemetry-bench                 # the full run: under 15 minutes on 2 cores
 telemetry-bench --smoke         # a few seconds' worth of each, so the code cannot rot
 telemetry-bench --only drain    # just the workers' drain figures and their ceilings (no files written)
+telemetry-bench --only ingest   # just the ingestion API's figures and their ceilings (no files written)
 telemetry-bench --bootstrap-servers localhost:9092 --mongo-url mongodb://localhost:27017
                                 # use running servers instead of starting its own
 """
@@ -100,6 +101,10 @@ def run(args: argparse.Namespace) -> Report:
             work_dir, args.store_dir, run_id, args.bootstrap_servers, args.mongo_url
         ) as infra:
             print(f"benchmarks ({report.profile}), run {run_id}, logs in {work_dir / 'logs'}")
+            if args.only == "ingest":
+                ingest.run(report, infra, run_id, profile.ingest_readings, profile.single_seconds)
+                asyncio.run(remove_run_data(infra, run_id))
+                return report
             if args.only == "drain":
                 drain.run(
                     report,
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["drain"],
+        choices=["drain", "ingest"],
         default=None,
         help="run one phase and print its figures; BENCHMARKS.md and the results are left as they are",
     )
