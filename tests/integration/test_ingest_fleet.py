@@ -81,9 +81,9 @@ async def test_keys_issued_bound_and_revoked_through_the_admin_api(
         )
         key = issued.json()["api_key"]
         missing = client.post("/ingest", json=reading("k-1", 1))
-        wrong = client.post(
-            "/ingest", json=reading("k-1", 1), headers={"X-API-Key": key[:-1] + "A"}
-        )
+        # Another last character (a key that already ends in "A" must still change).
+        wrong_key = key[:-1] + ("B" if key.endswith("A") else "A")
+        wrong = client.post("/ingest", json=reading("k-1", 1), headers={"X-API-Key": wrong_key})
         allowed = client.post("/ingest", json=reading("k-1", 1), headers={"X-API-Key": key})
         other_device = client.post("/ingest", json=reading("k-2", 1), headers={"X-API-Key": key})
         mixed_batch = client.post(

@@ -13,9 +13,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.reading import Reading
@@ -36,6 +39,44 @@ class ProducerSaturated(KafkaUnavailable):
     """Too many readings already wait for Kafka's acknowledgement."""
 
     reason = "producer_saturated"
+
+
+_partitioner = DefaultPartitioner()
+
+
+async def send_batches(
+    producer: AIOKafkaProducer,
+    topic: str,
+    readings: Sequence[Reading],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Publish many readings as one record batch per partition; return once all are acknowledged.
+
+    ``producer.send`` costs about 15 us a record (a coroutine, a future and a
+    lookup each); appending to a batch builder costs a few. The partition is the
+    one ``send`` picks for the same key (the default partitioner: murmur2 of the
+    device id over the sorted partitions), so a device's readings stay in one
+    partition, in order, whichever endpoint they came through.
+    """
+    partitions = sorted(await producer.partitions_for(topic))
+    builders: dict[int, BatchBuilder] = {}
+    acknowledged: list[asyncio.Future[object]] = []
+    for reading in readings:
+        key = reading.device_id.encode()
+        value = reading.to_kafka_value()
+        partition = _partitioner(key, partitions, partitions)
+        builder = builders.get(partition)
+        if builder is None:
+            builder = builders[partition] = producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+            # Full: send it and start the next (a batch's first record always fits).
+            acknowledged.append(await producer.send_batch(builder, topic, partition=partition))
+            builder = builders[partition] = producer.create_batch()
+            builder.append(key=key, value=value, timestamp=None, headers=headers or [])
+    for partition, builder in builders.items():
+        builder.close()
+        acknowledged.append(await producer.send_batch(builder, topic, partition=partition))
+    await asyncio.gather(*acknowledged)
 
 
 class PublisherMetrics:
@@ -138,16 +179,20 @@ class ReadingPublisher:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._send_timeout_s):
-                pending = [
-                    await producer.send(
-                        self._topic,
-                        value=r.to_kafka_value(),
-                        key=r.device_id.encode(),
-                        headers=headers,
+                if len(readings) == 1:
+                    # One reading joins whatever batch the producer is lingering on,
+                    # shared with the other requests of these milliseconds.
+                    reading = readings[0]
+                    await (
+                        await producer.send(
+                            self._topic,
+                            value=reading.to_kafka_value(),
+                            key=reading.device_id.encode(),
+                            headers=headers,
+                        )
                     )
-                    for r in readings
-                ]
-                await asyncio.gather(*pending)
+                else:
+                    await send_batches(producer, self._topic, readings, headers)
         except (KafkaError, TimeoutError) as exc:
             self._mark_failing(exc)
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc

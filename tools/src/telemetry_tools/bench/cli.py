@@ -2,8 +2,8 @@
 
 telemetry-bench                 # the full run: under 15 minutes on 2 cores
 telemetry-bench --smoke         # a few seconds' worth of each, so the code cannot rot
-telemetry-bench --only drain    # just the workers' drain figures and their ceilings (no files written)
-telemetry-bench --only ingest   # just the ingestion API's figures and their ceilings (no files written)
+telemetry-bench --only drain    # the workers' drain figures and their ceilings (writes no file)
+telemetry-bench --only ingest   # the ingestion API's figures and their ceilings (writes no file)
 telemetry-bench --bootstrap-servers localhost:9092 --mongo-url mongodb://localhost:27017
                                 # use running servers instead of starting its own
 """
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         choices=["drain", "ingest"],
         default=None,
-        help="run one phase and print its figures; BENCHMARKS.md and the results are left as they are",
+        help="run one phase and print its figures; BENCHMARKS.md and the results stay as they are",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--benchmarks-md", type=Path, default=BENCHMARKS_MD)
