@@ -20,7 +20,7 @@ from telemetry_common.settings import IngestionSettings
 from ingestion_api import schemas
 from ingestion_api.context import IngestContext
 from ingestion_api.dedupe import RecentEventIds
-from ingestion_api.limits import RateLimiter
+from ingestion_api.limits import DeviceTurns, RateLimiter
 from ingestion_api.metrics import IngestMetrics
 from ingestion_api.publish import ReadingPublisher
 from ingestion_api.routes import admin, ingest
@@ -61,6 +61,9 @@ def create_app(
         db=db,
         keys=KeyCache(db, settings.api_keys_refresh_s) if db is not None else None,
         device_limits=RateLimiter(settings.device_rate_limit, settings.device_rate_burst),
+        device_turns=DeviceTurns(
+            settings.device_concurrent_requests, settings.device_waiting_requests
+        ),
         key_limits=RateLimiter(settings.key_rate_limit, settings.key_rate_burst),
         recent=RecentEventIds(settings.recent_event_ids),
         metrics=IngestMetrics(registry),

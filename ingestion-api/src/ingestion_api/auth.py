@@ -9,7 +9,7 @@ from telemetry_common.api_errors import ApiError
 from telemetry_common.api_keys import API_KEY_HEADER, ApiKey, is_admin_key, unauthorised_error
 
 from ingestion_api.context import IngestContext
-from ingestion_api.limits import retry_after_header
+from ingestion_api.limits import TooManyWaiting, retry_after_header
 
 
 def refuse(
@@ -97,6 +97,22 @@ def limit_devices(ctx: IngestContext, device_ids: Iterable[str]) -> None:
             readings=len(ids),
             headers=retry_after_header(wait),
         )
+
+
+async def take_turn(ctx: IngestContext, device_id: str) -> None:
+    """Wait for the device's turn (see DeviceTurns); 429 when too many of its requests wait."""
+    try:
+        await ctx.device_turns.acquire(device_id)
+    except TooManyWaiting:
+        raise refuse(
+            ctx,
+            429,
+            "device_id",
+            f"this device already has {ctx.settings.device_waiting_requests} requests "
+            "waiting; send fewer at once",
+            outcome="rate_limited",
+            headers=retry_after_header(1),
+        ) from None
 
 
 def require_admin(request: Request, ctx: IngestContext) -> None:

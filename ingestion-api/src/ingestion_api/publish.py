@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry, Gauge, Histogram
@@ -36,12 +36,23 @@ class KafkaUnavailable(RuntimeError):
 
 
 class ProducerSaturated(KafkaUnavailable):
-    """Too many readings already wait for Kafka's acknowledgement."""
+    """Too many readings already wait for Kafka's acknowledgement, or the producer's queue
+    for a partition stayed full for the send timeout: a full buffer, not a Kafka outage."""
 
     reason = "producer_saturated"
 
 
+QUEUE_FULL = "the producer's queue is full; retry later"
+
+
 _partitioner = DefaultPartitioner()
+
+# Large enough that a full request's readings for one partition go out as one
+# batch (5,000 readings of ~230 bytes over 6 partitions is ~190 KiB), so
+# concurrent requests queue one batch each per partition, not several; below
+# the broker's default 1 MiB message.max.bytes.
+PRODUCER_OPTIONS: dict[str, object] = {"max_batch_size": 256 * 1024, "linger_ms": 0}
+ENQUEUE_RETRY_S = 0.01
 
 
 async def send_batches(
@@ -49,8 +60,25 @@ async def send_batches(
     topic: str,
     readings: Sequence[Reading],
     headers: list[tuple[str, bytes]] | None = None,
+    patience_s: float = 10.0,
 ) -> None:
     """Publish many readings as one record batch per partition; return once all are acknowledged.
+    (ProducerSaturated when the producer cannot queue them in time)."""
+    try:
+        acknowledged = await _enqueue_batches(producer, topic, readings, headers, patience_s)
+    except KafkaTimeoutError:
+        raise ProducerSaturated(QUEUE_FULL) from None
+    await asyncio.gather(*acknowledged)
+
+
+async def _enqueue_batches(
+    producer: AIOKafkaProducer,
+    topic: str,
+    readings: Sequence[Reading],
+    headers: list[tuple[str, bytes]] | None,
+    patience_s: float,
+) -> list[asyncio.Future[object]]:
+    """Hand the readings to the producer; the futures resolve on Kafka's acknowledgement.
 
     ``producer.send`` costs about 15 us a record (a coroutine, a future and a
     lookup each); appending to a batch builder costs a few. The partition is the
@@ -58,6 +86,23 @@ async def send_batches(
     device id over the sorted partitions), so a device's readings stay in one
     partition, in order, whichever endpoint they came through.
     """
+    give_up_at = time.monotonic() + patience_s
+
+    async def enqueue(builder: BatchBuilder, partition: int) -> asyncio.Future[object]:
+        builder.close()
+        while True:
+            try:
+                return await producer.send_batch(builder, topic, partition=partition)
+            except KafkaTimeoutError:
+                # aiokafka's add_batch gives up at once while a batch of this partition
+                # is being retried (after a leader change): its wait for that batch
+                # returns at once and its timeout shrinks by the whole elapsed time on
+                # each turn. The queue frees within milliseconds; try again until the
+                # caller's patience runs out.
+                if time.monotonic() >= give_up_at:
+                    raise
+                await asyncio.sleep(ENQUEUE_RETRY_S)
+
     partitions = sorted(await producer.partitions_for(topic))
     builders: dict[int, BatchBuilder] = {}
     acknowledged: list[asyncio.Future[object]] = []
@@ -70,13 +115,12 @@ async def send_batches(
             builder = builders[partition] = producer.create_batch()
         if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
             # Full: send it and start the next (a batch's first record always fits).
-            acknowledged.append(await producer.send_batch(builder, topic, partition=partition))
+            acknowledged.append(await enqueue(builder, partition))
             builder = builders[partition] = producer.create_batch()
             builder.append(key=key, value=value, timestamp=None, headers=headers or [])
     for partition, builder in builders.items():
-        builder.close()
-        acknowledged.append(await producer.send_batch(builder, topic, partition=partition))
-    await asyncio.gather(*acknowledged)
+        acknowledged.append(await enqueue(builder, partition))
+    return acknowledged
 
 
 class PublisherMetrics:
@@ -140,6 +184,7 @@ class ReadingPublisher:
                 self._bootstrap_servers,
                 client_id="ingestion-api",
                 request_timeout_ms=int(self._send_timeout_s * 1000),
+                **PRODUCER_OPTIONS,
             )
             try:
                 await producer.start()
@@ -183,16 +228,22 @@ class ReadingPublisher:
                     # One reading joins whatever batch the producer is lingering on,
                     # shared with the other requests of these milliseconds.
                     reading = readings[0]
-                    await (
-                        await producer.send(
+                    try:
+                        acknowledged = await producer.send(
                             self._topic,
                             value=reading.to_kafka_value(),
                             key=reading.device_id.encode(),
                             headers=headers,
                         )
-                    )
+                    except KafkaTimeoutError:
+                        raise ProducerSaturated(
+                            "the producer's queue is full; retry later"
+                        ) from None
+                    await acknowledged
                 else:
-                    await send_batches(producer, self._topic, readings, headers)
+                    await send_batches(
+                        producer, self._topic, readings, headers, self._send_timeout_s
+                    )
         except (KafkaError, TimeoutError) as exc:
             self._mark_failing(exc)
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc

@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -40,10 +40,10 @@ class LoadResult:
         return sum(n for status, n in self.statuses.items() if status // 100 != 2)
 
 
-def run(main: Callable[[], Awaitable[T]]) -> T:
+def run_on_uvloop(main: Coroutine[object, object, T]) -> T:
     """asyncio.run on uvloop: the load generator's own CPU is kept as small as it can be."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
+        return runner.run(main)
 
 
 class _Connection:
