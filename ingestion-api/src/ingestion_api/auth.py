@@ -24,13 +24,13 @@ def refuse(
 ) -> ApiError:
     """Count a refusal in the metrics and build the error that answers it."""
     ctx.metrics.refused.labels(str(status), outcome).inc()
-    ctx.metrics.readings.labels(outcome).inc(readings)
+    ctx.metrics.count_readings(outcome, readings)
     return ApiError(status, field, reason, headers=headers)
 
 
 def unauthorised(ctx: IngestContext, readings: int) -> ApiError:
     ctx.metrics.refused.labels("401", "unauthorised").inc()
-    ctx.metrics.readings.labels("unauthorised").inc(readings)
+    ctx.metrics.count_readings("unauthorised", readings)
     return unauthorised_error()
 
 

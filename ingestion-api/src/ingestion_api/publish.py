@@ -47,10 +47,14 @@ QUEUE_FULL = "the producer's queue is full; retry later"
 
 _partitioner = DefaultPartitioner()
 
-# Large enough that a full request's readings for one partition go out as one
-# batch (5,000 readings of ~230 bytes over 6 partitions is ~190 KiB), so
-# concurrent requests queue one batch each per partition, not several; below
-# the broker's default 1 MiB message.max.bytes.
+# max_batch_size: large enough that a full request's readings for one partition
+# go out as one batch (5,000 readings of ~230 bytes over 6 partitions is ~190
+# KiB), so concurrent requests queue one batch each per partition, not several;
+# below the broker's default 1 MiB message.max.bytes.
+# linger_ms 0: aiokafka keeps one produce request in flight per broker, so the
+# readings of concurrent requests gather into one batch while it is out anyway;
+# lingering on top only added to every request's latency (5 ms halved /ingest's
+# requests/s under 32 clients).
 PRODUCER_OPTIONS: dict[str, object] = {"max_batch_size": 256 * 1024, "linger_ms": 0}
 ENQUEUE_RETRY_S = 0.01
 

@@ -63,7 +63,7 @@ async def ingest(request: Request) -> Response:
     try:
         reading = parse_reading(body, now=utcnow(), max_future_skew=ctx.max_future_skew)
     except InvalidReading as exc:
-        ctx.metrics.readings.labels("invalid").inc()
+        ctx.metrics.count_readings("invalid")
         raise ApiError(422, "", "", errors=exc.errors) from None
     authorise_devices(ctx, key, [reading.device_id])
     limit_devices(ctx, [reading.device_id])
@@ -73,10 +73,10 @@ async def ingest(request: Request) -> Response:
     try:
         if reading.event_id in ctx.recent:
             # Kafka acknowledged this very reading lately: a client retry. It is durable.
-            ctx.metrics.readings.labels("duplicate").inc()
+            ctx.metrics.count_readings("duplicate")
         else:
             await publish_or_503(ctx, [reading])
-            ctx.metrics.readings.labels("accepted").inc()
+            ctx.metrics.count_readings("accepted")
     finally:
         if turns.enabled:
             turns.release(reading.device_id)
@@ -154,6 +154,6 @@ async def ingest_batch(request: Request) -> Response:
         "invalid": len(items) - len(valid),
     }
     for outcome, count in counts.items():
-        ctx.metrics.readings.labels("accepted" if outcome == "stored" else outcome).inc(count)
+        ctx.metrics.count_readings("accepted" if outcome == "stored" else outcome, count)
     status_code = 422 if items and counts["invalid"] == len(items) else 200
     return _json({**counts, "results": results}, status_code)

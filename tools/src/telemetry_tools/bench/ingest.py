@@ -222,8 +222,9 @@ def run(
             calm,
             ceiling_name="the same clients with no flood",
             goal="ratio <= 2",
-            note=f"the flooding device is held to DEVICE_RATE_LIMIT with 429s; "
-            f"{CALM_CLIENTS} clients post for the other devices",
+            note=f"the flooding device's requests are handled DEVICE_CONCURRENT_REQUESTS at a "
+            f"time and held to DEVICE_RATE_LIMIT with 429s; {CALM_CLIENTS} clients post for the "
+            "other devices",
         )
     )
     report.add(
