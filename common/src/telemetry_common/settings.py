@@ -154,7 +154,7 @@ class IngestionSettings(CommonSettings, KeySettings):
     # requests wait their turn, up to the second number, then get 429. This,
     # not the rate, is what keeps a flooding device from slowing the others.
     # 0 turns it off.
-    device_concurrent_requests: int = Field(2, ge=0)
+    device_concurrent_requests: int = Field(1, ge=0)
     device_waiting_requests: int = Field(64, ge=0)
     # Per API key, in requests.
     key_rate_limit: float = Field(1000.0, ge=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
 from fastapi import Request
 from telemetry_common.api_errors import ApiError
@@ -10,6 +12,8 @@ from telemetry_common.api_keys import API_KEY_HEADER, ApiKey, is_admin_key, unau
 
 from ingestion_api.context import IngestContext
 from ingestion_api.limits import TooManyWaiting, retry_after_header
+
+RATE_LIMIT_HOLD_S = 0.25
 
 
 def refuse(
@@ -88,21 +92,44 @@ def limit_devices(ctx: IngestContext, device_ids: Iterable[str]) -> None:
     ids = list(device_ids)
     wait = ctx.device_limits.take((d, 1.0) for d in ids)
     if wait:
-        raise refuse(
-            ctx,
-            429,
-            "device_id",
-            f"a device in this request is over {ctx.device_limits.rate:g} readings/s",
-            outcome="rate_limited",
-            readings=len(ids),
-            headers=retry_after_header(wait),
-        )
+        raise _over_rate(ctx, wait, len(ids))
 
 
-async def take_turn(ctx: IngestContext, device_id: str) -> None:
-    """Wait for the device's turn (see DeviceTurns); 429 when too many of its requests wait."""
+async def limit_device_in_turn(ctx: IngestContext, device_id: str) -> None:
+    """limit_devices for one reading whose device holds its turn: the 429 comes after a pause.
+
+    The pause (until the device's next token, at most RATE_LIMIT_HOLD_S) keeps
+    the turn, so a device that retries the instant it is refused is slowed to
+    the pace of its own refusals instead of spending the server's CPU on them.
+    A client that obeys Retry-After never notices: it waits longer anyway.
+    """
+    wait = ctx.device_limits.take([(device_id, 1.0)])
+    if wait:
+        await asyncio.sleep(min(wait, RATE_LIMIT_HOLD_S))
+        raise _over_rate(ctx, wait, 1)
+
+
+def _over_rate(ctx: IngestContext, wait: float, readings: int) -> ApiError:
+    return refuse(
+        ctx,
+        429,
+        "device_id",
+        f"a device in this request is over {ctx.device_limits.rate:g} readings/s",
+        outcome="rate_limited",
+        readings=readings,
+        headers=retry_after_header(wait),
+    )
+
+
+@asynccontextmanager
+async def device_turn(ctx: IngestContext, device_id: str) -> AsyncIterator[None]:
+    """Hold the device's turn (see DeviceTurns); 429 when too many of its requests wait."""
+    turns = ctx.device_turns
+    if not turns.enabled:
+        yield
+        return
     try:
-        await ctx.device_turns.acquire(device_id)
+        await turns.acquire(device_id)
     except TooManyWaiting:
         raise refuse(
             ctx,
@@ -113,6 +140,10 @@ async def take_turn(ctx: IngestContext, device_id: str) -> None:
             outcome="rate_limited",
             headers=retry_after_header(1),
         ) from None
+    try:
+        yield
+    finally:
+        turns.release(device_id)
 
 
 def require_admin(request: Request, ctx: IngestContext) -> None:

@@ -11,7 +11,14 @@ from telemetry_common.reading import InvalidReading, Reading, parse_reading
 from telemetry_common.timefmt import utcnow
 
 from ingestion_api import schemas
-from ingestion_api.auth import authenticate, authorise_devices, limit_devices, refuse, take_turn
+from ingestion_api.auth import (
+    authenticate,
+    authorise_devices,
+    device_turn,
+    limit_device_in_turn,
+    limit_devices,
+    refuse,
+)
 from ingestion_api.body import parse_json, parse_ndjson, read_limited, require_json_content_type
 from ingestion_api.context import IngestContext
 from ingestion_api.publish import KafkaUnavailable
@@ -66,20 +73,14 @@ async def ingest(request: Request) -> Response:
         ctx.metrics.count_readings("invalid")
         raise ApiError(422, "", "", errors=exc.errors) from None
     authorise_devices(ctx, key, [reading.device_id])
-    limit_devices(ctx, [reading.device_id])
-    turns = ctx.device_turns
-    if turns.enabled:
-        await take_turn(ctx, reading.device_id)
-    try:
+    async with device_turn(ctx, reading.device_id):
+        await limit_device_in_turn(ctx, reading.device_id)
         if reading.event_id in ctx.recent:
             # Kafka acknowledged this very reading lately: a client retry. It is durable.
             ctx.metrics.count_readings("duplicate")
         else:
             await publish_or_503(ctx, [reading])
             ctx.metrics.count_readings("accepted")
-    finally:
-        if turns.enabled:
-            turns.release(reading.device_id)
     return _json(
         {"status": "queued", "device_id": reading.device_id, "event_id": reading.event_id}, 202
     )
