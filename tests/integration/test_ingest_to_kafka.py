@@ -7,6 +7,7 @@ import gzip
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from ingestion_api import schemas
 from ingestion_api.app import create_app
 from integration.ingestion import ingestion_client
 from telemetry_common.reading import decode_kafka_value
@@ -40,6 +41,7 @@ async def test_posted_reading_is_on_the_topic_keyed_by_device(
             },
         )
     assert response.status_code == 202
+    assert schemas.QueuedOut.model_validate(response.json()).model_dump() == response.json()
     assert response.json()["status"] == "queued"
     assert response.json()["device_id"] == "dev-1"
     assert general.status_code == 202
@@ -76,6 +78,8 @@ async def test_batch_accepts_the_valid_readings_and_names_each_invalid_one(
         )
     assert response.status_code == 200
     body = response.json()
+    # The body is what the OpenAPI docs promise (the endpoint writes it without the model).
+    assert schemas.BatchOut.model_validate(body).model_dump(exclude_none=True) == body
     assert (body["stored"], body["duplicate"], body["invalid"]) == (2, 1, 2)
     assert [r["status"] for r in body["results"]] == [
         "stored",

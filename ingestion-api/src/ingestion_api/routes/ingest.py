@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from telemetry_common.api_errors import ApiError
 from telemetry_common.reading import InvalidReading, Reading, parse_reading
 from telemetry_common.timefmt import utcnow
@@ -26,12 +28,22 @@ from ingestion_api.publish import KafkaUnavailable
 JSON_TYPES = ("application/json",)
 BATCH_TYPES = ("application/json", "application/x-ndjson")
 
-router = APIRouter(tags=["ingest"])
 
-# Both endpoints are the hot path: they take the context straight from the app
-# (no dependency to solve) and answer with orjson bytes (no pydantic model to
-# validate and serialise per reading). The response models stay declared for
-# the OpenAPI docs, and the tests check the bodies against them.
+class PlainRoute(APIRoute):
+    """A route whose endpoint takes the Request and returns a Response, called as it is.
+
+    Both ingest endpoints are the hot path: FastAPI's request handler would solve
+    dependencies, parse the query string and validate a response model on every
+    request, about a quarter of the server's time per single reading. Their
+    declared bodies and responses still document them in OpenAPI, and the tests
+    check the answers against those models.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint  # type: ignore[no-any-return]
+
+
+router = APIRouter(tags=["ingest"], route_class=PlainRoute)
 
 
 def _json(content: Any, status_code: int) -> Response:
