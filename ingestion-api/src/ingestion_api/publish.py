@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from telemetry_common.kafka.producer import build_producer
@@ -45,7 +45,21 @@ class ProducerSaturated(KafkaUnavailable):
 QUEUE_FULL = "the producer's queue is full; retry later"
 
 
-_partitioner = DefaultPartitioner()
+# Partitioning hashes of device ids, remembered: aiokafka's murmur2 is pure Python
+# (several microseconds a key) and a fleet posts for the same ids over and over.
+_KEY_HASHES: dict[bytes, int] = {}
+MAX_REMEMBERED_KEYS = 200_000
+
+
+def partition_for(key: bytes, partitions: list[int]) -> int:
+    """The partition aiokafka's default partitioner gives ``key`` (murmur2, as Java's client)."""
+    hashed = _KEY_HASHES.get(key)
+    if hashed is None:
+        if len(_KEY_HASHES) >= MAX_REMEMBERED_KEYS:
+            _KEY_HASHES.clear()
+        hashed = _KEY_HASHES[key] = murmur2(key) & 0x7FFFFFFF
+    return partitions[hashed % len(partitions)]
+
 
 # max_batch_size: large enough that a full request's readings for one partition
 # go out as one batch (5,000 readings of ~230 bytes over 6 partitions is ~190
@@ -86,8 +100,7 @@ async def _enqueue_batches(
 
     ``producer.send`` costs about 15 us a record (a coroutine, a future and a
     lookup each); appending to a batch builder costs a few. The partition is the
-    one ``send`` picks for the same key (the default partitioner: murmur2 of the
-    device id over the sorted partitions), so a device's readings stay in one
+    one ``send`` picks for the same key (partition_for), so a device's readings stay in one
     partition, in order, whichever endpoint they came through.
     """
     give_up_at = time.monotonic() + patience_s
@@ -113,7 +126,7 @@ async def _enqueue_batches(
     for reading in readings:
         key = reading.device_id.encode()
         value = reading.to_kafka_value()
-        partition = _partitioner(key, partitions, partitions)
+        partition = partition_for(key, partitions)
         builder = builders.get(partition)
         if builder is None:
             builder = builders[partition] = producer.create_batch()
