@@ -85,7 +85,13 @@ def create_app(
             await mongo.close()
 
     app = FastAPI(
-        title="Telemetry ingestion API", version="0.2.0", description=DESCRIPTION, lifespan=lifespan
+        title="Telemetry ingestion API",
+        version="0.2.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Operators watch Prometheus metrics, not OpenTelemetry; FastAPI's native
+        # telemetry otherwise asks the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.ingest = ctx
     install_error_handlers(app)

@@ -181,6 +181,9 @@ class ReadingPublisher:
         self._in_flight = 0
         self._failing = False
         self._metrics = PublisherMetrics(registry or CollectorRegistry())
+        # Read when Prometheus scrapes, not set on every request.
+        self._metrics.in_flight.set_function(lambda: self._in_flight)
+        self._metrics.buffer_use.set_function(lambda: self._in_flight / self._max_in_flight)
 
     @property
     def connected(self) -> bool:
@@ -237,13 +240,13 @@ class ReadingPublisher:
                 f"{self._in_flight} readings already wait for Kafka; retry later"
             )
         headers = kafka_headers()
-        self._track(len(readings))
+        self._in_flight += len(readings)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._send_timeout_s):
                 if len(readings) == 1:
-                    # One reading joins whatever batch the producer is lingering on,
-                    # shared with the other requests of these milliseconds.
+                    # One reading joins the batch the producer fills while its previous
+                    # request is out, shared with the other requests of that moment.
                     reading = readings[0]
                     try:
                         acknowledged = await producer.send(
@@ -265,7 +268,7 @@ class ReadingPublisher:
             self._mark_failing(exc)
             raise KafkaUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
         finally:
-            self._track(-len(readings))
+            self._in_flight -= len(readings)
         self._metrics.send_seconds.observe(time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
             first = readings[0]
@@ -277,11 +280,6 @@ class ReadingPublisher:
                     "device_id": first.device_id,
                 },
             )
-
-    def _track(self, delta: int) -> None:
-        self._in_flight += delta
-        self._metrics.in_flight.set(self._in_flight)
-        self._metrics.buffer_use.set(self._in_flight / self._max_in_flight)
 
     def _mark_failing(self, exc: BaseException) -> None:
         if self._failing:
