@@ -101,25 +101,14 @@ def run(args: argparse.Namespace) -> Report:
             work_dir, args.store_dir, run_id, args.bootstrap_servers, args.mongo_url
         ) as infra:
             print(f"benchmarks ({report.profile}), run {run_id}, logs in {work_dir / 'logs'}")
-            if args.only == "ingest":
-                ingest.run(report, infra, run_id, profile.ingest_readings, profile.single_seconds)
-                asyncio.run(remove_run_data(infra, run_id))
-                return report
-            if args.only == "drain":
-                drain.run(
-                    report,
-                    infra,
-                    run_id,
-                    profile.drain_readings,
-                    profile.devices,
-                    profile.drain_budget_s,
-                    profile.insert_sample,
+            rates: dict[str, float] = {}
+            if args.only != "drain":
+                rates = ingest.run(
+                    report, infra, run_id, profile.ingest_readings, profile.single_seconds
                 )
+            if args.only == "ingest":
                 asyncio.run(remove_run_data(infra, run_id))
                 return report
-            rates = ingest.run(
-                report, infra, run_id, profile.ingest_readings, profile.single_seconds
-            )
             db_name, drain_rates = drain.run(
                 report,
                 infra,
@@ -129,6 +118,9 @@ def run(args: argparse.Namespace) -> Report:
                 profile.drain_budget_s,
                 profile.insert_sample,
             )
+            if args.only == "drain":
+                asyncio.run(remove_run_data(infra, run_id))
+                return report
             # What the whole pipeline sustains: the slowest of its stages.
             sustainable = min(rates["batch_readings_per_s"], *drain_rates.values())
             pipeline.run(

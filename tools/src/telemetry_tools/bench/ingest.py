@@ -12,7 +12,7 @@ from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
 from telemetry_common.reading import Reading
 
-from telemetry_tools.bench.http_load import post_all, run_on_uvloop
+from telemetry_tools.bench.http_load import LoadResult, post_all, run_on_uvloop
 from telemetry_tools.bench.processes import Infra, ServiceProcess, running
 from telemetry_tools.bench.report import Figure, Report
 from telemetry_tools.bench.workload import bodies, canonical
@@ -113,44 +113,26 @@ def run(
             min(readings, 200_000), devices=1000, end=now, prefix=f"one-{run_id}-", seed=2
         )
     ]
+
+    def post_singles(url: str) -> LoadResult:
+        return run_on_uvloop(
+            post_all(url, "/ingest", singles, concurrency=SINGLE_CLIENTS, duration_s=single_seconds)
+        )
+
     with running(api):
         with report.phase("ingest: the API, batches and single readings"):
             batch = run_on_uvloop(
                 post_all(api.url, "/ingest/batch", batches, concurrency=BATCH_CLIENTS)
             )
-            single = run_on_uvloop(
-                post_all(
-                    api.url,
-                    "/ingest",
-                    singles,
-                    concurrency=SINGLE_CLIENTS,
-                    duration_s=single_seconds,
-                )
-            )
+            single = post_singles(api.url)
         with report.phase("ingest: one device flooding beside the others"):
             calm, flooded = run_on_uvloop(flood_effect(api.url, singles, single_seconds))
     null_api = ServiceProcess("ingestion-api-null", "telemetry_tools.bench.null_ingest", env, logs)
     with report.phase("ingest: the API without Kafka"), running(null_api):
-        bare = run_on_uvloop(
-            post_all(
-                null_api.url,
-                "/ingest",
-                singles,
-                concurrency=SINGLE_CLIENTS,
-                duration_s=single_seconds,
-            )
-        )
+        bare = post_singles(null_api.url)
     answer = ServiceProcess("answer-at-once", "telemetry_tools.bench.answer_at_once", {}, logs)
     with report.phase("ingest: the load generator alone"), running(answer):
-        client = run_on_uvloop(
-            post_all(
-                answer.url,
-                "/ingest",
-                singles,
-                concurrency=SINGLE_CLIENTS,
-                duration_s=single_seconds,
-            )
-        )
+        client = post_singles(answer.url)
 
     batch_rate = readings / batch.elapsed_s
     report.add(
