@@ -170,20 +170,12 @@ def run(
                     None,
                     [
                         "one uvicorn process",
+                        # Against a server that answers at once: the most the client can ask.
                         f"the load generator alone reaches {client.per_second:,.0f} req/s",
                         _failures(single.failures, single.statuses),
                     ],
                 )
             ),
-        )
-    )
-    report.add(
-        Figure(
-            f"load generator alone ({SINGLE_CLIENTS} clients)",
-            client.per_second,
-            "req/s",
-            None,
-            note="against a server that answers 202 at once: the most the client can ask",
         )
     )
     report.add(
