@@ -25,6 +25,10 @@ KUSTOMIZE := $(LOCAL)/go/bin/kustomize
 CHECKOV_VENV := $(LOCAL)/checkov
 CRD_VALIDATE := k8s/crd-validate
 DEBIAN_TOOLS := /usr/bin/promtool /usr/bin/prometheus /usr/bin/docker-compose
+# The web dashboard's tests drive Debian's Chromium through Playwright (whose
+# own browser download is not used).
+CHROMIUM := /usr/bin/chromium
+export TELEMETRY_CHROMIUM := $(CHROMIUM)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export TELEMETRY_KUSTOMIZE := $(KUSTOMIZE)
 export TELEMETRY_CHECKOV := $(CHECKOV_VENV)/bin/checkov
@@ -44,7 +48,7 @@ deploy-tools: $(VENV)/.deploy-synced $(KUSTOMIZE) $(CHECKOV_VENV)/.synced $(CRD_
 dockerfiles: $(VENV)/.synced ## Rewrite the five Dockerfiles from their one template
 	$(VENV)/bin/python -m telemetry_tools.dockerfiles
 
-test: install deploy-tools ## Run the whole test suite against its own Kafka and MongoDB
+test: install deploy-tools $(CHROMIUM) ## Run the whole test suite against its own Kafka and MongoDB
 	$(VENV)/bin/pytest
 
 test-unit: $(VENV)/.synced ## Run the tests that need no server
@@ -87,6 +91,11 @@ $(CRD_VALIDATE)/node_modules/.installed: $(CRD_VALIDATE)/package-lock.json
 $(DEBIAN_TOOLS):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose
+
+# A font of its own: without recommends, a bare system would render boxes.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
 
 $(KAFKA_LIBS)/.fetched: tools/kafka/pom.xml
 	mvn -q -B -f tools/kafka/pom.xml dependency:copy-dependencies \

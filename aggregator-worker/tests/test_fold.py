@@ -13,7 +13,6 @@ from aggregator_worker.fold import (
     BucketKey,
     Contribution,
     Placed,
-    Watermarks,
     apply_new,
     fold_batch,
 )
@@ -24,6 +23,7 @@ from telemetry_common.resolutions import bucket_start
 from telemetry_common.rollup import Rollup
 from telemetry_common.sketch import bin_key
 from telemetry_common.timefmt import to_utc_ms
+from telemetry_common.versioned import Watermarks
 
 NOW = datetime(2025, 1, 15, 12, tzinfo=UTC)
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Unit tests for alerts_worker.rules: thresholds, severities and deterministic alert ids."""
+"""Unit tests for alerts_worker.rules: one rule's state on one device, reading by reading."""
 
 from __future__ import annotations
 
@@ -6,137 +6,258 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from alerts_worker.rules import default_rules, evaluate
-from telemetry_common.reading import Reading, parse_reading
+from alerts_worker.rules import Observed, RuleState, Transition, evaluate
+from hypothesis import given
+from hypothesis import strategies as st
+from telemetry_common.alert_rules import OPERATORS, Rule, builtin_rules
 
+T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
 NOW = datetime(2025, 1, 15, 12, tzinfo=UTC)
-RULES = default_rules(-10, 50, 0, 100)
+BUILTIN = {doc["_id"]: Rule.model_validate(doc) for doc in builtin_rules(-10, 50, 0, 100)}
 
 
-def reading(**body: Any) -> Reading:
-    doc = {"device_id": "dev-1", "ts": "2025-01-15T10:00:00Z", **body}
-    return parse_reading(doc, now=NOW, max_future_skew=timedelta(days=1))
+def rule(**fields: Any) -> Rule:
+    doc = {"_id": "r-1", "name": "Hot", "metric": "t", "operator": ">", "threshold": 30.0}
+    return Rule.model_validate({**doc, **fields})
+
+
+class Device:
+    """Feeds values to one rule, one reading every ``step`` seconds, and keeps the transitions."""
+
+    def __init__(self, rule: Rule, step_s: float = 10):
+        self.rule = rule
+        self.state = RuleState()
+        self.step = timedelta(seconds=step_s)
+        self.count = 0
+        self.transitions: list[Transition] = []
+
+    def send(self, *values: float, ts: datetime | None = None) -> list[str]:
+        """The transitions these values cause, as 'fired' / 'resolved'."""
+        kinds = []
+        for value in values:
+            at = ts or T0 + self.count * self.step
+            seen = Observed(f"e{self.count}", "dev-1", self.rule.metric, value, at)
+            self.count += 1
+            transition = evaluate(self.rule, self.state, seen, NOW)
+            if transition is not None:
+                self.transitions.append(transition)
+                kinds.append(transition.kind)
+        return kinds
+
+    @property
+    def active(self) -> bool:
+        return self.state.alert is not None
 
 
 @pytest.mark.parametrize(
-    ("metric", "value", "expected"),
+    ("operator", "breaching", "clear"),
     [
-        ("temperature_c", 25, None),
-        ("temperature_c", 50, None),
-        ("temperature_c", -10, None),
-        ("temperature_c", 50.01, ("temperature_high", "warning", 50)),
-        ("temperature_c", 55, ("temperature_high", "warning", 50)),
-        ("temperature_c", 60, ("temperature_high", "warning", 50)),
-        ("temperature_c", 61, ("temperature_high", "critical", 50)),
-        ("temperature_c", -11, ("temperature_low", "warning", -10)),
-        ("temperature_c", -12, ("temperature_low", "warning", -10)),
-        ("temperature_c", -13, ("temperature_low", "critical", -10)),
-        ("humidity", 0, None),
-        ("humidity", 100, None),
-        ("humidity", 101, ("humidity_high", "warning", 100)),
-        ("humidity", 120, ("humidity_high", "warning", 100)),
-        ("humidity", 125, ("humidity_high", "critical", 100)),
-        ("humidity", -1, ("humidity_low", "warning", 0)),
-        ("humidity", -20, ("humidity_low", "warning", 0)),
-        ("humidity", -25, ("humidity_low", "critical", 0)),
+        (">", [31, 1e9], [30, 29, -5]),
+        (">=", [30, 31], [29.99, -1]),
+        ("<", [29.99, -40], [30, 31]),
+        ("<=", [30, 0], [30.01, 99]),
+        ("==", [30], [30.5, 29.5]),
+        ("!=", [31, 29], [30]),
     ],
 )
-def test_threshold_and_severity(
-    metric: str, value: float, expected: tuple[str, str, float] | None
+def test_each_operator_fires_on_its_breach_and_resolves_when_clear(
+    operator: str, breaching: list[float], clear: list[float]
 ) -> None:
-    alerts = evaluate(reading(**{metric: value}), RULES)
-    if expected is None:
-        assert alerts == []
-        return
-    alert_type, severity, threshold = expected
-    [alert] = alerts
-    assert (alert.alert_type, alert.severity, alert.threshold) == (alert_type, severity, threshold)
-    assert alert.metric == metric
-    assert alert.value == value
-    assert alert.sensor_type == alert_type.split("_")[0]
+    for bad in breaching:
+        for good in clear:
+            device = Device(rule(operator=operator))
+            assert device.send(good) == []
+            assert device.send(bad) == ["fired"]
+            assert device.send(bad) == []
+            assert device.send(good) == ["resolved"]
 
 
-@pytest.mark.parametrize("name", ["temp", "temperature", "temperature_c"])
-def test_every_temperature_name_maps_to_the_temperature_rule(name: str) -> None:
-    [alert] = evaluate(reading(metrics={name: 61.0}), RULES)
-    assert (alert.alert_type, alert.severity, alert.metric) == (
-        "temperature_high",
+def test_fired_alert_carries_the_contract_fields() -> None:
+    device = Device(rule(severity="critical"))
+    device.send(20, 35)
+    [fired] = device.transitions
+    alert = fired.alert
+    assert alert["alert_id"] == "e1:r-1"
+    assert fired.notification_id == "e1:r-1:fired"
+    assert (alert["status"], alert["severity"], alert["value"], alert["threshold"]) == (
+        "active",
         "critical",
-        name,
+        35,
+        30.0,
+    )
+    assert (alert["rule_id"], alert["rule_name"], alert["device_id"]) == ("r-1", "Hot", "dev-1")
+    assert alert["fired_at"] == alert["timestamp"] == T0 + timedelta(seconds=10)
+    assert alert["created_at"] == NOW
+    assert alert["message"] == "Hot: t 35 on dev-1 is above 30"
+    device.send(10)
+    resolved = device.transitions[-1]
+    assert resolved.alert["alert_id"] == "e1:r-1"
+    assert resolved.alert["status"] == "resolved"
+    assert resolved.alert["resolved_at"] == resolved.at == T0 + timedelta(seconds=20)
+
+
+def test_k_of_n_needs_k_breaches_among_the_last_n() -> None:
+    device = Device(rule(k=3, n=5))
+    assert device.send(31, 0, 31, 0) == []
+    assert device.send(31) == ["fired"]  # 31, 0, 31, 0, 31
+    assert device.send(31) == []  # 0, 31, 0, 31, 31: still 3 of 5
+    assert device.send(0) == []  # 31, 0, 31, 31, 0
+    assert device.send(0) == ["resolved"]  # 0, 31, 31, 0, 0
+
+
+def test_k_of_n_resolves_when_fewer_than_k_of_the_last_n_breach() -> None:
+    device = Device(rule(k=2, n=3))
+    assert device.send(31, 31) == ["fired"]
+    assert device.send(0) == []  # 31, 31, 0: still 2 of 3
+    assert device.send(0) == ["resolved"]  # 31, 0, 0
+
+
+def test_a_single_breach_among_n_does_not_fire() -> None:
+    device = Device(rule(k=2, n=10))
+    assert device.send(*[0] * 5, 99, *[0] * 10) == []
+
+
+def test_for_duration_must_hold_in_reading_time() -> None:
+    device = Device(rule(**{"for": "1m"}), step_s=20)
+    assert device.send(31, 31, 31) == []  # 0 s, 20 s, 40 s
+    assert device.send(31) == ["fired"]  # 60 s after the condition began
+    device = Device(rule(**{"for": "1m"}), step_s=20)
+    assert device.send(31, 31, 0, 31, 31, 31) == []  # the clear reading restarts the wait
+    assert device.send(31) == ["fired"]
+
+
+def test_cooldown_holds_the_next_alert_back_in_reading_time() -> None:
+    device = Device(rule(cooldown="5m"), step_s=60)
+    assert device.send(31) == ["fired"]
+    assert device.send(0) == ["resolved"]
+    assert device.send(31, 31, 31) == []  # 2, 3, 4 minutes after the first fired
+    assert device.send(31) == ["fired"]  # 5 minutes after
+
+
+def test_hysteresis_holds_an_alert_until_values_pass_the_clear_threshold() -> None:
+    device = Device(rule(clear_threshold=25.0))
+    assert device.send(31) == ["fired"]
+    # Hovering around the threshold: no flapping.
+    assert device.send(29, 31, 27, 30.5, 25.5) == []
+    assert device.send(25) == ["resolved"]
+    # Once resolved, the threshold itself fires again.
+    assert device.send(28) == []
+    assert device.send(30.5) == ["fired"]
+
+
+def test_hysteresis_of_a_low_rule_is_above_the_threshold() -> None:
+    device = Device(rule(operator="<", threshold=10.0, clear_threshold=12.0))
+    assert device.send(9) == ["fired"]
+    assert device.send(11.9) == []
+    assert device.send(12) == ["resolved"]
+
+
+def test_a_repeated_reading_is_counted_once() -> None:
+    r = rule(k=2, n=2)
+    state = RuleState()
+    same = Observed("e-1", "dev-1", "t", 99, T0)
+    assert evaluate(r, state, same, NOW) is None
+    assert evaluate(r, state, same, NOW) is None  # a retry, not a second breach
+    assert state.alert is None
+
+
+def test_a_late_reading_counts_in_the_window_but_does_not_move_the_clock_back() -> None:
+    device = Device(rule(**{"for": "30s"}), step_s=20)
+    assert device.send(31, 31) == []  # 0 s, 20 s
+    late = T0 - timedelta(minutes=5)
+    assert device.send(31, ts=late) == []  # the clock stays at 20 s
+    assert device.state.clock == T0 + timedelta(seconds=20)
+    assert device.send(31, ts=T0 + timedelta(seconds=30)) == ["fired"]
+
+
+def test_silenced_transitions_are_recorded_but_not_announced() -> None:
+    r = rule()
+    state = RuleState()
+    fired = evaluate(r, state, Observed("e1", "dev-1", "t", 31, T0), NOW, silenced=True)
+    assert fired is not None and fired.kind == "fired" and not fired.notify
+    # The silence is over by the time it resolves; nobody heard it fire, so it stays quiet.
+    resolved = evaluate(r, state, Observed("e2", "dev-1", "t", 0, T0), NOW, silenced=False)
+    assert resolved is not None and resolved.kind == "resolved" and not resolved.notify
+
+
+# --- the built-in rules: the seed's environment thresholds --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "value", "severity"),
+    [
+        ("temperature_high", 50.01, "warning"),
+        ("temperature_high", 60, "warning"),
+        ("temperature_high", 61, "critical"),
+        ("temperature_low", -12, "warning"),
+        ("temperature_low", -13, "critical"),
+        ("humidity_high", 120, "warning"),
+        ("humidity_high", 125, "critical"),
+        ("humidity_low", -20, "warning"),  # threshold 0: 20% of the 0..100 band
+        ("humidity_low", -25, "critical"),
+    ],
+)
+def test_builtin_severity_follows_the_seed(rule_id: str, value: float, severity: str) -> None:
+    device = Device(BUILTIN[rule_id])
+    assert device.send(value) == ["fired"]
+    assert device.transitions[0].alert["severity"] == severity
+    assert device.transitions[0].alert["alert_type"] == rule_id
+
+
+@pytest.mark.parametrize("value", [50, -10, 25])
+def test_builtin_rules_keep_the_band_inclusive(value: float) -> None:
+    for rule_id in ("temperature_high", "temperature_low"):
+        assert Device(BUILTIN[rule_id]).send(value) == []
+
+
+def test_builtin_message_is_the_seeds() -> None:
+    device = Device(BUILTIN["temperature_high"])
+    device.send(55)
+    assert (
+        device.transitions[0].alert["message"] == "Temperature 55°C on dev-1 is above maximum 50°C"
     )
 
 
-def test_general_form_reading_alerts_with_its_event_id() -> None:
-    r = reading(event_id="e001", metrics={"temp": 55.0, "cpu": 0.44}, tags=["room:101"])
-    [alert] = evaluate(r, RULES)
-    assert alert.alert_id == "e001:temperature_high"
-    assert alert.event_id == "e001"
-    assert alert.device_id == "dev-1"
-    assert alert.timestamp == datetime(2025, 1, 15, 10, tzinfo=UTC)
+@pytest.mark.parametrize("name", ["temp", "temperature", "temperature_c"])
+def test_every_temperature_name_is_watched(name: str) -> None:
+    assert BUILTIN["temperature_high"].value_in({name: 61.0, "cpu": 1.0}) == (name, 61.0)
 
 
-@pytest.mark.parametrize("value", [-1e9, -11.0, 0.0, 55.0, 101.0, 1e9])
-def test_unrelated_metric_never_alerts(value: float) -> None:
-    assert evaluate(reading(cpu=value, voltage=value), RULES) == []
+# --- properties ---------------------------------------------------------------------------
 
 
-def test_alert_id_is_deterministic_for_a_retried_reading() -> None:
-    body = {"temperature_c": 55.0, "humidity": 125.0}
-    first = evaluate(reading(**body), RULES)
-    retry = evaluate(reading(**body), RULES)
-    assert [a.alert_id for a in first] == [a.alert_id for a in retry]
-    event_id = reading(**body).event_id
-    assert sorted(a.alert_id for a in first) == [
-        f"{event_id}:humidity_high",
-        f"{event_id}:temperature_high",
-    ]
-
-
-def test_one_reading_can_raise_one_alert_per_rule() -> None:
-    alerts = evaluate(reading(temperature_c=-13.0, humidity=101.0), RULES)
-    assert {(a.alert_type, a.severity) for a in alerts} == {
-        ("temperature_low", "critical"),
-        ("humidity_high", "warning"),
-    }
-    assert len({a.alert_id for a in alerts}) == 2
-
-
-@pytest.mark.parametrize(
-    ("body", "fragments"),
-    [
-        ({"temperature_c": 55.0}, ("dev-1", "55", "above", "50")),
-        ({"temperature_c": -13.5}, ("dev-1", "-13.5", "below", "-10")),
-        ({"humidity": 101.0}, ("dev-1", "101", "above", "100")),
-        ({"device_id": "sensor-9", "humidity": -1.0}, ("sensor-9", "-1", "below", "0")),
-    ],
+@given(
+    st.sampled_from(sorted(OPERATORS)),
+    st.integers(1, 5),
+    st.integers(0, 4),
+    st.lists(st.sampled_from([28.0, 30.0, 32.0]), max_size=60),
 )
-def test_message_names_device_value_and_threshold(
-    body: dict[str, Any], fragments: tuple[str, ...]
+def test_transitions_alternate_and_fire_only_with_k_breaches_in_the_window(
+    operator: str, k: int, extra: int, values: list[float]
 ) -> None:
-    [alert] = evaluate(reading(**body), RULES)
-    for fragment in fragments:
-        assert fragment in alert.message
-    assert alert.message[0].isupper()
+    r = rule(operator=operator, k=k, n=k + extra)
+    device = Device(r)
+    check = OPERATORS[operator]
+    for i, value in enumerate(values):
+        kinds = device.send(value)
+        window = values[max(0, i + 1 - r.n) : i + 1]
+        breaches = sum(check(v, r.threshold) for v in window)
+        if kinds == ["fired"]:
+            assert breaches >= k
+        if kinds == ["resolved"]:
+            assert breaches < k
+        # Active exactly while k of the last n breach (no hysteresis, for or cooldown).
+        assert device.active == (breaches >= k)
+    kinds = [t.kind for t in device.transitions]
+    assert kinds == ["fired", "resolved"] * (len(kinds) // 2) + ["fired"] * (len(kinds) % 2)
 
 
-def test_message_is_readable() -> None:
-    [alert] = evaluate(reading(temperature_c=55.0), RULES)
-    assert alert.message == "Temperature 55°C on dev-1 is above maximum 50°C"
-
-
-def test_custom_thresholds_are_used() -> None:
-    rules = default_rules(0, 30, 20, 80)
-    assert evaluate(reading(temperature_c=25.0, humidity=50.0), rules) == []
-    # Threshold 0: the critical margin is 20% of the 0..30 band, i.e. 6 degrees.
-    [warm] = evaluate(reading(temperature_c=-5.0), rules)
-    [cold] = evaluate(reading(temperature_c=-7.0), rules)
-    assert (warm.severity, cold.severity) == ("warning", "critical")
-    # Threshold 20: the margin is 20% of the threshold itself, i.e. 4 points.
-    [dry] = evaluate(reading(humidity=17.0), rules)
-    [drier] = evaluate(reading(humidity=15.0), rules)
-    assert (dry.alert_type, dry.severity, dry.threshold) == ("humidity_low", "warning", 20)
-    assert drier.severity == "critical"
-
-
-def test_no_rules_no_alerts() -> None:
-    assert evaluate(reading(temperature_c=1000.0), []) == []
+@given(st.lists(st.floats(-50, 50, allow_nan=False), max_size=60))
+def test_hysteresis_never_resolves_above_the_clear_threshold(values: list[float]) -> None:
+    device = Device(rule(threshold=10.0, clear_threshold=0.0))
+    for value in values:
+        kinds = device.send(value)
+        if kinds == ["resolved"]:
+            assert value <= 0.0
+        if kinds == ["fired"]:
+            assert value > 10.0

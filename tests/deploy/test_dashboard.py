@@ -31,7 +31,7 @@ def exprs(panel: dict[str, Any]) -> str:
         ("Per-stage latency", "consumer_batch_duration_seconds_bucket"),
         ("Consumer lag", "consumer_lag_records"),
         ("Dead-letter rate", "consumer_records_dead_lettered_total"),
-        ("Alerts", "alerts_created_total"),
+        ("Alerts", "alerts_fired_total"),
         ("MongoDB write latency", "aggregator_write_duration_seconds_bucket"),
         ("CPU", "process_cpu_seconds_total"),
         ("Memory", "process_resident_memory_bytes"),

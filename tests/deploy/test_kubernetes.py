@@ -196,8 +196,9 @@ def test_services_have_probes_on_their_port_and_configuration_from_configmap_and
         secret_refs = [
             e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
         ]
-        # ingestion-api: MONGO_URL (API keys) and ADMIN_API_KEY; the others MONGO_URL.
-        expected = 2 if name == "ingestion-api" else 1
+        # The two APIs: MONGO_URL and ADMIN_API_KEY (API keys, dashboard writes); the
+        # workers MONGO_URL.
+        expected = 2 if name in ("ingestion-api", "dashboard-api") else 1
         assert secret_refs == ["telemetry-secrets"] * expected
 
 
@@ -291,17 +292,21 @@ def test_network_policies_deny_by_default_and_let_only_what_must_talk_talk(docs:
 
     # ingestion-api reads device API keys from MongoDB.
     assert egress_ports("ingestion-api") == {53, 9092, 27017}
-    assert egress_ports("dashboard-api") == {53, 27017}
+    # dashboard-api reads alerts.triggered for the alert stream.
+    assert egress_ports("dashboard-api") == {53, 9092, 27017}
     assert egress_ports("aggregator-worker") == {53, 9092, 27017}
-    assert egress_ports("alerts-worker") == {53, 9092, 27017}
+    # Webhooks: public addresses only, never the cluster's or the metadata service's.
+    assert egress_ports("alerts-worker") == {53, 80, 443, 9092, 27017}
+    webhooks = policies["alerts-worker-webhooks-egress"]["spec"]["egress"][0]["to"][0]["ipBlock"]
+    assert {"10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8"} <= set(webhooks["except"])
     mongo_peers = policies["mongodb"]["spec"]["ingress"][0]["from"]
     allowed = [p["podSelector"] for p in mongo_peers]
     for reader in ("ingestion-api", "dashboard-api", "aggregator-worker", "alerts-worker"):
         assert any(selects(s, labels[reader]) for s in allowed), reader
     kafka = of_kind(docs, "Kafka")["telemetry"]["spec"]["kafka"]["listeners"][0]
     kafka_peers = [p["podSelector"] for p in kafka["networkPolicyPeers"] if "podSelector" in p]
-    assert not any(selects(s, labels["dashboard-api"]) for s in kafka_peers)
-    assert any(selects(s, labels["ingestion-api"]) for s in kafka_peers)
+    for client in ("ingestion-api", "dashboard-api", "aggregator-worker", "alerts-worker"):
+        assert any(selects(s, labels[client]) for s in kafka_peers), client
 
 
 def test_ingress_routes_the_two_apis_and_not_the_workers(docs: Docs) -> None:

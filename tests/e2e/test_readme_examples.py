@@ -54,17 +54,71 @@ def test_readme_examples_produce_aggregates_alerts_devices_and_stats(stack: Stac
     assert alerts[0]["alert_type"] == "temperature_high"
     assert alerts[0]["severity"] == "critical"  # 61 is more than 20% past 50
     assert alerts[0]["status"] == "active"
+    # One of the built-in rules (the environment's thresholds) raised it.
+    assert (alerts[0]["rule_id"], alerts[0]["acknowledged_at"]) == ("temperature_high", None)
+    builtin = requests.get(
+        url(stack, "dashboard-api", "/alerts/rules?builtin=true"), timeout=10
+    ).json()["data"]
+    assert {r["rule_id"]: r["threshold"] for r in builtin} == {
+        "temperature_high": 50.0,
+        "temperature_low": -10.0,
+        "humidity_high": 100.0,
+        "humidity_low": 0.0,
+    }
+    acked = requests.post(
+        url(stack, "dashboard-api", f"/alerts/{alerts[0]['alert_id']}/ack"), timeout=10
+    )
+    assert acked.status_code == 200
+    assert acked.json()["acknowledged_by"] == "anonymous"  # `make up` requires no keys
 
     devices = requests.get(url(stack, "dashboard-api", "/devices"), timeout=10).json()["data"]
     assert [d["device_id"] for d in devices] == ["dev-1"]
     assert devices[0]["reading_count"] == 2
     assert devices[0]["last_values"]["temperature_c"] == 61.0
 
-    stats = requests.get(url(stack, "dashboard-api", "/stats"), timeout=10).json()
+    def stats_now() -> dict:
+        return requests.get(url(stack, "dashboard-api", "/stats"), timeout=10).json()
+
+    # /stats serves a snapshot refreshed every few seconds: wait for one that has both.
+    stats = wait_for(stats_now, lambda s: s["total_readings"] == 2 and s["active_alerts"] == 1)
     assert stats["total_readings"] == 2
     assert stats["total_devices"] == 1
     assert stats["total_alerts"] == 1
     assert stats["active_alerts"] == 1
+
+
+def test_readme_alert_rule_examples(stack: Stack) -> None:
+    rules = url(stack, "dashboard-api", "/alerts/rules")
+    created = requests.post(
+        rules,
+        json={
+            "name": "Room 101 too hot", "metric": "temperature_c", "operator": ">",
+            "threshold": 30, "severity": "critical", "scope": "tag", "tag": "room:101",
+            "k": 3, "n": 5, "for": "1m", "cooldown": "10m", "clear_threshold": 28,
+        },
+        timeout=10,
+    )  # fmt: skip
+    assert created.status_code == 201
+    rule_id = created.json()["rule_id"]
+    disabled = requests.patch(f"{rules}/{rule_id}", json={"enabled": False}, timeout=10)
+    assert disabled.json()["enabled"] is False
+    shorthand = requests.post(
+        url(stack, "dashboard-api", "/v1/alerts"),
+        json={"device_id": "dev-9", "metric": "temperature_c", "op": ">", "threshold": 30},
+        timeout=10,
+    )
+    assert shorthand.status_code == 201
+    assert shorthand.json()["devices"] == ["dev-9"]
+    silence = requests.post(
+        url(stack, "dashboard-api", "/alerts/silences"),
+        json={"device_id": "dev-9", "until": "2999-01-15T12:00:00Z", "comment": "maintenance"},
+        timeout=10,
+    )
+    assert silence.status_code == 201
+    bad = requests.post(rules, json={"name": "x", "metric": "t", "operator": ">",
+                                     "threshold": 1, "k": 3, "n": 2}, timeout=10)  # fmt: skip
+    assert bad.status_code == 422
+    assert bad.json()["errors"] == [{"field": "k", "reason": "must be at most n (2)"}]
 
 
 def test_every_service_serves_health_and_prometheus_metrics(stack: Stack) -> None:

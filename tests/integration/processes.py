@@ -1,11 +1,13 @@
-"""Aggregator processes a test can kill -9: `python -m aggregator_worker` on its servers."""
+"""Worker processes a test can kill -9: `python -m <worker module>` on the test's servers."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,18 @@ from aiokafka.structs import TopicPartition
 from telemetry_tools.servers import free_port
 
 
-class AggregatorProcess:
+class WorkerProcess:
     """One worker process with its own port; restartable after a SIGKILL."""
 
-    def __init__(self, service_env: dict[str, Any], group: str, log_dir: Path, **env: str):
+    def __init__(
+        self,
+        service_env: dict[str, Any],
+        group: str,
+        log_dir: Path,
+        module: str = "aggregator_worker",
+        **env: str,
+    ):
+        self.module = module
         self.env = {
             **os.environ,
             **{name.upper(): str(value) for name, value in service_env.items()},
@@ -33,9 +43,9 @@ class AggregatorProcess:
     def start(self) -> None:
         self.starts += 1
         self.env["PORT"] = str(free_port())
-        with (self.log_dir / f"aggregator-{id(self)}-{self.starts}.log").open("wb") as log:
+        with (self.log_dir / f"{self.module}-{id(self)}-{self.starts}.log").open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "aggregator_worker"],
+                [sys.executable, "-m", self.module],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -59,9 +69,9 @@ class AggregatorProcess:
     def assert_alive(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
-            logs = sorted(self.log_dir.glob(f"aggregator-{id(self)}-*.log"))
+            logs = sorted(self.log_dir.glob(f"{self.module}-{id(self)}-*.log"))
             tail = logs[-1].read_text(errors="replace")[-3000:] if logs else ""
-            raise AssertionError(f"aggregator exited with {self.process.returncode}:\n{tail}")
+            raise AssertionError(f"{self.module} exited with {self.process.returncode}:\n{tail}")
 
 
 async def group_lag(bootstrap_servers: str, group: str, topic: str) -> int:
@@ -87,7 +97,7 @@ async def wait_caught_up(
     bootstrap_servers: str,
     group: str,
     topic: str,
-    processes: list[AggregatorProcess],
+    processes: list[WorkerProcess],
     timeout_s: float,
 ) -> None:
     loop = asyncio.get_running_loop()
@@ -99,3 +109,38 @@ async def wait_caught_up(
             return
         await asyncio.sleep(1.0)
     raise AssertionError(f"group {group} still behind after {timeout_s}s")
+
+
+async def kill_at_random_moments(
+    processes: list[WorkerProcess],
+    progress: Callable[[], Awaitable[int]],
+    kills: int,
+    rnd: random.Random,
+    max_delay_s: float,
+) -> int:
+    """SIGKILL a random process at a random moment while a batch is being written; restart it.
+
+    Waiting for ``progress()`` (a count of documents the workers write) to move,
+    then up to ``max_delay_s`` more, lands the kill anywhere in a batch's
+    writes, including after them and before the commit, the case that replays
+    records already written. Returns how many kills happened (fewer when the
+    stream ran out first).
+    """
+    done = 0
+    loop = asyncio.get_running_loop()
+    while done < kills:
+        victim = rnd.choice(processes)
+        before = await progress()
+        deadline = loop.time() + 120
+        while await progress() == before:
+            for process in processes:
+                process.assert_alive()
+            if loop.time() > deadline:
+                return done  # the stream ran out before every kill: too few readings
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(rnd.uniform(0.0, max_delay_s))
+        victim.kill()
+        done += 1
+        await asyncio.sleep(rnd.uniform(0.0, 1.0))
+        victim.start()
+    return done

@@ -17,12 +17,14 @@ import orjson
 import pytest
 from dashboard_api.app import create_app
 from dashboard_api.paging import keyset_page, keyset_query
-from dashboard_api.routes.stats import ACTIVE_ALERTS_CAP
+from dashboard_api.system_stats import ACTIVE_ALERTS_CAP
 from fastapi.testclient import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS, ensure_indexes
 from telemetry_common.settings import DashboardSettings
+from telemetry_common.timefmt import iso_z, utcnow
 from telemetry_tools.servers import MongoServer
+from telemetry_tools.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +129,9 @@ async def seeded(db: AsyncDatabase) -> AsyncDatabase:
 
 @pytest.fixture
 def api(seeded: AsyncDatabase, mongo_server: MongoServer) -> Iterator[TestClient]:
-    settings = DashboardSettings(mongo_url=mongo_server.url, mongo_db=seeded.name, max_page_size=50)
+    settings = DashboardSettings(
+        mongo_url=mongo_server.url, mongo_db=seeded.name, max_page_size=50, stats_refresh_s=0.2
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -164,6 +168,7 @@ def walk(api: TestClient, path: str, params: dict, key: str) -> list[str]:
         ("/devices/p-1/aggregates", {}, "timestamp"),
         ("/alerts", {}, "alert_id"),
         ("/devices", {}, "device_id"),
+        ("/devices", {"id_prefix": "p-"}, "device_id"),
         ("/v1/search", {"tag": "room:1"}, "event_id"),
         ("/v1/devices/p-1/events", {}, "event_id"),
     ],
@@ -262,6 +267,16 @@ def test_devices_carry_their_open_alert_count(api: TestClient) -> None:
     assert "last_value_ts" not in one and "_id" not in one
 
 
+def test_devices_found_by_id_prefix(api: TestClient) -> None:
+    found = ok(api.get("/devices", params={"id_prefix": "p-"}))
+    assert [d["device_id"] for d in found["data"]] == ["p-1", "p-2", "p-3", "p-5"]
+    assert [d["device_id"] for d in ok(api.get("/devices?id_prefix=p-3"))["data"]] == ["p-3"]
+    assert ok(api.get("/devices", params={"id_prefix": "q"}))["data"] == []
+    second = ok(api.get("/devices", params={"id_prefix": "p-", "limit": 2}))["next_cursor"]
+    rest = ok(api.get("/devices", params={"id_prefix": "p-", "limit": 2, "cursor": second}))
+    assert [d["device_id"] for d in rest["data"]] == ["p-3", "p-5"]
+
+
 def cursor_of(*parts: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(list(parts))).rstrip(b"=").decode()
 
@@ -317,6 +332,7 @@ def test_bracketed_operator_parameters_are_not_filters(api: TestClient, path: st
             "from_time",
         ),
         ("/v1/devices/$where/events", {}, "path.device_id"),
+        ("/devices", {"id_prefix": '{"$gt": ""}'}, "id_prefix"),
     ],
 )
 def test_operator_strings_get_422_naming_the_parameter(
@@ -388,5 +404,19 @@ async def test_stats_count_active_alerts_up_to_a_cap(
     assert (stats["total_readings"], stats["total_alerts"], stats["total_devices"]) == (7, 5, 4)
     storm = [alert(f"s{i}", f"s-{i % 50}", i, "active") for i in range(ACTIVE_ALERTS_CAP)]
     await seeded[ALERTS].insert_many(storm)
-    stats = ok(api.get("/stats"))
+    stored = iso_z(utcnow())
+    # Served from a snapshot: the figures of one gathered after the storm was stored.
+    stats = await stats_as_of(api, stored)
     assert (stats["active_alerts"], stats["active_alerts_capped"]) == (ACTIVE_ALERTS_CAP, True)
+
+
+async def stats_as_of(api: TestClient, moment: str) -> dict[str, Any]:
+    """/stats once its figures were gathered after ``moment``."""
+    latest: dict[str, Any] = {}
+
+    async def gathered_since() -> bool:
+        latest.update(ok(api.get("/stats")))
+        return latest["as_of"] > moment  # gathering began after it
+
+    await eventually(gathered_since)
+    return latest

@@ -6,21 +6,18 @@ the stream must push them and the rollup buckets they change, and nothing else.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
-import uvicorn
 from aggregator_worker.worker import run as run_aggregator
 from aiokafka import AIOKafkaProducer
 from dashboard_api.app import create_app
 from fastapi import FastAPI
 from integration.readings import publish, reading
+from integration.served import serving, stream
 from integration.workers import running
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import RAW
@@ -29,72 +26,6 @@ from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually
 
 pytestmark = pytest.mark.integration
-
-# A guard against a hung stream, not a speed requirement.
-PATIENCE_S = 60
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    await eventually(started)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, PATIENCE_S)
-
-
-class EventStream:
-    """Server-Sent Events as an EventSource parses them, comments kept as {"comment": ...}."""
-
-    def __init__(self, response: aiohttp.ClientResponse):
-        self.response = response
-
-    async def next_event(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {}
-        while True:
-            line = (await self.response.content.readline()).decode().rstrip("\n")
-            if line == "" and fields:
-                return fields
-            if line.startswith(":"):
-                return {"comment": line[1:].strip()}
-            if line:
-                name, _, value = line.partition(": ")
-                fields[name] = orjson.loads(value) if name == "data" else value
-
-    async def until(self, done: Any) -> list[dict[str, Any]]:
-        """Events up to and including the first after which ``done(events)`` holds."""
-        seen: list[dict[str, Any]] = []
-
-        async def read() -> None:
-            while not done(seen):
-                seen.append(await self.next_event())
-
-        await asyncio.wait_for(read(), PATIENCE_S)
-        return seen
-
-
-@asynccontextmanager
-async def stream(session: aiohttp.ClientSession, url: str) -> AsyncIterator[EventStream]:
-    async with session.get(url) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        events = EventStream(response)
-        # The retry hint and the greeting come first: the subscription is in place.
-        device_id = url.rsplit("/", 2)[-2]
-        assert await events.next_event() == {"retry": "3000"}
-        assert await events.next_event() == {"comment": f"watching {device_id}"}
-        yield events
 
 
 @pytest.fixture
@@ -141,7 +72,7 @@ async def test_new_readings_and_their_rollups_are_pushed(
             return await db[RAW].count_documents({"device_id": "s-1"}) == 1
 
         await eventually(stored)
-        async with stream(session, f"{base}/devices/s-1/stream") as events:
+        async with stream(session, f"{base}/devices/s-1/stream", "watching s-1") as events:
             await publish(producer, topics.telemetry, later)
             # Three readings in the 10:00 minute: the 1m bucket's last update counts 3.
             seen = await events.until(
@@ -165,7 +96,8 @@ async def test_watchers_of_one_device_share_one_feed_that_stops_with_the_last(
     feeds = app.state.feeds
     url = f"{base}/devices/w-1/stream"
     async with aiohttp.ClientSession() as one, aiohttp.ClientSession() as two:
-        async with stream(one, url) as first, stream(two, url) as second:
+        greeting = f"watching {url.rsplit('/', 2)[-2]}"
+        async with stream(one, url, greeting) as first, stream(two, url, greeting) as second:
             assert feeds.watched() == {"w-1": 2}
             await db[RAW].insert_one(
                 {

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from integration.processes import AggregatorProcess, wait_caught_up
+from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
 from integration.readings import BASE_TS, reading
 from integration.recompute import rollup_mismatches
 from pymongo.asynchronous.database import AsyncDatabase
@@ -83,36 +83,6 @@ async def publish_in_chunks(
         await asyncio.sleep(0.2)
 
 
-async def kill_at_random_moments(
-    processes: list[AggregatorProcess], db: AsyncDatabase, kills: int, rnd: random.Random
-) -> int:
-    """SIGKILL a random process at a random moment while a batch is being written; restart it.
-
-    A batch is written raw readings first, then rollups, then device summaries,
-    then committed; waiting for the raw count to move and then up to half a
-    second more lands the kill anywhere in that sequence, including after the
-    writes and before the commit, the case that replays records already counted.
-    """
-    done = 0
-    loop = asyncio.get_running_loop()
-    while done < kills:
-        victim = rnd.choice(processes)
-        before = await db[RAW].estimated_document_count()
-        deadline = loop.time() + 120
-        while await db[RAW].estimated_document_count() == before:
-            for process in processes:
-                process.assert_alive()
-            if loop.time() > deadline:
-                return done  # the stream ran out before every kill: too few readings
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(rnd.uniform(0.0, 0.5))
-        victim.kill()
-        done += 1
-        await asyncio.sleep(rnd.uniform(0.0, 1.0))
-        victim.start()
-    return done
-
-
 async def run_scenario(
     service_env: dict,
     topics: Topics,
@@ -128,7 +98,7 @@ async def run_scenario(
     group = f"agg-kill-{free_port()}"
     processes = [
         # Smaller polls than the default: more batches, so more moments to die in.
-        AggregatorProcess(service_env, group, tmp_path, CONSUMER_MAX_RECORDS="500")
+        WorkerProcess(service_env, group, tmp_path, CONSUMER_MAX_RECORDS="500")
         for _ in range(processes_in_group)
     ]
     publishing = asyncio.create_task(
@@ -137,7 +107,9 @@ async def run_scenario(
     try:
         for process in processes:
             process.start()
-        kills = await kill_at_random_moments(processes, db, KILLS, rnd)
+        kills = await kill_at_random_moments(
+            processes, db[RAW].estimated_document_count, KILLS, rnd, max_delay_s=0.5
+        )
         await publishing
         await wait_caught_up(
             service_env["kafka_bootstrap_servers"],

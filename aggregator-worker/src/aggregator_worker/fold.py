@@ -10,13 +10,14 @@ same records (after a crash, a rebalance or a manual reset) change nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from telemetry_common.reading import Reading
 from telemetry_common.resolutions import EPOCH, bucket_start
 from telemetry_common.rollup import Rollup
 from telemetry_common.sketch import bin_key
+from telemetry_common.versioned import Watermarks
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +77,6 @@ def fold_batch(
                 else:
                     bucket.append(contribution)
     return buckets
-
-
-@dataclass(slots=True)
-class Watermarks:
-    """Highest offset applied per partition, as stored beside each bucket or device."""
-
-    by_partition: dict[str, int] = field(default_factory=dict)
-
-    def is_new(self, partition: int, offset: int) -> bool:
-        return offset > self.by_partition.get(str(partition), -1)
-
-    def advance(self, partition: int, offset: int) -> None:
-        key = str(partition)
-        self.by_partition[key] = max(self.by_partition.get(key, -1), offset)
 
 
 def apply_new(

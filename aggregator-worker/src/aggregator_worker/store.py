@@ -18,25 +18,27 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
 from telemetry_common.reading import Reading
 from telemetry_common.rollup import Rollup
 from telemetry_common.timefmt import utcnow
+from telemetry_common.versioned import (
+    Watermarks,
+    insert_first_copies,
+    replace_versioned,
+    source,
+)
 
 from aggregator_worker.fold import (
     BucketKey,
     Contribution,
     Placed,
-    Watermarks,
     apply_new,
 )
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_KEY = 11000
 # Version conflicts only happen while two consumers briefly own one partition
 # during a rebalance; a handful of rereads settles them.
 MAX_CONFLICT_ROUNDS = 5
@@ -44,10 +46,6 @@ MAX_CONFLICT_ROUNDS = 5
 
 class WriteConflict(RuntimeError):
     """A bucket kept changing under us; the batch is retried from the top."""
-
-
-def _src(placed: Placed) -> str:
-    return f"{placed.partition}:{placed.offset}"
 
 
 def raw_document(placed: Placed) -> dict[str, Any]:
@@ -59,7 +57,7 @@ def raw_document(placed: Placed) -> dict[str, Any]:
         "received_at": r.received_at,
         "metrics": r.metrics,
         "tags": list(r.tags),
-        "_src": _src(placed),
+        "_src": source(placed.partition, placed.offset),
     }
     if r.lat is not None:
         doc["lat"] = r.lat
@@ -79,29 +77,8 @@ async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
     unique: dict[str, Placed] = {}
     for placed in batch:
         unique.setdefault(placed.reading.event_id, placed)
-    docs = [raw_document(p) for p in unique.values()]
-    duplicate_ids: list[str] = []
-    try:
-        await db[RAW].insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        for error in exc.details["writeErrors"]:
-            if error["code"] != DUPLICATE_KEY:
-                raise
-            duplicate_ids.append(docs[error["index"]]["_id"])
-    to_fold = list(unique.values())
-    if duplicate_ids:
-        existing = {
-            doc["_id"]: doc.get("_src")
-            async for doc in db[RAW].find({"_id": {"$in": duplicate_ids}}, {"_src": 1})
-        }
-        # Same event, same Kafka position: this is a replay of a record whose
-        # rollups may not have been written; fold it (the watermarks decide).
-        # Same event from another position: a device retry, counted already.
-        to_fold = [
-            p
-            for p in to_fold
-            if p.reading.event_id not in existing or existing[p.reading.event_id] == _src(p)
-        ]
+    retried = await insert_first_copies(db[RAW], [raw_document(p) for p in unique.values()])
+    to_fold = [p for p in unique.values() if p.reading.event_id not in retried]
     return RawInsertResult(to_fold=to_fold, duplicates=len(batch) - len(to_fold))
 
 
@@ -129,34 +106,6 @@ def rollup_document(
         # keep its own retention in one collection; counted from the last write.
         doc["expire_at"] = now + keep_for
     return doc
-
-
-async def _replace_versioned(
-    collection: Any, replacements: list[tuple[dict[str, Any], int | None]]
-) -> set[str]:
-    """Replace each document if its version is still the one read; return ids that conflicted."""
-    if not replacements:
-        return set()
-    ops = [
-        ReplaceOne(
-            {"_id": doc["_id"], "_v": previous if previous is not None else {"$exists": False}},
-            doc,
-            upsert=True,
-        )
-        for doc, previous in replacements
-    ]
-    try:
-        await collection.bulk_write(ops, ordered=False)
-    except BulkWriteError as exc:
-        conflicts = set()
-        for error in exc.details["writeErrors"]:
-            if error["code"] != DUPLICATE_KEY:
-                raise
-            # The filter missed because the version moved, so the upsert tried
-            # to insert an existing _id: someone else wrote this one first.
-            conflicts.add(replacements[error["index"]][0]["_id"])
-        return conflicts
-    return set()
 
 
 @dataclass
@@ -199,7 +148,7 @@ async def write_rollups(
                 key, rollup, watermarks, (version or 0) + 1, now, retention.get(key.resolution)
             )
             replacements.append((doc, version))
-        conflicts = await _replace_versioned(db[ROLLUPS], replacements)
+        conflicts = await replace_versioned(db[ROLLUPS], replacements)
         # A conflicting bucket is read and counted again in the next round.
         result.values_skipped += sum(n for i, n in skipped.items() if i not in conflicts)
         for doc_id, contributions in applied.items():
@@ -276,7 +225,7 @@ async def write_devices(db: AsyncDatabase, batch: list[Placed]) -> int:
             version = current.get("_v") if current else None
             doc.update({"_id": device_id, "_v": (version or 0) + 1, "updated_at": utcnow()})
             replacements.append((doc, version))
-        conflicts = await _replace_versioned(db[DEVICES], replacements)
+        conflicts = await replace_versioned(db[DEVICES], replacements)
         writes += len(replacements) - len(conflicts)
         if not conflicts:
             return writes

@@ -1,97 +1,196 @@
-"""Where a reading is evaluated: the threshold rules, pure and unit-tested without servers."""
+"""Where a reading is evaluated: one rule's state for one device, pure and unit-tested.
+
+Each (rule, device) keeps the values of the device's last readings of the rule's
+metric, when its condition began to hold, when its last alert fired and the
+alert still open. :func:`evaluate` folds one reading into that state and says
+whether an alert fired or resolved.
+
+Time is reading time (``ts``), never the worker's clock, so a replay of the same
+readings reaches the same decisions. Readings are taken in arrival order (one
+device's readings keep their order within a Kafka partition): a late reading
+(older ``ts`` than one already seen) still counts as the newest of the k-of-n
+window, but it never moves the rule's clock back, so `for` and `cooldown` are
+measured on the newest reading time seen.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
-from telemetry_common.reading import Reading
+from telemetry_common.alert_rules import BUILTIN_RELATIONS, OPERATORS, RELATIONS, Rule
 
-# How far past a threshold an alert turns critical, as a share of the threshold.
-CRITICAL_MARGIN = 0.20
+# Event ids remembered per (rule, device) beyond the window, so a device's retry
+# of a reading it already sent is not counted twice in the window.
+RECENT_IDS = 16
+
+Kind = Literal["fired", "resolved"]
+
+
+@dataclass
+class RuleState:
+    # (event_id, value), oldest first; the window is the last n values.
+    recent: list[tuple[str, float]] = field(default_factory=list)
+    pending_since: datetime | None = None
+    clock: datetime | None = None
+    last_fired_at: datetime | None = None
+    # The open alert's fields; None when no alert is active.
+    alert: dict[str, Any] | None = None
+
+    def to_fields(self) -> dict[str, Any]:
+        return {
+            "recent": [list(pair) for pair in self.recent],
+            "pending_since": self.pending_since,
+            "clock": self.clock,
+            "last_fired_at": self.last_fired_at,
+            "alert": self.alert,
+        }
+
+    def is_idle(self, rule: Rule) -> bool:
+        """Whether this state decides nothing a fresh one would not: then it need not be kept.
+
+        Nothing open or pending, no value in the window past the threshold or the
+        clear threshold, no cooldown running. Most readings leave their rules'
+        states idle, so most readings cost no state write.
+        """
+        if self.alert is not None or self.pending_since is not None:
+            return False
+        if self.last_fired_at is not None and rule.cooldown_s > 0:
+            if self.clock is None or self.clock - self.last_fired_at < timedelta(
+                seconds=rule.cooldown_s
+            ):
+                return False
+        return not any(rule.concerns(value) for _, value in self.recent)
+
+    @classmethod
+    def from_fields(cls, doc: dict[str, Any]) -> RuleState:
+        return cls(
+            recent=[(event_id, value) for event_id, value in doc.get("recent", [])],
+            pending_since=doc.get("pending_since"),
+            clock=doc.get("clock"),
+            last_fired_at=doc.get("last_fired_at"),
+            alert=doc.get("alert"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
-class ThresholdRule:
-    """A sensor's allowed band; readings outside it raise ``<sensor>_low`` / ``<sensor>_high``."""
+class Transition:
+    kind: Kind
+    # The alert's fields after the transition.
+    alert: dict[str, Any]
+    at: datetime
+    # False when a silence covers it: recorded, not announced.
+    notify: bool = True
 
-    sensor: str
-    metrics: tuple[str, ...]
-    minimum: float
-    maximum: float
-    unit: str = ""
-
-
-def default_rules(
-    temp_min: float, temp_max: float, humidity_min: float, humidity_max: float
-) -> list[ThresholdRule]:
-    """The seed's environment thresholds. Both reading forms name temperature differently
-    (`temperature_c` flat, `temp` general), so each name maps to the same sensor."""
-    return [
-        ThresholdRule(
-            "temperature", ("temperature_c", "temperature", "temp"), temp_min, temp_max, "°C"
-        ),
-        ThresholdRule("humidity", ("humidity",), humidity_min, humidity_max, "%"),
-    ]
+    @property
+    def notification_id(self) -> str:
+        return f"{self.alert['alert_id']}:{self.kind}"
 
 
 @dataclass(frozen=True, slots=True)
-class Alert:
-    alert_id: str
+class Observed:
+    """One reading's value of a rule's metric."""
+
     event_id: str
     device_id: str
-    sensor_type: str
     metric: str
     value: float
-    threshold: float
-    alert_type: str
-    severity: str
-    message: str
-    timestamp: datetime
+    ts: datetime
 
 
-def critical_margin(threshold: float, rule: ThresholdRule) -> float:
-    """20% of the threshold; for a threshold of 0 (humidity's floor), 20% of the band."""
-    base = abs(threshold) if threshold else rule.maximum - rule.minimum
-    return CRITICAL_MARGIN * abs(base)
+def severity_of(rule: Rule, value: float) -> str:
+    if rule.critical_beyond is not None and abs(value - rule.threshold) > rule.critical_beyond:
+        return "critical"
+    return rule.severity
 
 
-def evaluate(reading: Reading, rules: list[ThresholdRule]) -> list[Alert]:
-    alerts: list[Alert] = []
-    for rule in rules:
-        for metric in rule.metrics:
-            value = reading.metrics.get(metric)
-            if value is None:
-                continue
-            if value > rule.maximum:
-                direction, threshold = "high", rule.maximum
-                past = value - threshold
-            elif value < rule.minimum:
-                direction, threshold = "low", rule.minimum
-                past = threshold - value
-            else:
-                continue
-            severity = "critical" if past > critical_margin(threshold, rule) else "warning"
-            alert_type = f"{rule.sensor}_{direction}"
-            relation = "above maximum" if direction == "high" else "below minimum"
-            alerts.append(
-                Alert(
-                    # One alert per reading and rule: a replay or a device retry of
-                    # the same reading maps to the same document.
-                    alert_id=f"{reading.event_id}:{alert_type}",
-                    event_id=reading.event_id,
-                    device_id=reading.device_id,
-                    sensor_type=rule.sensor,
-                    metric=metric,
-                    value=value,
-                    threshold=threshold,
-                    alert_type=alert_type,
-                    severity=severity,
-                    message=(
-                        f"{rule.sensor.capitalize()} {value:g}{rule.unit} on {reading.device_id} "
-                        f"is {relation} {threshold:g}{rule.unit}"
-                    ),
-                    timestamp=reading.ts,
-                )
-            )
-    return alerts
+def message_of(rule: Rule, seen: Observed) -> str:
+    if rule.sensor is not None:  # built-in: the seed's wording
+        relation = BUILTIN_RELATIONS[rule.operator]
+        return (
+            f"{rule.sensor.capitalize()} {seen.value:g}{rule.unit} on {seen.device_id} "
+            f"is {relation} {rule.threshold:g}{rule.unit}"
+        )
+    window = f" in {rule.k} of the last {rule.n} readings" if rule.n > 1 else ""
+    return (
+        f"{rule.name}: {seen.metric} {seen.value:g} on {seen.device_id} is "
+        f"{RELATIONS[rule.operator]} {rule.threshold:g}{window}"
+    )
+
+
+def _breaches(rule: Rule, values: list[float], limit: float) -> bool:
+    check = OPERATORS[rule.operator]
+    return sum(1 for value in values if check(value, limit)) >= rule.k
+
+
+def evaluate(
+    rule: Rule, state: RuleState, seen: Observed, now: datetime, silenced: bool = False
+) -> Transition | None:
+    """Fold one reading into ``state``; the transition it causes, if any.
+
+    ``now`` only stamps a new alert's ``created_at``; every decision is on reading
+    time. ``silenced``: a silence covers this rule and device now.
+    """
+    if any(event_id == seen.event_id for event_id, _ in state.recent):
+        return None  # the device sent this reading again
+    state.recent.append((seen.event_id, seen.value))
+    del state.recent[: -max(rule.n, RECENT_IDS)]
+    clock = seen.ts if state.clock is None else max(state.clock, seen.ts)
+    state.clock = clock
+    window = [value for _, value in state.recent[-rule.n :]]
+
+    if state.alert is not None:
+        # Hysteresis: an active alert holds until values are past the clear threshold.
+        limit = rule.threshold if rule.clear_threshold is None else rule.clear_threshold
+        if _breaches(rule, window, limit):
+            return None
+        return resolve(state, clock, "cleared", silenced)
+
+    if not _breaches(rule, window, rule.threshold):
+        state.pending_since = None
+        return None
+    if state.pending_since is None:
+        state.pending_since = clock
+    if clock - state.pending_since < timedelta(seconds=rule.for_s):
+        return None
+    if state.last_fired_at is not None and clock - state.last_fired_at < timedelta(
+        seconds=rule.cooldown_s
+    ):
+        return None
+    state.last_fired_at = clock
+    state.alert = {
+        # One alert per incident; the reading that fired it names it, so a replay
+        # of the same reading names the same alert.
+        "alert_id": f"{seen.event_id}:{rule.rule_id}",
+        "event_id": seen.event_id,
+        "device_id": seen.device_id,
+        "sensor_type": rule.sensor or seen.metric,
+        "metric": seen.metric,
+        "value": seen.value,
+        "threshold": rule.threshold,
+        "alert_type": rule.alert_type,
+        "severity": severity_of(rule, seen.value),
+        "message": message_of(rule, seen),
+        "timestamp": seen.ts,
+        "created_at": now,
+        "rule_id": rule.rule_id,
+        "rule_name": rule.name,
+        "status": "active",
+        "fired_at": clock,
+        "resolved_at": None,
+        "silenced": silenced,
+    }
+    return Transition("fired", dict(state.alert), clock, notify=not silenced)
+
+
+def resolve(state: RuleState, at: datetime, reason: str, silenced: bool = False) -> Transition:
+    """Close the open alert: its condition cleared, or its rule no longer applies.
+
+    An alert whose firing was silenced resolves silently too: nobody was told it began.
+    """
+    assert state.alert is not None
+    alert = {**state.alert, "status": "resolved", "resolved_at": at, "resolved_reason": reason}
+    state.alert = None
+    state.pending_since = None
+    return Transition("resolved", alert, at, notify=not (silenced or alert["silenced"]))

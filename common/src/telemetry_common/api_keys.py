@@ -9,8 +9,6 @@ nothing about how much of a valid key an attacker guessed.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -23,6 +21,7 @@ from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
 
 from telemetry_common.api_errors import ApiError
+from telemetry_common.reloading import Reloading
 from telemetry_common.timefmt import utcnow
 
 log = logging.getLogger(__name__)
@@ -124,20 +123,19 @@ async def list_keys(db: AsyncDatabase) -> list[ApiKey]:
     return [ApiKey.from_document(d) async for d in db[API_KEYS].find({}).sort("created_at", 1)]
 
 
-class KeyCache:
+class KeyCache(Reloading):
     """The valid keys by hash, reloaded from MongoDB every ``refresh_s`` seconds.
 
-    Checking a key never waits on MongoDB: a revocation takes effect within one
-    refresh, and an unreachable MongoDB keeps the last known keys rather than
-    locking every device out. Until the first load succeeds nothing is valid.
+    A revocation takes effect within one refresh; until the first load succeeds
+    nothing is valid.
     """
 
+    what = "API keys"
+
     def __init__(self, db: AsyncDatabase, refresh_s: float):
+        super().__init__(refresh_s)
         self._db = db
-        self._refresh_s = refresh_s
         self._by_hash: dict[str, ApiKey] = {}
-        self._task: asyncio.Task[None] | None = None
-        self.loaded = False
 
     def lookup(self, presented: str | None) -> ApiKey | None:
         if not presented:
@@ -151,20 +149,3 @@ class KeyCache:
         }
         self._by_hash = by_hash
         self.loaded = True
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._refresh_forever())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            try:
-                await self.reload()
-            except Exception as exc:
-                log.warning("could not reload API keys (%s); keeping the last known", exc)
-            await asyncio.sleep(self._refresh_s)

@@ -42,48 +42,62 @@ def add_metrics_route(app: FastAPI, registry: CollectorRegistry) -> None:
 
 
 class ConsumerMetrics:
-    """What every consuming worker reports, labelled by nothing it cannot bound."""
+    """What every consuming worker reports, labelled by nothing it cannot bound.
 
-    def __init__(self, registry: CollectorRegistry):
+    A second consumer in the same process (the alert notifier beside the alerts
+    worker) passes a ``namespace`` so its series do not collide with the first's.
+    """
+
+    def __init__(self, registry: CollectorRegistry, namespace: str = ""):
         self.records_consumed = Counter(
-            "consumer_records_total", "Records fetched from Kafka", registry=registry
+            "consumer_records_total",
+            "Records fetched from Kafka",
+            registry=registry,
+            namespace=namespace,
         )
         self.records_dead_lettered = Counter(
             "consumer_records_dead_lettered_total",
             "Records sent to the dead-letter topic",
             ["reason"],
             registry=registry,
+            namespace=namespace,
         )
         self.batch_seconds = Histogram(
             "consumer_batch_duration_seconds",
             "Time to process and commit one polled batch",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
+            namespace=namespace,
         )
         self.end_to_end_seconds = Histogram(
             "consumer_end_to_end_latency_seconds",
             "Time from ingestion-api publishing a record to this worker committing it",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=registry,
+            namespace=namespace,
         )
         self.transient_failures = Counter(
             "consumer_transient_failures_total",
             "Batch attempts that failed on an unavailable dependency and were retried",
             registry=registry,
+            namespace=namespace,
         )
         self.commit_failures = Counter(
             "consumer_commit_failures_total",
             "Offset commits refused after a rebalance (the batch is replayed idempotently)",
             registry=registry,
+            namespace=namespace,
         )
         self.lag = Gauge(
             "consumer_lag_records",
             "Records between the committed position and the partition's high watermark",
             ["partition"],
             registry=registry,
+            namespace=namespace,
         )
         self.paused = Gauge(
             "consumer_paused",
             "1 while consumption is paused waiting for a dependency to recover",
             registry=registry,
+            namespace=namespace,
         )

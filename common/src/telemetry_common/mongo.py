@@ -19,6 +19,8 @@ RAW = "telemetry_raw"
 ROLLUPS = "aggregated_data"
 ALERTS = "alerts"
 DEVICES = "devices"
+WEBHOOKS = "webhooks"
+WEBHOOK_DELIVERIES = "webhook_deliveries"
 
 
 def connect(url: str, app_name: str) -> AsyncMongoClient:
@@ -101,11 +103,28 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> 
             IndexModel(
                 [("status", ASCENDING), *newest_first("created_at")], name="status_created_id"
             ),
+            # GET /alerts?rule_id=: one rule's history.
+            IndexModel(
+                [("rule_id", ASCENDING), *newest_first("created_at")], name="rule_created_id"
+            ),
         ]
     )
     for collection, names in SUPERSEDED_INDEXES.items():
         await _drop_indexes(db, collection, names)
     await db[DEVICES].create_indexes([IndexModel([("last_seen", DESCENDING)], name="last_seen")])
+    await db[WEBHOOKS].create_indexes(
+        [IndexModel(newest_first("created_at"), name="created_at_id")]
+    )
+    await db[WEBHOOK_DELIVERIES].create_indexes(
+        [
+            # The notifier's queue: pending deliveries whose next attempt is due.
+            IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="due"),
+            IndexModel(
+                [("webhook_id", ASCENDING), *newest_first("created_at")],
+                name="webhook_created_at_id",
+            ),
+        ]
+    )
 
 
 async def _drop_indexes(db: AsyncDatabase, collection: str, names: tuple[str, ...]) -> None:

@@ -21,6 +21,7 @@ from telemetry_common.resolutions import (
     parse_resolutions,
     parse_retention,
 )
+from telemetry_common.webhook_targets import TargetPolicy, parse_allowed_targets
 
 
 class CommonSettings(BaseSettings):
@@ -101,13 +102,53 @@ class AggregatorSettings(WorkerSettings, RollupSettings):
         return parse_retention(self.rollup_retention, self.resolutions)
 
 
-class AlertsSettings(WorkerSettings):
+class WebhookTargetSettings(BaseSettings):
+    """Where webhooks may point: public addresses only, unless an operator allows more (SSRF)."""
+
+    webhook_allow_private_networks: bool = False
+    # Comma-separated CIDRs and host names reachable even though they are not
+    # public, e.g. "10.20.0.0/16,hooks.internal"; cloud metadata needs a CIDR here.
+    webhook_allowed_targets: str = ""
+
+    @field_validator("webhook_allowed_targets")
+    @classmethod
+    def _targets(cls, value: str) -> str:
+        parse_allowed_targets(value)
+        return value
+
+    @property
+    def webhook_target_policy(self) -> TargetPolicy:
+        networks, hosts = parse_allowed_targets(self.webhook_allowed_targets)
+        return TargetPolicy(self.webhook_allow_private_networks, networks, hosts)
+
+
+class WebhookDeliverySettings(WebhookTargetSettings):
+    """How the alert notifier delivers webhooks: retries, circuit breaker, bounds."""
+
+    notifier_consumer_group: str = "alert-notifier"
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(8, ge=1, le=50)
+    # Attempt n waits between half and all of initial * 2^(n-1), capped at max:
+    # about 10 s, 20 s, 40 s ... so 8 attempts span roughly 20 minutes.
+    webhook_backoff_initial_s: float = Field(10.0, gt=0, le=3600)
+    webhook_backoff_max_s: float = Field(3600.0, gt=0, le=86_400)
+    # Consecutive failures of one URL that open its circuit, and how long it stays open.
+    webhook_circuit_failures: int = Field(5, ge=1, le=1000)
+    webhook_circuit_cooloff_s: float = Field(60.0, gt=0, le=3600)
+    webhook_concurrency: int = Field(16, ge=1, le=256)
+    # How often due deliveries are looked for when no new notification woke the notifier.
+    webhook_poll_interval_s: float = Field(1.0, gt=0, le=60)
+
+
+class AlertsSettings(WorkerSettings, WebhookDeliverySettings):
     port: int = Field(8004, ge=1, le=65535)
     consumer_group: str = "alerts-worker"
     temp_min_threshold: float = -10.0
     temp_max_threshold: float = 50.0
     humidity_min_threshold: float = 0.0
     humidity_max_threshold: float = 100.0
+    # How soon a rule changed through dashboard-api is evaluated (one small read each time).
+    rules_refresh_s: float = Field(1.0, gt=0, le=3600)
 
 
 class KeySettings(BaseSettings):
@@ -161,7 +202,7 @@ class IngestionSettings(CommonSettings, KeySettings):
     key_rate_burst: float = Field(2000.0, ge=1)
 
 
-class DashboardSettings(CommonSettings, RollupSettings, KeySettings):
+class DashboardSettings(CommonSettings, RollupSettings, KeySettings, WebhookTargetSettings):
     port: int = Field(8002, ge=1, le=65535)
     # A day of one-minute buckets fits in one page.
     max_page_size: int = Field(1440, ge=1, le=100_000)
@@ -169,6 +210,12 @@ class DashboardSettings(CommonSettings, RollupSettings, KeySettings):
     stream_poll_interval_s: float = Field(1.0, gt=0, le=60)
     # An SSE comment this often keeps proxies from closing a quiet stream.
     stream_heartbeat_s: float = Field(15.0, gt=0, le=300)
+    # /stats serves figures gathered this often in the background.
+    stats_refresh_s: float = Field(5.0, gt=0, le=3600)
+    # Whose lag on the telemetry topic /stats reports.
+    stats_consumer_groups: str = Field(
+        "aggregator-worker,alerts-worker", pattern=r"^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$"
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -45,7 +45,7 @@ class WorkerContext:
     registry: CollectorRegistry
 
 
-async def _start_with_retry(
+async def start_with_retry(
     what: str, start: Callable[[], Awaitable[Any]], stop: asyncio.Event
 ) -> None:
     backoff = 0.5
@@ -61,6 +61,57 @@ async def _start_with_retry(
             backoff = min(backoff * 2, 10.0)
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM (Kubernetes, docker stop) and Ctrl-C set."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def subscribe(settings: WorkerSettings, topic: str, group_id: str, name: str) -> AIOKafkaConsumer:
+    """A consumer of ``topic`` that commits only what its handler has written."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=group_id,
+        client_id=name,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.consumer_max_records,
+        # Waiting out a MongoDB outage keeps polling (paused), but a single slow
+        # batch may still take a while on a cold database.
+        max_poll_interval_ms=600_000,
+    )
+
+
+def consume_loop(
+    name: str,
+    settings: WorkerSettings,
+    consumer: AIOKafkaConsumer,
+    producer: AIOKafkaProducer,
+    decode: Decode[T],
+    handle: Handler[T],
+    metrics: ConsumerMetrics,
+) -> ConsumerLoop[T]:
+    """The commit-after-write loop with the settings' retry policy and the DLQ."""
+    return ConsumerLoop(
+        consumer,
+        decode,
+        handle,
+        DeadLetterPublisher(producer, settings.dlq_topic, name),
+        metrics,
+        RetryPolicy(
+            settings.max_retries,
+            settings.retry_backoff_initial_s,
+            settings.retry_backoff_max_s,
+        ),
+        max_records=settings.consumer_max_records,
+    )
+
+
 async def run_worker(
     *,
     name: str,
@@ -74,29 +125,13 @@ async def run_worker(
     raw_retention: timedelta | None = None,
 ) -> None:
     if stop is None:
-        # Run as a process: SIGTERM (Kubernetes, docker stop) and Ctrl-C stop it.
-        # An embedding caller (a test) passes its own event instead.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
+        # Run as a process; an embedding caller (a test) passes its own event instead.
+        stop = stop_on_signals()
 
     mongo = connect(settings.mongo_url, name)
     db = mongo[settings.mongo_db]
     producer = build_producer(settings.kafka_bootstrap_servers, client_id=name)
-    consumer = AIOKafkaConsumer(
-        settings.telemetry_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=group_id,
-        client_id=name,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=settings.consumer_max_records,
-        # Waiting out a MongoDB outage keeps polling (paused), but a single slow
-        # batch may still take a while on a cold database.
-        max_poll_interval_ms=600_000,
-    )
+    consumer = subscribe(settings, settings.telemetry_topic, group_id, name)
     metrics = ConsumerMetrics(registry)
     consumer_loop: ConsumerLoop[T] | None = None
     started = {"kafka": False, "mongo": False}
@@ -107,24 +142,14 @@ async def run_worker(
 
     server, server_task = await serve(worker_app(name, registry, health), settings.host, port)
     try:
-        await _start_with_retry("MongoDB", lambda: ensure_indexes(db, raw_retention), stop)
+        await start_with_retry("MongoDB", lambda: ensure_indexes(db, raw_retention), stop)
         started["mongo"] = True
-        await _start_with_retry("Kafka producer", producer.start, stop)
-        await _start_with_retry("Kafka consumer", consumer.start, stop)
+        await start_with_retry("Kafka producer", producer.start, stop)
+        await start_with_retry("Kafka consumer", consumer.start, stop)
         started["kafka"] = True
         context = WorkerContext(settings, db, producer, registry)
-        consumer_loop = ConsumerLoop(
-            consumer,
-            decode,
-            make_handler(context),
-            DeadLetterPublisher(producer, settings.dlq_topic, name),
-            metrics,
-            RetryPolicy(
-                settings.max_retries,
-                settings.retry_backoff_initial_s,
-                settings.retry_backoff_max_s,
-            ),
-            max_records=settings.consumer_max_records,
+        consumer_loop = consume_loop(
+            name, settings, consumer, producer, decode, make_handler(context), metrics
         )
         log.info("%s consuming %s as group %s", name, settings.telemetry_topic, group_id)
         run_task = asyncio.create_task(consumer_loop.run(stop))

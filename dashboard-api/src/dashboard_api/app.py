@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,9 +19,23 @@ from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect, ensure_indexes
 from telemetry_common.settings import DashboardSettings
 
+from dashboard_api.alert_feed import AlertFeed
 from dashboard_api.live import DeviceFeeds
-from dashboard_api.routes import aggregates, alerts, devices, metrics_v1, stats, stream, telemetry
+from dashboard_api.routes import (
+    aggregates,
+    alert_rules,
+    alerts,
+    devices,
+    metrics_v1,
+    silences,
+    stats,
+    stream,
+    telemetry,
+)
+from dashboard_api.routes import webhooks as webhook_routes
 from dashboard_api.schemas import HealthOut
+from dashboard_api.system_stats import StatsSnapshot
+from dashboard_api.ui import install_ui, redirect_to_ui, wants_page
 
 
 async def _ensure_indexes_when_reachable(db: AsyncDatabase) -> None:
@@ -52,7 +67,15 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         app.state.keys = KeyCache(app.state.db, settings.api_keys_refresh_s)
         if settings.api_keys_required:
             await app.state.keys.start()
+        app.state.alert_feed = AlertFeed(
+            settings.kafka_bootstrap_servers, settings.alerts_topic, registry
+        )
+        app.state.alert_feed.start()
+        app.state.stats = StatsSnapshot(app.state.db, settings, registry)
+        app.state.stats.start()
         yield
+        await app.state.stats.stop()
+        await app.state.alert_feed.stop()
         await app.state.keys.stop()
         app.state.feeds.close()
         index_task.cancel()
@@ -79,9 +102,22 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
             headers={"Retry-After": "5"},
         )
 
-    @app.get("/", summary="Service banner")
-    async def root() -> dict[str, str]:
-        """A short health message for API clients."""
+    @app.get(
+        "/",
+        summary="Service banner",
+        response_model=dict[str, str],
+        responses={
+            307: {
+                "description": "a browser (Accept: text/html) is sent to the web dashboard",
+                "headers": {"Location": {"schema": {"type": "string"}, "example": "/ui/"}},
+                "content": {"text/html": {"example": ""}},
+            }
+        },
+    )
+    async def root(request: Request) -> Any:
+        """A short health message for API clients; browsers go to the dashboard at /ui/."""
+        if wants_page(request):
+            return redirect_to_ui()
         return {"message": "IoT telemetry dashboard API", "status": "ok", "docs": "/docs"}
 
     @app.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
@@ -95,6 +131,19 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         body = HealthOut(status="ok" if ok else "degraded", mongo=ok)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    for module in (telemetry, aggregates, metrics_v1, alerts, devices, stats, stream):
+    # First, so an /alerts/{alert_id} route never takes "webhooks" for an alert id.
+    app.include_router(webhook_routes.router)
+    for module in (
+        telemetry,
+        aggregates,
+        metrics_v1,
+        alert_rules,
+        silences,
+        alerts,
+        devices,
+        stats,
+        stream,
+    ):
         app.include_router(module.router)
+    install_ui(app, settings)
     return app

@@ -107,7 +107,7 @@ class DeviceFeeds:
             if feed.task is not None:
                 feed.task.cancel()
             for watcher in feed.watchers:
-                _end(watcher.queue)
+                end_queue(watcher.queue)
         self._feeds.clear()
 
     def _ended(self, feed: _Feed, task: asyncio.Task[None]) -> None:
@@ -119,7 +119,7 @@ class DeviceFeeds:
         if self._feeds.get(feed.device_id) is feed:
             del self._feeds[feed.device_id]
         for watcher in feed.watchers:
-            _end(watcher.queue)
+            end_queue(watcher.queue)
 
     async def _newest(self, device_id: str) -> Position | None:
         newest = await self._db[RAW].find_one(
@@ -140,9 +140,9 @@ class DeviceFeeds:
                     log.warning("live feed of %s: %s", feed.device_id, exc)
             for event in events:
                 for watcher in list(feed.watchers):
-                    if not _offer(watcher.queue, event):
+                    if not offer(watcher.queue, event):
                         feed.watchers.discard(watcher)
-                        _end(watcher.queue)
+                        end_queue(watcher.queue)
             await asyncio.sleep(self._interval_s)
 
     async def _new_readings(self, feed: _Feed) -> list[Event]:
@@ -177,7 +177,7 @@ class DeviceFeeds:
         return events
 
 
-def _offer(queue: asyncio.Queue[Event | None], event: Event | None) -> bool:
+def offer(queue: asyncio.Queue[Any], event: Any) -> bool:
     try:
         queue.put_nowait(event)
         return True
@@ -185,8 +185,9 @@ def _offer(queue: asyncio.Queue[Event | None], event: Event | None) -> bool:
         return False
 
 
-def _end(queue: asyncio.Queue[Event | None]) -> None:
+def end_queue(queue: asyncio.Queue[Any]) -> None:
+    """End a watcher's stream: None in its queue."""
     # A full queue: make room for the end mark, the client reconnects anyway.
     with contextlib.suppress(asyncio.QueueEmpty):
         queue.get_nowait()
-    _offer(queue, None)
+    offer(queue, None)

@@ -47,6 +47,8 @@ class RollupOut(_Open):
 
 
 class AlertOut(_Open):
+    """One incident of a rule on a device: active while its condition holds, then resolved."""
+
     alert_id: str = Field(examples=["e001:temperature_high"])
     device_id: str = Field(examples=["dev-1"])
     sensor_type: str = Field(examples=["temperature"])
@@ -57,7 +59,56 @@ class AlertOut(_Open):
     message: str = Field(examples=["Temperature 61°C on dev-1 is above maximum 50°C"])
     timestamp: str = Field(description="time of the reading", examples=["2025-01-15T10:00:00.000Z"])
     created_at: str = Field(examples=["2025-01-15T10:00:00.350Z"])
-    status: str = Field(examples=["active"])
+    status: str = Field(description="active or resolved", examples=["active"])
+    rule_id: str | None = Field(None, examples=["temperature_high"])
+    rule_name: str | None = Field(None, examples=["Temperature above maximum"])
+    fired_at: str | None = Field(
+        None, description="reading time it fired", examples=["2025-01-15T10:00:00.000Z"]
+    )
+    resolved_at: str | None = Field(
+        None, description="reading time it cleared", examples=["2025-01-15T10:05:00.000Z"]
+    )
+    acknowledged_at: str | None = Field(None, examples=["2025-01-15T10:01:30.000Z"])
+    acknowledged_by: str | None = Field(None, examples=["on-call"])
+    silenced: bool | None = Field(
+        None, description="a silence covered it when it fired: recorded, not announced"
+    )
+
+
+class RuleOut(_Open):
+    rule_id: str = Field(examples=["r-4f1c2a9b03de"])
+    name: str = Field(examples=["Server room too hot"])
+    metric: str = Field(examples=["temperature_c"])
+    operator: str = Field(examples=[">"])
+    threshold: float = Field(examples=[30.0])
+    severity: str = Field(examples=["critical"])
+    scope: str = Field(examples=["tag"])
+    tag: str | None = Field(None, examples=["room:101"])
+    devices: list[str] | None = Field(None, examples=[None])
+    k: int = Field(examples=[3])
+    n: int = Field(examples=[5])
+    for_: str = Field(alias="for", examples=["1m"])
+    cooldown: str = Field(examples=["10m"])
+    clear_threshold: float | None = Field(None, examples=[28.0])
+    enabled: bool = Field(examples=[True])
+    builtin: bool = Field(
+        description="one of the environment's thresholds (TEMP_*/HUMIDITY_*): it can be "
+        "disabled, not changed or deleted",
+        examples=[False],
+    )
+    created_at: str | None = Field(None, examples=["2025-01-15T09:00:00.000Z"])
+    created_by: str | None = Field(None, examples=["on-call"])
+    updated_at: str | None = Field(None, examples=["2025-01-15T09:30:00.000Z"])
+
+
+class SilenceOut(_Open):
+    silence_id: str = Field(examples=["s-9a0b1c2d3e4f"])
+    rule_id: str | None = Field(None, examples=["r-4f1c2a9b03de"])
+    device_id: str | None = Field(None, examples=["dev-1"])
+    until: str = Field(examples=["2025-01-15T12:00:00.000Z"])
+    comment: str | None = Field(None, examples=["maintenance window"])
+    created_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    created_by: str = Field(examples=["on-call"])
 
 
 class DeviceOut(_Open):
@@ -121,6 +172,14 @@ class AlertsPage(_Page):
     data: list[AlertOut]
 
 
+class RulesPage(_Page):
+    data: list[RuleOut]
+
+
+class SilencesPage(_Page):
+    data: list[SilenceOut]
+
+
 class DevicesPage(_Page):
     data: list[DeviceOut]
 
@@ -137,7 +196,29 @@ class StatsOut(BaseModel):
         description="true: there are at least `active_alerts` (the count stopped there)",
         examples=[False],
     )
-    generated_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    as_of: str = Field(
+        description="when these figures were gathered (every `refresh_interval_s`, in the "
+        "background)",
+        examples=["2025-01-15T10:00:00.000Z"],
+    )
+    generated_at: str = Field(
+        description="the same as `as_of`, for clients of the first version",
+        examples=["2025-01-15T10:00:00.000Z"],
+    )
+    refresh_interval_s: float = Field(examples=[5.0])
+    kafka_reachable: bool = Field(
+        description="false: the Kafka figures below are null", examples=[True]
+    )
+    ingest_rate_per_s: float | None = Field(
+        description="readings written to the telemetry topic per second, over the last minute; "
+        "null on the first snapshot",
+        examples=[1250.0],
+    )
+    consumer_lag: dict[str, int] | None = Field(
+        description="per consumer group, telemetry records not processed yet",
+        examples=[{"aggregator-worker": 40, "alerts-worker": 12}],
+    )
+    dlq_size: int | None = Field(description="records held in the dead-letter topic", examples=[0])
 
 
 class HealthOut(BaseModel):

@@ -114,7 +114,8 @@ class Stack:
         self, name: str, colour: str, process: subprocess.Popen[bytes], log_path: Path
     ) -> None:
         assert process.stdout is not None
-        with log_path.open("ab") as log:
+        # The pipe is closed here, at its end, not left to the garbage collector.
+        with process.stdout, log_path.open("ab") as log:
             for line in process.stdout:
                 log.write(line)
                 log.flush()

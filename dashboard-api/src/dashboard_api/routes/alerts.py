@@ -1,27 +1,42 @@
-"""Alerts, newest first."""
+"""Alerts, newest first, and acknowledging one."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
+from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.mongo import ALERTS
+from telemetry_common.timefmt import utcnow
 
+from dashboard_api.auth import WRITE_ERRORS, Writer
 from dashboard_api.deps import BAD_PARAMETER, Db, DeviceFilter, From, Limit, To, page, time_range
 from dashboard_api.paging import Cursor, keyset_page
-from dashboard_api.schemas import AlertsPage
+from dashboard_api.schemas import AlertOut, AlertsPage
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["alerts"])
 
 Severity = Annotated[
-    Literal["warning", "critical"] | None,
+    Literal["info", "warning", "critical"] | None,
     Query(description="only this severity", examples=["critical"]),
 ]
 Status = Annotated[
-    Literal["active", "resolved", "acknowledged"] | None,
-    Query(description="only this status", examples=["active"]),
+    Literal["active", "resolved", "acknowledged", "unacknowledged"] | None,
+    Query(
+        description="only active or resolved alerts, or those acknowledged (or not) by a person",
+        examples=["active"],
+    ),
 ]
+RuleFilter = Annotated[
+    str | None, Query(max_length=64, description="only this rule's", examples=["temperature_high"])
+]
+STATUS_QUERIES: dict[str, dict[str, Any]] = {
+    "active": {"status": "active"},
+    "resolved": {"status": "resolved"},
+    "acknowledged": {"acknowledged_at": {"$ne": None}},
+    "unacknowledged": {"acknowledged_at": None},
+}
 
 
 @router.get("/alerts", response_model=AlertsPage, responses=BAD_PARAMETER)
@@ -32,17 +47,23 @@ async def list_alerts(
     device_id: DeviceFilter = None,
     severity: Severity = None,
     status: Status = None,
+    rule_id: RuleFilter = None,
     start: From = None,
     end: To = None,
 ) -> dict[str, Any]:
-    """Alerts, newest first, filtered by device, severity, status and creation time."""
+    """Alerts, newest first, filtered by device, severity, status, rule and creation time.
+
+    Resolved alerts stay: this is the history too.
+    """
     query: dict[str, Any] = {**time_range("created_at", start, end)}
     if device_id:
         query["device_id"] = device_id
     if severity:
         query["severity"] = severity
     if status:
-        query["status"] = status
+        query.update(STATUS_QUERIES[status])
+    if rule_id:
+        query["rule_id"] = rule_id
     docs, next_cursor = await keyset_page(
         db[ALERTS], query, sort_key="created_at", limit=limit, cursor=cursor
     )
@@ -59,3 +80,26 @@ async def recent_alerts(
     """The most recent alerts across all devices."""
     cursor = db[ALERTS].find({}).sort("created_at", -1).limit(limit)
     return page([public(doc) async for doc in cursor])
+
+
+@router.post(
+    "/alerts/{alert_id}/ack",
+    response_model=AlertOut,
+    responses={404: {"description": "no alert has this id", "model": ErrorOut}, **WRITE_ERRORS},
+)
+async def acknowledge_alert(
+    db: Db,
+    writer: Writer,
+    alert_id: Annotated[str, Path(max_length=300, examples=["e001:temperature_high"])],
+) -> dict[str, Any]:
+    """Acknowledge an alert: someone is on it. The first acknowledgement is kept."""
+    doc = await db[ALERTS].find_one_and_update(
+        {"_id": alert_id, "acknowledged_at": None},
+        {"$set": {"acknowledged_at": utcnow(), "acknowledged_by": writer}},
+        return_document=True,
+    )
+    if doc is None:
+        doc = await db[ALERTS].find_one({"_id": alert_id})
+    if doc is None:
+        raise ApiError(404, "alert_id", "no such alert")
+    return public(doc)

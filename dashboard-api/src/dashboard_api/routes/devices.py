@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.mongo import ALERTS, DEVICES
@@ -15,6 +15,17 @@ from dashboard_api.schemas import DeviceOut, DevicesPage
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["devices"])
+
+IdPrefix = Annotated[
+    str | None,
+    Query(
+        pattern=DEVICE_ID_PATTERN,
+        description="only devices whose id starts with this (the dashboard's search box)",
+        examples=["dev-1"],
+    ),
+]
+# Above every character a device id may hold (all ASCII): the end of a prefix's range.
+_AFTER_ID_CHARS = "\x7f"
 
 
 async def open_alert_counts(db: AsyncDatabase, device_ids: list[str]) -> dict[str, int]:
@@ -43,14 +54,17 @@ async def _with_open_alerts(db: AsyncDatabase, docs: list[dict[str, Any]]) -> li
 
 @router.get("/devices", response_model=DevicesPage, responses=BAD_PARAMETER)
 async def list_devices(
-    db: Db, limit: Limit, cursor: Cursor = None, tag: TagFilter = None
+    db: Db, limit: Limit, cursor: Cursor = None, tag: TagFilter = None, id_prefix: IdPrefix = None
 ) -> dict[str, Any]:
     """Devices with first/last seen, reading count, last values and open alerts, by device id.
 
     Ordered by device id, which never changes: ordered by last seen, a device
     reporting while a client pages would move between pages, seen twice or never.
     """
-    query = {"tags": tag} if tag else {}
+    query: dict[str, Any] = {"tags": tag} if tag else {}
+    if id_prefix:
+        # A range on _id rather than a regex: the _id index serves it, paged like the rest.
+        query["_id"] = {"$gte": id_prefix, "$lt": id_prefix + _AFTER_ID_CHARS}
     docs, next_cursor = await keyset_page(
         db[DEVICES], query, sort_key="_id", limit=limit, cursor=cursor, descending=False
     )

@@ -1,17 +1,19 @@
-"""`GET /devices/{device_id}/stream`: Server-Sent Events of a device's new readings and rollups."""
+"""Server-Sent Events: a device's new readings and rollups, and alert transitions."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from telemetry_common.api_errors import ApiError, ErrorOut
 
+from dashboard_api.alert_feed import AlertFeed
 from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN
-from dashboard_api.live import DeviceFeeds, Event, Watcher
+from dashboard_api.live import DeviceFeeds, Event
 
 router = APIRouter(tags=["live"])
 
@@ -34,20 +36,36 @@ def sse(event: Event) -> bytes:
     return f"event: {event.kind}\n{event_id}data: ".encode() + orjson.dumps(event.data) + b"\n\n"
 
 
-async def _events(feeds: DeviceFeeds, watcher: Watcher, heartbeat_s: float) -> AsyncIterator[bytes]:
+async def sse_events(
+    greeting: str,
+    queue: asyncio.Queue[Any],
+    encode: Callable[[Any], bytes],
+    heartbeat_s: float,
+    close: Callable[[], None],
+) -> AsyncIterator[bytes]:
+    """A stream's bytes: the retry hint and a greeting, then each queued event or a keep-alive."""
     try:
-        yield f"retry: {RETRY_MS}\n\n: watching {watcher.device_id}\n\n".encode()
+        yield f"retry: {RETRY_MS}\n\n: {greeting}\n\n".encode()
         while True:
             try:
-                event = await asyncio.wait_for(watcher.queue.get(), heartbeat_s)
+                event = await asyncio.wait_for(queue.get(), heartbeat_s)
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
             if event is None:  # dropped as too slow, or the server is stopping
                 return
-            yield sse(event)
+            yield encode(event)
     finally:
-        feeds.unsubscribe(watcher)
+        close()
+
+
+def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        # No caching, and no buffering by nginx-style proxies: events go out as they come.
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get(
@@ -72,9 +90,73 @@ async def device_stream(
     # Subscribed before answering: a MongoDB failure is still a 503, and every
     # reading stored after the response starts is pushed.
     watcher = await feeds.subscribe(device_id)
-    return StreamingResponse(
-        _events(feeds, watcher, request.app.state.settings.stream_heartbeat_s),
-        media_type="text/event-stream",
-        # No caching, and no buffering by nginx-style proxies: events go out as they come.
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return event_stream(
+        sse_events(
+            f"watching {device_id}",
+            watcher.queue,
+            sse,
+            request.app.state.settings.stream_heartbeat_s,
+            lambda: feeds.unsubscribe(watcher),
+        )
+    )
+
+
+ALERT_SSE_EXAMPLE = (
+    "id: e001:temperature_high:fired\n"
+    'data: {"alert_id":"e001:temperature_high","device_id":"dev-1","rule_id":"temperature_high",'
+    '"status":"active","severity":"critical","value":61.0,"transition":"fired",'
+    '"transition_at":"2025-01-15T10:00:00.000Z",'
+    '"notification_id":"e001:temperature_high:fired",...}\n\n'
+)
+# How long a new client waits for the feed to reach Kafka (at start, or after Kafka was away).
+FEED_READY_S = 5.0
+
+
+def alert_sse(event: dict[str, Any]) -> bytes:
+    # The seed's shape (`data:` only, no event name), so EventSource.onmessage sees it;
+    # the id lets a client drop a repeat.
+    head = f"id: {event.get('notification_id', '')}\ndata: ".encode()
+    return head + orjson.dumps(event) + b"\n\n"
+
+
+@router.get(
+    "/alerts/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "one event per alert transition (`transition`: fired or resolved) "
+            "as published to alerts.triggered, from the moment of connecting; silenced "
+            "transitions are not streamed; a `: keep-alive` comment on a quiet stream",
+            "content": {"text/event-stream": {"example": ALERT_SSE_EXAMPLE}},
+        },
+        503: {"description": "the stream cannot reach Kafka yet; retry", "model": ErrorOut},
+        **BAD_PARAMETER,
+    },
+)
+async def alert_stream(
+    request: Request,
+    device_id: Annotated[
+        str | None,
+        Query(pattern=DEVICE_ID_PATTERN, description="only this device's", examples=["dev-1"]),
+    ] = None,
+) -> StreamingResponse:
+    """Live: alert transitions as Server-Sent Events, of one device or all."""
+    feed: AlertFeed = request.app.state.alert_feed
+    try:
+        await asyncio.wait_for(feed.ready.wait(), FEED_READY_S)
+    except TimeoutError:
+        raise ApiError(
+            503, "kafka", "the alert stream is not connected yet", headers={"Retry-After": "5"}
+        ) from None
+    # Subscribed before answering: every transition published after the response
+    # starts is pushed.
+    watcher = feed.subscribe(device_id)
+    return event_stream(
+        sse_events(
+            f"watching alerts of {device_id}" if device_id else "watching alerts",
+            watcher.queue,
+            alert_sse,
+            request.app.state.settings.stream_heartbeat_s,
+            lambda: feed.unsubscribe(watcher),
+        )
     )

@@ -1,4 +1,5 @@
-"""End-to-end latency: a POST until its rollup is visible and until its alert is published.
+"""End-to-end latency: a POST until its rollup is visible, its alert is published,
+and the alert reaches a client of the dashboard's alert stream (SSE).
 
 The ceiling is what Kafka alone costs: a record produced (acks=all) until a
 consumer already waiting on the topic receives it, sampled the same way.
@@ -25,14 +26,31 @@ GAP_S = 0.05  # between samples, so each one meets the pipeline idle of its own 
 POLL_S = 0.005
 
 
-class TopicWatcher:
+class _Arrivals:
+    """A future per key, resolved with the time a message for that key arrives."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[bytes, asyncio.Future[float]] = {}
+
+    def expect(self, key: bytes) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        return future
+
+    def arrived(self, key: bytes, at: float) -> None:
+        future = self._waiting.pop(key, None)
+        if future and not future.done():
+            future.set_result(at)
+
+
+class TopicWatcher(_Arrivals):
     """Resolves a future per key when a record with that key arrives on the topic."""
 
     def __init__(self, bootstrap_servers: str, topic: str):
+        super().__init__()
         self._consumer = AIOKafkaConsumer(
             topic, bootstrap_servers=bootstrap_servers, group_id=None, auto_offset_reset="latest"
         )
-        self._waiting: dict[bytes, asyncio.Future[float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TopicWatcher:
@@ -49,20 +67,54 @@ class TopicWatcher:
             self._task.cancel()
         await self._consumer.stop()
 
-    def expect(self, key: bytes) -> asyncio.Future[float]:
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiting[key] = future
-        return future
-
     async def _watch(self) -> None:
         while True:
             batch = await self._consumer.getmany(timeout_ms=100)
             arrived = time.perf_counter()
             for records in batch.values():
                 for record in records:
-                    future = self._waiting.pop(record.key or b"", None)
-                    if future and not future.done():
-                        future.set_result(arrived)
+                    self.arrived(record.key or b"", arrived)
+
+
+class AlertStreamWatcher(_Arrivals):
+    """A client of GET /alerts/stream: resolves a future per device id as its alert arrives."""
+
+    def __init__(self, dashboard_url: str):
+        super().__init__()
+        self._url = f"{dashboard_url}/alerts/stream"
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        self._response: aiohttp.ClientResponse | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AlertStreamWatcher:
+        for _ in range(60):  # 503 until the dashboard's feed reached Kafka
+            response = await self._session.get(self._url)
+            if response.status == 200:
+                break
+            response.release()
+            await asyncio.sleep(0.5)
+        response.raise_for_status()
+        self._response = response
+        # The greeting comes once the subscription is in place.
+        while not (await response.content.readline()).startswith(b": watching"):
+            pass
+        self._task = asyncio.create_task(self._watch(response))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._response is not None:
+            self._response.close()
+        await self._session.close()
+
+    async def _watch(self, response: aiohttp.ClientResponse) -> None:
+        async for line in response.content:
+            if line.startswith(b"data: "):
+                arrived = time.perf_counter()
+                event = orjson.loads(line[6:])
+                if event.get("transition") == "fired":
+                    self.arrived(event["device_id"].encode(), arrived)
 
 
 async def kafka_round_trip_ms(bootstrap_servers: str, topic: str, samples: int) -> list[float]:
@@ -85,16 +137,19 @@ async def kafka_round_trip_ms(bootstrap_servers: str, topic: str, samples: int) 
 
 async def pipeline_latencies_ms(
     ingest_url: str,
+    dashboard_url: str,
     mongo_url: str,
     db_name: str,
     bootstrap_servers: str,
     alerts_topic: str,
     samples: int,
     run_id: str,
-) -> tuple[list[float], list[float]]:
-    """POST one breaching reading per sample; time its rollup and its alert event."""
+) -> tuple[list[float], list[float], list[float]]:
+    """POST one breaching reading per sample; time its rollup, its alert event on
+    alerts.triggered and its arrival at an alert-stream client."""
     rollup_ms: list[float] = []
     alert_ms: list[float] = []
+    sse_ms: list[float] = []
     client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
     rollups = client[db_name][ROLLUPS]
 
@@ -107,11 +162,13 @@ async def pipeline_latencies_ms(
     try:
         async with (
             TopicWatcher(bootstrap_servers, alerts_topic) as watcher,
+            AlertStreamWatcher(dashboard_url) as stream,
             aiohttp.ClientSession(base_url=ingest_url) as http,
         ):
             for i in range(samples):
                 device = f"e2e-{run_id}-{i}"
                 alert = watcher.expect(device.encode())
+                streamed = stream.expect(device.encode())
                 body = orjson.dumps(
                     {"device_id": device, "ts": iso_z(datetime.now(UTC)), "temperature_c": 80.0}
                 )
@@ -122,15 +179,17 @@ async def pipeline_latencies_ms(
                     response.raise_for_status()
                 await asyncio.wait_for(rollup_visible(device, sent), 60)
                 alert_ms.append((await asyncio.wait_for(alert, 60) - sent) * 1000)
+                sse_ms.append((await asyncio.wait_for(streamed, 60) - sent) * 1000)
                 await asyncio.sleep(GAP_S)
     finally:
         await client.close()
-    return rollup_ms, alert_ms
+    return rollup_ms, alert_ms, sse_ms
 
 
 async def measure(
     *,
     ingest_url: str,
+    dashboard_url: str,
     mongo_url: str,
     db_name: str,
     bootstrap_servers: str,
@@ -141,8 +200,15 @@ async def measure(
 ) -> dict[str, float]:
     await ensure_topics(bootstrap_servers, [TopicSpec(rtt_topic, 1, {})])
     rtt = await kafka_round_trip_ms(bootstrap_servers, rtt_topic, samples)
-    rollup, alert = await pipeline_latencies_ms(
-        ingest_url, mongo_url, db_name, bootstrap_servers, alerts_topic, samples, run_id
+    rollup, alert, sse = await pipeline_latencies_ms(
+        ingest_url,
+        dashboard_url,
+        mongo_url,
+        db_name,
+        bootstrap_servers,
+        alerts_topic,
+        samples,
+        run_id,
     )
     return {
         "rtt_p50": percentile(rtt, 0.5),
@@ -151,4 +217,6 @@ async def measure(
         "rollup_p99": percentile(rollup, 0.99),
         "alert_p50": percentile(alert, 0.5),
         "alert_p99": percentile(alert, 0.99),
+        "sse_p50": percentile(sse, 0.5),
+        "sse_p99": percentile(sse, 0.99),
     }

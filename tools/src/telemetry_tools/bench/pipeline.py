@@ -103,6 +103,7 @@ def run(
             e2e = asyncio.run(
                 latency.measure(
                     ingest_url=ingest.url,
+                    dashboard_url=dashboard.url,
                     mongo_url=infra.mongo_url,
                     db_name=db_name,
                     bootstrap_servers=infra.bootstrap_servers,
@@ -123,6 +124,7 @@ def run(
     for what, key, goal in (
         ("POST to rollup visible", "rollup", ""),
         ("POST to alert published on alerts.triggered", "alert", "p99 < 100 ms"),
+        ("POST to alert at an SSE client of /alerts/stream", "sse", "p99 < 100 ms"),
     ):
         for q in ("p50", "p99"):
             report.add(

@@ -1,0 +1,137 @@
+"""Where a transition becomes deliveries: one document per (webhook, notification).
+
+This is the only write made before the Kafka offset is committed, and it is
+idempotent: ``_id`` = "<webhook_id>:<notification_id>" is inserted once
+(``$setOnInsert``), so a replayed or rebalanced alerts.triggered record creates
+nothing new and never sends twice. The delivery keeps the exact body, so every
+retry sends (and signs) the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka.structs import ConsumerRecord
+from pymongo import UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
+from telemetry_common.timefmt import to_utc_ms
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TRANSITIONS = ("fired", "resolved")
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    notification_id: str
+    alert_id: str
+    device_id: str
+    severity: str
+    transition: str
+    rule_id: str | None
+    body: bytes
+    # When alerts.triggered got it: a webhook gets transitions published after it was created.
+    published_at: datetime
+
+
+def decode_notification(record: ConsumerRecord) -> Notification | None:
+    """The transition a record announces; None for an alert event of the seed's kind
+    (no ``transition``), which has nothing to notify. Anything else malformed raises
+    ValueError and goes to the dead-letter topic."""
+    event = orjson.loads(record.value)
+    if not isinstance(event, dict):
+        raise ValueError("not a JSON object")
+    if "transition" not in event and "notification_id" not in event:
+        return None
+    strings = ("notification_id", "alert_id", "device_id", "severity", "transition")
+    for name in strings:
+        if not isinstance(event.get(name), str) or not event[name]:
+            raise ValueError(f"{name} missing or not a string")
+    if event["transition"] not in TRANSITIONS:
+        raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}")
+    rule_id = event.get("rule_id")
+    return Notification(
+        notification_id=event["notification_id"],
+        alert_id=event["alert_id"],
+        device_id=event["device_id"],
+        severity=event["severity"],
+        transition=event["transition"],
+        rule_id=rule_id if isinstance(rule_id, str) else None,
+        body=record.value,
+        published_at=to_utc_ms(datetime.fromtimestamp(record.timestamp / 1000, UTC)),
+    )
+
+
+def matches(webhook: dict[str, Any], notification: Notification) -> bool:
+    """Whether the webhook wants this transition: created before it, and every filter agrees.
+
+    The creation bound is what keeps a replay (a new consumer group, a reset
+    offset) from flooding a webhook registered today with last week's alerts.
+    """
+    if webhook["created_at"] > notification.published_at:
+        return False
+    for field, value in (
+        ("severity", notification.severity),
+        ("device_ids", notification.device_id),
+        ("rule_ids", notification.rule_id),
+    ):
+        wanted = webhook.get(field)
+        if wanted and value not in wanted:
+            return False
+    return True
+
+
+def delivery_id(webhook_id: str, notification_id: str) -> str:
+    return f"{webhook_id}:{notification_id}"
+
+
+def delivery_document(
+    webhook: dict[str, Any], notification: Notification, now: datetime
+) -> dict[str, Any]:
+    return {
+        "webhook_id": webhook["_id"],
+        "notification_id": notification.notification_id,
+        "alert_id": notification.alert_id,
+        "device_id": notification.device_id,
+        "severity": notification.severity,
+        "transition": notification.transition,
+        "rule_id": notification.rule_id,
+        "url": webhook["url"],
+        "body": notification.body.decode(),
+        "status": PENDING,
+        "attempt_count": 0,
+        "attempts": [],
+        "next_attempt_at": now,
+        "created_at": now,
+        "delivered_at": None,
+        "last_error": None,
+    }
+
+
+async def record_deliveries(
+    db: AsyncDatabase, notifications: list[Notification], now: datetime
+) -> int:
+    """Record a delivery for each matching (webhook, notification); return how many are new."""
+    if not notifications:
+        return 0
+    webhooks = [w async for w in db[WEBHOOKS].find({}, {"secret": 0})]
+    writes = [
+        UpdateOne(
+            {"_id": delivery_id(webhook["_id"], n.notification_id)},
+            {"$setOnInsert": delivery_document(webhook, n, now)},
+            upsert=True,
+        )
+        for n in notifications
+        for webhook in webhooks
+        if matches(webhook, n)
+    ]
+    if not writes:
+        return 0
+    result = await db[WEBHOOK_DELIVERIES].bulk_write(writes, ordered=False)
+    return result.upserted_count

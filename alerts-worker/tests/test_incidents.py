@@ -1,0 +1,136 @@
+"""Unit tests for alerts_worker.incidents: scopes, replays and rules that change."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from alerts_worker.incidents import RuleIndex, Tracked, evaluate_batch
+from telemetry_common.alert_rules import Rule, Silence
+from telemetry_common.kafka.consumer import Consumed
+from telemetry_common.reading import Reading, parse_reading
+
+NOW = datetime(2025, 1, 15, 12, tzinfo=UTC)
+
+
+def rule(rule_id: str = "r-1", **fields: Any) -> Rule:
+    doc = {"_id": rule_id, "name": "Hot", "metric": "t", "operator": ">", "threshold": 30.0}
+    return Rule.model_validate({**doc, **fields})
+
+
+class Partition:
+    """Readings as one Kafka partition delivers them, offsets counting up."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def items(self, *bodies: dict[str, Any]) -> list[Consumed[Reading]]:
+        out = []
+        for body in bodies:
+            doc = {"device_id": "dev-1", "ts": f"2025-01-15T10:00:{self.offset:02d}Z", **body}
+            reading = parse_reading(doc, now=NOW, max_future_skew=timedelta(days=1))
+            out.append(Consumed(0, self.offset, reading, None))  # type: ignore[arg-type]
+            self.offset += 1
+        return out
+
+
+def fired_devices(items: list[Consumed[Reading]], *rules: Rule) -> list[tuple[str, str]]:
+    outcome = evaluate_batch(items, RuleIndex(rules), {}, [], NOW)
+    return [(r.transition.alert["device_id"], r.transition.kind) for r in outcome.raised]
+
+
+def test_scope_all_devices_tag_and_device_list() -> None:
+    p = Partition()
+    items = p.items(
+        {"device_id": "a", "t": 40},
+        {"device_id": "b", "metrics": {"t": 40}, "tags": ["room:101"]},
+        {"device_id": "c", "t": 40},
+    )
+    assert fired_devices(items, rule()) == [("a", "fired"), ("b", "fired"), ("c", "fired")]
+    assert fired_devices(items, rule(scope="tag", tag="room:101")) == [("b", "fired")]
+    assert fired_devices(items, rule(scope="devices", devices=["a", "c"])) == [
+        ("a", "fired"),
+        ("c", "fired"),
+    ]
+
+
+def test_disabled_rules_and_other_metrics_are_not_evaluated() -> None:
+    items = Partition().items({"t": 40, "humidity": 99})
+    assert fired_devices(items, rule(enabled=False)) == []
+    assert fired_devices(items, rule(metric="pressure")) == []
+    outcome = evaluate_batch(items, RuleIndex([rule(), rule("r-2")]), {}, [], NOW)
+    assert outcome.evaluations == 2
+
+
+def test_a_replayed_reading_is_skipped_by_the_state_that_took_it() -> None:
+    p = Partition()
+    items = p.items({"t": 40})
+    tracked: dict[str, Tracked] = {}
+    index = RuleIndex([rule()])
+    first = evaluate_batch(items, index, tracked, [], NOW)
+    assert [r.transition.kind for r in first.raised] == ["fired"]
+    # The same records again (a crash before the commit): nothing new.
+    again = evaluate_batch(items, index, tracked, [], NOW)
+    assert again.raised == [] and again.evaluations == 0
+    # Stored and read back, as after a restart: still nothing new.
+    restored = {k: Tracked.from_document(t.to_document(NOW)) for k, t in tracked.items()}
+    assert evaluate_batch(items, index, restored, [], NOW).raised == []
+    assert [
+        r.transition.kind
+        for r in evaluate_batch(p.items({"t": 0}), index, restored, [], NOW).raised
+    ] == ["resolved"]
+
+
+def test_an_open_alert_of_a_removed_rule_resolves_with_the_next_reading() -> None:
+    p = Partition()
+    tracked: dict[str, Tracked] = {}
+    evaluate_batch(p.items({"t": 40}), RuleIndex([rule()]), tracked, [], NOW)
+    outcome = evaluate_batch(p.items({"humidity": 1}), RuleIndex([]), tracked, [], NOW)
+    [raised] = outcome.raised
+    assert raised.transition.kind == "resolved"
+    assert raised.transition.alert["resolved_reason"] == "rule_changed"
+
+
+def test_a_reading_without_the_metric_leaves_the_alert_open() -> None:
+    p = Partition()
+    tracked: dict[str, Tracked] = {}
+    index = RuleIndex([rule()])
+    evaluate_batch(p.items({"t": 40}), index, tracked, [], NOW)
+    assert evaluate_batch(p.items({"humidity": 1}), index, tracked, [], NOW).raised == []
+
+
+def test_a_silence_of_the_rule_or_the_device_mutes_the_transition() -> None:
+    until = NOW + timedelta(hours=1)
+    for silence in (
+        Silence(_id="s", rule_id="r-1", until=until),
+        Silence(_id="s", device_id="dev-1", until=until),
+        Silence(_id="s", rule_id="r-1", device_id="dev-1", until=until),
+    ):
+        [raised] = evaluate_batch(
+            Partition().items({"t": 40}), RuleIndex([rule()]), {}, [silence], NOW
+        ).raised
+        assert not raised.transition.notify
+    others = [
+        Silence(_id="s", rule_id="r-2", until=until),
+        Silence(_id="s", device_id="dev-2", until=until),
+        Silence(_id="s", rule_id="r-1", until=NOW),  # over
+    ]
+    [raised] = evaluate_batch(
+        Partition().items({"t": 40}), RuleIndex([rule()]), {}, others, NOW
+    ).raised
+    assert raised.transition.notify
+
+
+def test_states_that_decide_nothing_are_not_kept() -> None:
+    p = Partition()
+    index = RuleIndex([rule(k=2, n=3, clear_threshold=25.0, cooldown="1m")])
+    tracked: dict[str, Tracked] = {}
+    outcome = evaluate_batch(p.items({"t": 10}, {"t": 20}), index, tracked, [], NOW)
+    assert (outcome.evaluations, tracked) == (2, {})  # nothing past 25 or 30: nothing kept
+    evaluate_batch(p.items({"t": 27}), index, tracked, [], NOW)
+    assert [t.idle for t in tracked.values()] == [False]  # 27 would hold an open alert
+    # Fired, then resolved: the cooldown keeps the state until it has run out.
+    later = p.items({"t": 31}, {"t": 31}, {"t": 0}, {"t": 0}, {"t": 0})
+    kinds = [r.transition.kind for r in evaluate_batch(later, index, tracked, [], NOW).raised]
+    assert kinds == ["fired", "resolved"]
+    assert [t.idle for t in tracked.values()] == [False]

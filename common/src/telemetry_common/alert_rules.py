@@ -1,0 +1,304 @@
+"""Alert rules as stored in MongoDB: written by dashboard-api, evaluated by alerts-worker.
+
+One model for both sides, so a rule the API accepted is a rule the worker can
+evaluate. Validation errors name the field (k, clear_threshold, ...) and why.
+The seed's environment thresholds become the built-in rules (``builtin_rules``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from datetime import datetime
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
+
+ALERT_RULES = "alert_rules"
+ALERT_SILENCES = "alert_silences"
+
+Operator = Literal[">", ">=", "<", "<=", "==", "!="]
+Severity = Literal["info", "warning", "critical"]
+Scope = Literal["all", "tag", "devices"]
+
+OPERATORS: dict[str, Any] = {
+    ">": lambda value, threshold: value > threshold,
+    ">=": lambda value, threshold: value >= threshold,
+    "<": lambda value, threshold: value < threshold,
+    "<=": lambda value, threshold: value <= threshold,
+    "==": lambda value, threshold: value == threshold,
+    "!=": lambda value, threshold: value != threshold,
+}
+# How an alert_type names a custom rule's breach, as the seed's "temperature_high".
+OPERATOR_WORDS = {
+    ">": "high",
+    ">=": "high",
+    "<": "low",
+    "<=": "low",
+    "==": "equal",
+    "!=": "changed",
+}
+RELATIONS = {
+    ">": "above",
+    ">=": "at or above",
+    "<": "below",
+    "<=": "at or below",
+    "==": "equal to",
+    "!=": "not equal to",
+}
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9\-_.:]{1,128}$"
+METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
+DURATION_PATTERN = r"^\d{1,7}[smhd]$"
+_DURATION_RE = re.compile(r"(\d{1,7})([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+MAX_WINDOW = 100
+
+
+def duration_seconds(text: str) -> int:
+    """'30s', '5m', '2h', '1d' (and '0s') -> seconds."""
+    match = _DURATION_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"duration {text!r} is not like 0s, 30s, 5m, 2h or 1d")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class RuleCreate(BaseModel):
+    """A new rule: name, metric, operator and threshold are required.
+
+    Fields are checked one by one here, and together by ``check_rule``.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=100, examples=["Server room too hot"])
+    metric: str = Field(pattern=METRIC_PATTERN, examples=["temperature_c"])
+    operator: Operator = Field(examples=[">"])
+    threshold: float = Field(allow_inf_nan=False, examples=[30.0])
+    severity: Severity = Field("warning", examples=["critical"])
+    scope: Scope = Field(
+        "all",
+        description="`all` devices, devices whose readings carry `tag`, or the listed `devices`",
+        examples=["tag"],
+    )
+    tag: str | None = Field(None, min_length=1, max_length=128, examples=["room:101"])
+    devices: list[Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]] | None = Field(
+        None, min_length=1, max_length=10_000, examples=[["dev-1", "dev-2"]]
+    )
+    k: int = Field(
+        1,
+        ge=1,
+        le=MAX_WINDOW,
+        description="how many of the device's last `n` readings must breach",
+        examples=[3],
+    )
+    n: int = Field(1, ge=1, le=MAX_WINDOW, description="the window, in readings", examples=[5])
+    for_: str = Field(
+        "0s",
+        alias="for",
+        pattern=DURATION_PATTERN,
+        description="how long the k-of-n condition must hold before the alert fires, "
+        "in reading time; 0s fires at once",
+        examples=["1m"],
+    )
+    cooldown: str = Field(
+        "0s",
+        pattern=DURATION_PATTERN,
+        description="after an alert of this rule fires for a device, the next one for that "
+        "device waits at least this long (reading time)",
+        examples=["10m"],
+    )
+    clear_threshold: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        description="hysteresis: an active alert resolves only once values are past this "
+        "(below it for > and >=, above it for < and <=); null: the threshold itself",
+        examples=[28.0],
+    )
+    enabled: bool = Field(True, examples=[True])
+
+
+def _optional(info: FieldInfo) -> tuple[Any, FieldInfo]:
+    optional = copy.copy(info)
+    optional.default = None
+    return info.annotation | None, optional
+
+
+# A PATCH: any subset of the fields, each checked as on creation; the fields
+# are checked together once merged with the stored rule (``check_rule``).
+RuleUpdate = create_model(
+    "RuleUpdate",
+    __config__=ConfigDict(extra="forbid", populate_by_name=True),
+    __doc__="Fields to change; those left out keep their value.",
+    **{name: _optional(info) for name, info in RuleCreate.model_fields.items()},  # type: ignore[call-overload]
+)
+
+
+class RuleError(ValueError):
+    """A rule whose fields contradict each other; ``field`` is the one to change."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+def check_rule(rule: dict[str, Any]) -> None:
+    """Checks across fields, for a new rule and for a rule after a PATCH."""
+    if rule["k"] > rule["n"]:
+        raise RuleError("k", f"must be at most n ({rule['n']})")
+    scope = rule["scope"]
+    if scope == "tag" and not rule.get("tag"):
+        raise RuleError("tag", "is required when scope is 'tag'")
+    if scope == "devices" and not rule.get("devices"):
+        raise RuleError("devices", "is required when scope is 'devices'")
+    if scope != "tag" and rule.get("tag") is not None:
+        raise RuleError("tag", "is only allowed when scope is 'tag'")
+    if scope != "devices" and rule.get("devices") is not None:
+        raise RuleError("devices", "is only allowed when scope is 'devices'")
+    clear = rule.get("clear_threshold")
+    if clear is None:
+        return
+    operator, threshold = rule["operator"], rule["threshold"]
+    if operator in ("==", "!="):
+        raise RuleError("clear_threshold", f"has no meaning for operator {operator!r}")
+    if operator in (">", ">=") and clear > threshold:
+        raise RuleError("clear_threshold", f"must be at most threshold ({threshold:g})")
+    if operator in ("<", "<=") and clear < threshold:
+        raise RuleError("clear_threshold", f"must be at least threshold ({threshold:g})")
+
+
+class Rule(BaseModel):
+    """A rule as the worker evaluates it (read from its stored document)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    rule_id: str = Field(alias="_id")
+    name: str
+    metric: str
+    operator: Operator
+    threshold: float
+    severity: Severity = "warning"
+    scope: Scope = "all"
+    tag: str | None = None
+    devices: frozenset[str] | None = None
+    k: int = 1
+    n: int = 1
+    for_: str = Field("0s", alias="for")
+    cooldown: str = "0s"
+    clear_threshold: float | None = None
+    enabled: bool = True
+    builtin: bool = False
+    # Built-in rules only: other names of the metric, the seed's sensor name and
+    # unit for its messages, and how far past the threshold turns it critical.
+    metric_aliases: tuple[str, ...] = ()
+    sensor: str | None = None
+    unit: str = ""
+    critical_beyond: float | None = None
+
+    # Cached: read for every reading a rule meets.
+    @cached_property
+    def for_s(self) -> int:
+        return duration_seconds(self.for_)
+
+    @cached_property
+    def cooldown_s(self) -> int:
+        return duration_seconds(self.cooldown)
+
+    @cached_property
+    def limits(self) -> tuple[float, ...]:
+        """The threshold, and the clear threshold when there is one."""
+        if self.clear_threshold is None:
+            return (self.threshold,)
+        return (self.threshold, self.clear_threshold)
+
+    def concerns(self, value: float) -> bool:
+        """Whether a value is past the threshold or the clear threshold (it may matter)."""
+        check = OPERATORS[self.operator]
+        return any(check(value, limit) for limit in self.limits)
+
+    @property
+    def alert_type(self) -> str:
+        return f"{self.sensor or self.metric}_{OPERATOR_WORDS[self.operator]}"
+
+    def covers(self, device_id: str, tags: tuple[str, ...] | list[str]) -> bool:
+        if self.scope == "devices":
+            return self.devices is not None and device_id in self.devices
+        if self.scope == "tag":
+            return self.tag in tags
+        return True
+
+    def value_in(self, metrics: dict[str, float]) -> tuple[str, float] | None:
+        """The metric this rule watches in a reading, by its name or an alias."""
+        for name in (self.metric, *self.metric_aliases):
+            value = metrics.get(name)
+            if value is not None:
+                return name, value
+        return None
+
+
+BUILTIN_RELATIONS = {">": "above maximum", "<": "below minimum"}
+# How far past a built-in threshold an alert turns critical, as a share of the
+# threshold (or of the band, for a threshold of 0): the seed's rule.
+CRITICAL_MARGIN = 0.20
+
+
+def builtin_rules(
+    temp_min: float, temp_max: float, humidity_min: float, humidity_max: float
+) -> list[dict[str, Any]]:
+    """The seed's environment thresholds as rule documents (``_id`` = the seed's alert type).
+
+    Both reading forms name temperature differently (`temperature_c` flat, `temp`
+    general), so the temperature rules watch every name.
+    """
+    sensors = [
+        ("temperature", "temperature_c", ("temperature", "temp"), "°C", temp_min, temp_max),
+        ("humidity", "humidity", (), "%", humidity_min, humidity_max),
+    ]
+    rules = []
+    for sensor, metric, aliases, unit, low, high in sensors:
+        band = high - low
+        for operator, threshold, word in ((">", high, "high"), ("<", low, "low")):
+            base = abs(threshold) if threshold else band
+            rules.append(
+                {
+                    "_id": f"{sensor}_{word}",
+                    "name": f"{sensor.capitalize()} {BUILTIN_RELATIONS[operator]}",
+                    "metric": metric,
+                    "metric_aliases": list(aliases),
+                    "operator": operator,
+                    "threshold": threshold,
+                    "severity": "warning",
+                    "critical_beyond": CRITICAL_MARGIN * abs(base),
+                    "sensor": sensor,
+                    "unit": unit,
+                    "scope": "all",
+                    "k": 1,
+                    "n": 1,
+                    "for": "0s",
+                    "cooldown": "0s",
+                    "clear_threshold": None,
+                    "builtin": True,
+                }
+            )
+    return rules
+
+
+class Silence(BaseModel):
+    """Transitions of a matching alert are recorded but not announced until ``until``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    silence_id: str = Field(alias="_id")
+    rule_id: str | None = None
+    device_id: str | None = None
+    until: datetime
+
+    def matches(self, rule_id: str, device_id: str, at: datetime) -> bool:
+        return (
+            at < self.until
+            and (self.rule_id is None or self.rule_id == rule_id)
+            and (self.device_id is None or self.device_id == device_id)
+        )

@@ -1,0 +1,131 @@
+"""Alert transitions as they are published, shared by every alert-stream client of this process.
+
+The feed reads alerts.triggered itself rather than polling MongoDB: a transition
+is on the topic a few milliseconds after the worker recorded it, where a poll
+would add its whole interval (the goal is under 100 ms from the reading's POST
+to the SSE client). It is one consumer per dashboard process, outside any
+consumer group (every replica must see every transition, and a group would
+split the partitions between them), assigned every partition and started at
+the end: a stream shows what happens from now on; GET /alerts has the past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from dashboard_api.live import WATCHER_BACKLOG, end_queue, offer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class AlertWatcher:
+    device_id: str | None  # None: every device
+    # None in the queue means the feed ended for this watcher.
+    queue: asyncio.Queue[dict[str, Any] | None] = field(
+        default_factory=lambda: asyncio.Queue(WATCHER_BACKLOG)
+    )
+
+
+class AlertFeed:
+    def __init__(self, bootstrap_servers: str, topic: str, registry: CollectorRegistry):
+        self._bootstrap_servers = bootstrap_servers
+        self._topic = topic
+        self._watchers: set[AlertWatcher] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        self._delivered = Counter(
+            "dashboard_alert_events_total",
+            "Alert transitions read from alerts.triggered by the alert stream",
+            registry=registry,
+        )
+        self._watching = Gauge(
+            "dashboard_alert_stream_clients", "Connected alert-stream clients", registry=registry
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="alert-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for watcher in self._watchers:
+            end_queue(watcher.queue)
+        self._watchers.clear()
+
+    def subscribe(self, device_id: str | None) -> AlertWatcher:
+        watcher = AlertWatcher(device_id)
+        self._watchers.add(watcher)
+        self._watching.set(len(self._watchers))
+        return watcher
+
+    def unsubscribe(self, watcher: AlertWatcher) -> None:
+        self._watchers.discard(watcher)
+        self._watching.set(len(self._watchers))
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.ready.clear()
+                log.warning("alert feed: %s; reconnecting in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _consume(self) -> None:
+        # Subscribed without a group: every partition is this consumer's, and a
+        # partition added later is picked up with the metadata.
+        consumer = AIOKafkaConsumer(
+            self._topic,
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            client_id="dashboard-api-alert-feed",
+        )
+        await consumer.start()
+        try:
+            assigned = consumer.assignment()
+            if not assigned:
+                raise RuntimeError(f"topic {self._topic} has no partitions yet")
+            for tp in assigned:  # resolve the end now, so what comes next is seen
+                await consumer.position(tp)
+            self.ready.set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for record in records:
+                        self._dispatch(record.value)
+        finally:
+            self.ready.clear()
+            await consumer.stop()
+
+    def _dispatch(self, value: bytes) -> None:
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            log.warning("alert feed: a message that is not JSON was skipped")
+            return
+        self._delivered.inc()
+        device_id = event.get("device_id")
+        for watcher in list(self._watchers):
+            if watcher.device_id is not None and watcher.device_id != device_id:
+                continue
+            if not offer(watcher.queue, event):
+                # Too slow a client: its stream ends (an EventSource reconnects).
+                self.unsubscribe(watcher)
+                end_queue(watcher.queue)

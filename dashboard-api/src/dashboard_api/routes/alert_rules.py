@@ -1,0 +1,248 @@
+"""Alert rules: created, listed, changed and deleted here, evaluated by the alerts worker.
+
+The worker reloads the rules every RULES_REFRESH_S (a second by default), so a
+change is evaluated from the next readings on, without a restart.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Path, Query, Response
+from pydantic import BaseModel, Field
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.alert_rules import (
+    ALERT_RULES,
+    DEVICE_ID_PATTERN,
+    METRIC_PATTERN,
+    RuleCreate,
+    RuleError,
+    RuleUpdate,
+    check_rule,
+)
+from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.timefmt import utcnow
+
+from dashboard_api.auth import WRITE_ERRORS, Writer
+from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
+from dashboard_api.paging import Cursor, keyset_page
+from dashboard_api.schemas import RuleOut, RulesPage
+from dashboard_api.serialize import public
+
+router = APIRouter(tags=["alert rules"])
+
+RuleId = Annotated[str, Path(max_length=64, examples=["r-4f1c2a9b03de"])]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no rule has this id", "model": ErrorOut}
+}
+BAD_RULE: dict[int | str, dict[str, Any]] = {
+    422: {
+        "description": "a field is bad, or the fields contradict each other (k above n, a "
+        "clear_threshold on the wrong side, a scope without its tag or devices); "
+        "`errors` names the field and why",
+        "model": ErrorOut,
+    }
+}
+# Only whether a built-in rule is evaluated can change: its thresholds are the
+# environment's (TEMP_*/HUMIDITY_*), rewritten by the worker at every start.
+BUILTIN_CHANGEABLE = frozenset({"enabled"})
+
+CREATE_EXAMPLES = {
+    "tagged room, 3 of 5": {
+        "summary": "hot in room 101: 3 of the last 5 readings above 30, for a minute",
+        "value": {
+            "name": "Room 101 too hot",
+            "metric": "temperature_c",
+            "operator": ">",
+            "threshold": 30,
+            "severity": "critical",
+            "scope": "tag",
+            "tag": "room:101",
+            "k": 3,
+            "n": 5,
+            "for": "1m",
+            "cooldown": "10m",
+            "clear_threshold": 28,
+        },
+    },
+    "two devices": {
+        "summary": "battery low on two devices",
+        "value": {
+            "name": "Battery low",
+            "metric": "battery",
+            "operator": "<",
+            "threshold": 15,
+            "scope": "devices",
+            "devices": ["dev-1", "dev-2"],
+        },
+    },
+}
+
+
+def _checked(rule: dict[str, Any]) -> None:
+    try:
+        check_rule(rule)
+    except RuleError as exc:
+        raise ApiError(422, exc.field, exc.reason) from None
+
+
+async def _find(db: AsyncDatabase, rule_id: str) -> dict[str, Any]:
+    doc = await db[ALERT_RULES].find_one({"_id": rule_id})
+    if doc is None:
+        raise ApiError(404, "rule_id", "no such rule")
+    return doc
+
+
+async def create_rule(db: AsyncDatabase, rule: dict[str, Any], writer: str) -> dict[str, Any]:
+    _checked(rule)
+    now = utcnow()
+    doc = {
+        "_id": f"r-{secrets.token_hex(6)}",
+        **rule,
+        "builtin": False,
+        "created_at": now,
+        "created_by": writer,
+        "updated_at": now,
+    }
+    await db[ALERT_RULES].insert_one(doc)
+    return public(doc, "rule_id")
+
+
+@router.post(
+    "/alerts/rules",
+    status_code=201,
+    response_model=RuleOut,
+    responses={**BAD_RULE, **WRITE_ERRORS},
+)
+async def post_rule(
+    db: Db, writer: Writer, rule: Annotated[RuleCreate, Body(openapi_examples=CREATE_EXAMPLES)]
+) -> dict[str, Any]:
+    """Create a rule; the alerts worker evaluates it within seconds."""
+    return await create_rule(db, rule.model_dump(by_alias=True), writer)
+
+
+@router.get("/alerts/rules", response_model=RulesPage, responses=BAD_PARAMETER)
+async def list_rules(
+    db: Db,
+    limit: Limit,
+    cursor: Cursor = None,
+    metric: Annotated[
+        str | None,
+        Query(pattern=METRIC_PATTERN, description="only rules on this metric", examples=["t"]),
+    ] = None,
+    enabled: Annotated[
+        bool | None, Query(description="only enabled (or disabled) rules", examples=[True])
+    ] = None,
+    builtin: Annotated[
+        bool | None,
+        Query(description="only the built-in rules (or only people's)", examples=[False]),
+    ] = None,
+) -> dict[str, Any]:
+    """Rules, newest first, the built-in ones (the environment's thresholds) among them."""
+    query: dict[str, Any] = {}
+    if metric:
+        query["metric"] = metric
+    for field, value in (("enabled", enabled), ("builtin", builtin)):
+        if value is not None:
+            query[field] = value
+    docs, next_cursor = await keyset_page(
+        db[ALERT_RULES], query, sort_key="created_at", limit=limit, cursor=cursor
+    )
+    return page([public(doc, "rule_id") for doc in docs], next_cursor)
+
+
+@router.get("/alerts/rules/{rule_id}", response_model=RuleOut, responses=NOT_FOUND)
+async def get_rule(db: Db, rule_id: RuleId) -> dict[str, Any]:
+    """One rule."""
+    return public(await _find(db, rule_id), "rule_id")
+
+
+@router.patch(
+    "/alerts/rules/{rule_id}",
+    response_model=RuleOut,
+    responses={**NOT_FOUND, **BAD_RULE, **WRITE_ERRORS},
+)
+async def patch_rule(
+    db: Db,
+    writer: Writer,
+    rule_id: RuleId,
+    changes: Annotated[
+        RuleUpdate,  # type: ignore[valid-type]
+        Body(
+            openapi_examples={
+                "raise the threshold": {"value": {"threshold": 32, "clear_threshold": 30}},
+                "disable": {"value": {"enabled": False}},
+            }
+        ),
+    ],
+) -> dict[str, Any]:
+    """Change some fields of a rule; the others keep their value."""
+    current = await _find(db, rule_id)
+    update = changes.model_dump(by_alias=True, exclude_unset=True)
+    if current.get("builtin"):
+        if fixed := sorted(update.keys() - BUILTIN_CHANGEABLE):
+            raise ApiError(
+                422,
+                fixed[0],
+                "a built-in rule follows the environment's thresholds; only `enabled` can change",
+            )
+    _checked({**current, **update})
+    update.update(updated_at=utcnow(), updated_by=writer)
+    doc = await db[ALERT_RULES].find_one_and_update(
+        {"_id": rule_id}, {"$set": update}, return_document=True
+    )
+    if doc is None:  # deleted meanwhile
+        raise ApiError(404, "rule_id", "no such rule")
+    return public(doc, "rule_id")
+
+
+@router.delete(
+    "/alerts/rules/{rule_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        **NOT_FOUND,
+        409: {"description": "a built-in rule cannot be deleted; disable it", "model": ErrorOut},
+        **WRITE_ERRORS,
+    },
+)
+async def delete_rule(db: Db, _writer: Writer, rule_id: RuleId) -> Response:
+    """Delete a rule. Its open alerts resolve with their devices' next readings."""
+    current = await _find(db, rule_id)
+    if current.get("builtin"):
+        raise ApiError(
+            409, "rule_id", "a built-in rule cannot be deleted; PATCH enabled=false instead"
+        )
+    await db[ALERT_RULES].delete_one({"_id": rule_id})
+    return Response(status_code=204)
+
+
+class ShorthandRule(BaseModel):
+    """The seed's shorthand: one device, one metric, one threshold."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])
+    metric: str = Field(pattern=METRIC_PATTERN, examples=["temperature_c"])
+    op: Literal[">", ">=", "<", "<=", "==", "!="] = Field(examples=[">"])
+    threshold: float = Field(allow_inf_nan=False, examples=[30.0])
+
+
+@router.post(
+    "/v1/alerts",
+    status_code=201,
+    response_model=RuleOut,
+    responses={**BAD_RULE, **WRITE_ERRORS},
+)
+async def post_shorthand_rule(db: Db, writer: Writer, body: ShorthandRule) -> dict[str, Any]:
+    """Register a rule the seed's way: fires when the device's metric passes the threshold."""
+    rule = RuleCreate.model_validate(
+        {
+            "name": f"{body.metric} {body.op} {body.threshold:g} on {body.device_id}",
+            "metric": body.metric,
+            "operator": body.op,
+            "threshold": body.threshold,
+            "scope": "devices",
+            "devices": [body.device_id],
+        }
+    )
+    return await create_rule(db, rule.model_dump(by_alias=True), writer)

@@ -1,0 +1,104 @@
+/* Telemetry dashboard: fleet, device charts, alerts and system figures, read from this
+ * same API. Plain JavaScript modules, no build step; uPlot (vendor/uplot) draws the charts.
+ * Each view renders into <main> and returns a function that stops its timers and streams.
+ */
+
+import { $, $$, api, config, pollStats, store, toast } from "./core.js";
+import { alertsView } from "./alerts.js";
+import { deviceView } from "./device.js";
+import { fleetView } from "./fleet.js";
+import { systemView } from "./system.js";
+
+const THEMES = ["auto", "light", "dark"];
+
+// theme.js set the theme before the first paint; this keeps the button in step.
+function applyTheme() {
+  const { chosen, dark } = window.telemetryTheme();
+  const button = $("#theme-button");
+  button.textContent = chosen === "auto" ? "◐" : dark ? "☾" : "☀";
+  button.title = `Theme: ${chosen === "auto" ? "follows the system" : chosen}`;
+}
+
+function refreshKeyButton() {
+  const button = $("#key-button");
+  const hasKey = Boolean(store.get("apiKey"));
+  button.classList.toggle("has-key", hasKey);
+  button.classList.toggle("needs-key", !hasKey && config.api_keys_required);
+  $("#key-label").textContent = hasKey ? "Key set" : "API key";
+}
+
+function setUpKeyDialog() {
+  const dialog = $("#key-dialog");
+  const input = $("#key-input");
+  $("#key-button").addEventListener("click", () => {
+    input.value = store.get("apiKey", "");
+    dialog.showModal();
+  });
+  $("#key-cancel").addEventListener("click", () => dialog.close());
+  $("#key-forget").addEventListener("click", () => {
+    store.remove("apiKey");
+    dialog.close();
+    refreshKeyButton();
+    toast("API key forgotten");
+  });
+  $("#key-form").addEventListener("submit", () => {
+    const key = input.value.trim();
+    if (key) store.set("apiKey", key);
+    else store.remove("apiKey");
+    refreshKeyButton();
+    if (key) toast("API key saved in this browser");
+  });
+}
+
+let stopView = () => {};
+
+function route() {
+  const [path, search = ""] = location.hash.replace(/^#/, "").split("?");
+  const parts = path.split("/").filter(Boolean);
+  const query = new URLSearchParams(search);
+  const main = $("#view");
+  stopView();
+  let name = parts[0] || "fleet";
+  if (name === "device" && parts[1]) {
+    stopView = deviceView(main, decodeURIComponent(parts[1]));
+    document.title = `${decodeURIComponent(parts[1])} · Telemetry`;
+  } else if (name === "alerts") {
+    stopView = alertsView(main, query);
+    document.title = "Alerts · Telemetry";
+  } else if (name === "system") {
+    stopView = systemView(main);
+    document.title = "System · Telemetry";
+  } else {
+    name = "fleet";
+    stopView = fleetView(main);
+    document.title = "Fleet · Telemetry";
+  }
+  $$(".topbar nav a").forEach((a) => a.classList.toggle("active", a.dataset.view === (name === "device" ? "fleet" : name)));
+}
+
+async function start() {
+  applyTheme();
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+    applyTheme();
+    route(); // charts take their colours when drawn
+  });
+  $("#theme-button").addEventListener("click", () => {
+    const next = THEMES[(THEMES.indexOf(store.get("theme", "auto")) + 1) % THEMES.length];
+    store.set("theme", next);
+    applyTheme();
+    route();
+  });
+  try {
+    Object.assign(config, await api(new URL("config.json", location.href).pathname));
+  } catch {
+    /* defaults above */
+  }
+  setUpKeyDialog();
+  refreshKeyButton();
+  window.addEventListener("hashchange", route);
+  route();
+  pollStats();
+  setInterval(pollStats, Math.max(2, config.stats_refresh_s) * 1000);
+}
+
+start();

@@ -1,0 +1,216 @@
+/* What every view shares: formatting, the API and its streams, the /stats poll, config. */
+
+export const $ = (selector, root = document) => root.querySelector(selector);
+export const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+export const esc = (value) => String(value ?? "").replace(/[&<>"']/g, (c) => ESCAPES[c]);
+
+const numberFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
+const countFormat = new Intl.NumberFormat(undefined);
+export const fmt = (n) => (n === null || n === undefined || Number.isNaN(n) ? "–" : numberFormat.format(n));
+export const fmtCount = (n) => (n === null || n === undefined ? "–" : countFormat.format(n));
+const timeFormat = new Intl.DateTimeFormat(undefined, {
+  month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
+});
+export const fmtTime = (iso) => (iso ? timeFormat.format(new Date(iso)) : "–");
+
+export function ago(iso) {
+  if (!iso) return "never";
+  const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
+  if (s < 5) return "just now";
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+
+export function toast(message, kind = "") {
+  const el = document.createElement("div");
+  el.className = `toast ${kind}`;
+  el.textContent = message;
+  $("#toasts").append(el);
+  setTimeout(() => el.remove(), 4500);
+}
+
+export const store = {
+  get: (key, fallback = null) => localStorage.getItem(`telemetry.${key}`) ?? fallback,
+  set: (key, value) => localStorage.setItem(`telemetry.${key}`, value),
+  remove: (key) => localStorage.removeItem(`telemetry.${key}`),
+};
+
+// ---------------------------------------------------------------- API access
+
+class HttpError extends Error {
+  constructor(status, body) {
+    super(body?.detail || `HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+// The page is served by the API it reads: paths are relative to the origin.
+export async function api(path, { method = "GET", params = null, signal } = {}) {
+  const url = new URL(path, location.origin);
+  for (const [key, value] of Object.entries(params || {})) {
+    if (value !== null && value !== undefined && value !== "") url.searchParams.set(key, value);
+  }
+  const headers = { Accept: "application/json" };
+  const key = store.get("apiKey");
+  if (method !== "GET" && key) headers["X-API-Key"] = key;
+  const response = await fetch(url, { method, headers, signal });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new HttpError(response.status, body);
+  return body;
+}
+
+/* Server-Sent Events over fetch rather than EventSource: fetch sees the status, so a
+ * server without the stream (404/405) is told apart from one that is briefly away,
+ * and the caller can fall back to polling. Reconnects with backoff otherwise. */
+export function openStream(path, { onEvent, onState }) {
+  let stopped = false;
+  let controller = null;
+  (async () => {
+    let backoff = 1000;
+    while (!stopped) {
+      controller = new AbortController();
+      try {
+        const response = await fetch(path, {
+          headers: { Accept: "text/event-stream" },
+          signal: controller.signal,
+        });
+        if (response.status === 404 || response.status === 405) {
+          onState("missing");
+          return;
+        }
+        if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+        onState("live");
+        backoff = 1000;
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value.replace(/\r\n?/g, "\n");
+          let end;
+          while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const frame = parseFrame(buffer.slice(0, end));
+            buffer = buffer.slice(end + 2);
+            if (frame) onEvent(frame.event, frame.data);
+          }
+        }
+      } catch (error) {
+        if (stopped) return;
+      }
+      if (stopped) return;
+      onState("reconnecting");
+      await sleep(backoff);
+      backoff = Math.min(backoff * 2, 15000);
+    }
+  })();
+  return () => {
+    stopped = true;
+    controller?.abort();
+  };
+}
+
+function parseFrame(text) {
+  let event = "message";
+  const data = [];
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+  }
+  if (!data.length) return null;
+  try {
+    return { event, data: JSON.parse(data.join("\n")) };
+  } catch {
+    return null;
+  }
+}
+
+export function liveLabel(el, state) {
+  const labels = {
+    live: ["on", "Live"],
+    poll: ["poll", "Polling"],
+    reconnecting: ["off", "Reconnecting…"],
+    connecting: ["", "Connecting…"],
+  };
+  const [cls, text] = labels[state] || labels.connecting;
+  el.className = `live ${cls}`;
+  el.textContent = text;
+}
+
+export const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
+// What this deployment serves (GET config.json); app.js fills it in before any view starts.
+export const config = { resolutions: ["1m"], api_keys_required: false, stats_refresh_s: 5 };
+
+export const SILENT_CHOICES = [
+  ["60", "1 min"], ["300", "5 min"], ["900", "15 min"], ["3600", "1 h"], ["86400", "1 day"],
+];
+
+export function health(device, silentAfterS) {
+  const silentFor = (Date.now() - Date.parse(device.last_seen)) / 1000;
+  return silentFor > silentAfterS
+    ? `<span class="badge silent" title="No reading for ${esc(ago(device.last_seen))}">Silent</span>`
+    : `<span class="badge ok">Reporting</span>`;
+}
+
+export function valueChips(values) {
+  const entries = Object.entries(values || {}).sort(([a], [b]) => a.localeCompare(b));
+  if (!entries.length) return `<span class="muted">–</span>`;
+  return `<div class="chips">${entries
+    .map(([k, v]) => `<span class="chip"><span class="k">${esc(k)}</span><b>${fmt(v)}</b></span>`)
+    .join("")}</div>`;
+}
+
+export const deviceLink = (id) => `<a href="#/device/${encodeURIComponent(id)}">${esc(id)}</a>`;
+
+export function statCard(label, value, { unit = "", note = "", tone = "", testid = "" } = {}) {
+  return `<div class="card stat ${tone}" ${testid ? `data-stat="${esc(testid)}"` : ""}>
+    <div class="label">${esc(label)}</div>
+    <div class="value">${value}${unit ? `<small>${esc(unit)}</small>` : ""}</div>
+    ${note ? `<div class="note">${note}</div>` : ""}
+  </div>`;
+}
+
+/* /stats is polled once for the whole page, as often as the server refreshes it; the nav
+ * badge and whichever view shows figures listen. A listener added gets the latest at once. */
+const statsListeners = new Set();
+let latestStats = null;
+
+export async function pollStats() {
+  try {
+    latestStats = await api("/stats");
+  } catch (error) {
+    latestStats = { error };
+  }
+  if (!latestStats.error) {
+    const badge = $("#nav-active-alerts");
+    badge.hidden = !latestStats.active_alerts;
+    badge.textContent = `${latestStats.active_alerts}${latestStats.active_alerts_capped ? "+" : ""}`;
+  }
+  for (const listener of statsListeners) listener(latestStats);
+}
+
+export function onStats(listener) {
+  statsListeners.add(listener);
+  if (latestStats) listener(latestStats);
+  return () => statsListeners.delete(listener);
+}
+
+export const currentStats = () => latestStats;

@@ -1,0 +1,189 @@
+"""The web dashboard in real headless Chromium, against the four services as `make up` runs them.
+
+Chromium is Debian's (`make test` installs it); Playwright drives it. Each view
+is saved as a screenshot under test-artifacts/dashboard/ for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from e2e.helpers import url, wait_for
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from telemetry_tools.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = os.environ.get("TELEMETRY_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+# The stack polls and streams; under a busy machine a view may take a while to catch up.
+expect.set_options(timeout=30_000)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, stack: Stack) -> Iterator[Page]:
+    """A fresh browser profile on the dashboard; it must load nothing from elsewhere."""
+    origin = url(stack, "dashboard-api", "")
+    context = browser.new_context(
+        viewport={"width": 1360, "height": 900}, locale="en-US", base_url=origin
+    )
+    opened = context.new_page()
+    elsewhere: list[str] = []
+    opened.on(
+        "request",
+        lambda request: None if request.url.startswith(origin) else elsewhere.append(request.url),
+    )
+    crashes: list[str] = []
+    opened.on("pageerror", lambda error: crashes.append(str(error)))
+    yield opened
+    context.close()
+    assert elsewhere == [], "the page must work without the internet"
+    assert crashes == []
+
+
+def ingest(stack: Stack, readings: list[dict]) -> None:
+    ingest_url = url(stack, "ingestion-api", "/ingest/batch")
+    response = requests.post(ingest_url, json=readings, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def api(stack: Stack, path: str, **params: object) -> dict:
+    response = requests.get(url(stack, "dashboard-api", path), params=params, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(300)  # let the charts' last frame paint
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def test_fleet_lists_the_devices_ingested_with_their_last_values(stack: Stack, page: Page) -> None:
+    now = datetime.now(UTC)
+    ingest(
+        stack,
+        [
+            {"device_id": f"ui-fleet-{n}", "ts": now.isoformat(), "temperature_c": 20.5 + n,
+             "humidity": 40.0 + n, "tags": [f"room:{n}"]}
+            for n in range(3)
+        ],
+    )  # fmt: skip
+    wait_for(lambda: api(stack, "/devices", id_prefix="ui-fleet-"), lambda b: b["count"] == 3)
+    wait_for(lambda: api(stack, "/stats"), lambda s: s["total_devices"] >= 3)  # for the cards
+
+    page.goto("/")  # a browser at the API's root lands on the dashboard
+    assert page.url.endswith("/ui/")
+    page.get_by_placeholder("Search device id").fill("ui-fleet-")
+    rows = page.locator("#fleet-table tbody tr[data-device]")
+    expect(rows).to_have_count(3)
+    expect(rows.first).to_contain_text("ui-fleet-0")
+    second = page.locator('tr[data-device="ui-fleet-1"]')
+    expect(second).to_contain_text("temperature_c21.5")
+    expect(second).to_contain_text("humidity41")
+    expect(second).to_contain_text("Reporting")
+    expect(second).to_contain_text("room:1")
+    screenshot(page, "fleet")
+
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    expect(page.locator("#fleet-table tbody tr[data-device]")).to_have_count(3)
+    screenshot(page, "fleet-dark")
+
+
+def test_a_device_chart_has_the_points_ingested_and_takes_new_ones_live(
+    stack: Stack, page: Page
+) -> None:
+    # One reading a minute for six minutes: six one-minute buckets.
+    start = datetime.now(UTC).replace(second=30, microsecond=0) - timedelta(minutes=6)
+    values = [20.0, 21.0, 22.0, 23.0, 24.0, 25.0]
+    ingest(
+        stack,
+        [
+            {"device_id": "ui-chart", "ts": (start + timedelta(minutes=i)).isoformat(),
+             "temperature_c": v, "humidity": 50.0}
+            for i, v in enumerate(values)
+        ],
+    )  # fmt: skip
+    wait_for(
+        lambda: api(stack, "/devices/ui-chart/aggregates", metric="temperature_c"),
+        lambda b: b["count"] == 6,
+    )
+
+    page.goto("/ui/#/device/ui-chart")
+    chart = page.locator('.chart-card[data-metric="temperature_c"]')
+    expect(chart).to_have_attribute("data-buckets", "6")
+    expect(chart.locator(".chart-summary")).to_have_text(
+        "6 buckets · 6 readings · min 20 · avg 22.5 · max 25"
+    )
+    expect(chart.locator("canvas")).to_have_count(1)
+    expect(page.locator("#device-live")).to_have_text("Live")
+    screenshot(page, "device")
+
+    ingest(stack, [{"device_id": "ui-chart", "temperature_c": 31.0, "humidity": 50.0}])
+    # Pushed by the device's stream: no reload.
+    expect(chart).to_have_attribute("data-buckets", "7")
+    expect(chart.locator(".chart-summary")).to_contain_text("max 31")
+    expect(page.locator("#readings-table tbody tr").first).to_contain_text("31")
+    screenshot(page, "device-live")
+
+
+def test_an_alert_fired_while_the_page_is_open_appears_without_a_reload(
+    stack: Stack, page: Page
+) -> None:
+    page.goto("/ui/#/alerts")
+    expect(page.locator("#alerts-live")).to_have_text(re.compile("Live|Polling"))
+    expect(page.locator("#alerts-table tbody")).to_have_text("No active alerts.")
+
+    ingest(stack, [{"device_id": "ui-hot", "temperature_c": 80.0}])
+    row = page.locator("#alerts-table tr[data-alert]", has_text="ui-hot")
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("critical")
+    expect(row).to_contain_text("80")
+    expect(row).to_contain_text("active")
+    expect(page.locator("#nav-active-alerts")).to_have_text("1")
+    screenshot(page, "alerts")
+
+    # A key pasted once is kept for the acknowledgements to come.
+    page.locator("#key-button").click()
+    page.locator("#key-input").fill("an-operator-key")
+    page.locator("#key-save").click()
+    page.reload()
+    expect(page.locator("#key-label")).to_have_text("Key set")
+
+
+def test_system_view_shows_ingest_lag_and_dlq_from_stats(stack: Stack, page: Page) -> None:
+    ingest(stack, [{"device_id": "ui-system", "temperature_c": 21.0}])
+
+    def caught_up(stats: dict) -> bool:
+        # Both workers have everything this module sent: the figures stop moving.
+        lag = stats["consumer_lag"] or {"unknown": None}
+        return stats["total_devices"] >= 1 and set(lag.values()) == {0}
+
+    stats = wait_for(lambda: api(stack, "/stats"), caught_up)
+
+    page.goto("/ui/#/system")
+    expect(page.locator('[data-stat="lag-aggregator-worker"] .value')).to_have_text("0records")
+    expect(page.locator('[data-stat="lag-alerts-worker"] .value')).to_have_text("0records")
+    expect(page.locator('[data-stat="dlq"] .value')).to_have_text("0records")
+    expect(page.locator('[data-stat="readings"] .value')).to_have_text(
+        f"{stats['total_readings']:,}"
+    )
+    expect(page.locator('[data-stat="ingest-rate"] .value')).to_contain_text("readings/s")
+    expect(page.locator("#system-asof")).to_contain_text("gathered every 5 s")
+    screenshot(page, "system")
