@@ -33,7 +33,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export TELEMETRY_KUSTOMIZE := $(KUSTOMIZE)
 export TELEMETRY_CHECKOV := $(CHECKOV_VENV)/bin/checkov
 
-.PHONY: help install deploy-tools dockerfiles up test test-unit bench lint clean
+.PHONY: help install deploy-tools dockerfiles up test test-unit bench chaos lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ test-unit: $(VENV)/.synced ## Run the tests that need no server
 
 bench: install ## Measure every speed figure beside its ceiling (10 min; the first run 30); writes BENCHMARKS.md
 	$(VENV)/bin/telemetry-bench
+
+chaos: install ## Break things under load (kills, Kafka and MongoDB outages, poison) and check nothing is lost; writes RELIABILITY.md
+	$(VENV)/bin/telemetry-chaos
 
 lint: $(VENV)/.synced ## ruff over the whole tree
 	$(VENV)/bin/ruff check .

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import requests
@@ -165,6 +166,28 @@ def test_an_alert_fired_while_the_page_is_open_appears_without_a_reload(
     page.locator("#key-save").click()
     page.reload()
     expect(page.locator("#key-label")).to_have_text("Key set")
+
+
+def test_an_operator_acknowledges_an_alert_from_its_row(stack: Stack, page: Page) -> None:
+    ingest(stack, [{"device_id": "ui-ack", "temperature_c": 80.0}])
+    fired = wait_for(lambda: api(stack, "/alerts", device_id="ui-ack"), lambda b: b["count"] == 1)
+    alert_id = fired["data"][0]["alert_id"]
+
+    page.goto("/ui/#/alerts")
+    page.locator("#key-button").click()
+    page.locator("#key-input").fill("an-operator-key")
+    page.locator("#key-save").click()
+    row = page.locator(f'#alerts-table tr[data-alert="{alert_id}"]')
+    with page.expect_request(lambda r: r.method == "POST") as posted:
+        row.get_by_role("button", name="Acknowledge").click()
+    assert unquote(posted.value.url).endswith(f"/alerts/{alert_id}/ack")
+    assert posted.value.headers["x-api-key"] == "an-operator-key"
+    # With keys off (as `make up` runs), the writer is recorded as anonymous.
+    expect(row).to_contain_text("Acked by anonymous")
+    expect(row.get_by_role("button", name="Acknowledge")).to_have_count(0)
+    stored = api(stack, "/alerts", device_id="ui-ack")["data"][0]
+    assert stored["acknowledged_by"] == "anonymous" and stored["acknowledged_at"]
+    screenshot(page, "alerts-acknowledged")
 
 
 def test_system_view_shows_ingest_lag_and_dlq_from_stats(stack: Stack, page: Page) -> None:

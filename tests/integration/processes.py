@@ -11,10 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
 from telemetry_tools.servers import free_port
+from telemetry_tools.verify import group_lag
 
 
 class WorkerProcess:
@@ -72,25 +70,6 @@ class WorkerProcess:
             logs = sorted(self.log_dir.glob(f"{self.module}-{id(self)}-*.log"))
             tail = logs[-1].read_text(errors="replace")[-3000:] if logs else ""
             raise AssertionError(f"{self.module} exited with {self.process.returncode}:\n{tail}")
-
-
-async def group_lag(bootstrap_servers: str, group: str, topic: str) -> int:
-    """Records on ``topic`` past what ``group`` has committed (everything, if nothing is)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    # Subscribed (without a group) only so its metadata covers the topic's partitions.
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, group_id=None)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        ends = await consumer.end_offsets(partitions)
-        return sum(
-            end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items()
-        )
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 async def wait_caught_up(

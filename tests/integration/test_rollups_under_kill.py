@@ -22,13 +22,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
 from integration.readings import BASE_TS, reading
-from integration.recompute import rollup_mismatches
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import RAW
 from telemetry_common.reading import Reading
 from telemetry_common.resolutions import DEFAULT_RESOLUTIONS, parse_resolutions
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics
+from telemetry_tools.verify import rollup_mismatches
 
 pytestmark = pytest.mark.integration
 

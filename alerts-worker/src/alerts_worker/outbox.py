@@ -18,8 +18,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.kafka.producer import RenewableProducer
 from telemetry_common.mongo import ALERTS
 from telemetry_common.timefmt import iso_z
 
@@ -79,7 +80,7 @@ async def published_since(bootstrap_servers: str, topic: str, since: datetime) -
 
 class Outbox:
     def __init__(
-        self, db: AsyncDatabase, producer: AIOKafkaProducer, topic: str, bootstrap_servers: str
+        self, db: AsyncDatabase, producer: RenewableProducer, topic: str, bootstrap_servers: str
     ):
         self._db = db
         self._producer = producer

@@ -35,6 +35,10 @@ class CommonSettings(BaseSettings):
     alerts_topic: str = Field("alerts.triggered", pattern=r"^[A-Za-z0-9._-]{1,249}$")
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error)$")
     host: str = "0.0.0.0"
+    # Longer than a load balancer's idle timeout (60 s on most) and than any
+    # Retry-After we send, so a client never reuses a connection the server is
+    # closing at that moment (uvicorn's own default is 5 s).
+    http_keep_alive_s: int = Field(75, ge=1, le=3600)
 
 
 class WorkerSettings(CommonSettings):

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
 
 from telemetry_common.kafka.consumer import ConsumerLoop, Decode, Handler, RetryPolicy
 from telemetry_common.kafka.dlq import DeadLetterPublisher
-from telemetry_common.kafka.producer import build_producer
+from telemetry_common.kafka.producer import RenewableProducer, build_producer
 from telemetry_common.metrics import ConsumerMetrics
 from telemetry_common.mongo import connect, ensure_indexes
 from telemetry_common.settings import WorkerSettings
@@ -41,7 +41,7 @@ SHUTDOWN_GRACE_S = 10.0
 class WorkerContext:
     settings: WorkerSettings
     db: AsyncDatabase
-    producer: AIOKafkaProducer
+    producer: RenewableProducer
     registry: CollectorRegistry
 
 
@@ -91,7 +91,7 @@ def consume_loop(
     name: str,
     settings: WorkerSettings,
     consumer: AIOKafkaConsumer,
-    producer: AIOKafkaProducer,
+    producer: RenewableProducer,
     decode: Decode[T],
     handle: Handler[T],
     metrics: ConsumerMetrics,
@@ -102,6 +102,7 @@ def consume_loop(
         decode,
         handle,
         DeadLetterPublisher(producer, settings.dlq_topic, name),
+        producer,
         metrics,
         RetryPolicy(
             settings.max_retries,

@@ -30,6 +30,7 @@ def serve(app: FastAPI, settings: IngestionSettings) -> None:
         access_log=False,
         log_config=None,  # uvicorn's lines go through our JSON formatter
         timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.http_keep_alive_s,
     )
 
 

@@ -15,12 +15,11 @@ import logging
 import time
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry, Gauge, Histogram
-from telemetry_common.kafka.producer import build_producer
+from telemetry_common.kafka.producer import RenewableProducer, build_producer
 from telemetry_common.reading import Reading
 from telemetry_common.request_id import kafka_headers
 
@@ -74,7 +73,7 @@ ENQUEUE_RETRY_S = 0.01
 
 
 async def send_batches(
-    producer: AIOKafkaProducer,
+    producer: RenewableProducer,
     topic: str,
     readings: Sequence[Reading],
     headers: list[tuple[str, bytes]] | None = None,
@@ -90,7 +89,7 @@ async def send_batches(
 
 
 async def _enqueue_batches(
-    producer: AIOKafkaProducer,
+    producer: RenewableProducer,
     topic: str,
     readings: Sequence[Reading],
     headers: list[tuple[str, bytes]] | None,
@@ -176,7 +175,7 @@ class ReadingPublisher:
         self._send_timeout_s = send_timeout_s
         self._bootstrap_servers = bootstrap_servers
         self._max_in_flight = max_in_flight
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: RenewableProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
         self._failing = False
@@ -291,12 +290,16 @@ class ReadingPublisher:
 
     async def _probe_until_back(self) -> None:
         assert self._producer is not None
-        client = self._producer.client
         while True:
             await asyncio.sleep(PROBE_INTERVAL_S)
             try:
                 async with asyncio.timeout(self._send_timeout_s):
-                    await client.fetch_all_metadata()
+                    await self._producer.client.fetch_all_metadata()
+                    # Sends that failed may have left gaps in the producer's
+                    # sequence numbers, which the broker would refuse from now
+                    # on: go on under a new producer id (every refused request
+                    # was answered 503, and its retry is deduplicated by event_id).
+                    await self._producer.renew()
             except (KafkaError, TimeoutError, OSError) as exc:
                 log.debug("Kafka still unreachable: %r", exc)
                 continue

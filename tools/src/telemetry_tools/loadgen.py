@@ -4,7 +4,9 @@
 
 ``--rps`` is per device. One asyncio process schedules every device against a
 shared clock (next send = start + n / rate), so a slow response delays one
-request, not the schedule. 429 and 503 answers are retried after Retry-After.
+request, not the schedule. 429 and 503 answers are retried after Retry-After,
+and a dropped connection (an API restarting) with backoff. Every reading carries
+its own event_id, so a retry of a request that did land is stored once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import random
 import sys
 import time
+import uuid
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ import orjson
 from telemetry_tools.percentiles import percentile
 
 SETTLE_S = 2.0
+# Enough to ride out an API restart (a few seconds) or a Kafka restart (503s).
+MAX_ATTEMPTS = 30
 DEFAULT_METRICS = {"temperature_c": (15.0, 35.0), "humidity": (30.0, 70.0)}
 # Values that breach the default thresholds (temperature 50, humidity 100).
 ANOMALIES = {"temperature_c": (55.0, 80.0), "humidity": (101.0, 130.0)}
@@ -40,11 +45,15 @@ class Stats:
     # array('d'): 8 bytes a request, so an hour at thousands of requests/s fits.
     latencies_s: array[float] = field(default_factory=lambda: array("d"))
     retries: int = 0
+    retried_by_reason: Counter[str] = field(default_factory=Counter)
     # Until the last request was scheduled (the rate the load generator kept),
     # and until the last answer came back (the rate the service took).
     send_elapsed_s: float = 0.0
     elapsed_s: float = 0.0
     accepted_by_device: Counter[str] = field(default_factory=Counter)
+    # The event ids the API acknowledged (2xx): what a reliability check holds it to.
+    # None unless asked for, so an hour-long run does not keep millions of strings.
+    acknowledged: list[str] | None = None
 
     def percentile(self, q: float) -> float:
         return percentile(self.latencies_s, q)
@@ -75,6 +84,8 @@ def make_reading(
     reading: dict[str, Any] = {
         "device_id": device,
         "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        # Not from the seeded rng: a rerun with the same seed sends new readings.
+        "event_id": uuid.uuid4().hex,
     }
     anomalous = rng.random() < anomaly_rate
     for name, (low, high) in metrics.items():
@@ -87,7 +98,7 @@ def make_reading(
 async def post(
     client: aiohttp.ClientSession, path: str, body: Any, stats: Stats, count: int
 ) -> None:
-    for _ in range(10):
+    for attempt in range(MAX_ATTEMPTS):
         started = time.perf_counter()
         try:
             async with client.post(
@@ -97,35 +108,49 @@ async def post(
                 retry_after = response.headers.get("Retry-After", "1")
                 payload = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            stats.rejected[type(exc).__name__] += count
-            return
+            # The API may have died after storing the reading: sending the same
+            # event ids again is safe, it answers "duplicate" for what it has.
+            stats.retries += 1
+            stats.retried_by_reason[type(exc).__name__] += 1
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+            continue
         stats.latencies_s.append(time.perf_counter() - started)
         if status in (429, 503):
             stats.retries += 1
+            stats.retried_by_reason[f"http_{status}"] += 1
             await asyncio.sleep(float(retry_after))
             continue
         if status // 100 == 2:
-            if path.endswith("/batch"):
-                result = orjson.loads(payload)
-                stats.accepted += result["stored"] + result["duplicate"]
-                if result["invalid"]:
-                    stats.rejected["invalid"] += result["invalid"]
-                for item in result["results"]:
-                    if item["status"] == "stored":
-                        stats.accepted_by_device[item["device_id"]] += 1
-            else:
-                stats.accepted += count
-                stats.accepted_by_device[body["device_id"]] += 1
+            record_accepted(path, body, orjson.loads(payload), stats, count)
         else:
             stats.rejected[f"http_{status}"] += count
         return
     stats.rejected["gave_up_after_retries"] += count
 
 
+def record_accepted(path: str, body: Any, answer: Any, stats: Stats, count: int) -> None:
+    if path.endswith("/batch"):
+        stats.accepted += answer["stored"] + answer["duplicate"]
+        if answer["invalid"]:
+            stats.rejected["invalid"] += answer["invalid"]
+        for item in answer["results"]:
+            # Every event id here is new to this run, so "duplicate" only answers a
+            # retry whose first attempt landed unanswered: stored once, and ours.
+            if item["status"] in ("stored", "duplicate"):
+                stats.accepted_by_device[item["device_id"]] += 1
+                if stats.acknowledged is not None:
+                    stats.acknowledged.append(item["event_id"])
+    else:
+        stats.accepted += count
+        stats.accepted_by_device[body["device_id"]] += 1
+        if stats.acknowledged is not None:
+            stats.acknowledged.append(body["event_id"])
+
+
 async def run(args: argparse.Namespace) -> Stats:
     rng = random.Random(args.seed)
     metrics = args.metrics or dict(DEFAULT_METRICS)
-    stats = Stats()
+    stats = Stats(acknowledged=[] if getattr(args, "track_acknowledged", False) else None)
     devices = [f"{args.device_prefix}{i}" for i in range(args.devices)]
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     started = time.monotonic()
@@ -286,7 +311,7 @@ def summary(stats: Stats, args: argparse.Namespace) -> dict[str, Any]:
         "sent": stats.sent,
         "accepted": stats.accepted,
         "rejected": dict(stats.rejected),
-        "retries_after_429_503": stats.retries,
+        "retries": dict(stats.retried_by_reason),
         "elapsed_s": round(elapsed, 3),
         "target_rps": target,
         "sent_rps": round(sent_rps, 1),
@@ -299,7 +324,7 @@ def summary(stats: Stats, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="telemetry-loadgen",
         description=__doc__,
@@ -331,7 +356,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--dashboard-url", default="http://localhost:8002")
     parser.add_argument("--verify-timeout", type=float, default=120.0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if not args.duration and not args.total:
         args.duration = 60.0
     devices = [f"{args.device_prefix}{i}" for i in range(args.devices)]

@@ -26,6 +26,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from telemetry_common.kafka.dlq import DeadLetterPublisher
+from telemetry_common.kafka.producer import RenewableProducer, is_stale_producer
 from telemetry_common.metrics import ConsumerMetrics
 from telemetry_common.request_id import from_kafka_headers
 
@@ -52,6 +53,8 @@ def is_transient(exc: BaseException) -> bool:
     """Whether waiting could help: an unreachable or overloaded dependency, not bad data."""
     if isinstance(exc, PermanentError):
         return False
+    if is_stale_producer(exc):
+        return True  # once the producer is renewed (ConsumerLoop does)
     if isinstance(exc, ConnectionFailure | asyncio.TimeoutError | OSError):
         return True
     if isinstance(exc, PyMongoError):
@@ -79,6 +82,7 @@ class ConsumerLoop(Generic[T]):
         decode: Decode[T],
         handle: Handler[T],
         dead_letters: DeadLetterPublisher,
+        producer: RenewableProducer,
         metrics: ConsumerMetrics,
         retry: RetryPolicy,
         max_records: int = 2000,
@@ -87,6 +91,7 @@ class ConsumerLoop(Generic[T]):
         self._decode = decode
         self._handle = handle
         self._dead_letters = dead_letters
+        self._producer = producer
         self._metrics = metrics
         self._retry = retry
         self._max_records = max_records
@@ -150,6 +155,7 @@ class ConsumerLoop(Generic[T]):
                 self.healthy = True
                 return
             except Exception as exc:
+                await self._renew_if_stale(exc)
                 if is_transient(exc):
                     self.healthy = False
                     self._metrics.transient_failures.inc()
@@ -179,6 +185,7 @@ class ConsumerLoop(Generic[T]):
                 await self._dead_letters.publish(record, reason, attempts)
                 break
             except Exception as exc:
+                await self._renew_if_stale(exc)
                 if not is_transient(exc):
                     raise
                 log.warning("DLQ publish failed (%s); retrying in %.1fs", exc, backoff)
@@ -194,6 +201,15 @@ class ConsumerLoop(Generic[T]):
             reason,
             extra={"request_id": from_kafka_headers(record.headers)},
         )
+
+    async def _renew_if_stale(self, exc: BaseException) -> None:
+        if not is_stale_producer(exc):
+            return
+        try:
+            await self._producer.renew()
+        except Exception as renew_exc:
+            # Kafka is away; the next failure of the retried batch tries again.
+            log.warning("could not renew the Kafka producer yet: %r", renew_exc)
 
     async def _paused_wait(self, seconds: float) -> None:
         """Wait without fetching, yet keep polling so the group does not evict this member."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from telemetry_common import request_id
+from telemetry_common.kafka.producer import RenewableProducer
 from telemetry_common.timefmt import iso_z, utcnow
 
 HEADER_WORKER = "dlq.worker"
@@ -37,7 +37,7 @@ def dlq_headers(
 
 
 class DeadLetterPublisher:
-    def __init__(self, producer: AIOKafkaProducer, topic: str, worker: str):
+    def __init__(self, producer: RenewableProducer, topic: str, worker: str):
         self._producer = producer
         self._topic = topic
         self._worker = worker

@@ -1,11 +1,75 @@
-"""The one way a service builds a Kafka producer."""
+"""The one way a service builds a Kafka producer, and starts one over when the broker lost track."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import InvalidProducerEpoch, OutOfOrderSequenceNumber, UnknownProducerId
+
+log = logging.getLogger(__name__)
+
+# The broker no longer accepts this producer's sequence numbers: a batch expired
+# unsent while the broker was away, or the broker lost the producer's state in a
+# restart. The Java client bumps its epoch and goes on; aiokafka fails every
+# later send to that partition until the producer is replaced by one with a new
+# producer id (aio-libs/aiokafka#1017).
+STALE_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
+
+# A replaced producer's buffered batches can only fail; their senders hear of it
+# and retry on the new one. Its stop() is given this long to say so.
+RETIRE_TIMEOUT_S = 10.0
 
 
-def build_producer(bootstrap_servers: str, client_id: str, **overrides: object) -> AIOKafkaProducer:
+def is_stale_producer(exc: BaseException) -> bool:
+    return isinstance(exc, STALE_PRODUCER_ERRORS)
+
+
+class RenewableProducer:
+    """An AIOKafkaProducer that ``renew()`` replaces with a fresh one (a new producer id).
+
+    Everyone holding it keeps the same object, so a renewal reaches the API's
+    publisher, the alerts outbox and the DLQ publisher at once. Every other
+    attribute (send, send_and_wait, create_batch, client, ...) is the current
+    producer's.
+    """
+
+    def __init__(self, make: Callable[[], AIOKafkaProducer]):
+        self._make = make
+        self._current = make()
+        self.renewals = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current, name)
+
+    async def start(self) -> None:
+        await self._current.start()
+
+    async def stop(self) -> None:
+        await self._current.stop()
+
+    async def renew(self) -> None:
+        """Start a fresh producer and retire the current one; raises if Kafka is unreachable."""
+        fresh = self._make()
+        try:
+            await fresh.start()
+        except BaseException:
+            await fresh.stop()
+            raise
+        retired, self._current = self._current, fresh
+        self.renewals += 1
+        log.warning("Kafka producer started over under a new producer id")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(retired.stop(), RETIRE_TIMEOUT_S)
+
+
+def build_producer(
+    bootstrap_servers: str, client_id: str, **overrides: object
+) -> RenewableProducer:
     """A producer whose acknowledged send means the record is durable.
 
     acks=all waits for every in-sync replica and enable_idempotence keeps the
@@ -24,4 +88,4 @@ def build_producer(bootstrap_servers: str, client_id: str, **overrides: object) 
         "retry_backoff_ms": 100,
     }
     options.update(overrides)
-    return AIOKafkaProducer(**options)
+    return RenewableProducer(lambda: AIOKafkaProducer(**options))
