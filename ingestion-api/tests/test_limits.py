@@ -1,9 +1,12 @@
-"""Rate limits and the recent-duplicates memory: pure logic, a fake clock, no server."""
+"""Rate limits, device turns and the recent-duplicates memory: pure logic, no server."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from ingestion_api.dedupe import RecentEventIds
-from ingestion_api.limits import RateLimiter, retry_after_header
+from ingestion_api.limits import DeviceTurns, RateLimiter, TooManyWaiting, retry_after_header
 
 
 class FakeClock:
@@ -76,3 +79,66 @@ def test_recent_event_ids_remember_what_was_acknowledged_within_capacity() -> No
     off = RecentEventIds(capacity=0)
     off.add_all(["e1"])
     assert "e1" not in off
+
+
+async def _settle() -> None:
+    # Let every task that can run do so (turns are handed over through futures).
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_devices_extra_requests_wait_their_turn_in_order() -> None:
+    turns = DeviceTurns(per_device=1, max_waiting=10)
+    served: list[str] = []
+
+    async def request(name: str) -> None:
+        await turns.acquire("flood")
+        served.append(name)
+
+    await turns.acquire("flood")
+    waiting = [asyncio.create_task(request(name)) for name in ("second", "third")]
+    await _settle()
+    assert served == []  # the first still holds the device's only turn
+    turns.release("flood")
+    await _settle()
+    assert served == ["second"]
+    turns.release("flood")
+    await _settle()
+    assert served == ["second", "third"]
+    await asyncio.gather(*waiting)
+
+
+async def test_a_busy_device_does_not_hold_up_another_device() -> None:
+    turns = DeviceTurns(per_device=2, max_waiting=10)
+    await turns.acquire("flood")
+    await turns.acquire("flood")
+    blocked = asyncio.create_task(turns.acquire("flood"))
+    await _settle()
+    assert not blocked.done()
+    await asyncio.wait_for(turns.acquire("quiet"), timeout=5)
+    blocked.cancel()
+
+
+async def test_past_the_waiting_bound_a_request_is_refused_at_once() -> None:
+    turns = DeviceTurns(per_device=1, max_waiting=1)
+    await turns.acquire("flood")
+    waiting = asyncio.create_task(turns.acquire("flood"))
+    await _settle()
+    with pytest.raises(TooManyWaiting):
+        await turns.acquire("flood")
+    waiting.cancel()
+
+
+async def test_a_request_that_gives_up_waiting_leaves_the_turn_to_the_next() -> None:
+    turns = DeviceTurns(per_device=1, max_waiting=10)
+    await turns.acquire("dev")
+    gave_up = asyncio.create_task(turns.acquire("dev"))
+    patient = asyncio.create_task(turns.acquire("dev"))
+    await _settle()
+    gave_up.cancel()
+    await _settle()
+    turns.release("dev")
+    await asyncio.wait_for(patient, timeout=5)
+    turns.release("dev")
+    # Every turn is back: the device can be served again without waiting.
+    await asyncio.wait_for(turns.acquire("dev"), timeout=5)

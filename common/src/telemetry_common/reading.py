@@ -33,6 +33,8 @@ MAX_METRICS = 100
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 128
 EARLIEST_TS = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_REMEMBERED_METRIC_NAMES = 10_000
+_VALID_METRIC_NAMES: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ def parse_reading(
     max_future_skew: timedelta | None,
 ) -> Reading:
     """Validate one reading in either form; raise :class:`InvalidReading` naming each bad field."""
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):
         raise InvalidReading([FieldError("body", "a reading must be a JSON object")])
     errors: list[FieldError] = []
 
@@ -210,6 +212,9 @@ def _parse_event_id(raw: Any, errors: list[FieldError]) -> str | None:
 
 
 def _parse_metric_value(name: str, raw: Any, errors: list[FieldError]) -> float | None:
+    # What JSON decoding gives nearly always, checked first: this runs for every metric.
+    if type(raw) is float and math.isfinite(raw):
+        return raw
     # bool is an int subclass in Python; `true` is not a measurement.
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         errors.append(FieldError(name, "must be a finite number"))
@@ -225,13 +230,25 @@ def _parse_metric_value(name: str, raw: Any, errors: list[FieldError]) -> float 
     return value
 
 
+def _valid_metric_name(name: Any) -> bool:
+    if name in _VALID_METRIC_NAMES:
+        return True
+    if not isinstance(name, str) or not METRIC_NAME_RE.fullmatch(name):
+        return False
+    # A fleet uses a few metric names over and over; the set is bounded so that
+    # readings with made-up names cannot grow it without end.
+    if len(_VALID_METRIC_NAMES) < MAX_REMEMBERED_METRIC_NAMES:
+        _VALID_METRIC_NAMES.add(name)
+    return True
+
+
 def _parse_metrics(body: Mapping[str, Any], errors: list[FieldError]) -> dict[str, float]:
     errors_before = len(errors)
     metrics: dict[str, float] = {}
     for name, raw in body.items():
         if name in RESERVED_FIELDS:
             continue
-        if not isinstance(name, str) or not METRIC_NAME_RE.fullmatch(name):
+        if not _valid_metric_name(name):
             errors.append(FieldError(str(name)[:64], "is not a valid metric name"))
             continue
         value = _parse_metric_value(name, raw, errors)
@@ -245,7 +262,7 @@ def _parse_metrics(body: Mapping[str, Any], errors: list[FieldError]) -> dict[st
         else:
             for name, raw in nested.items():
                 path = f"metrics.{str(name)[:64]}"
-                if not METRIC_NAME_RE.fullmatch(name):
+                if not _valid_metric_name(name):
                     errors.append(
                         FieldError(
                             path,

@@ -199,6 +199,12 @@ class IngestionSettings(CommonSettings, KeySettings):
     # batch of backfill through. 0 turns the limit off.
     device_rate_limit: float = Field(100.0, ge=0)
     device_rate_burst: float = Field(5000.0, ge=1)
+    # Single readings (/ingest) of one device handled at once; its further
+    # requests wait their turn, up to the second number, then get 429. This,
+    # not the rate, is what keeps a flooding device from slowing the others.
+    # 0 turns it off.
+    device_concurrent_requests: int = Field(1, ge=0)
+    device_waiting_requests: int = Field(64, ge=0)
     # Per API key, in requests.
     key_rate_limit: float = Field(1000.0, ge=0)
     key_rate_burst: float = Field(2000.0, ge=1)

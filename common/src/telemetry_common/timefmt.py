@@ -7,6 +7,10 @@ from datetime import UTC, datetime
 
 def to_utc_ms(moment: datetime) -> datetime:
     """Aware UTC datetime truncated to what a BSON date can hold (milliseconds)."""
+    # Already in form (what the ingestion API parses from every canonical "...Z"
+    # timestamp): no conversion, no copy. It runs once or twice per reading.
+    if moment.tzinfo is UTC and not moment.microsecond % 1000:
+        return moment
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     moment = moment.astimezone(UTC)
@@ -15,7 +19,11 @@ def to_utc_ms(moment: datetime) -> datetime:
 
 def iso_z(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z suffix, as every API response serves timestamps."""
-    return to_utc_ms(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = to_utc_ms(moment)
+    # timespec="milliseconds" truncates as to_utc_ms does; the UTC offset is always
+    # the last six characters, "+00:00".
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def utcnow() -> datetime:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import uvicorn
 from fastapi import FastAPI
 from telemetry_common.logs import configure_logging
@@ -12,6 +14,12 @@ from ingestion_api.app import create_app
 
 def serve(app: FastAPI, settings: IngestionSettings) -> None:
     """One uvicorn process, as in production; the benchmark serves its variant through this too."""
+    # Everything built so far (FastAPI, pydantic, the app) lives as long as the
+    # process: moved out of the collector's sight, so a full collection scans only
+    # what requests create. Unfrozen, each took up to 90 ms under /ingest load,
+    # every 0.7 s: most of the p99.
+    gc.collect()
+    gc.freeze()
     # On SIGTERM uvicorn stops accepting, finishes in-flight requests, then runs
     # the lifespan exit, which flushes the producer.
     uvicorn.run(

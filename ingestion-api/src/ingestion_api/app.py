@@ -20,7 +20,7 @@ from telemetry_common.settings import IngestionSettings
 from ingestion_api import schemas
 from ingestion_api.context import IngestContext
 from ingestion_api.dedupe import RecentEventIds
-from ingestion_api.limits import RateLimiter
+from ingestion_api.limits import DeviceTurns, RateLimiter
 from ingestion_api.metrics import IngestMetrics
 from ingestion_api.publish import ReadingPublisher
 from ingestion_api.routes import admin, ingest
@@ -61,6 +61,9 @@ def create_app(
         db=db,
         keys=KeyCache(db, settings.api_keys_refresh_s) if db is not None else None,
         device_limits=RateLimiter(settings.device_rate_limit, settings.device_rate_burst),
+        device_turns=DeviceTurns(
+            settings.device_concurrent_requests, settings.device_waiting_requests
+        ),
         key_limits=RateLimiter(settings.key_rate_limit, settings.key_rate_burst),
         recent=RecentEventIds(settings.recent_event_ids),
         metrics=IngestMetrics(registry),
@@ -82,7 +85,13 @@ def create_app(
             await mongo.close()
 
     app = FastAPI(
-        title="Telemetry ingestion API", version="0.2.0", description=DESCRIPTION, lifespan=lifespan
+        title="Telemetry ingestion API",
+        version="0.2.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Operators watch Prometheus metrics, not OpenTelemetry; FastAPI's native
+        # telemetry otherwise asks the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.ingest = ctx
     install_error_handlers(app)

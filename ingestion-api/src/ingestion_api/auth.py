@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
 from fastapi import Request
 from telemetry_common.api_errors import ApiError
 from telemetry_common.api_keys import API_KEY_HEADER, ApiKey, is_admin_key, unauthorised_error
 
 from ingestion_api.context import IngestContext
-from ingestion_api.limits import retry_after_header
+from ingestion_api.limits import TooManyWaiting, retry_after_header
+
+RATE_LIMIT_HOLD_S = 0.25
 
 
 def refuse(
@@ -24,13 +28,13 @@ def refuse(
 ) -> ApiError:
     """Count a refusal in the metrics and build the error that answers it."""
     ctx.metrics.refused.labels(str(status), outcome).inc()
-    ctx.metrics.readings.labels(outcome).inc(readings)
+    ctx.metrics.count_readings(outcome, readings)
     return ApiError(status, field, reason, headers=headers)
 
 
 def unauthorised(ctx: IngestContext, readings: int) -> ApiError:
     ctx.metrics.refused.labels("401", "unauthorised").inc()
-    ctx.metrics.readings.labels("unauthorised").inc(readings)
+    ctx.metrics.count_readings("unauthorised", readings)
     return unauthorised_error()
 
 
@@ -88,15 +92,58 @@ def limit_devices(ctx: IngestContext, device_ids: Iterable[str]) -> None:
     ids = list(device_ids)
     wait = ctx.device_limits.take((d, 1.0) for d in ids)
     if wait:
+        raise _over_rate(ctx, wait, len(ids))
+
+
+async def limit_device_in_turn(ctx: IngestContext, device_id: str) -> None:
+    """limit_devices for one reading whose device holds its turn: the 429 comes after a pause.
+
+    The pause (until the device's next token, at most RATE_LIMIT_HOLD_S) keeps
+    the turn, so a device that retries the instant it is refused is slowed to
+    the pace of its own refusals instead of spending the server's CPU on them.
+    A client that obeys Retry-After never notices: it waits longer anyway.
+    """
+    wait = ctx.device_limits.take([(device_id, 1.0)])
+    if wait:
+        await asyncio.sleep(min(wait, RATE_LIMIT_HOLD_S))
+        raise _over_rate(ctx, wait, 1)
+
+
+def _over_rate(ctx: IngestContext, wait: float, readings: int) -> ApiError:
+    return refuse(
+        ctx,
+        429,
+        "device_id",
+        f"a device in this request is over {ctx.device_limits.rate:g} readings/s",
+        outcome="rate_limited",
+        readings=readings,
+        headers=retry_after_header(wait),
+    )
+
+
+@asynccontextmanager
+async def device_turn(ctx: IngestContext, device_id: str) -> AsyncIterator[None]:
+    """Hold the device's turn (see DeviceTurns); 429 when too many of its requests wait."""
+    turns = ctx.device_turns
+    if not turns.enabled:
+        yield
+        return
+    try:
+        await turns.acquire(device_id)
+    except TooManyWaiting:
         raise refuse(
             ctx,
             429,
             "device_id",
-            f"a device in this request is over {ctx.device_limits.rate:g} readings/s",
+            f"this device already has {ctx.settings.device_waiting_requests} requests "
+            "waiting; send fewer at once",
             outcome="rate_limited",
-            readings=len(ids),
-            headers=retry_after_header(wait),
-        )
+            headers=retry_after_header(1),
+        ) from None
+    try:
+        yield
+    finally:
+        turns.release(device_id)
 
 
 def require_admin(request: Request, ctx: IngestContext) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from fastapi import Request
@@ -12,7 +12,7 @@ from telemetry_common.api_keys import KeyCache
 from telemetry_common.settings import IngestionSettings
 
 from ingestion_api.dedupe import RecentEventIds
-from ingestion_api.limits import RateLimiter
+from ingestion_api.limits import DeviceTurns, RateLimiter
 from ingestion_api.metrics import IngestMetrics
 from ingestion_api.publish import ReadingPublisher
 
@@ -25,14 +25,16 @@ class IngestContext:
     db: AsyncDatabase | None
     keys: KeyCache | None
     device_limits: RateLimiter
+    device_turns: DeviceTurns
     key_limits: RateLimiter
     recent: RecentEventIds
     metrics: IngestMetrics
     registry: CollectorRegistry
+    # Read on every reading: built once, not per call.
+    max_future_skew: timedelta = field(init=False)
 
-    @property
-    def max_future_skew(self) -> timedelta:
-        return timedelta(seconds=self.settings.max_future_skew_s)
+    def __post_init__(self) -> None:
+        self.max_future_skew = timedelta(seconds=self.settings.max_future_skew_s)
 
 
 # Async on purpose: FastAPI runs a plain `def` dependency in a thread pool, a

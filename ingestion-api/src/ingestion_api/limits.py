@@ -8,9 +8,10 @@ the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -87,3 +88,66 @@ def retry_after_header(wait_s: float) -> dict[str, str]:
     # Retry-After takes whole seconds (RFC 9110 §10.2.3); round up so a client
     # that obeys it is never refused again for the same reason.
     return {"Retry-After": str(max(1, math.ceil(wait_s)))}
+
+
+class TooManyWaiting(Exception):
+    """A device already has as many requests waiting for their turn as it may."""
+
+
+class DeviceTurns:
+    """At most ``per_device`` requests of one device are handled at once; its others wait.
+
+    This is what keeps one device from slowing the rest: a device that opens many
+    connections and posts as fast as it is answered gets ``per_device`` requests'
+    worth of the server, like any other device, while its surplus waits on a
+    future (no CPU). Waiting is bounded: past ``max_waiting`` the caller refuses
+    at once. Turns are handed over first come, first served.
+    """
+
+    def __init__(self, per_device: int, max_waiting: int):
+        self.per_device = per_device
+        self._max_waiting = max_waiting
+        self._active: dict[str, int] = {}
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_device > 0
+
+    async def acquire(self, device_id: str) -> None:
+        """Return once it is this request's turn; raise TooManyWaiting instead of queueing more."""
+        active = self._active.get(device_id, 0)
+        if active < self.per_device:
+            self._active[device_id] = active + 1
+            return
+        queue = self._waiting.setdefault(device_id, deque())
+        if len(queue) >= self._max_waiting:
+            raise TooManyWaiting(device_id)
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release(device_id)  # the turn was handed over as we were cancelled
+            elif turn in queue:  # release() may already have dropped it
+                queue.remove(turn)
+                if not queue and self._waiting.get(device_id) is queue:
+                    del self._waiting[device_id]
+            raise
+
+    def release(self, device_id: str) -> None:
+        """End a turn: hand it to the device's next waiting request, if any."""
+        queue = self._waiting.get(device_id)
+        while queue:
+            turn = queue.popleft()
+            if not queue:
+                del self._waiting[device_id]
+            if not turn.done():
+                turn.set_result(None)  # the turn passes on; the active count stays
+                return
+        remaining = self._active[device_id] - 1
+        if remaining:
+            self._active[device_id] = remaining
+        else:
+            del self._active[device_id]

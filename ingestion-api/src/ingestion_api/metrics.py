@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter
 
 
@@ -20,3 +22,11 @@ class IngestMetrics:
             ["status", "reason"],
             registry=registry,
         )
+        self._readings_by_outcome: dict[str, Any] = {}
+
+    def count_readings(self, outcome: str, readings: int = 1) -> None:
+        # The child per outcome is kept: labels() locks and builds a key, per request.
+        child = self._readings_by_outcome.get(outcome)
+        if child is None:
+            child = self._readings_by_outcome[outcome] = self.readings.labels(outcome)
+        child.inc(readings)

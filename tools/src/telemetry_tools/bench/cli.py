@@ -2,7 +2,8 @@
 
 telemetry-bench                 # the full run: under 15 minutes on 2 cores
 telemetry-bench --smoke         # a few seconds' worth of each, so the code cannot rot
-telemetry-bench --only drain    # the workers' drain figures and ceilings alone; writes no files
+telemetry-bench --only drain    # the workers' drain figures and their ceilings (writes no file)
+telemetry-bench --only ingest   # the ingestion API's figures and their ceilings (writes no file)
 telemetry-bench --bootstrap-servers localhost:9092 --mongo-url mongodb://localhost:27017
                                 # use running servers instead of starting its own
 """
@@ -100,21 +101,14 @@ def run(args: argparse.Namespace) -> Report:
             work_dir, args.store_dir, run_id, args.bootstrap_servers, args.mongo_url
         ) as infra:
             print(f"benchmarks ({report.profile}), run {run_id}, logs in {work_dir / 'logs'}")
-            if args.only == "drain":
-                drain.run(
-                    report,
-                    infra,
-                    run_id,
-                    profile.drain_readings,
-                    profile.devices,
-                    profile.drain_budget_s,
-                    profile.insert_sample,
+            rates: dict[str, float] = {}
+            if args.only != "drain":
+                rates = ingest.run(
+                    report, infra, run_id, profile.ingest_readings, profile.single_seconds
                 )
+            if args.only == "ingest":
                 asyncio.run(remove_run_data(infra, run_id))
                 return report
-            rates = ingest.run(
-                report, infra, run_id, profile.ingest_readings, profile.single_seconds
-            )
             db_name, drain_rates = drain.run(
                 report,
                 infra,
@@ -124,6 +118,9 @@ def run(args: argparse.Namespace) -> Report:
                 profile.drain_budget_s,
                 profile.insert_sample,
             )
+            if args.only == "drain":
+                asyncio.run(remove_run_data(infra, run_id))
+                return report
             # What the whole pipeline sustains: the slowest of its stages.
             sustainable = min(rates["batch_readings_per_s"], *drain_rates.values())
             pipeline.run(
@@ -161,9 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["drain"],
+        choices=["drain", "ingest"],
         default=None,
-        help="run one phase and print its figures; BENCHMARKS.md and results are left alone",
+        help="run one phase and print its figures; BENCHMARKS.md and the results stay as they are",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--benchmarks-md", type=Path, default=BENCHMARKS_MD)
