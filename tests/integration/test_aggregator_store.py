@@ -9,11 +9,11 @@ import pytest
 from aggregator_worker.fold import Placed, fold_batch
 from aggregator_worker.store import RecentBuckets, raw_document, write_rollups
 from integration.readings import fleet_readings
-from integration.recompute import rollup_mismatches
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import RAW, ensure_indexes
 from telemetry_common.reading import Reading
 from telemetry_common.settings import AggregatorSettings
+from telemetry_tools.verify import rollup_mismatches
 
 pytestmark = pytest.mark.integration
 
