@@ -137,3 +137,26 @@ def test_admin_endpoints_refuse_everyone_when_no_admin_key_is_configured(
     response = client.get("/admin/keys", headers={"X-API-Key": "anything-at-all"})
     assert response.status_code == 401
     assert response.json()["errors"] == [{"field": "X-API-Key", "reason": "missing or not valid"}]
+
+
+def test_ingest_refusals_carry_the_request_id_and_are_counted_under_their_route(
+    client: TestClient,
+) -> None:
+    # The ingest endpoints are served past the framework's router (DirectIngestRoutes):
+    # what the middlewares around them give every answer must still hold.
+    response = client.post(
+        "/ingest", json={"temperature_c": 1.0}, headers={"X-Request-ID": "trace-direct-1"}
+    )
+    assert response.status_code == 422
+    assert response.headers["X-Request-ID"] == "trace-direct-1"
+    batch = client.post("/ingest/batch", content=b"[", headers={"X-Request-ID": "trace-direct-2"})
+    assert batch.status_code == 400
+    assert batch.headers["X-Request-ID"] == "trace-direct-2"
+    metrics = client.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/ingest",status="422"}' in metrics
+    assert 'http_requests_total{method="POST",route="/ingest/batch",status="400"}' in metrics
+
+
+def test_other_methods_on_the_ingest_paths_get_the_routers_answers(client: TestClient) -> None:
+    assert client.get("/ingest").status_code == 405
+    assert client.put("/ingest/batch", json=[]).status_code == 405

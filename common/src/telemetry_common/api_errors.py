@@ -45,9 +45,13 @@ def error_body(errors: list[FieldError]) -> dict[str, object]:
     }
 
 
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(exc.errors), status_code=exc.status, headers=exc.headers)
+
+
 async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse(error_body(exc.errors), status_code=exc.status, headers=exc.headers)
+    return error_response(exc)
 
 
 async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
-from telemetry_common.api_errors import ApiError
+from starlette.types import ASGIApp, Receive, Scope, Send
+from telemetry_common.api_errors import ApiError, error_response
 from telemetry_common.reading import InvalidReading, Reading, parse_reading
 from telemetry_common.timefmt import utcnow
 
@@ -44,6 +45,39 @@ class PlainRoute(APIRoute):
 
 
 router = APIRouter(tags=["ingest"], route_class=PlainRoute)
+
+
+class DirectIngestRoutes:
+    """Middleware that serves POST /ingest and /ingest/batch without the framework's routing.
+
+    Between the user middlewares and an endpoint Starlette and FastAPI put an
+    exception middleware, an exit stack, two routers and two exception wrappers:
+    about a fifth of the server's time per single reading. These endpoints raise
+    only ApiError and take the Request as it is, so they are called straight
+    from here; every other request, and these paths under a root_path, go down
+    the usual stack. Placed inside the request-id and metrics middlewares, so
+    their answers carry X-Request-ID and are counted under the route's template.
+    """
+
+    def __init__(self, app: ASGIApp, routes: list[APIRoute]):
+        self.app = app
+        self._routes = {(route.path, "POST"): route for route in routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = (
+            self._routes.get((scope["path"], scope["method"]))
+            if scope["type"] == "http"
+            else None
+        )
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
+        try:
+            response = await route.endpoint(Request(scope, receive, send))
+        except ApiError as exc:
+            response = error_response(exc)
+        await response(scope, receive, send)
 
 
 def _json(content: Any, status_code: int) -> Response:
