@@ -127,7 +127,9 @@ class Rollup:
 
         Most fine buckets hold one reading; this skips building the rollup.
         """
-        total = rounded(exact_partials([value]))
+        # The exact sum of one finite value is the value itself (+ 0.0 turns -0.0
+        # into 0.0, as exact_partials does).
+        total = value + 0.0
         value_of_bin = bin_value(key)
         return {
             "count": 1,
@@ -141,10 +143,10 @@ class Rollup:
             "last": value,
             "last_ts": ts,
             **dict.fromkeys(PERCENTILES, value_of_bin),
-            "sum_partials": exact_partials([value]),
+            "sum_partials": [total],
             "mean": 0.0 + value,
             "m2": 0.0,
-            "sketch": QuantileSketch({key: 1}).to_document(),
+            "sketch": QuantileSketch.single_value_document(key),
         }
 
     @classmethod

@@ -121,6 +121,11 @@ class QuantileSketch:
             "bins": {str(k): n for k, n in self.bins.items()},
         }
 
+    @staticmethod
+    def single_value_document(key: int) -> dict[str, Any]:
+        """``to_document`` of a sketch holding one value in bin ``key``, without building it."""
+        return {"relative_accuracy": RELATIVE_ACCURACY, "bins": {str(key): 1}}
+
     @classmethod
     def from_document(cls, doc: Mapping[str, Any] | None) -> QuantileSketch:
         if not doc:
