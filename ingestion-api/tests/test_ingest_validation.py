@@ -160,3 +160,15 @@ def test_ingest_refusals_carry_the_request_id_and_are_counted_under_their_route(
 def test_other_methods_on_the_ingest_paths_get_the_routers_answers(client: TestClient) -> None:
     assert client.get("/ingest").status_code == 405
     assert client.put("/ingest/batch", json=[]).status_code == 405
+
+
+def test_ingest_behind_a_root_path_answers_through_the_routers_the_same_way() -> None:
+    # Under a root_path the paths do not match DirectIngestRoutes; FastAPI's own
+    # routing serves them, with the same refusal body.
+    settings = IngestionSettings(
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_send_timeout_s=0.5
+    )
+    with TestClient(create_app(settings), root_path="/api") as prefixed:
+        response = prefixed.post("/api/ingest", json={"temperature_c": 1.0})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"field": "device_id", "reason": "is required"}]

@@ -144,7 +144,7 @@ class Rollup:
             "last_ts": ts,
             **dict.fromkeys(PERCENTILES, value_of_bin),
             "sum_partials": [total],
-            "mean": 0.0 + value,
+            "mean": total,
             "m2": 0.0,
             "sketch": QuantileSketch.single_value_document(key),
         }

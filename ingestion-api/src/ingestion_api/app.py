@@ -95,10 +95,7 @@ def create_app(
     )
     app.state.ingest = ctx
     install_error_handlers(app)
-    app.add_middleware(
-        ingest.DirectIngestRoutes,
-        routes=[route for route in ingest.router.routes if isinstance(route, ingest.PlainRoute)],
-    )
+    app.add_middleware(ingest.DirectIngestRoutes, routes=ingest.router.routes)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
     # Added last, so outermost: every response and log line carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)
