@@ -1,4 +1,4 @@
-"""How rollups are stored: one document per (project, device, resolution, bucket) holding every metric.
+"""How rollups are stored: one document per (project, device, resolution, bucket), all metrics.
 
 The API serves rollups one row per metric (``sensor_type``, ``count``, ``sum``,
 ...); the store keeps the metrics of a bucket together so that a reading with
