@@ -86,9 +86,15 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def subscribe(settings: WorkerSettings, group_id: str, name: str) -> AIOKafkaConsumer:
-    """A consumer that commits only what its handler has written (subscribed by run_worker)."""
-    return AIOKafkaConsumer(
+def subscribe(
+    settings: WorkerSettings,
+    topic: str,
+    group_id: str,
+    name: str,
+    listener: RebalanceHooks | None = None,
+) -> AIOKafkaConsumer:
+    """A consumer of ``topic`` that commits only what its handler has written."""
+    consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=group_id,
         client_id=name,
@@ -102,6 +108,8 @@ def subscribe(settings: WorkerSettings, group_id: str, name: str) -> AIOKafkaCon
         # batch may still take a while on a cold database.
         max_poll_interval_ms=600_000,
     )
+    consumer.subscribe([topic], listener=listener)
+    return consumer
 
 
 def consume_loop(
@@ -149,7 +157,7 @@ async def run_worker(
     mongo = connect(settings.mongo_url, name)
     db = mongo[settings.mongo_db]
     producer = build_producer(settings.kafka_bootstrap_servers, client_id=name)
-    consumer = subscribe(settings, group_id, name)
+    consumer: AIOKafkaConsumer | None = None
     metrics = ConsumerMetrics(registry)
     consumer_loop: ConsumerLoop[T] | None = None
     started = {"kafka": False, "mongo": False}
@@ -171,7 +179,7 @@ async def run_worker(
             getattr(handle, "partitions_revoked", None),
         )
         listener = RebalanceHooks(*hooks) if all(hooks) else None  # type: ignore[arg-type]
-        consumer.subscribe([settings.telemetry_topic], listener=listener)
+        consumer = subscribe(settings, settings.telemetry_topic, group_id, name, listener)
         await start_with_retry("Kafka consumer", consumer.start, stop)
         started["kafka"] = True
         consumer_loop = consume_loop(name, settings, consumer, producer, decode, handle, metrics)
@@ -190,8 +198,9 @@ async def run_worker(
                     await run_task
     finally:
         log.info("%s stopping", name)
-        with contextlib.suppress(Exception):
-            await consumer.stop()
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
         with contextlib.suppress(Exception):
             await producer.stop()
         await mongo.close()
