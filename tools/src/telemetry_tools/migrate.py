@@ -121,8 +121,11 @@ def migrated_bucket(legacy_docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return new
 
 
-def bucket_upsert(new: Mapping[str, Any]) -> UpdateOne:
-    """The idempotent write of a migrated bucket; it never matches one a live owner wrote."""
+def bucket_upsert(new: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(filter, update) of a migrated bucket's idempotent upsert.
+
+    The filter never matches a document a live owner wrote.
+    """
     highest: dict[str, Any] = {
         f"_applied.{partition}": offset for partition, offset in new["_applied"].items()
     }
@@ -135,7 +138,7 @@ def bucket_upsert(new: Mapping[str, Any]) -> UpdateOne:
     }
     if highest:
         update["$max"] = highest
-    return UpdateOne({"_id": new["_id"], **NOT_YET_OWNED}, update, upsert=True)
+    return {"_id": new["_id"], **NOT_YET_OWNED}, update
 
 
 def buckets_starting_after(
@@ -203,7 +206,7 @@ async def _write_buckets(
     """(written, left as a live owner wrote them)."""
     if not buckets:
         return 0, 0
-    writes = [bucket_upsert(migrated_bucket(docs)) for docs in buckets]
+    writes = [UpdateOne(*bucket_upsert(migrated_bucket(docs)), upsert=True) for docs in buckets]
     try:
         await rollups.bulk_write(writes, ordered=False)
     except BulkWriteError as exc:
