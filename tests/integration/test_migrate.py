@@ -277,6 +277,12 @@ async def test_a_bucket_the_new_aggregator_wrote_is_left_as_it_was(db: AsyncData
     assert await db[ROLLUPS].find_one({"_id": owned["_id"]}) == owned
 
 
+async def test_a_store_with_nothing_to_move_is_done_at_once(db: AsyncDatabase) -> None:
+    outcome = await migrate(db)
+    assert outcome.done and outcome.moved == 0 and outcome.buckets_written == 0
+    assert (await checkpoint(db))["done"]
+
+
 async def run_command(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     script = Path(sys.executable).with_name("telemetry-migrate")
     process = await asyncio.create_subprocess_exec(
