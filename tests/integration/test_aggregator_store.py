@@ -31,10 +31,8 @@ async def store_raw(db: AsyncDatabase, batch: list[Placed]) -> None:
 
 async def owner(db: AsyncDatabase, partitions: set[int], name: str) -> PartitionState:
     """A worker that was just assigned ``partitions``."""
-    ownership = PartitionOwnership(db, "aggregator-test", "telemetry.raw", name)
-    state = PartitionState(
-        db, ownership, SETTINGS.resolutions, SETTINGS.retention, 10_000, 10_000
-    )
+    ownership = PartitionOwnership(db, "aggregator-worker", "test", "telemetry.raw", name)
+    state = PartitionState(db, ownership, SETTINGS.resolutions, SETTINGS.retention, 10_000, 10_000)
     await state.partitions_assigned(partitions)
     return state
 
@@ -110,7 +108,7 @@ async def test_held_state_stays_within_its_limit(db: AsyncDatabase) -> None:
     await ensure_indexes(db, None)
     readings = placed(fleet_readings(devices=5, per_device=40), partition=0)
     await store_raw(db, readings)
-    ownership = PartitionOwnership(db, "aggregator-test", "telemetry.raw", "small")
+    ownership = PartitionOwnership(db, "aggregator-worker", "test", "telemetry.raw", "small")
     state = PartitionState(db, ownership, SETTINGS.resolutions, SETTINGS.retention, 1_000, 1_000)
     state.buckets.limit = 20
     await state.partitions_assigned({0})

@@ -261,21 +261,44 @@ class PartitionState:
                 if doc_id not in result.existing and doc_id not in result.fenced:
                     state.stored, state.dirty = True, False
                     state.pending.clear()
-            lost |= {states[i].partition for i in result.fenced}
-            if result.existing:
-                stored = await find_by_id(self._db[collection], list(result.existing))
-                for doc_id in result.existing:
-                    state = states[doc_id]
-                    doc = stored.get(doc_id)
-                    if doc is None:
-                        # Expired or deleted since the insert failed: insert again.
-                        continue
-                    if doc.get("_e", 0) > epochs[state.partition]:
-                        lost.add(state.partition)
-                        continue
-                    outcome.values_held += state.merge_stored(doc)
-                    outcome.merged_from_store += 1
+            to_read = list(result.existing | result.fenced)
+            stored = await find_by_id(self._db[collection], to_read) if to_read else {}
+            newer = {
+                states[i].partition: doc["_e"]
+                for i, doc in stored.items()
+                if doc.get("_e", 0) > epochs[states[i].partition]
+            }
+            lost |= await self._lost_or_reclaimed(newer)
+            for doc_id in result.existing:
+                state = states[doc_id]
+                doc = stored.get(doc_id)
+                if doc is None or state.partition in lost:
+                    # None: gone since the insert failed (expired), inserted next round.
+                    continue
+                outcome.values_held += state.merge_stored(doc)
+                outcome.merged_from_store += 1
+            # A refused replace of a partition claimed again above an unrecorded
+            # epoch stays dirty and is replaced under the new epoch next round.
         raise RuntimeError(f"{collection}: documents kept changing during {MAX_ROUNDS} rounds")
+
+    async def _lost_or_reclaimed(self, newer: dict[int, int]) -> set[int]:
+        """Of the partitions with documents newer than their epoch, those really lost.
+
+        A newer epoch that the counter never issued (partition_owners deleted, or
+        the store restored from a backup) is no other owner: the counter is moved
+        past it and the partition claimed again.
+        """
+        if not newer:
+            return set()
+        issued = await self._ownership.counter()
+        lost = {p for p, epoch in newer.items() if epoch <= issued}
+        unrecorded = {p: epoch for p, epoch in newer.items() if epoch > issued}
+        if unrecorded:
+            log.warning("epochs %s were never issued here; claiming above them", unrecorded)
+            await self._ownership.outrank(max(unrecorded.values()))
+            for partition in unrecorded:
+                await self._ownership.claim(partition)
+        return lost
 
 
 def _epoch_of(doc: dict[str, Any]) -> int:

@@ -61,9 +61,12 @@ class Claim:
 class PartitionOwnership:
     """The epochs under which this worker holds its partitions of one topic."""
 
-    def __init__(self, db: AsyncDatabase, group: str, topic: str, owner: str):
+    def __init__(self, db: AsyncDatabase, service: str, group: str, topic: str, owner: str):
         self._owners = db[PARTITION_OWNERS]
-        self._prefix = f"{group}|{topic}"
+        # One counter for every group of the service: they write the same state
+        # documents, so a new group (or a reset one) must claim above them all.
+        self._counter = f"epoch|{service}"
+        self._prefix = f"{service}|{group}|{topic}"
         self._owner = owner
         self._held: dict[int, int] = {}
         # The epoch of each partition's last claim by this worker, kept after it is
@@ -79,7 +82,7 @@ class PartitionOwnership:
 
     async def claim(self, partition: int) -> Claim:
         counter = await self._owners.find_one_and_update(
-            {"_id": self._prefix},
+            {"_id": self._counter},
             {"$inc": {"epoch": 1}},
             upsert=True,
             return_document=ReturnDocument.AFTER,
@@ -100,6 +103,17 @@ class PartitionOwnership:
         self._last[partition] = epoch
         log.info("claimed partition %d at epoch %d", partition, epoch)
         return Claim(partition, epoch, continues)
+
+    async def outrank(self, epoch: int) -> None:
+        """Make every later claim higher than ``epoch``, an epoch found on a stored document
+        that no claim recorded (the counter was deleted or the store restored)."""
+        await self._owners.update_one(
+            {"_id": self._counter}, {"$max": {"epoch": epoch}}, upsert=True
+        )
+
+    async def counter(self) -> int:
+        doc = await self._owners.find_one({"_id": self._counter})
+        return int(doc["epoch"]) if doc else 0
 
     def release(self, partitions: Iterable[int]) -> None:
         for partition in partitions:

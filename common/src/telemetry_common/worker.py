@@ -171,7 +171,9 @@ async def run_worker(
         await start_with_retry("MongoDB", lambda: ensure_indexes(db, raw_retention), stop)
         started["mongo"] = True
         await start_with_retry("Kafka producer", producer.start, stop)
-        ownership = PartitionOwnership(db, group_id, settings.telemetry_topic, owner_name(name))
+        ownership = PartitionOwnership(
+            db, name, group_id, settings.telemetry_topic, owner_name(name)
+        )
         context = WorkerContext(settings, db, producer, registry, ownership)
         handle = make_handler(context)
         hooks = (

@@ -131,7 +131,8 @@ class ConsumerLoop(Generic[T]):
                 if lost:
                     await self._rewind(batch, lost)
                     batch = {tp: rs for tp, rs in batch.items() if tp.partition not in lost}
-                await self._commit(batch)
+                if batch:
+                    await self._commit(batch)
             self._report_done(records, decoded)
             self._report_lag()
 
