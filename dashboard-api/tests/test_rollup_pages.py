@@ -116,6 +116,12 @@ def test_pages_of_any_size_walk_every_row_once_in_order(limit: int) -> None:
     assert walk(DOCS, limit) == walk(DOCS, 100)
 
 
+def test_a_metric_whose_name_begins_another_comes_first_as_it_always_did() -> None:
+    docs = [bucket("d-1", 0, ["temp", "temp_max", "tem"])]
+    assert walk(docs, 100) == ["d-1@10:00/tem", "d-1@10:00/temp", "d-1@10:00/temp_max"]
+    assert walk(docs, 1) == walk(docs, 100)
+
+
 def test_the_last_page_says_so_even_when_it_is_exactly_full() -> None:
     rows, cursor = one_page(DOCS, 9, None, None)
     assert len(rows) == 9 and cursor is None
@@ -148,15 +154,22 @@ metric_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_s
     ),
     limit=st.integers(1, 5),
 )
-def test_paging_serves_the_rows_sorted_by_timestamp_and_row_id(
+def test_pages_serve_the_rows_in_the_order_of_the_layout_before(
     buckets: list[tuple[str, int, set[str]]], limit: int
 ) -> None:
     # Device ids that are prefixes of each other and metric names that are, ties
-    # everywhere: the order of the documents must still be the order of their rows.
+    # everywhere: rows come as the per-metric documents of the layout before
+    # sorted, newest first by (timestamp, _id), their ids device|metric|resolution|start.
     docs = [bucket(device, minute, sorted(metrics)) for device, minute, metrics in buckets]
+
+    def id_before(row: dict[str, Any]) -> str:
+        return "|".join(
+            (row["device_id"], row["sensor_type"], row["resolution"], row["timestamp"].isoformat())
+        )
+
     rows = sorted(
         (row for doc in docs for row in metric_rows(doc)),
-        key=lambda r: (r["timestamp"], r["_id"]),
+        key=lambda r: (r["timestamp"], id_before(r)),
         reverse=True,
     )
     expected = [f"{r['device_id']}@{r['timestamp']:%H:%M}/{r['sensor_type']}" for r in rows]

@@ -168,7 +168,7 @@ class DeviceFeeds:
             return []
         found = self._db[ROLLUPS].find({"_id": {"$in": list(feed.buckets)}}, UNSERVED)
         rows = [(doc["_id"], row) async for doc in found for row in metric_rows(doc)]
-        rows.sort(key=lambda pair: (pair[1]["timestamp"], pair[1]["_id"]))
+        rows.sort(key=lambda pair: pushed_order(pair[1]))
         events = []
         for doc_id, row in rows:
             pushed = (doc_id, tuple(row.get(name) for name in ROW_FIELDS))
@@ -182,6 +182,12 @@ class DeviceFeeds:
                 feed.buckets[doc_id] = polls_left - 1
         feed.versions = {k: v for k, v in feed.versions.items() if v[0] in feed.buckets}
         return events
+
+
+def pushed_order(row: Mapping[str, Any]) -> tuple[Any, str]:
+    """Rollup events of one poll are pushed oldest bucket first, then in the order of the
+    ids of the layout before (``device|metric|resolution|start``), as they always were."""
+    return row["timestamp"], f"{row['sensor_type']}|{row['resolution']}|"
 
 
 def offer(queue: asyncio.Queue[Any], event: Any) -> bool:

@@ -1,13 +1,13 @@
 """Rollup listings: rows per metric, paged newest first, read from bucket documents.
 
 A bucket document holds every metric of one (device, resolution, bucket); the
-API serves one row per metric, ordered by (timestamp, row _id) newest first.
-Documents read in (timestamp, _id) order newest first give their rows in that
-order too: a row's id is its document's id followed by ``|metric``, rows of a
-document come in descending metric order, and no document id is a prefix of
-another's. A page is ``limit`` rows, so a page may end inside a document: the
-cursor names the last row served, and the next page reads that document again
-and serves only its rows after the cursor.
+API serves one row per metric, newest first, ties in descending (device, metric)
+order as ever (see ``listing_key``). Documents read in (timestamp, _id) order
+newest first give their rows in that order once each document's rows are put in
+metric order: a row's id is its document's id followed by ``|metric``, and no
+document id is a prefix of another's. A page is ``limit`` rows, so a page may
+end inside a document: the cursor names the last row served, and the next page
+reads that document again and serves only its rows after the cursor.
 
 One device's documents are a contiguous ``_id`` range in time order, so its
 listing is read along ``_id`` alone; listings across devices read the
@@ -88,7 +88,7 @@ class RowPage:
     def add(self, doc: Mapping[str, Any]) -> bool:
         """Take a document's rows after the cursor; True once the page and one row more are
         in (that one row only says that a next page exists)."""
-        for row in metric_rows(doc, self._metric):
+        for row in sorted(metric_rows(doc, self._metric), key=listing_key, reverse=True):
             if self._resume is not None and not comes_after(row, self._resume):
                 continue
             self._rows.append(row)
@@ -107,10 +107,22 @@ class RowPage:
         return Position(last[SORT_KEY], last["_id"])
 
 
+def listing_key(row: Mapping[str, Any]) -> tuple[datetime, str]:
+    """Where a row sorts in a listing (which is in descending order of this key).
+
+    Its timestamp, then its id as if ``|`` followed it: the layout before had one
+    document per metric with ids ``device|metric|resolution|start``, so of two
+    metrics of one bucket where one name begins the other (``temp`` and
+    ``temp_max``) the shorter sorted higher; bare row ids would sort it lower and
+    change the order clients have always been served.
+    """
+    return row[SORT_KEY], row["_id"] + "|"
+
+
 def comes_after(row: Mapping[str, Any], position: Position) -> bool:
-    """Whether ``row`` comes after ``position`` in a newest-first listing."""
+    """Whether ``row`` comes after ``position`` (the last row of a page) in a listing."""
     assert position.key is not None
-    return (row[SORT_KEY], row["_id"]) < (position.key, position.id)
+    return listing_key(row) < (position.key, position.id + "|")
 
 
 async def rollup_page(
