@@ -166,3 +166,22 @@ def bucket_filter(
     if metric is not None:
         query[f"metrics.{metric}"] = {"$exists": True}
     return query
+
+
+def device_prefix_range(project_id: str, device_prefix: str) -> dict[str, str]:
+    """The ``_id`` range of every bucket of the devices whose id starts with ``device_prefix``."""
+    low = f"{project_id}|{device_prefix}"
+    # Above every character a device id may hold (they are ASCII).
+    return {"$gte": low, "$lt": low + "\U0010ffff"}
+
+
+def row_projection(metric: str) -> dict[str, int]:
+    """A find() projection of what ``metric_rows(doc, metric)`` serves: one metric's public
+    figures, leaving the other metrics, the merge state and the bookkeeping on the server."""
+    return {
+        "device_id": 1,
+        "resolution": 1,
+        "timestamp": 1,
+        "updated_at": 1,
+        **{f"metrics.{metric}.{name}": 1 for name in ROW_FIELDS},
+    }
