@@ -204,7 +204,8 @@ def test_merging_with_the_stored_bucket_folds_only_what_it_lacks() -> None:
     # 3..7 from the last commit before it knew the bucket was stored.
     stored = bucket(contribs(0, range(5))).document(1, NOW, None)
     mine = bucket(contribs(0, range(3, 8)))
-    assert mine.merge_stored(stored) == 2  # offsets 3 and 4 were held already
+    merged = mine.merge_stored(stored)
+    assert merged.held == [(0, 3), (0, 4)] and merged.added == [(0, 5), (0, 6), (0, 7)]
     assert mine.stored and mine.dirty and mine.pending == []
     assert mine.metrics["temp"].rollup.count == 8
     assert mine.metrics["temp"].rollup.sum == sum(1.0 + o for o in range(8))
@@ -213,7 +214,7 @@ def test_merging_with_the_stored_bucket_folds_only_what_it_lacks() -> None:
 def test_merging_a_bucket_that_held_everything_leaves_nothing_to_write() -> None:
     stored = bucket(contribs(0, range(5))).document(1, NOW, None)
     mine = bucket(contribs(0, range(2, 5)))
-    assert mine.merge_stored(stored) == 3
+    assert len(mine.merge_stored(stored).held) == 3
     assert not mine.dirty
 
 
@@ -259,7 +260,7 @@ def test_a_device_summary_folds_each_reading_once() -> None:
     again = DeviceState("dev-1", 0)
     again.fold(a)
     again.fold(b)
-    assert again.merge_stored(doc) == 2 and again.summary["reading_count"] == 2
+    assert len(again.merge_stored(doc).held) == 2 and again.summary["reading_count"] == 2
 
 
 # --- any batching, order, replay, crash and eviction gives the buckets of one pass ----

@@ -38,9 +38,10 @@ async def owner(db: AsyncDatabase, partitions: set[int], name: str) -> Partition
 
 
 async def fold(state: PartitionState, batch: list[Placed]) -> int:
+    """Readings that added to a bucket or summary (not held already by a stored one)."""
     added = state.fold(batch)
-    await state.flush()
-    return added
+    outcome = await state.flush()
+    return len(added) - len(outcome.replayed(added))
 
 
 async def test_a_restarted_process_folds_into_buckets_it_does_not_remember(

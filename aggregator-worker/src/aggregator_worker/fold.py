@@ -81,6 +81,15 @@ def contributions(placed: Placed) -> list[tuple[str, Contribution]]:
 
 
 @dataclass(slots=True)
+class Merged:
+    """(partition, offset) of what a merge with a stored document found held already, and
+    of what it still had to add."""
+
+    held: list[tuple[int, int]] = field(default_factory=list)
+    added: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class MetricState:
     rollup: Rollup = field(default_factory=Rollup)
     applied: Watermarks = field(default_factory=Watermarks)
@@ -123,9 +132,9 @@ class BucketState:
             self.pending.append((metric, c))
         return True
 
-    def merge_stored(self, doc: Mapping[str, Any]) -> int:
+    def merge_stored(self, doc: Mapping[str, Any]) -> Merged:
         """Start from the stored bucket and fold again what this worker added that it
-        lacks; return how many values it already held."""
+        lacks; return the positions of the values it held already, and of the others."""
         doc_applied = doc.get("_applied", {})
         self.metrics = {
             metric: MetricState(
@@ -137,11 +146,11 @@ class BucketState:
         pending, self.pending = self.pending, []
         self.stored = True
         self.dirty = False
-        held = 0
+        merged = Merged()
         for metric, c in pending:
-            if not self.fold(metric, c):
-                held += 1
-        return held
+            added = self.fold(metric, c)
+            (merged.added if added else merged.held).append((c.partition, c.offset))
+        return merged
 
     def document(self, epoch: int, now: datetime, keep_for: timedelta | None) -> dict[str, Any]:
         applied: dict[str, int] = {}
@@ -196,13 +205,17 @@ class DeviceState:
             self.pending.append(placed)
         return True
 
-    def merge_stored(self, doc: Mapping[str, Any]) -> int:
+    def merge_stored(self, doc: Mapping[str, Any]) -> Merged:
         self.summary = {k: v for k, v in doc.items() if k not in _DEVICE_BOOKKEEPING}
         self.applied = Watermarks(dict(doc.get("_applied", {})))
         pending, self.pending = self.pending, []
         self.stored = True
         self.dirty = False
-        return sum(1 for placed in pending if not self.fold(placed))
+        merged = Merged()
+        for placed in pending:
+            added = self.fold(placed)
+            (merged.added if added else merged.held).append((placed.partition, placed.offset))
+        return merged
 
     def document(self, epoch: int, now: datetime) -> dict[str, Any]:
         return {

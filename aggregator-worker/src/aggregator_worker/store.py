@@ -131,6 +131,13 @@ class FlushOutcome:
     # Values a stored bucket already held when this worker merged with it (replays).
     values_held: int = 0
     merged_from_store: int = 0
+    # Positions of readings a merge found held, and of those it still added.
+    held: set[tuple[int, int]] = field(default_factory=set)
+    added: set[tuple[int, int]] = field(default_factory=set)
+
+    def replayed(self, folded: set[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Of the readings ``folded`` in memory, those every stored document already held."""
+        return folded & (self.held - self.added)
 
 
 class PartitionState:
@@ -192,10 +199,10 @@ class PartitionState:
 
     # --- a batch ----------------------------------------------------------------------
 
-    def fold(self, batch: Iterable[Placed]) -> int:
-        """Fold readings into held state; return how many added to at least one bucket."""
+    def fold(self, batch: Iterable[Placed]) -> set[tuple[int, int]]:
+        """Fold readings into held state; return the positions of those that added to it."""
         buckets, devices = self.buckets, self.devices
-        added = 0
+        added: set[tuple[int, int]] = set()
         for placed in batch:
             reading = placed.reading
             values = contributions(placed)
@@ -213,8 +220,9 @@ class PartitionState:
             if device is None:
                 device = DeviceState(reading.device_id, placed.partition)
             devices.touch(reading.device_id, device)
-            device.fold(placed)
-            added += any_new
+            any_new |= device.fold(placed)
+            if any_new:
+                added.add((placed.partition, placed.offset))
         return added
 
     async def flush(self) -> FlushOutcome:
@@ -275,8 +283,12 @@ class PartitionState:
                 if doc is None or state.partition in lost:
                     # None: gone since the insert failed (expired), inserted next round.
                     continue
-                outcome.values_held += state.merge_stored(doc)
+                merged = state.merge_stored(doc)
                 outcome.merged_from_store += 1
+                if isinstance(state, BucketState):
+                    outcome.values_held += len(merged.held)
+                outcome.held.update(merged.held)
+                outcome.added.update(merged.added)
             # A refused replace of a partition claimed again above an unrecorded
             # epoch stays dirty and is replaced under the new epoch next round.
         raise RuntimeError(f"{collection}: documents kept changing during {MAX_ROUNDS} rounds")

@@ -105,9 +105,10 @@ class AggregatorHandler:
         added = self.state.fold(raw.to_fold)
         with metrics.rollup_write_seconds.time():
             outcome = await self.state.flush()
-        metrics.readings_folded.inc(added)
+        folded = len(added) - len(outcome.replayed(added))
+        metrics.readings_folded.inc(folded)
         metrics.duplicates.inc(raw.duplicates)
-        metrics.replayed_readings.inc(len(raw.to_fold) - added)
+        metrics.replayed_readings.inc(len(raw.to_fold) - folded)
         metrics.replayed_values.inc(outcome.values_held)
         for resolution, count in outcome.bucket_writes.items():
             metrics.bucket_writes.labels(resolution).inc(count)
