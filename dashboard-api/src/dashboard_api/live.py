@@ -28,7 +28,6 @@ from telemetry_common.resolutions import bucket_start
 from telemetry_common.rollup_layout import DEFAULT_PROJECT, ROW_FIELDS, bucket_id, metric_rows
 
 from dashboard_api.paging import Position, after
-from dashboard_api.rollup_pages import UNSERVED
 from dashboard_api.serialize import public
 
 log = logging.getLogger(__name__)
@@ -166,7 +165,7 @@ class DeviceFeeds:
     async def _changed_rollups(self, feed: _Feed) -> list[Event]:
         if not feed.buckets:
             return []
-        found = self._db[ROLLUPS].find({"_id": {"$in": list(feed.buckets)}}, UNSERVED)
+        found = self._db[ROLLUPS].find({"_id": {"$in": list(feed.buckets)}})
         rows = [(doc["_id"], row) async for doc in found for row in metric_rows(doc)]
         rows.sort(key=lambda pair: pushed_order(pair[1]))
         events = []
