@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -183,7 +184,7 @@ class DeviceFeeds:
         return events
 
 
-def pushed_order(row: Mapping[str, Any]) -> tuple[Any, str]:
+def pushed_order(row: Mapping[str, Any]) -> tuple[datetime, str]:
     """Rollup events of one poll are pushed oldest bucket first, then in the order of the
     ids of the layout before (``device|metric|resolution|start``), as they always were."""
     return row["timestamp"], f"{row['sensor_type']}|{row['resolution']}|"
