@@ -212,7 +212,7 @@ def test_a_fleet_query_reads_the_resolution_newest_first_after_the_cursor() -> N
             },
         ]
     }
-    assert "_applied" in query.projection and "_e" in query.projection
+    assert query.projection is None
 
 
 def test_with_a_metric_only_its_served_figures_are_read() -> None:

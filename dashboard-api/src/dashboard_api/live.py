@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -28,7 +29,6 @@ from telemetry_common.resolutions import bucket_start
 from telemetry_common.rollup_layout import DEFAULT_PROJECT, ROW_FIELDS, bucket_id, metric_rows
 
 from dashboard_api.paging import Position, after
-from dashboard_api.rollup_pages import UNSERVED
 from dashboard_api.serialize import public
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class DeviceFeeds:
     async def _changed_rollups(self, feed: _Feed) -> list[Event]:
         if not feed.buckets:
             return []
-        found = self._db[ROLLUPS].find({"_id": {"$in": list(feed.buckets)}}, UNSERVED)
+        found = self._db[ROLLUPS].find({"_id": {"$in": list(feed.buckets)}})
         rows = [(doc["_id"], row) async for doc in found for row in metric_rows(doc)]
         rows.sort(key=lambda pair: pushed_order(pair[1]))
         events = []
@@ -184,7 +184,7 @@ class DeviceFeeds:
         return events
 
 
-def pushed_order(row: Mapping[str, Any]) -> tuple[Any, str]:
+def pushed_order(row: Mapping[str, Any]) -> tuple[datetime, str]:
     """Rollup events of one poll are pushed oldest bucket first, then in the order of the
     ids of the layout before (``device|metric|resolution|start``), as they always were."""
     return row["timestamp"], f"{row['sensor_type']}|{row['resolution']}|"

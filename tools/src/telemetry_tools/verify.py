@@ -87,7 +87,7 @@ async def rollup_mismatches(
     expected = await recompute_all_rollups(db, resolutions, device_prefix)
     stored = {
         (row["device_id"], row["sensor_type"], row["resolution"], row["timestamp"]): row
-        async for doc in db[ROLLUPS].find(_bucket_id_filter(device_prefix), {"_applied": 0})
+        async for doc in db[ROLLUPS].find(_bucket_id_filter(device_prefix))
         for row in metric_rows(doc)
     }
     problems = [f"{key}: stored but no raw reading" for key in stored.keys() - expected.keys()]
@@ -117,7 +117,7 @@ async def value_counts(
             raw[(doc["device_id"], metric)] += 1
     rolled: dict[tuple[str, str], int] = defaultdict(int)
     query = {**bucket_filter(resolution), **_bucket_id_filter(device_prefix)}
-    async for doc in db[ROLLUPS].find(query, {"device_id": 1, "metrics": 1}):
+    async for doc in db[ROLLUPS].find(query):
         for metric, fields in doc["metrics"].items():
             rolled[(doc["device_id"], metric)] += fields["count"]
     return raw, rolled
