@@ -11,6 +11,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import RAW, ROLLUPS
+from telemetry_common.rollup_layout import bucket_filter, metric_rows
 
 
 async def recompute_minute_rollups(
@@ -33,12 +34,20 @@ async def recompute_minute_rollups(
     }
 
 
+async def stored_rows(
+    db: AsyncDatabase, resolution: str, metric: str | None = None, device_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Stored rollups of ``resolution`` as the API serves them: a row per metric and bucket."""
+    query = bucket_filter(resolution, metric=metric, device_id=device_id)
+    return [row async for doc in db[ROLLUPS].find(query) for row in metric_rows(doc, metric)]
+
+
 async def stored_minute_rollups(db: AsyncDatabase) -> dict[tuple[str, str, Any], dict[str, float]]:
     return {
-        (doc["device_id"], doc["sensor_type"], doc["timestamp"]): {
-            field: doc[field] for field in ("count", "sum", "min", "max", "average")
+        (row["device_id"], row["sensor_type"], row["timestamp"]): {
+            field: row[field] for field in ("count", "sum", "min", "max", "average")
         }
-        async for doc in db[ROLLUPS].find({"resolution": "1m"})
+        for row in await stored_rows(db, "1m")
     }
 
 

@@ -12,11 +12,13 @@ from integration.recompute import (
     assert_rollups_equal,
     recompute_minute_rollups,
     stored_minute_rollups,
+    stored_rows,
 )
 from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka import dlq
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
+from telemetry_common.rollup_layout import bucket_filter
 from telemetry_common.settings import AggregatorSettings
 from telemetry_tools.servers import MongoServer, free_port
 from telemetry_tools.testing import Topics, eventually, read_topic
@@ -141,8 +143,8 @@ async def test_garbage_record_goes_to_dlq_with_headers_and_the_rest_flows(
     assert headers[dlq.HEADER_FAILED_AT].endswith(b"Z")
     assert dead[0].key == b"dlq-dev"
     assert b"metrics.t" in dict(dead[1].headers)[dlq.HEADER_REASON]
-    rollup = await db[ROLLUPS].find_one({"device_id": "dlq-dev", "sensor_type": "temperature_c"})
-    assert rollup is not None and rollup["count"] == 2 and rollup["sum"] == 44.0
+    [rollup] = await stored_rows(db, "1m", "temperature_c", device_id="dlq-dev")
+    assert rollup["count"] == 2 and rollup["sum"] == 44.0
 
 
 async def test_mongodb_outage_loses_nothing_and_dead_letters_nothing(
@@ -255,11 +257,11 @@ async def test_each_resolution_expires_on_its_own_retention(
             await eventually(all_stored)
 
         async def minutes_expired() -> bool:
-            return await db[ROLLUPS].count_documents({"resolution": "1m"}) == 0
+            return await db[ROLLUPS].count_documents(bucket_filter("1m")) == 0
 
         await eventually(minutes_expired, timeout_s=60)
     finally:
         await admin.command("setParameter", 1, ttlMonitorSleepSecs=prior)
-    hours = [d async for d in db[ROLLUPS].find({"resolution": {"$in": ["1h", "1d"]}})]
-    assert sum(d["count"] for d in hours) == 2 * 2 * len(readings)  # two metrics, two resolutions
-    assert all(("expire_at" in d) == (d["resolution"] == "1h") for d in hours)
+    hours = [*await stored_rows(db, "1h"), *await stored_rows(db, "1d")]
+    assert sum(r["count"] for r in hours) == 2 * 2 * len(readings)  # two metrics, two resolutions
+    assert all(("expire_at" in r) == (r["resolution"] == "1h") for r in hours)

@@ -16,11 +16,14 @@ from typing import Any
 import orjson
 import pytest
 from dashboard_api.app import create_app
-from dashboard_api.paging import keyset_page, keyset_query
+from dashboard_api.paging import decode_cursor, keyset_page, keyset_query
+from dashboard_api.rollup_pages import SORT_KEY, rollup_page, rollup_query
 from dashboard_api.system_stats import ACTIVE_ALERTS_CAP
 from fastapi.testclient import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS, ensure_indexes
+from telemetry_common.mongo import ALERTS, DEVICES, LEGACY_ROLLUPS, RAW, ROLLUPS, ensure_indexes
+from telemetry_common.rollup import Rollup
+from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document
 from telemetry_common.settings import DashboardSettings
 from telemetry_common.timefmt import iso_z, utcnow
 from telemetry_tools.servers import MongoServer
@@ -56,20 +59,33 @@ READINGS = [
 ]
 
 
-def rollup(device_id: str, minute: int) -> dict:
+def rollup(device_id: str, minute: int, metrics: tuple[str, ...] = ("temperature_c",)) -> dict:
+    """A minute bucket as the aggregator stores it: each metric folded from one value."""
     start = T0 + timedelta(minutes=minute)
-    return {
-        "_id": f"{device_id}|temperature_c|1m|{start.isoformat()}",
-        "device_id": device_id,
-        "sensor_type": "temperature_c",
-        "resolution": "1m",
-        "timestamp": start,
-        "count": 1,
-        "sum": 1.0,
-        "min": 1.0,
-        "max": 1.0,
-        "average": 1.0,
-    }
+    folded = {}
+    for offset, metric in enumerate(metrics):
+        one = Rollup()
+        one.add(float(minute * 10 + offset), start + timedelta(seconds=5))
+        folded[metric] = one.to_fields()
+    return bucket_document(
+        project_id=DEFAULT_PROJECT,
+        device_id=device_id,
+        resolution="1m",
+        start=start,
+        metrics=folded,
+        applied={"0": minute},
+        epoch=1,
+        now=start + timedelta(seconds=30),
+        keep_for=timedelta(days=7),
+    )
+
+
+# p-1's buckets hold two metrics: a page of rows may end inside a bucket.
+ROLLUPS_SEEDED = [
+    *[rollup("p-1", m, ("temperature_c", "humidity")) for m in (0, 1, 2)],
+    *[rollup("p-2", m) for m in (0, 1, 2)],
+    rollup("p-3", 1),  # a tie on the bucket start
+]
 
 
 def alert(alert_id: str, device_id: str, seconds: int, status: str) -> dict:
@@ -118,8 +134,7 @@ ALERTS_SEEDED = [
 @pytest.fixture
 async def seeded(db: AsyncDatabase) -> AsyncDatabase:
     await db[RAW].insert_many(READINGS)
-    await db[ROLLUPS].insert_many([rollup(d, m) for d in ("p-1", "p-2") for m in (0, 1, 2)])
-    await db[ROLLUPS].insert_one(rollup("p-3", 1))  # a tie on the bucket start
+    await db[ROLLUPS].insert_many(ROLLUPS_SEEDED)
     await db[ALERTS].insert_many(ALERTS_SEEDED)
     await db[DEVICES].insert_many(
         [device("p-1", ["room:1"]), device("p-2"), device("p-3"), device("p-5")]
@@ -142,8 +157,10 @@ def ok(response: Any) -> dict:
 
 
 def _key(item: dict, key: str) -> str:
-    # Rollups carry no id of their own in the API: a bucket is device and start.
-    return f"{item['device_id']}@{item['timestamp']}" if key == "_id" else item[key]
+    # Rollups carry no id of their own in the API: a row is device, start and metric.
+    if key == "_id":
+        return f"{item['device_id']}@{item['timestamp']}/{item['sensor_type']}"
+    return item[key]
 
 
 def walk(api: TestClient, path: str, params: dict, key: str) -> list[str]:
@@ -165,7 +182,10 @@ def walk(api: TestClient, path: str, params: dict, key: str) -> list[str]:
         ("/telemetry", {}, "event_id"),
         ("/devices/p-1/telemetry", {}, "event_id"),
         ("/aggregated", {}, "_id"),
-        ("/devices/p-1/aggregates", {}, "timestamp"),
+        ("/aggregated", {"metric": "temperature_c"}, "_id"),
+        ("/aggregated", {"device_id": "p-1"}, "_id"),
+        ("/devices/p-1/aggregates", {}, "_id"),
+        ("/devices/p-1/aggregates", {"metric": "humidity"}, "_id"),
         ("/alerts", {}, "alert_id"),
         ("/devices", {}, "device_id"),
         ("/devices", {"id_prefix": "p-"}, "device_id"),
@@ -182,6 +202,122 @@ def test_pages_walk_the_whole_listing_once_in_order(
     assert len(set(expected)) == len(expected)
     for size in (1, 2, 3):
         assert walk(api, path, {**params, "limit": size}, key) == expected
+
+
+def test_rollup_rows_are_newest_first_then_by_device_and_metric_descending(
+    api: TestClient,
+) -> None:
+    listed = [_key(row, "_id") for row in ok(api.get("/aggregated"))["data"]]
+    at = "2025-01-15T10:0{}:00.000Z".format
+    assert listed == [
+        f"p-2@{at(2)}/temperature_c",
+        f"p-1@{at(2)}/temperature_c",
+        f"p-1@{at(2)}/humidity",
+        f"p-3@{at(1)}/temperature_c",
+        f"p-2@{at(1)}/temperature_c",
+        f"p-1@{at(1)}/temperature_c",
+        f"p-1@{at(1)}/humidity",
+        f"p-2@{at(0)}/temperature_c",
+        f"p-1@{at(0)}/temperature_c",
+        f"p-1@{at(0)}/humidity",
+    ]
+    one_device = ok(api.get("/devices/p-1/aggregates", params={"limit": 1}))
+    assert [_key(row, "_id") for row in one_device["data"]] == [f"p-1@{at(2)}/temperature_c"]
+    # The page ended inside the 10:02 bucket: the next one starts with its other metric.
+    rest = ok(
+        api.get("/devices/p-1/aggregates", params={"limit": 2, "cursor": one_device["next_cursor"]})
+    )
+    assert [_key(row, "_id") for row in rest["data"]] == [
+        f"p-1@{at(2)}/humidity",
+        f"p-1@{at(1)}/temperature_c",
+    ]
+
+
+# What a row has always held, in the order served: RollupOut's fields, then the
+# others in the order the layout before stored them (a document per metric).
+SERVED_ROLLUP_FIELDS = [
+    "device_id",
+    "sensor_type",
+    "resolution",
+    "timestamp",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "average",
+    "stddev",
+    "first",
+    "last",
+    "p50",
+    "p95",
+    "p99",
+    "first_ts",
+    "last_ts",
+    "updated_at",
+]
+
+
+def test_a_rollup_row_serves_the_fields_it_always_did(api: TestClient) -> None:
+    window = {"from": "2025-01-15T10:01:00Z", "to": "2025-01-15T10:02:00Z"}
+    [row] = ok(api.get("/devices/p-1/aggregates", params={**window, "metric": "humidity"}))["data"]
+    assert list(row) == SERVED_ROLLUP_FIELDS
+    assert {name: row[name] for name in SERVED_ROLLUP_FIELDS if name[0] != "p"} == {
+        "device_id": "p-1",
+        "sensor_type": "humidity",
+        "resolution": "1m",
+        "timestamp": "2025-01-15T10:01:00.000Z",
+        "count": 1,
+        "sum": 11.0,
+        "min": 11.0,
+        "max": 11.0,
+        "average": 11.0,
+        "stddev": 0.0,
+        "first": 11.0,
+        "first_ts": "2025-01-15T10:01:05.000Z",
+        "last": 11.0,
+        "last_ts": "2025-01-15T10:01:05.000Z",
+        "updated_at": "2025-01-15T10:01:30.000Z",
+    }
+    assert all(abs(row[p] - 11.0) <= 0.01 * 11.0 for p in ("p50", "p95", "p99"))
+    # The same row, read with every metric of its bucket or across devices.
+    for path, params in [
+        ("/devices/p-1/aggregates", window),
+        ("/aggregated", window),
+        ("/aggregated", {**window, "metric": "humidity", "device_id": "p-1"}),
+    ]:
+        assert row in ok(api.get(path, params=params))["data"], (path, params)
+
+
+def test_rollup_time_ranges_hold_the_buckets_starting_in_them(api: TestClient) -> None:
+    window = {"from": "2025-01-15T10:00:00.500Z", "to": "2025-01-15T10:02:00Z"}
+    for path in ("/devices/p-1/aggregates", "/aggregated"):
+        rows = ok(api.get(path, params={**window, "metric": "temperature_c"}))["data"]
+        assert {row["timestamp"] for row in rows} == {"2025-01-15T10:01:00.000Z"}, path
+    assert ok(api.get("/devices/p-9/aggregates"))["data"] == []
+    assert ok(api.get("/aggregated", params={"resolution": "5m"}))["data"] == []
+
+
+def test_v1_aggregate_merges_one_metric_of_the_stored_buckets(api: TestClient) -> None:
+    window = {"from_time": "2025-01-15T10:00:00Z", "to_time": "2025-01-15T10:04:00Z"}
+    one = ok(
+        api.get(
+            "/v1/metrics/aggregate",
+            params={**window, "metric": "humidity", "device_id": "p-1", "interval": "2m"},
+        )
+    )
+    assert [(b["start"], b["count"], b["sum"], b["min"], b["max"]) for b in one["buckets"]] == [
+        ("2025-01-15T10:00:00.000Z", 2, 12.0, 1.0, 11.0),
+        ("2025-01-15T10:02:00.000Z", 1, 21.0, 21.0, 21.0),
+    ]
+    fleet = ok(
+        api.get(
+            "/v1/metrics/aggregate", params={**window, "metric": "temperature_c", "interval": "2m"}
+        )
+    )
+    assert [(b["start"], b["count"], b["sum"]) for b in fleet["buckets"]] == [
+        ("2025-01-15T10:00:00.000Z", 5, 30.0),
+        ("2025-01-15T10:02:00.000Z", 2, 40.0),
+    ]
 
 
 def test_readings_are_newest_first_with_ties_in_id_order(api: TestClient) -> None:
@@ -385,6 +521,67 @@ async def test_a_deep_page_reads_only_its_own_index_keys(
     assert explained["executionStats"]["totalKeysExamined"] <= 21 + 1
 
 
+@pytest.mark.parametrize(
+    ("device_id", "index"), [("deep", "_id_"), (None, "project_resolution_ts_id")]
+)
+async def test_a_deep_rollup_page_reads_only_its_own_index_keys(
+    db: AsyncDatabase, device_id: str | None, index: str
+) -> None:
+    await ensure_indexes(db, None)
+    # Two devices with buckets at the same minutes (ties), two metrics in each.
+    await db[ROLLUPS].insert_many(
+        [
+            rollup(device, minute, ("temperature_c", "humidity"))
+            for minute in range(150)
+            for device in ("deep", "deep-2")
+        ]
+    )
+    rows, cursor = await rollup_page(
+        db[ROLLUPS],
+        "1m",
+        device_id=device_id,
+        metric=None,
+        start=None,
+        end=None,
+        limit=201,
+        cursor=None,
+    )
+    assert len(rows) == 201 and cursor is not None
+    query = rollup_query(
+        "1m",
+        device_id=device_id,
+        metric=None,
+        start=None,
+        end=None,
+        resume=decode_cursor(SORT_KEY, cursor),
+    )
+    explained = await db[ROLLUPS].find(query.filter).sort(query.sort).limit(12).explain()
+    stages = _stages(explained["queryPlanner"]["winningPlan"])
+    assert "SORT" not in stages and "IXSCAN" in stages, explained["queryPlanner"]
+    assert index in str(explained["queryPlanner"]["winningPlan"])
+    # Not the ~100 buckets before the cursor: the scan starts at the cursor's bucket.
+    assert explained["executionStats"]["totalKeysExamined"] <= 12 + 1
+
+
+async def test_rollups_get_the_layouts_indexes_and_the_legacy_collection_is_left_alone(
+    db: AsyncDatabase,
+) -> None:
+    await db[LEGACY_ROLLUPS].create_index([("device_id", 1), ("timestamp", -1)], name="device_ts")
+    await ensure_indexes(db, None)
+    await ensure_indexes(db, None)
+    indexes = {ix["name"]: ix async for ix in await db[ROLLUPS].list_indexes()}
+    assert set(indexes) == {"_id_", "project_resolution_ts_id", "expire_at_ttl"}
+    assert list(indexes["project_resolution_ts_id"]["key"].items()) == [
+        ("project_id", 1),
+        ("resolution", 1),
+        ("timestamp", -1),
+        ("_id", -1),
+    ]
+    assert indexes["expire_at_ttl"]["expireAfterSeconds"] == 0
+    legacy = {ix["name"] async for ix in await db[LEGACY_ROLLUPS].list_indexes()}
+    assert legacy == {"_id_", "device_ts"}
+
+
 async def test_indexes_without_the_id_tie_break_are_replaced(db: AsyncDatabase) -> None:
     await db[RAW].create_index([("device_id", 1), ("ts", -1)], name="device_ts")
     await db[ALERTS].create_index([("status", 1), ("created_at", -1)], name="status_created")
@@ -402,6 +599,7 @@ async def test_stats_count_active_alerts_up_to_a_cap(
     stats = ok(api.get("/stats"))
     assert (stats["active_alerts"], stats["active_alerts_capped"]) == (3, False)
     assert (stats["total_readings"], stats["total_alerts"], stats["total_devices"]) == (7, 5, 4)
+    assert stats["total_aggregates"] == len(ROLLUPS_SEEDED)  # buckets, every metric in one
     storm = [alert(f"s{i}", f"s-{i % 50}", i, "active") for i in range(ACTIVE_ALERTS_CAP)]
     await seeded[ALERTS].insert_many(storm)
     stored = iso_z(utcnow())

@@ -15,6 +15,7 @@ from integration.readings import publish, reading
 from integration.workers import running
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, RAW, ROLLUPS
+from telemetry_common.rollup_layout import bucket_filter
 from telemetry_common.settings import AggregatorSettings, AlertsSettings, DashboardSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually
@@ -224,12 +225,22 @@ def test_v1_aggregate_refuses_what_it_cannot_serve(
 async def test_each_resolution_keeps_its_own_retention(seeded: dict, db: AsyncDatabase) -> None:
     indexes = {ix["name"]: ix async for ix in await db[ROLLUPS].list_indexes()}
     assert indexes["expire_at_ttl"]["expireAfterSeconds"] == 0
-    keep = {"1m": timedelta(days=7), "5m": timedelta(days=30), "1h": timedelta(days=365)}
-    async for doc in db[ROLLUPS].find({"device_id": "q-1"}):
-        if doc["resolution"] == "1d":
-            assert "expire_at" not in doc  # kept forever
-        elif doc["resolution"] in keep:
-            assert doc["expire_at"] - doc["updated_at"] == keep[doc["resolution"]]
+    # Each index costs every bucket write: a device's buckets are an _id range.
+    assert set(indexes) == {"_id_", "project_resolution_ts_id", "expire_at_ttl"}
+    keep = {
+        "1m": timedelta(days=7),
+        "5m": timedelta(days=30),
+        "15m": timedelta(days=30),
+        "1h": timedelta(days=365),
+    }
+    for resolution in ("1m", "5m", "15m", "1h", "1d"):
+        docs = await db[ROLLUPS].find(bucket_filter(resolution, device_id="q-1")).to_list()
+        assert docs, resolution
+        for doc in docs:
+            if resolution == "1d":
+                assert "expire_at" not in doc  # kept forever
+            else:
+                assert doc["expire_at"] - doc["updated_at"] == keep[resolution]
 
 
 def test_v1_aggregate_defaults_to_the_most_recent_buckets(api: TestClient) -> None:

@@ -7,7 +7,7 @@ the stream must push them and the rollup buckets they change, and nothing else.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,9 @@ from integration.readings import publish, reading
 from integration.served import serving, stream
 from integration.workers import running
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import RAW
+from telemetry_common.mongo import RAW, ROLLUPS
+from telemetry_common.rollup import Rollup
+from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document, bucket_id
 from telemetry_common.settings import AggregatorSettings, DashboardSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually
@@ -121,6 +123,80 @@ async def test_watchers_of_one_device_share_one_feed_that_stops_with_the_last(
         return feeds.watched() == {}
 
     await eventually(stopped)
+
+
+def raw_reading(event_id: str, device_id: str, ts: datetime, metrics: dict) -> dict:
+    return {
+        "_id": event_id,
+        "device_id": device_id,
+        "ts": ts,
+        "received_at": ts,
+        "metrics": metrics,
+        "tags": [],
+    }
+
+
+def folded(values: list[tuple[float, datetime]]) -> dict[str, Any]:
+    rollup = Rollup()
+    for value, ts in values:
+        rollup.add(value, ts)
+    return rollup.to_fields()
+
+
+def rollup_events(events: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    return [
+        (e["data"]["resolution"], e["data"]["sensor_type"], e["data"]["count"])
+        for e in events
+        if e.get("event") == "rollup"
+    ]
+
+
+async def test_a_metrics_rollup_is_pushed_when_it_changes_not_when_its_bucket_does(
+    api: tuple[FastAPI, str], db: AsyncDatabase
+) -> None:
+    # Rollups written here as the aggregator stores them (one bucket holding every
+    # metric): what the stream pushes of a bucket is the rows that changed.
+    _, base = api
+    t0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
+    first, second = t0 + timedelta(seconds=5), t0 + timedelta(seconds=10)
+
+    def minute_bucket(humidity: list[tuple[float, datetime]]) -> dict[str, Any]:
+        metrics = {"temperature_c": folded([(20.0, first)]), "humidity": folded(humidity)}
+        return bucket_document(
+            project_id=DEFAULT_PROJECT,
+            device_id="b-1",
+            resolution="1m",
+            start=t0,
+            metrics=metrics,
+            applied={"0": len(humidity)},
+            epoch=1,
+            now=datetime.now(UTC),
+            keep_for=timedelta(days=7),
+        )
+
+    url = f"{base}/devices/b-1/stream"
+    async with aiohttp.ClientSession() as session, stream(session, url, "watching b-1") as events:
+        await db[ROLLUPS].insert_one(minute_bucket([(40.0, first)]))
+        await db[RAW].insert_one(
+            raw_reading("b-e1", "b-1", first, {"temperature_c": 20.0, "humidity": 40.0})
+        )
+        seen = await events.until(lambda seen: len(rollup_events(seen)) == 2)
+        assert rollup_events(seen) == [("1m", "humidity", 1), ("1m", "temperature_c", 1)]
+        assert all(
+            e["data"]["device_id"] == "b-1" and not {"_e", "_applied", "sketch"} & set(e["data"])
+            for e in seen
+            if e.get("event") == "rollup"
+        )
+        # A second reading changes the bucket's humidity only.
+        await db[ROLLUPS].replace_one(
+            {"_id": bucket_id(DEFAULT_PROJECT, "b-1", "1m", t0)},
+            minute_bucket([(40.0, first), (42.0, second)]),
+        )
+        await db[RAW].insert_one(raw_reading("b-e2", "b-1", second, {"humidity": 42.0}))
+        seen = await events.until(lambda seen: bool(rollup_events(seen)))
+        # Quiet long enough for several polls: nothing else changed.
+        seen += await events.until(lambda seen: {"comment": "keep-alive"} in seen)
+        assert rollup_events(seen) == [("1m", "humidity", 2)]
 
 
 async def test_a_bad_device_id_is_a_422(api: tuple[FastAPI, str]) -> None:

@@ -20,10 +20,11 @@ from aggregator_worker.worker import run as run_aggregator
 from alerts_worker.worker import run as run_alerts
 from integration.alerts_reference import alert_ids, expected_notifications
 from integration.ingestion import ingestion_client
+from integration.recompute import stored_rows
 from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
+from telemetry_common.mongo import ALERTS, DEVICES, RAW
 from telemetry_common.reading import decode_kafka_value
 from telemetry_common.settings import AggregatorSettings, AlertsSettings, IngestionSettings
 from telemetry_tools import keys as keys_cli
@@ -329,11 +330,7 @@ async def test_retries_however_they_interleave_are_stored_and_counted_once(
     async with running(run_aggregator, aggregator), running(run_alerts, alerts) as registry:
 
         async def all_counted() -> bool:
-            rollups = (
-                await db[ROLLUPS]
-                .find({"sensor_type": "temperature_c", "resolution": "1m"})
-                .to_list()
-            )
+            rollups = await stored_rows(db, "1m", "temperature_c")
             return sum(r["count"] for r in rollups) >= len(readings) and metric_value(
                 registry, "alerts_readings_evaluated_total"
             ) == len(records)
@@ -342,7 +339,7 @@ async def test_retries_however_they_interleave_are_stored_and_counted_once(
         await asyncio.sleep(2)  # a double count would land after the first
 
     assert await db[RAW].count_documents({}) == len(readings)
-    rollups = await db[ROLLUPS].find({"sensor_type": "temperature_c", "resolution": "1m"}).to_list()
+    rollups = await stored_rows(db, "1m", "temperature_c")
     assert sum(r["count"] for r in rollups) == len(readings)
     assert sum(r["sum"] for r in rollups) == pytest.approx(
         sum(r["temperature_c"] for r in readings)

@@ -1,41 +1,37 @@
-"""Where readings are folded: pure rollup arithmetic, no I/O.
+"""Where readings are folded: the buckets and device summaries held in memory, no I/O.
 
-A consumer batch becomes, per bucket (device, metric, resolution, bucket start),
-the list of values it contributes, tagged with their Kafka partition and offset.
-:func:`apply_new` then folds into a bucket only the contributions past the
-bucket's per-partition offset watermark, which is what makes a replay of the
-same records (after a crash, a rebalance or a manual reset) change nothing.
+The aggregator owns the partitions Kafka assigns it (see
+:mod:`telemetry_common.ownership`), so it folds each reading into state it keeps
+between batches and writes that state without reading it back first. Each
+metric of a bucket, and each device summary, keeps the highest offset it folded
+per partition (its watermarks), which makes folding a replayed record a no-op:
+after a crash, a rebalance, or when this worker first touches a bucket that is
+already stored and merges with what the store holds (:meth:`BucketState.merge_stored`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from telemetry_common.reading import Reading
 from telemetry_common.resolutions import EPOCH
 from telemetry_common.rollup import Rollup
+from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document, bucket_id
 from telemetry_common.sketch import bin_key
 from telemetry_common.versioned import Watermarks
 
 
-# Named tuples rather than frozen dataclasses: a batch makes ten of each per
-# reading, and a tuple is built and hashed several times faster.
 class BucketKey(NamedTuple):
     device_id: str
-    sensor_type: str
     resolution: str
     start: datetime
 
     @property
     def doc_id(self) -> str:
-        # `|` never occurs in a device id or a metric name, so the id is unambiguous.
-        return (
-            f"{self.device_id}|{self.sensor_type}|{self.resolution}|"
-            f"{int((self.start - EPOCH).total_seconds())}"
-        )
+        return bucket_id(DEFAULT_PROJECT, self.device_id, self.resolution, self.start)
 
 
 class Contribution(NamedTuple):
@@ -56,53 +52,199 @@ class Placed:
     reading: Reading
 
 
-def fold_batch(
-    batch: Iterable[Placed], resolutions: Mapping[str, int]
-) -> dict[BucketKey, list[Contribution]]:
-    """Group every metric value of every reading under each bucket it belongs to."""
-    buckets: dict[BucketKey, list[Contribution]] = {}
-    widths = list(resolutions.items())
-    starts: dict[int, datetime] = {}  # bucket starts, by epoch second, made once
-    for placed in batch:
-        reading = placed.reading
-        position, ts = (placed.partition, placed.offset), reading.ts
-        contributions = [
-            (metric, Contribution(*position, ts, value, bin_key(value)))
-            for metric, value in reading.metrics.items()
-        ]
+class BucketStarts:
+    """Bucket starts by epoch second, each datetime made once per process and reused."""
+
+    def __init__(self, resolutions: Mapping[str, int]):
+        self._widths = list(resolutions.items())
+        self._starts: dict[int, datetime] = {}
+
+    def of(self, ts: datetime) -> Iterator[tuple[str, datetime]]:
         seconds = int((ts - EPOCH).total_seconds() // 1)
-        for resolution, width_s in widths:
+        starts = self._starts
+        for resolution, width_s in self._widths:
             offset = seconds // width_s * width_s
             start = starts.get(offset)
             if start is None:
+                if len(starts) > 100_000:
+                    starts.clear()  # bounded: a week of minutes, then start over
                 start = starts[offset] = EPOCH + timedelta(seconds=offset)
-            for metric, contribution in contributions:
-                key = BucketKey(reading.device_id, metric, resolution, start)
-                bucket = buckets.get(key)
-                if bucket is None:
-                    buckets[key] = [contribution]
-                else:
-                    bucket.append(contribution)
-    return buckets
+            yield resolution, start
 
 
-def apply_new(
-    rollup: Rollup, watermarks: Watermarks, contributions: Iterable[Contribution]
-) -> list[Contribution]:
-    """Fold the contributions past the watermarks into ``rollup``; return those applied."""
-    contributions = list(contributions)  # read twice below
-    if rollup.count == 0:
-        # Nothing to merge with: adding straight in gives the same rollup.
-        fresh = rollup
-    else:
-        fresh = Rollup()
-    applied = []
-    for c in contributions:
-        if watermarks.is_new(c.partition, c.offset):
-            fresh.add(c.value, c.ts, c.key)
-            applied.append(c)
-    for c in contributions:
-        watermarks.advance(c.partition, c.offset)
-    if fresh is not rollup:
-        rollup.merge(fresh)
-    return applied
+def contributions(placed: Placed) -> list[tuple[str, Contribution]]:
+    reading = placed.reading
+    return [
+        (metric, Contribution(placed.partition, placed.offset, reading.ts, value, bin_key(value)))
+        for metric, value in reading.metrics.items()
+    ]
+
+
+@dataclass(slots=True)
+class Merged:
+    """(partition, offset) of what a merge with a stored document found held already, and
+    of what it still had to add."""
+
+    held: list[tuple[int, int]] = field(default_factory=list)
+    added: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class MetricState:
+    rollup: Rollup = field(default_factory=Rollup)
+    applied: Watermarks = field(default_factory=Watermarks)
+
+    def fold(self, c: Contribution) -> bool:
+        if not self.applied.is_new(c.partition, c.offset):
+            return False
+        self.rollup.add(c.value, c.ts, c.key)
+        self.applied.advance(c.partition, c.offset)
+        return True
+
+
+@dataclass(slots=True)
+class BucketState:
+    """One bucket, every metric, as this worker knows it.
+
+    ``stored`` says the store holds the bucket as of this worker's last write or
+    read, so writing it means replacing it. Until then (a bucket this worker
+    created) it is inserted, and ``pending`` keeps what was folded so that, if
+    the insert finds the bucket stored after all (written before a restart or
+    by the partition's previous owner), the stored bucket plus these gives the
+    truth.
+    """
+
+    key: BucketKey
+    partition: int
+    metrics: dict[str, MetricState] = field(default_factory=dict)
+    stored: bool = False
+    dirty: bool = False
+    pending: list[tuple[str, Contribution]] = field(default_factory=list)
+
+    def fold(self, metric: str, c: Contribution) -> bool:
+        state = self.metrics.get(metric)
+        if state is None:
+            state = self.metrics[metric] = MetricState()
+        if not state.fold(c):
+            return False
+        self.dirty = True
+        if not self.stored:
+            self.pending.append((metric, c))
+        return True
+
+    def merge_stored(self, doc: Mapping[str, Any]) -> Merged:
+        """Start from the stored bucket and fold again what this worker added that it
+        lacks; return the positions of the values it held already, and of the others."""
+        doc_applied = doc.get("_applied", {})
+        self.metrics = {
+            metric: MetricState(
+                Rollup.from_fields(fields),
+                Watermarks(dict(fields.get("_applied", doc_applied))),
+            )
+            for metric, fields in doc.get("metrics", {}).items()
+        }
+        pending, self.pending = self.pending, []
+        self.stored = True
+        self.dirty = False
+        merged = Merged()
+        for metric, c in pending:
+            added = self.fold(metric, c)
+            (merged.added if added else merged.held).append((c.partition, c.offset))
+        return merged
+
+    def document(self, epoch: int, now: datetime, keep_for: timedelta | None) -> dict[str, Any]:
+        applied: dict[str, int] = {}
+        for state in self.metrics.values():
+            for partition, offset in state.applied.by_partition.items():
+                applied[partition] = max(applied.get(partition, -1), offset)
+        metrics = {}
+        for metric, state in self.metrics.items():
+            fields = state.rollup.to_fields()
+            if state.applied.by_partition != applied:
+                # This metric lags the others (a bucket migrated mid-replay): its
+                # own watermarks keep a replay from skipping what it lacks.
+                fields["_applied"] = dict(state.applied.by_partition)
+            metrics[metric] = fields
+        key = self.key
+        return bucket_document(
+            project_id=DEFAULT_PROJECT,
+            device_id=key.device_id,
+            resolution=key.resolution,
+            start=key.start,
+            metrics=metrics,
+            applied=applied,
+            epoch=epoch,
+            now=now,
+            keep_for=keep_for,
+        )
+
+
+# Fields of a device document that are the writer's bookkeeping, not the summary.
+_DEVICE_BOOKKEEPING = ("_id", "_applied", "_e", "_v", "updated_at")
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """A device's summary (first/last seen, count, last values, tags, location)."""
+
+    device_id: str
+    partition: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    applied: Watermarks = field(default_factory=Watermarks)
+    stored: bool = False
+    dirty: bool = False
+    pending: list[Placed] = field(default_factory=list)
+
+    def fold(self, placed: Placed) -> bool:
+        if not self.applied.is_new(placed.partition, placed.offset):
+            return False
+        self.applied.advance(placed.partition, placed.offset)
+        fold_into_summary(self.summary, placed.reading)
+        self.dirty = True
+        if not self.stored:
+            self.pending.append(placed)
+        return True
+
+    def merge_stored(self, doc: Mapping[str, Any]) -> Merged:
+        self.summary = {k: v for k, v in doc.items() if k not in _DEVICE_BOOKKEEPING}
+        self.applied = Watermarks(dict(doc.get("_applied", {})))
+        pending, self.pending = self.pending, []
+        self.stored = True
+        self.dirty = False
+        merged = Merged()
+        for placed in pending:
+            added = self.fold(placed)
+            (merged.added if added else merged.held).append((placed.partition, placed.offset))
+        return merged
+
+    def document(self, epoch: int, now: datetime) -> dict[str, Any]:
+        return {
+            **self.summary,
+            "_id": self.device_id,
+            "updated_at": now,
+            "_applied": dict(self.applied.by_partition),
+            "_e": epoch,
+        }
+
+
+def fold_into_summary(doc: dict[str, Any], reading: Reading) -> None:
+    doc.setdefault("device_id", reading.device_id)
+    doc["reading_count"] = doc.get("reading_count", 0) + 1
+    if "first_seen" not in doc or reading.ts < doc["first_seen"]:
+        doc["first_seen"] = reading.ts
+    if "last_seen" not in doc or reading.ts >= doc["last_seen"]:
+        doc["last_seen"] = reading.ts
+        if reading.lat is not None and reading.lon is not None:
+            doc["location"] = {"lat": reading.lat, "lon": reading.lon}
+        if reading.tags:
+            doc["tags"] = list(reading.tags)
+    # Last value per metric by reading time, so a late reading never overwrites
+    # a newer value.
+    last_values = doc.setdefault("last_values", {})
+    last_value_ts = doc.setdefault("last_value_ts", {})
+    for metric, value in reading.metrics.items():
+        if metric not in last_value_ts or reading.ts >= last_value_ts[metric]:
+            last_values[metric] = value
+            last_value_ts[metric] = reading.ts
+    if "last_received_at" not in doc or reading.received_at > doc["last_received_at"]:
+        doc["last_received_at"] = reading.received_at

@@ -1,54 +1,47 @@
 """Where folded readings are written: raw readings, rollup buckets and device summaries.
 
-Every write is idempotent so the consumer can commit after it and replay safely:
+Raw readings are inserted with ``_id`` = event_id and the Kafka position that
+carried them (``_src``), so a second copy of an event (a device retry) is told
+apart from a replay of the same record after a crash, and counted once.
 
-* raw readings are inserted with ``_id`` = event_id and the Kafka position that
-  carried them (``_src``), so a second copy of an event (a device retry) is told
-  apart from a replay of the same record after a crash;
-* buckets and device summaries keep per-partition offset watermarks and are
-  replaced only if nobody changed them since they were read (a version check),
-  so a replayed offset is never folded twice, even across a rebalance.
+Buckets and device summaries live in memory for the partitions this worker
+owns (:class:`PartitionState`) and are written without being read: a bucket
+this worker created is inserted, one it wrote before is replaced, guarded by
+the partition's epoch so that a worker that lost the partition cannot
+overwrite the new owner (:mod:`telemetry_common.ownership`). Only when an
+insert finds the bucket stored already is it read, once, and merged.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
+from typing import Any, Generic, Protocol, TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
-from telemetry_common.reading import Reading
-from telemetry_common.rollup import Rollup
+from telemetry_common.mongo import DEVICES, RAW
+from telemetry_common.ownership import PartitionOwnership, PartitionsLost
+from telemetry_common.rollup_layout import ROLLUPS
 from telemetry_common.timefmt import utcnow
-from telemetry_common.versioned import (
-    Watermarks,
-    Write,
-    find_by_id,
-    insert_first_copies,
-    source,
-    write_versioned,
-)
+from telemetry_common.versioned import find_by_id, insert_first_copies, source, write_fenced
 
 from aggregator_worker.fold import (
     BucketKey,
-    Contribution,
+    BucketStarts,
+    BucketState,
+    DeviceState,
     Placed,
-    apply_new,
+    contributions,
 )
 
 log = logging.getLogger(__name__)
 
-# Version conflicts only happen while two consumers briefly own one partition
-# during a rebalance; a handful of rereads settles them.
-MAX_CONFLICT_ROUNDS = 5
-
-
-class WriteConflict(RuntimeError):
-    """A bucket kept changing under us; the batch is retried from the top."""
+# An insert that finds a bucket stored leads to one read and a replace; a bucket
+# can only be found stored again if yet another owner wrote it in between.
+MAX_ROUNDS = 5
 
 
 def raw_document(placed: Placed) -> dict[str, Any]:
@@ -85,216 +78,240 @@ async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
     return RawInsertResult(to_fold=to_fold, duplicates=len(batch) - len(to_fold))
 
 
-def rollup_document(
-    key: BucketKey,
-    fields: dict[str, Any],
-    watermarks: Watermarks,
-    version: int,
-    now: datetime,
-    keep_for: timedelta | None,
-) -> dict[str, Any]:
-    doc = {
-        "_id": key.doc_id,
-        "device_id": key.device_id,
-        "sensor_type": key.sensor_type,
-        "resolution": key.resolution,
-        "timestamp": key.start,
-        **fields,
-        "updated_at": now,
-        "_applied": watermarks.by_partition,
-        "_v": version,
-    }
-    if keep_for is not None:
-        # A TTL index with expireAfterSeconds=0 on expire_at lets each resolution
-        # keep its own retention in one collection; counted from the last write.
-        doc["expire_at"] = now + keep_for
-    return doc
+class _State(Protocol):
+    partition: int
+    stored: bool
+    dirty: bool
+
+    def merge_stored(self, doc: Mapping[str, Any]) -> int: ...
 
 
-class RecentBuckets:
-    """Ids of buckets this process wrote lately, oldest forgotten first.
+S = TypeVar("S", bound=_State)
 
-    Only a guess at which buckets exist, used to skip reading the others: a
-    bucket not listed is inserted outright, and if it did exist after all (written
-    before a restart, or by another process) the insert fails on its _id and the
-    bucket takes the read-then-replace path. So the guess costs time when wrong,
-    never correctness. Most fine buckets get one reading and are never seen
-    again; coarse ones (an hour, a day) come back and are remembered.
-    """
 
-    def __init__(self, capacity: int = 100_000):
-        self._capacity = capacity
-        # An OrderedDict drops its oldest entry in constant time; a plain dict's
-        # next(iter()) walks past every slot deleted before it.
-        self._ids: OrderedDict[str, None] = OrderedDict()
+class Held(Generic[S]):
+    """States by document id, least recently folded first, at most ``limit`` kept clean."""
 
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._ids
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.by_id: OrderedDict[str, S] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self.by_id)
 
-    def add(self, ids: Iterable[str]) -> None:
-        for doc_id in ids:
-            self._ids[doc_id] = None
-            self._ids.move_to_end(doc_id)
-        while len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
+    def touch(self, doc_id: str, state: S) -> None:
+        self.by_id[doc_id] = state
+        self.by_id.move_to_end(doc_id)
+
+    def dirty(self) -> list[tuple[str, S]]:
+        return [(doc_id, s) for doc_id, s in self.by_id.items() if s.dirty]
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        for doc_id in [i for i, s in self.by_id.items() if s.partition in gone]:
+            del self.by_id[doc_id]
+
+    def evict(self) -> None:
+        """Let go of the least recently folded clean states (a closed bucket is never
+        folded again, so it goes first); one needed again is merged from the store."""
+        by_id = self.by_id
+        while len(by_id) > self.limit:
+            doc_id, state = next(iter(by_id.items()))
+            if state.dirty:
+                break
+            del by_id[doc_id]
 
 
 @dataclass
-class RollupWrites:
-    """What one batch did to the rollup buckets, for the metrics."""
+class FlushOutcome:
+    """What one batch did, for the metrics."""
 
-    by_resolution: dict[str, int] = field(default_factory=dict)
-    values_skipped: int = 0
-    # (partition, offset) of every reading that added to at least one bucket.
-    applied: set[tuple[int, int]] = field(default_factory=set)
+    bucket_writes: dict[str, int] = field(default_factory=dict)
+    device_writes: int = 0
+    # Values a stored bucket already held when this worker merged with it (replays).
+    values_held: int = 0
+    merged_from_store: int = 0
+    # Positions of readings a merge found held, and of those it still added.
+    held: set[tuple[int, int]] = field(default_factory=set)
+    added: set[tuple[int, int]] = field(default_factory=set)
 
-
-@dataclass
-class _Round:
-    """What one round of bucket writes built, filled in as its documents are."""
-
-    # (id, resolution) of each bucket written: the documents themselves are
-    # let go as soon as they are sent, which bounds memory in large batches.
-    written: list[tuple[str, str]] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
-    applied: dict[str, list[Contribution]] = field(default_factory=dict)
+    def replayed(self, folded: set[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Of the readings ``folded`` in memory, those every stored document already held."""
+        return folded & (self.held - self.added)
 
 
-def _bucket_writes(
-    by_id: Mapping[str, BucketKey],
-    stored: Mapping[str, Mapping[str, Any]],
-    pending: Mapping[BucketKey, list[Contribution]],
-    retention: Mapping[str, timedelta | None],
-    done: _Round,
-) -> Iterator[Write]:
-    """Each bucket's new document, built lazily so write_versioned sends while it builds."""
-    now = utcnow()
-    for doc_id, key in by_id.items():
-        current = stored.get(doc_id)
-        contributions = pending[key]
-        keep_for = retention.get(key.resolution)
-        if current is None and len(contributions) == 1:
-            # The common case of a fine bucket: new, one value, no rollup to build.
-            [c] = contributions
-            new = contributions
-            fields = Rollup.single_fields(c.value, c.ts, c.key)
-            watermarks = Watermarks({str(c.partition): c.offset})
-        else:
-            rollup = Rollup.from_fields(current) if current else Rollup()
-            watermarks = Watermarks(dict(current.get("_applied", {})) if current else {})
-            new = apply_new(rollup, watermarks, contributions)
-            fields = rollup.to_fields()
-        done.skipped[doc_id] = len(contributions) - len(new)
-        if not new:
-            continue
-        done.applied[doc_id] = new
-        version = current.get("_v") if current else None
-        doc = rollup_document(key, fields, watermarks, (version or 0) + 1, now, keep_for)
-        done.written.append((doc_id, key.resolution))
-        yield doc, version
+class PartitionState:
+    """The buckets and device summaries of the partitions this worker owns."""
 
+    def __init__(
+        self,
+        db: AsyncDatabase,
+        ownership: PartitionOwnership,
+        resolutions: Mapping[str, int],
+        retention: Mapping[str, timedelta | None],
+        bucket_limit: int,
+        device_limit: int,
+    ):
+        self._db = db
+        self._ownership = ownership
+        self._starts = BucketStarts(resolutions)
+        self._retention = retention
+        self.buckets: Held[BucketState] = Held(bucket_limit)
+        self.devices: Held[DeviceState] = Held(device_limit)
 
-async def write_rollups(
-    db: AsyncDatabase,
-    buckets: Mapping[BucketKey, list[Contribution]],
-    retention: Mapping[str, timedelta | None],
-    recent: RecentBuckets | None = None,
-) -> RollupWrites:
-    """Fold new contributions into each stored bucket: one read and one bulk write per round.
+    # --- partitions come and go -------------------------------------------------------
 
-    In the first round only the ``recent`` buckets are read; the others are
-    taken to be new (see RecentBuckets) and those that were not conflict.
-    """
-    pending = dict(buckets)
-    result = RollupWrites()
-    for round_ in range(MAX_CONFLICT_ROUNDS):
-        by_id = {key.doc_id: key for key in pending}
-        to_read = list(by_id) if recent is None or round_ else [i for i in by_id if i in recent]
-        stored = await find_by_id(db[ROLLUPS], to_read)
-        done = _Round()
-        writes = _bucket_writes(by_id, stored, pending, retention, done)
-        conflicts = await write_versioned(db[ROLLUPS], writes)
-        if recent is not None:
-            recent.add(doc_id for doc_id, _ in done.written if doc_id not in conflicts)
-        # A conflicting bucket is read and counted again in the next round.
-        result.values_skipped += sum(n for i, n in done.skipped.items() if i not in conflicts)
-        for doc_id, contributions in done.applied.items():
-            if doc_id not in conflicts:
-                result.applied.update((c.partition, c.offset) for c in contributions)
-        for doc_id, resolution in done.written:
-            if doc_id not in conflicts:
-                result.by_resolution[resolution] = result.by_resolution.get(resolution, 0) + 1
-        if not conflicts:
-            return result
-        pending = {key: pending[key] for key in pending if key.doc_id in conflicts}
-    raise WriteConflict(f"{len(pending)} buckets kept changing during the write")
-
-
-def _device_update(
-    current: Mapping[str, Any] | None, placed_readings: Iterable[Placed]
-) -> tuple[dict[str, Any], int] | None:
-    watermarks = Watermarks(dict(current.get("_applied", {})) if current else {})
-    doc: dict[str, Any] = dict(current) if current else {}
-    new = 0
-    for placed in placed_readings:
-        if not watermarks.is_new(placed.partition, placed.offset):
-            continue
-        watermarks.advance(placed.partition, placed.offset)
-        new += 1
-        _fold_into_device(doc, placed.reading)
-    if new == 0:
-        return None
-    doc["_applied"] = watermarks.by_partition
-    return doc, new
-
-
-def _fold_into_device(doc: dict[str, Any], reading: Reading) -> None:
-    doc.setdefault("device_id", reading.device_id)
-    doc["reading_count"] = doc.get("reading_count", 0) + 1
-    if "first_seen" not in doc or reading.ts < doc["first_seen"]:
-        doc["first_seen"] = reading.ts
-    if "last_seen" not in doc or reading.ts >= doc["last_seen"]:
-        doc["last_seen"] = reading.ts
-        if reading.lat is not None and reading.lon is not None:
-            doc["location"] = {"lat": reading.lat, "lon": reading.lon}
-        if reading.tags:
-            doc["tags"] = list(reading.tags)
-    # Last value per metric by reading time, so a late reading never overwrites
-    # a newer value.
-    last_values = doc.setdefault("last_values", {})
-    last_value_ts = doc.setdefault("last_value_ts", {})
-    for metric, value in reading.metrics.items():
-        if metric not in last_value_ts or reading.ts >= last_value_ts[metric]:
-            last_values[metric] = value
-            last_value_ts[metric] = reading.ts
-    if "last_received_at" not in doc or reading.received_at > doc["last_received_at"]:
-        doc["last_received_at"] = reading.received_at
-
-
-async def write_devices(db: AsyncDatabase, batch: list[Placed]) -> int:
-    by_device: dict[str, list[Placed]] = {}
-    for placed in batch:
-        by_device.setdefault(placed.reading.device_id, []).append(placed)
-    pending = set(by_device)
-    writes = 0
-    for _ in range(MAX_CONFLICT_ROUNDS):
-        stored = await find_by_id(db[DEVICES], list(pending))
-        replacements: list[Write] = []
-        for device_id in pending:
-            current = stored.get(device_id)
-            update = _device_update(current, by_device[device_id])
-            if update is None:
+    async def partitions_assigned(self, partitions: set[int]) -> None:
+        """Claim each partition; keep its state only if nobody held it in between."""
+        kept = set()
+        for partition in sorted(partitions):
+            try:
+                claim = await self._ownership.claim(partition)
+            except Exception as exc:
+                # The first batch of the partition claims it (with retries).
+                log.warning("could not claim partition %d yet: %r", partition, exc)
                 continue
-            doc, _ = update
-            version = current.get("_v") if current else None
-            doc.update({"_id": device_id, "_v": (version or 0) + 1, "updated_at": utcnow()})
-            replacements.append((doc, version))
-        conflicts = await write_versioned(db[DEVICES], replacements)
-        writes += len(replacements) - len(conflicts)
-        if not conflicts:
-            return writes
-        pending = conflicts
-    raise WriteConflict(f"{len(pending)} devices kept changing during the write")
+            if claim.continues_previous:
+                kept.add(partition)
+        self._forget_all_but(kept)
+
+    async def partitions_revoked(self, partitions: set[int]) -> None:
+        self._ownership.release(partitions)
+
+    def _forget_all_but(self, kept: set[int]) -> None:
+        held = {s.partition for s in self.buckets.by_id.values()}
+        held |= {s.partition for s in self.devices.by_id.values()}
+        self.forget(held - kept)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        partitions = set(partitions)
+        self.buckets.forget_partitions(partitions)
+        self.devices.forget_partitions(partitions)
+
+    async def _epochs(self, partitions: Iterable[int]) -> dict[int, int]:
+        epochs = {}
+        for partition in partitions:
+            epoch = self._ownership.epoch(partition)
+            if epoch is None:
+                epoch = (await self._ownership.claim(partition)).epoch
+            epochs[partition] = epoch
+        return epochs
+
+    # --- a batch ----------------------------------------------------------------------
+
+    def fold(self, batch: Iterable[Placed]) -> set[tuple[int, int]]:
+        """Fold readings into held state; return the positions of those that added to it."""
+        buckets, devices = self.buckets, self.devices
+        added: set[tuple[int, int]] = set()
+        for placed in batch:
+            reading = placed.reading
+            values = contributions(placed)
+            any_new = False
+            for resolution, start in self._starts.of(reading.ts):
+                key = BucketKey(reading.device_id, resolution, start)
+                doc_id = key.doc_id
+                state = buckets.by_id.get(doc_id)
+                if state is None:
+                    state = BucketState(key, placed.partition)
+                buckets.touch(doc_id, state)
+                for metric, c in values:
+                    any_new |= state.fold(metric, c)
+            device = devices.by_id.get(reading.device_id)
+            if device is None:
+                device = DeviceState(reading.device_id, placed.partition)
+            devices.touch(reading.device_id, device)
+            any_new |= device.fold(placed)
+            if any_new:
+                added.add((placed.partition, placed.offset))
+        return added
+
+    async def flush(self) -> FlushOutcome:
+        """Write every changed bucket and summary; raise PartitionsLost for partitions a
+        newer owner holds (after writing the others)."""
+        outcome = FlushOutcome()
+        now = utcnow()
+        lost: set[int] = set()
+
+        def bucket_doc(doc_id: str, state: BucketState, epoch: int) -> dict[str, Any]:
+            outcome.bucket_writes[state.key.resolution] = (
+                outcome.bucket_writes.get(state.key.resolution, 0) + 1
+            )
+            return state.document(epoch, now, self._retention.get(state.key.resolution))
+
+        def device_doc(doc_id: str, state: DeviceState, epoch: int) -> dict[str, Any]:
+            outcome.device_writes += 1
+            return state.document(epoch, now)
+
+        lost |= await self._write(ROLLUPS, self.buckets, bucket_doc, outcome)
+        lost |= await self._write(DEVICES, self.devices, device_doc, outcome)
+        self.buckets.evict()
+        self.devices.evict()
+        if lost:
+            self.forget(lost)
+            self._ownership.release(lost)
+            raise PartitionsLost(lost)
+        return outcome
+
+    async def _write(
+        self, collection: str, held: Held[Any], build: Any, outcome: FlushOutcome
+    ) -> set[int]:
+        lost: set[int] = set()
+        for _ in range(MAX_ROUNDS):
+            dirty = [(i, s) for i, s in held.dirty() if s.partition not in lost]
+            if not dirty:
+                return lost
+            epochs = await self._epochs({s.partition for _, s in dirty})
+            new = [build(i, s, epochs[s.partition]) for i, s in dirty if not s.stored]
+            replaced = [build(i, s, epochs[s.partition]) for i, s in dirty if s.stored]
+            result = await write_fenced(self._db[collection], new, replaced, _epoch_of)
+            states = dict(dirty)
+            for doc_id, state in dirty:
+                if doc_id not in result.existing and doc_id not in result.fenced:
+                    state.stored, state.dirty = True, False
+                    state.pending.clear()
+            to_read = list(result.existing | result.fenced)
+            stored = await find_by_id(self._db[collection], to_read) if to_read else {}
+            newer = {
+                states[i].partition: doc["_e"]
+                for i, doc in stored.items()
+                if doc.get("_e", 0) > epochs[states[i].partition]
+            }
+            lost |= await self._lost_or_reclaimed(newer)
+            for doc_id in result.existing:
+                state = states[doc_id]
+                doc = stored.get(doc_id)
+                if doc is None or state.partition in lost:
+                    # None: gone since the insert failed (expired), inserted next round.
+                    continue
+                merged = state.merge_stored(doc)
+                outcome.merged_from_store += 1
+                if isinstance(state, BucketState):
+                    outcome.values_held += len(merged.held)
+                outcome.held.update(merged.held)
+                outcome.added.update(merged.added)
+            # A refused replace of a partition claimed again above an unrecorded
+            # epoch stays dirty and is replaced under the new epoch next round.
+        raise RuntimeError(f"{collection}: documents kept changing during {MAX_ROUNDS} rounds")
+
+    async def _lost_or_reclaimed(self, newer: dict[int, int]) -> set[int]:
+        """Of the partitions with documents newer than their epoch, those really lost.
+
+        A newer epoch that the counter never issued (partition_owners deleted, or
+        the store restored from a backup) is no other owner: the counter is moved
+        past it and the partition claimed again.
+        """
+        if not newer:
+            return set()
+        issued = await self._ownership.counter()
+        lost = {p for p, epoch in newer.items() if epoch <= issued}
+        unrecorded = {p: epoch for p, epoch in newer.items() if epoch > issued}
+        if unrecorded:
+            log.warning("epochs %s were never issued here; claiming above them", unrecorded)
+            await self._ownership.outrank(max(unrecorded.values()))
+            for partition in unrecorded:
+                await self._ownership.claim(partition)
+        return lost
+
+
+def _epoch_of(doc: dict[str, Any]) -> int:
+    return int(doc["_e"])

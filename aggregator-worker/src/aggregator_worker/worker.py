@@ -1,26 +1,21 @@
-"""The aggregator's batch handler: raw readings, then rollups, then device summaries."""
+"""The aggregator's batch handler: raw readings, then the owned partitions' state."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
-from typing import TypeVar
 
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from telemetry_common.kafka.consumer import Consumed, Handler
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.reading import Reading, decode_kafka_value
 from telemetry_common.settings import AggregatorSettings
 from telemetry_common.worker import WorkerContext, run_worker
 
-from aggregator_worker.fold import Placed, fold_batch
-from aggregator_worker.store import RecentBuckets, insert_raw, write_devices, write_rollups
+from aggregator_worker.fold import Placed
+from aggregator_worker.store import PartitionState, insert_raw
 
 SERVICE = "aggregator-worker"
-
-T = TypeVar("T")
 
 
 class AggregatorMetrics:
@@ -41,7 +36,7 @@ class AggregatorMetrics:
         )
         self.replayed_values = Counter(
             "aggregator_replayed_values_skipped_total",
-            "Bucket contributions skipped because the bucket had already applied their offset",
+            "Values a stored bucket already held when this worker merged with it",
             registry=registry,
         )
         self.bucket_writes = Counter(
@@ -56,57 +51,70 @@ class AggregatorMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
+        self.held_buckets = Gauge(
+            "aggregator_held_buckets",
+            "Rollup buckets held in memory for the owned partitions",
+            registry=registry,
+        )
+        self.held_devices = Gauge(
+            "aggregator_held_devices",
+            "Device summaries held in memory for the owned partitions",
+            registry=registry,
+        )
         self.rollup_write_seconds = Histogram(
             "aggregator_rollup_write_duration_seconds",
-            "Time to read, fold and bulk-write one batch's rollup buckets",
+            "Time to write one batch's rollup buckets and device summaries",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
-
-
-async def timed(call: Awaitable[T], histogram: Histogram) -> T:
-    started = time.perf_counter()
-    try:
-        return await call
-    finally:
-        histogram.observe(time.perf_counter() - started)
 
 
 def decode(record: ConsumerRecord) -> Reading:
     return decode_kafka_value(record.value)
 
 
-def make_handler(
-    resolutions: Mapping[str, int],
-    retention: Mapping[str, timedelta | None],
-    metrics: AggregatorMetrics,
-) -> Callable[[WorkerContext], Handler[Reading]]:
-    def bind(context: WorkerContext) -> Handler[Reading]:
-        db = context.db
-        recent = RecentBuckets()
+class AggregatorHandler:
+    """Folds each batch into the owned partitions' state and writes it; the consume
+    loop commits the offsets after this returns."""
 
-        async def handle(items: list[Consumed[Reading]]) -> None:
-            started = time.perf_counter()
-            batch = [Placed(i.partition, i.offset, i.value) for i in items]
-            raw = await insert_raw(db, batch)
-            buckets = fold_batch(raw.to_fold, resolutions)
-            # Buckets and device summaries are separate documents: the server
-            # works on one while this process prepares the other.
-            writes, _ = await asyncio.gather(
-                timed(write_rollups(db, buckets, retention, recent), metrics.rollup_write_seconds),
-                write_devices(db, raw.to_fold),
-            )
-            metrics.readings_folded.inc(len(writes.applied))
-            metrics.duplicates.inc(raw.duplicates)
-            metrics.replayed_readings.inc(len(raw.to_fold) - len(writes.applied))
-            metrics.replayed_values.inc(writes.values_skipped)
-            for resolution, count in writes.by_resolution.items():
-                metrics.bucket_writes.labels(resolution).inc(count)
-            metrics.write_seconds.observe(time.perf_counter() - started)
+    def __init__(
+        self, context: WorkerContext, settings: AggregatorSettings, metrics: AggregatorMetrics
+    ):
+        self._db = context.db
+        self._metrics = metrics
+        self.state = PartitionState(
+            context.db,
+            context.ownership,
+            settings.resolutions,
+            settings.retention,
+            bucket_limit=settings.aggregator_state_buckets,
+            device_limit=settings.aggregator_state_devices,
+        )
 
-        return handle
+    async def partitions_assigned(self, partitions: set[int]) -> None:
+        await self.state.partitions_assigned(partitions)
 
-    return bind
+    async def partitions_revoked(self, partitions: set[int]) -> None:
+        await self.state.partitions_revoked(partitions)
+
+    async def __call__(self, items: list[Consumed[Reading]]) -> None:
+        metrics = self._metrics
+        started = time.perf_counter()
+        batch = [Placed(i.partition, i.offset, i.value) for i in items]
+        raw = await insert_raw(self._db, batch)
+        added = self.state.fold(raw.to_fold)
+        with metrics.rollup_write_seconds.time():
+            outcome = await self.state.flush()
+        folded = len(added) - len(outcome.replayed(added))
+        metrics.readings_folded.inc(folded)
+        metrics.duplicates.inc(raw.duplicates)
+        metrics.replayed_readings.inc(len(raw.to_fold) - folded)
+        metrics.replayed_values.inc(outcome.values_held)
+        for resolution, count in outcome.bucket_writes.items():
+            metrics.bucket_writes.labels(resolution).inc(count)
+        metrics.held_buckets.set(len(self.state.buckets))
+        metrics.held_devices.set(len(self.state.devices))
+        metrics.write_seconds.observe(time.perf_counter() - started)
 
 
 async def run(
@@ -119,8 +127,8 @@ async def run(
         port=settings.port,
         registry=registry,
         decode=decode,
-        make_handler=make_handler(
-            settings.resolutions, settings.retention, AggregatorMetrics(registry)
+        make_handler=lambda context: AggregatorHandler(
+            context, settings, AggregatorMetrics(registry)
         ),
         stop=stop,
         raw_retention=settings.raw_retention_period,

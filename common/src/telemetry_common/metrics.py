@@ -88,6 +88,12 @@ class ConsumerMetrics:
             registry=registry,
             namespace=namespace,
         )
+        self.partitions_lost = Counter(
+            "consumer_partitions_lost_total",
+            "Partitions whose writes were refused because a newer owner had claimed them",
+            registry=registry,
+            namespace=namespace,
+        )
         self.lag = Gauge(
             "consumer_lag_records",
             "Records between the committed position and the partition's high watermark",

@@ -13,10 +13,13 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
+# Defined with the layout; re-exported here beside the other collections' names.
+from telemetry_common.rollup_layout import LEGACY_ROLLUPS as LEGACY_ROLLUPS
+from telemetry_common.rollup_layout import ROLLUPS as ROLLUPS
+
 log = logging.getLogger(__name__)
 
 RAW = "telemetry_raw"
-ROLLUPS = "aggregated_data"
 ALERTS = "alerts"
 DEVICES = "devices"
 WEBHOOKS = "webhooks"
@@ -50,9 +53,9 @@ def newest_first(field: str) -> list[tuple[str, int]]:
 
 
 # Indexes the ones ending in ``_id`` replaced (they serve every query these did).
+# LEGACY_ROLLUPS is left as it is: telemetry-migrate reads it, and nothing else does.
 SUPERSEDED_INDEXES = {
     RAW: ("device_ts", "tags_ts", "ts"),
-    ROLLUPS: ("device_ts", "ts"),
     ALERTS: ("created_at", "device_created_at", "status_created"),
 }
 
@@ -77,18 +80,13 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> 
         await _ensure_ttl(db, RAW, "received_at", "received_at_ttl", raw_retention)
     await db[ROLLUPS].create_indexes(
         [
+            # Listings across devices. A device's own buckets are an ``_id`` range
+            # (see rollup_layout), so no index leads with device_id: every index
+            # is paid for on each of the aggregator's bucket writes.
             IndexModel(
-                [
-                    ("device_id", ASCENDING),
-                    ("sensor_type", ASCENDING),
-                    ("resolution", ASCENDING),
-                    ("timestamp", ASCENDING),
-                ],
-                name="bucket_unique",
-                unique=True,
+                [("project_id", ASCENDING), ("resolution", ASCENDING), *newest_first("timestamp")],
+                name="project_resolution_ts_id",
             ),
-            IndexModel([("device_id", ASCENDING), *newest_first("timestamp")], name="device_ts_id"),
-            IndexModel(newest_first("timestamp"), name="ts_id"),
             # Each bucket carries its own expiry (resolutions differ in retention);
             # a bucket kept forever has no expire_at and is never touched.
             IndexModel([("expire_at", ASCENDING)], name="expire_at_ttl", expireAfterSeconds=0),

@@ -45,6 +45,7 @@ class WorkerSettings(CommonSettings):
     max_retries: int = Field(3, ge=1, le=100)
     # Records per poll: one poll is one fold, one bulk write and one commit.
     consumer_max_records: int = Field(2000, ge=1, le=100_000)
+    consumer_fetch_partition_bytes: int = Field(1_048_576, ge=65_536, le=256 * 1_048_576)
     retry_backoff_initial_s: float = Field(0.5, gt=0, le=60)
     retry_backoff_max_s: float = Field(30.0, gt=0, le=600)
 
@@ -70,8 +71,14 @@ class AggregatorSettings(WorkerSettings, RollupSettings):
     consumer_group: str = "aggregator-worker"
     # Larger than the other workers': a device's hour and day buckets and its
     # summary are written once per batch however many of its readings it holds,
-    # so a backlog drains faster in big batches (see BENCHMARKS.md).
-    consumer_max_records: int = Field(10_000, ge=1, le=100_000)
+    # so a backlog drains faster in big batches; a worker that has caught up
+    # gets small ones, written at once.
+    consumer_max_records: int = Field(20_000, ge=1, le=100_000)
+    consumer_fetch_partition_bytes: int = Field(4 * 1_048_576, ge=65_536, le=256 * 1_048_576)
+    # Buckets and device summaries held in memory between batches (the least
+    # recently folded are let go first; one needed again is read back once).
+    aggregator_state_buckets: int = Field(100_000, ge=1_000, le=10_000_000)
+    aggregator_state_devices: int = Field(100_000, ge=1_000, le=10_000_000)
     # RAW_RETENTION (e.g. 7d, 36h) wins over the older RAW_RETENTION_DAYS.
     raw_retention: str | None = None
     raw_retention_days: float = Field(7.0, gt=0)

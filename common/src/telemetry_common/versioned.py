@@ -15,12 +15,14 @@ briefly owning one partition during a rebalance only one writes a given version.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pymongo import ReplaceOne
 from pymongo.errors import BulkWriteError
+
+from telemetry_common.ownership import not_newer_than
 
 DUPLICATE_KEY = 11000
 
@@ -183,3 +185,47 @@ async def write_versioned(collection: Any, writes: Iterable[Write]) -> set[str]:
         await asyncio.gather(*in_flight, return_exceptions=True)
         raise
     return conflicts
+
+
+@dataclass
+class FencedWrites:
+    """What a :func:`write_fenced` round found: documents stored already, and refusals."""
+
+    # Inserted ids that the store already held: read and merge with them.
+    existing: set[str] = field(default_factory=set)
+    # Replaced ids a newer owner had written: this writer lost their partition.
+    fenced: set[str] = field(default_factory=set)
+
+
+async def write_fenced(
+    collection: Any,
+    new: list[dict[str, Any]],
+    replacements: list[dict[str, Any]],
+    epoch: Callable[[dict[str, Any]], int],
+) -> FencedWrites:
+    """Insert ``new`` and replace ``replacements`` unless a newer epoch wrote them first.
+
+    A replacement is an upsert filtered on the stored epoch: when a newer owner
+    wrote the document the filter misses, the upsert tries to insert an existing
+    ``_id``, and that duplicate key is the refusal. Chunks go out a few at a time,
+    so the server stores one while this process encodes the next.
+    """
+    result = FencedWrites()
+
+    async def insert(chunk: list[dict[str, Any]]) -> None:
+        ids = [doc["_id"] for doc in chunk]
+        result.existing |= await _duplicate_ids(collection.insert_many(chunk, ordered=False), ids)
+
+    async def replace(chunk: list[dict[str, Any]]) -> None:
+        ops = [
+            ReplaceOne({"_id": doc["_id"], **not_newer_than(epoch(doc))}, doc, upsert=True)
+            for doc in chunk
+        ]
+        ids = [doc["_id"] for doc in chunk]
+        result.fenced |= await _duplicate_ids(collection.bulk_write(ops, ordered=False), ids)
+
+    await _bounded(
+        [insert(chunk) for chunk in _chunks(new, WRITE_CHUNK)]
+        + [replace(chunk) for chunk in _chunks(replacements, WRITE_CHUNK)]
+    )
+    return result

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,11 +22,18 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
 
-from telemetry_common.kafka.consumer import ConsumerLoop, Decode, Handler, RetryPolicy
+from telemetry_common.kafka.consumer import (
+    ConsumerLoop,
+    Decode,
+    Handler,
+    RebalanceHooks,
+    RetryPolicy,
+)
 from telemetry_common.kafka.dlq import DeadLetterPublisher
 from telemetry_common.kafka.producer import RenewableProducer, build_producer
 from telemetry_common.metrics import ConsumerMetrics
 from telemetry_common.mongo import connect, ensure_indexes
+from telemetry_common.ownership import PartitionOwnership
 from telemetry_common.settings import WorkerSettings
 from telemetry_common.worker_http import serve, worker_app
 
@@ -43,6 +52,12 @@ class WorkerContext:
     db: AsyncDatabase
     producer: RenewableProducer
     registry: CollectorRegistry
+    ownership: PartitionOwnership
+
+
+def owner_name(service: str) -> str:
+    """Who claimed a partition, for an operator reading partition_owners."""
+    return f"{service}@{socket.gethostname()}:{os.getpid()}"
 
 
 async def start_with_retry(
@@ -71,20 +86,30 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def subscribe(settings: WorkerSettings, topic: str, group_id: str, name: str) -> AIOKafkaConsumer:
+def subscribe(
+    settings: WorkerSettings,
+    topic: str,
+    group_id: str,
+    name: str,
+    listener: RebalanceHooks | None = None,
+) -> AIOKafkaConsumer:
     """A consumer of ``topic`` that commits only what its handler has written."""
-    return AIOKafkaConsumer(
-        topic,
+    consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=group_id,
         client_id=name,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=settings.consumer_max_records,
+        # A worker behind lets its batches grow to consumer_max_records; the
+        # default 1 MB a partition would cap a fetch near 5,000 readings each.
+        max_partition_fetch_bytes=settings.consumer_fetch_partition_bytes,
         # Waiting out a MongoDB outage keeps polling (paused), but a single slow
         # batch may still take a while on a cold database.
         max_poll_interval_ms=600_000,
     )
+    consumer.subscribe([topic], listener=listener)
+    return consumer
 
 
 def consume_loop(
@@ -132,7 +157,7 @@ async def run_worker(
     mongo = connect(settings.mongo_url, name)
     db = mongo[settings.mongo_db]
     producer = build_producer(settings.kafka_bootstrap_servers, client_id=name)
-    consumer = subscribe(settings, settings.telemetry_topic, group_id, name)
+    consumer: AIOKafkaConsumer | None = None
     metrics = ConsumerMetrics(registry)
     consumer_loop: ConsumerLoop[T] | None = None
     started = {"kafka": False, "mongo": False}
@@ -146,12 +171,20 @@ async def run_worker(
         await start_with_retry("MongoDB", lambda: ensure_indexes(db, raw_retention), stop)
         started["mongo"] = True
         await start_with_retry("Kafka producer", producer.start, stop)
+        ownership = PartitionOwnership(
+            db, name, group_id, settings.telemetry_topic, owner_name(name)
+        )
+        context = WorkerContext(settings, db, producer, registry, ownership)
+        handle = make_handler(context)
+        hooks = (
+            getattr(handle, "partitions_assigned", None),
+            getattr(handle, "partitions_revoked", None),
+        )
+        listener = RebalanceHooks(*hooks) if all(hooks) else None  # type: ignore[arg-type]
+        consumer = subscribe(settings, settings.telemetry_topic, group_id, name, listener)
         await start_with_retry("Kafka consumer", consumer.start, stop)
         started["kafka"] = True
-        context = WorkerContext(settings, db, producer, registry)
-        consumer_loop = consume_loop(
-            name, settings, consumer, producer, decode, make_handler(context), metrics
-        )
+        consumer_loop = consume_loop(name, settings, consumer, producer, decode, handle, metrics)
         log.info("%s consuming %s as group %s", name, settings.telemetry_topic, group_id)
         run_task = asyncio.create_task(consumer_loop.run(stop))
         stop_task = asyncio.create_task(stop.wait())
@@ -167,8 +200,9 @@ async def run_worker(
                     await run_task
     finally:
         log.info("%s stopping", name)
-        with contextlib.suppress(Exception):
-            await consumer.stop()
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
         with contextlib.suppress(Exception):
             await producer.stop()
         await mongo.close()

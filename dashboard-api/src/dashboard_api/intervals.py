@@ -57,7 +57,8 @@ def window(
 
 
 def merge_into_intervals(docs: Iterable[Mapping[str, Any]], width_s: int) -> dict[datetime, Rollup]:
-    """Stored bucket documents merged into interval buckets, keyed by interval start."""
+    """One metric's stored buckets (rows, as metric_rows gives them) merged into interval
+    buckets, keyed by interval start."""
     merged: dict[datetime, Rollup] = {}
     for doc in docs:
         start = bucket_start(doc["timestamp"], width_s)

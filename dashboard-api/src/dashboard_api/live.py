@@ -5,9 +5,11 @@ replica set, and the compose deployment runs a standalone mongod (the wire
 server used in tests has them, which would hide the gap). One poller per
 watched device, however many clients watch it, each poll an index range:
 readings after the newest one pushed on (device_id, ts, _id), and the rollup
-buckets those readings fall in by (device_id, timestamp). A reading is "new"
-by its own time: a late reading older than one already pushed is not pushed
-(the listings have it), and only the buckets of pushed readings are watched.
+buckets those readings fall in by their ``_id``s. A reading is "new" by its own
+time: a late reading older than one already pushed is not pushed (the listings
+have it), and only the buckets of pushed readings are watched. A bucket holds
+every metric of the device; a metric's row is pushed when its own figures
+changed, not when another metric of its bucket did.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from telemetry_common.mongo import RAW, ROLLUPS
 from telemetry_common.resolutions import bucket_start
+from telemetry_common.rollup_layout import DEFAULT_PROJECT, ROW_FIELDS, bucket_id, metric_rows
 
 from dashboard_api.paging import Position, after
 from dashboard_api.serialize import public
@@ -52,9 +55,9 @@ class _Feed:
     position: Position | None
     watchers: set[Watcher] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
-    # bucket start -> polls left to re-read it; rollup _id -> (bucket start, version pushed).
-    buckets: dict[datetime, int] = field(default_factory=dict)
-    versions: dict[str, tuple[datetime, Any]] = field(default_factory=dict)
+    # bucket _id -> polls left to re-read it; row _id -> (bucket _id, figures pushed).
+    buckets: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, tuple[str, tuple[Any, ...]]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -70,7 +73,7 @@ class DeviceFeeds:
     def __init__(self, db: AsyncDatabase, interval_s: float, resolutions: Mapping[str, int]):
         self._db = db
         self._interval_s = interval_s
-        self._widths = sorted(set(resolutions.values()))
+        self._resolutions = dict(resolutions)
         self._feeds: dict[str, _Feed] = {}
 
     async def subscribe(self, device_id: str) -> Watcher:
@@ -152,8 +155,10 @@ class DeviceFeeds:
         cursor = self._db[RAW].find(query).sort([("ts", 1), ("_id", 1)]).limit(POLL_BATCH)
         docs = [doc async for doc in cursor]
         for doc in docs:
-            for width in self._widths:
-                feed.buckets[bucket_start(doc["ts"], width)] = BUCKET_WATCH_POLLS
+            for resolution, width in self._resolutions.items():
+                start = bucket_start(doc["ts"], width)
+                doc_id = bucket_id(DEFAULT_PROJECT, feed.device_id, resolution, start)
+                feed.buckets[doc_id] = BUCKET_WATCH_POLLS
         if docs:
             feed.position = Position(docs[-1]["ts"], docs[-1]["_id"])
         return [Event("reading", public(doc, "event_id")) for doc in docs]
@@ -161,20 +166,28 @@ class DeviceFeeds:
     async def _changed_rollups(self, feed: _Feed) -> list[Event]:
         if not feed.buckets:
             return []
-        query = {"device_id": feed.device_id, "timestamp": {"$in": list(feed.buckets)}}
+        found = self._db[ROLLUPS].find({"_id": {"$in": list(feed.buckets)}})
+        rows = [(doc["_id"], row) async for doc in found for row in metric_rows(doc)]
+        rows.sort(key=lambda pair: pushed_order(pair[1]))
         events = []
-        async for doc in self._db[ROLLUPS].find(query).sort([("timestamp", 1), ("_id", 1)]):
-            version = doc.get("_v", doc.get("updated_at"))
-            if feed.versions.get(doc["_id"]) != (doc["timestamp"], version):
-                feed.versions[doc["_id"]] = (doc["timestamp"], version)
-                events.append(Event("rollup", public(doc)))
-        for start, polls_left in list(feed.buckets.items()):
+        for doc_id, row in rows:
+            pushed = (doc_id, tuple(row.get(name) for name in ROW_FIELDS))
+            if feed.versions.get(row["_id"]) != pushed:
+                feed.versions[row["_id"]] = pushed
+                events.append(Event("rollup", public(row)))
+        for doc_id, polls_left in list(feed.buckets.items()):
             if polls_left <= 1:
-                del feed.buckets[start]
+                del feed.buckets[doc_id]
             else:
-                feed.buckets[start] = polls_left - 1
+                feed.buckets[doc_id] = polls_left - 1
         feed.versions = {k: v for k, v in feed.versions.items() if v[0] in feed.buckets}
         return events
+
+
+def pushed_order(row: Mapping[str, Any]) -> tuple[datetime, str]:
+    """Rollup events of one poll are pushed oldest bucket first, then in the order of the
+    ids of the layout before (``device|metric|resolution|start``), as they always were."""
+    return row["timestamp"], f"{row['sensor_type']}|{row['resolution']}|"
 
 
 def offer(queue: asyncio.Queue[Any], event: Any) -> bool:

@@ -186,7 +186,11 @@ class DevicesPage(_Page):
 
 class StatsOut(BaseModel):
     total_readings: int = Field(examples=[1_250_000])
-    total_aggregates: int = Field(examples=[84_000])
+    total_aggregates: int = Field(
+        description="rollup buckets stored: one per device, resolution and bucket start, "
+        "holding all of the device's metrics in it",
+        examples=[84_000],
+    )
     total_alerts: int = Field(examples=[312])
     total_devices: int = Field(examples=[1000])
     active_alerts: int = Field(

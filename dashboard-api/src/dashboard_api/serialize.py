@@ -12,6 +12,7 @@ INTERNAL_FIELDS = frozenset(
     {
         "_v",
         "_applied",
+        "_e",
         "_src",
         "m2",
         "mean",

@@ -124,6 +124,8 @@ class StatsSnapshot:
         )
         return {
             "total_readings": await self._db[RAW].estimated_document_count(),
+            # Bucket documents, not the per-metric rows the listings serve: rows are
+            # not counted in any metadata, and counting them would read every bucket.
             "total_aggregates": await self._db[ROLLUPS].estimated_document_count(),
             "total_alerts": await self._db[ALERTS].estimated_document_count(),
             "total_devices": await self._db[DEVICES].estimated_document_count(),

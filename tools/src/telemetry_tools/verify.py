@@ -24,6 +24,12 @@ from aiokafka.structs import TopicPartition
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, RAW, ROLLUPS
 from telemetry_common.resolutions import bucket_start
+from telemetry_common.rollup_layout import (
+    DEFAULT_PROJECT,
+    bucket_filter,
+    device_prefix_range,
+    metric_rows,
+)
 from telemetry_common.sketch import PERCENTILES, RELATIVE_ACCURACY
 
 BucketId = tuple[str, str, str, Any]
@@ -36,6 +42,13 @@ def _device_filter(device_prefix: str | None) -> dict[str, Any]:
         return {}
     # A prefix range, not a regex: the prefix comes from us, but a range cannot misparse.
     return {"device_id": {"$gte": device_prefix, "$lt": device_prefix + "\U0010ffff"}}
+
+
+def _bucket_id_filter(device_prefix: str | None) -> dict[str, Any]:
+    if not device_prefix:
+        return {}
+    # Bucket ids begin with the device id: the prefix is an _id range.
+    return {"_id": device_prefix_range(DEFAULT_PROJECT, device_prefix)}
 
 
 async def missing_event_ids(db: AsyncDatabase, acknowledged: Iterable[str]) -> list[str]:
@@ -73,10 +86,9 @@ async def rollup_mismatches(
     """Where stored buckets differ from a recomputation; empty when every bucket is right."""
     expected = await recompute_all_rollups(db, resolutions, device_prefix)
     stored = {
-        (doc["device_id"], doc["sensor_type"], doc["resolution"], doc["timestamp"]): doc
-        async for doc in db[ROLLUPS].find(
-            _device_filter(device_prefix), {"_applied": 0, "sketch": 0, "sum_partials": 0}
-        )
+        (row["device_id"], row["sensor_type"], row["resolution"], row["timestamp"]): row
+        async for doc in db[ROLLUPS].find(_bucket_id_filter(device_prefix))
+        for row in metric_rows(doc)
     }
     problems = [f"{key}: stored but no raw reading" for key in stored.keys() - expected.keys()]
     problems += [f"{key}: missing" for key in expected.keys() - stored.keys()]
@@ -104,9 +116,10 @@ async def value_counts(
         for metric in doc["metrics"]:
             raw[(doc["device_id"], metric)] += 1
     rolled: dict[tuple[str, str], int] = defaultdict(int)
-    query = {**_device_filter(device_prefix), "resolution": resolution}
-    async for doc in db[ROLLUPS].find(query, {"device_id": 1, "sensor_type": 1, "count": 1}):
-        rolled[(doc["device_id"], doc["sensor_type"])] += doc["count"]
+    query = {**bucket_filter(resolution), **_bucket_id_filter(device_prefix)}
+    async for doc in db[ROLLUPS].find(query):
+        for metric, fields in doc["metrics"].items():
+            rolled[(doc["device_id"], metric)] += fields["count"]
     return raw, rolled
 
 

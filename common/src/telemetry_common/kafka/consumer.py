@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from pymongo.errors import ConnectionFailure, PyMongoError
@@ -28,6 +28,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from telemetry_common.kafka.dlq import DeadLetterPublisher
 from telemetry_common.kafka.producer import RenewableProducer, is_stale_producer
 from telemetry_common.metrics import ConsumerMetrics
+from telemetry_common.ownership import PartitionsLost
 from telemetry_common.request_id import from_kafka_headers
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class PermanentError(Exception):
 
 def is_transient(exc: BaseException) -> bool:
     """Whether waiting could help: an unreachable or overloaded dependency, not bad data."""
-    if isinstance(exc, PermanentError):
+    if isinstance(exc, PermanentError | PartitionsLost):
         return False
     if is_stale_producer(exc):
         return True  # once the producer is renewed (ConsumerLoop does)
@@ -66,6 +67,25 @@ def is_transient(exc: BaseException) -> bool:
 
 Decode = Callable[[ConsumerRecord], T]
 Handler = Callable[[list[Consumed[T]]], Awaitable[None]]
+PartitionsChanged = Callable[[set[int]], Awaitable[None]]
+
+
+class RebalanceHooks(ConsumerRebalanceListener):
+    """Tells a handler that keeps per-partition state which partitions it gained or lost.
+
+    aiokafka calls these inside the rebalance, before any record of a newly
+    assigned partition is fetched, and after the last batch of a revoked one.
+    """
+
+    def __init__(self, assigned: PartitionsChanged, revoked: PartitionsChanged):
+        self._assigned = assigned
+        self._revoked = revoked
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._assigned({tp.partition for tp in assigned})
 
 
 @dataclass
@@ -107,8 +127,12 @@ class ConsumerLoop(Generic[T]):
             with self._metrics.batch_seconds.time():
                 records = [r for partition_records in batch.values() for r in partition_records]
                 self._metrics.records_consumed.inc(len(records))
-                decoded = await self._process(records)
-                await self._commit(batch)
+                decoded, lost = await self._process(records)
+                if lost:
+                    await self._rewind(batch, lost)
+                    batch = {tp: rs for tp, rs in batch.items() if tp.partition not in lost}
+                if batch:
+                    await self._commit(batch)
             self._report_done(records, decoded)
             self._report_lag()
 
@@ -130,7 +154,10 @@ class ConsumerLoop(Generic[T]):
                     },
                 )
 
-    async def _process(self, records: list[ConsumerRecord]) -> list[Consumed[T]]:
+    async def _process(
+        self, records: list[ConsumerRecord]
+    ) -> tuple[list[Consumed[T]], frozenset[int]]:
+        """The decoded records, and the partitions the handler found another worker owns."""
         decoded: list[Consumed[T]] = []
         for record in records:
             try:
@@ -142,9 +169,28 @@ class ConsumerLoop(Generic[T]):
                 await self._dead_letter(record, f"undecodable: {exc}", attempts=1)
                 continue
             decoded.append(Consumed(record.partition, record.offset, value, record))
+        lost: frozenset[int] = frozenset()
         if decoded:
-            await self._handle_with_retries(decoded)
-        return decoded
+            try:
+                await self._handle_with_retries(decoded)
+            except PartitionsLost as exc:
+                self._metrics.partitions_lost.inc(len(exc.partitions))
+                log.warning("%s; their records are left to the new owner", exc)
+                lost = exc.partitions
+        return decoded, lost
+
+    async def _rewind(
+        self, batch: dict[TopicPartition, list[ConsumerRecord]], lost: frozenset[int]
+    ) -> None:
+        """Fetch a lost partition's records again should Kafka still assign it here.
+
+        Normally the group has already moved it and the next poll revokes it; if
+        not, nothing past the last commit may be skipped.
+        """
+        assigned = self._consumer.assignment()
+        for tp, records in batch.items():
+            if tp.partition in lost and tp in assigned:
+                self._consumer.seek(tp, records[0].offset)
 
     async def _handle_with_retries(self, items: list[Consumed[T]]) -> None:
         attempts = 0
@@ -154,6 +200,8 @@ class ConsumerLoop(Generic[T]):
                 await self._handle(items)
                 self.healthy = True
                 return
+            except PartitionsLost:
+                raise
             except Exception as exc:
                 await self._renew_if_stale(exc)
                 if is_transient(exc):

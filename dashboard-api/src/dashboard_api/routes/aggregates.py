@@ -1,11 +1,13 @@
-"""Rollup buckets (count, sum, min, max, average, ...), newest first."""
+"""Rollup buckets (count, sum, min, max, average, ...), one row per metric, newest first."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from telemetry_common.mongo import ROLLUPS
+from telemetry_common.timefmt import to_utc_ms
 
 from dashboard_api.deps import (
     BAD_PARAMETER,
@@ -19,7 +21,8 @@ from dashboard_api.deps import (
     page,
     time_range,
 )
-from dashboard_api.paging import Cursor, keyset_page
+from dashboard_api.paging import Cursor
+from dashboard_api.rollup_pages import rollup_page
 from dashboard_api.schemas import RollupsPage
 from dashboard_api.serialize import public
 
@@ -30,11 +33,29 @@ Resolution = Annotated[
 ]
 
 
-async def _rollups(db: Db, query: dict[str, Any], limit: int, cursor: str | None) -> dict[str, Any]:
-    docs, next_cursor = await keyset_page(
-        db[ROLLUPS], query, sort_key="timestamp", limit=limit, cursor=cursor
+async def _rollups(
+    db: Db,
+    resolution: str,
+    *,
+    device_id: str | None,
+    metric: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    time_range("timestamp", start, end)  # refuses an empty or inverted range
+    rows, next_cursor = await rollup_page(
+        db[ROLLUPS],
+        resolution,
+        device_id=device_id,
+        metric=metric,
+        start=to_utc_ms(start) if start is not None else None,
+        end=to_utc_ms(end) if end is not None else None,
+        limit=limit,
+        cursor=cursor,
     )
-    return page([public(doc) for doc in docs], next_cursor)
+    return page([public(row) for row in rows], next_cursor)
 
 
 @router.get("/aggregated", response_model=RollupsPage, responses=BAD_PARAMETER)
@@ -49,12 +70,16 @@ async def list_aggregated(
     end: To = None,
 ) -> dict[str, Any]:
     """Rollup buckets across devices, newest first."""
-    query: dict[str, Any] = {"resolution": resolution, **time_range("timestamp", start, end)}
-    if device_id:
-        query["device_id"] = device_id
-    if metric:
-        query["sensor_type"] = metric
-    return await _rollups(db, query, limit, cursor)
+    return await _rollups(
+        db,
+        resolution,
+        device_id=device_id,
+        metric=metric,
+        start=start,
+        end=end,
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 @router.get("/devices/{device_id}/aggregates", response_model=RollupsPage, responses=BAD_PARAMETER)
@@ -69,11 +94,13 @@ async def device_aggregates(
     end: To = None,
 ) -> dict[str, Any]:
     """One device's rollup buckets, newest first."""
-    query: dict[str, Any] = {
-        "device_id": device_id,
-        "resolution": resolution,
-        **time_range("timestamp", start, end),
-    }
-    if metric:
-        query["sensor_type"] = metric
-    return await _rollups(db, query, limit, cursor)
+    return await _rollups(
+        db,
+        resolution,
+        device_id=device_id,
+        metric=metric,
+        start=start,
+        end=end,
+        limit=limit,
+        cursor=cursor,
+    )

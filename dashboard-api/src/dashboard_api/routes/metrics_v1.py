@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from telemetry_common.api_errors import ErrorOut
 from telemetry_common.mongo import ROLLUPS
+from telemetry_common.rollup_layout import bucket_filter, metric_rows
 from telemetry_common.timefmt import iso_z, utcnow
 
 from dashboard_api.deps import DEVICE_ID_PATTERN, METRIC_PATTERN, Db
@@ -75,14 +76,13 @@ async def metric_aggregate(
         span = min(DEFAULT_SPAN, timedelta(seconds=width * (settings.max_page_size - 1)))
         from_time = end - span
     start, end = window(from_time, end, width, settings.max_page_size)
-    query: dict[str, Any] = {
-        "sensor_type": metric,
-        "resolution": source,
-        "timestamp": {"$gte": start, "$lt": end},
-    }
-    if device_id is not None:
-        query["device_id"] = device_id
-    merged = merge_into_intervals([doc async for doc in db[ROLLUPS].find(query)], width)
+    query = bucket_filter(source, device_id=device_id, metric=metric, start=start, end=end)
+    # The metric's whole fields, merge state included: merging needs it.
+    fields = {"device_id": 1, "resolution": 1, "timestamp": 1, f"metrics.{metric}": 1}
+    merged = merge_into_intervals(
+        [row async for doc in db[ROLLUPS].find(query, fields) for row in metric_rows(doc, metric)],
+        width,
+    )
     buckets = [interval_bucket(s, width, merged[s]) for s in sorted(merged)]
     return {
         "metric": metric,

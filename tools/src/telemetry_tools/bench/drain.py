@@ -7,16 +7,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aggregator_worker.fold import Placed, Watermarks, apply_new, fold_batch
-from aggregator_worker.store import raw_document, rollup_document
+from aggregator_worker.fold import BucketKey, BucketStarts, BucketState, Placed, contributions
+from aggregator_worker.store import raw_document
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.mongo import RAW, ROLLUPS, ensure_indexes
+from telemetry_common.mongo import RAW, ensure_indexes
 from telemetry_common.reading import Reading, decode_kafka_value
-from telemetry_common.rollup import Rollup
+from telemetry_common.rollup_layout import ROLLUPS
 from telemetry_common.settings import AggregatorSettings
 
 from telemetry_tools.bench.processes import Infra, ServiceProcess, running
@@ -86,22 +86,28 @@ def bucket_documents(readings: list[Reading]) -> list[dict[str, Any]]:
     """The rollup documents the aggregator writes for ``readings`` folded in one batch."""
     settings = AggregatorSettings()
     now = datetime.now(UTC)
-    batch = [Placed(i % PARTITIONS, i, r) for i, r in enumerate(readings)]
-    docs = []
-    for key, contributions in fold_batch(batch, settings.resolutions).items():
-        rollup, watermarks = Rollup(), Watermarks()
-        apply_new(rollup, watermarks, contributions)
-        keep_for = settings.retention.get(key.resolution)
-        docs.append(rollup_document(key, rollup.to_fields(), watermarks, 1, now, keep_for))
-    return docs
+    starts = BucketStarts(settings.resolutions)
+    states: dict[str, BucketState] = {}
+    for i, reading in enumerate(readings):
+        placed = Placed(i % PARTITIONS, i, reading)
+        values = contributions(placed)
+        for resolution, start in starts.of(reading.ts):
+            key = BucketKey(reading.device_id, resolution, start)
+            state = states.setdefault(key.doc_id, BucketState(key, placed.partition))
+            for metric, c in values:
+                state.fold(metric, c)
+    return [
+        state.document(1, now, settings.retention.get(state.key.resolution))
+        for state in states.values()
+    ]
 
 
 async def bare_bucket_insert_rate(mongo_url: str, db_name: str, readings: list[Reading]) -> float:
     """Readings/s MongoDB takes their rollup documents in bare unordered bulk inserts.
 
     No reads, no conditions and no folding are timed: what storing one document
-    per (device, metric, resolution, bucket) costs the server by itself, the
-    bound of the aggregator's document design.
+    per (device, resolution, bucket) costs the server by itself, the bound of
+    the aggregator's document design.
     """
     docs = bucket_documents(readings)
     client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)

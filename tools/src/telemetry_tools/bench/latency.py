@@ -18,6 +18,7 @@ from pymongo import AsyncMongoClient
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
 from telemetry_common.mongo import ROLLUPS
+from telemetry_common.rollup_layout import DEFAULT_PROJECT, device_id_range
 from telemetry_common.timefmt import iso_z
 
 from telemetry_tools.percentiles import percentile
@@ -154,8 +155,11 @@ async def pipeline_latencies_ms(
     rollups = client[db_name][ROLLUPS]
 
     async def rollup_visible(device: str, sent: float) -> None:
-        # Polling is the point: the rollup is visible when a query can see it.
-        while await rollups.find_one({"device_id": device}, {"_id": 1}) is None:  # noqa: ASYNC110
+        # Polling is the point: the rollup is visible when a query can see it. Its
+        # one-minute bucket (the bench runs the default resolutions), a device's
+        # _id range as the dashboard reads it.
+        visible = {"_id": device_id_range(DEFAULT_PROJECT, device, "1m")}
+        while await rollups.find_one(visible, {"_id": 1}) is None:  # noqa: ASYNC110
             await asyncio.sleep(POLL_S)
         rollup_ms.append((time.perf_counter() - sent) * 1000)
 

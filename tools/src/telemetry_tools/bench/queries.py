@@ -15,6 +15,7 @@ from aggregator_worker.store import raw_document
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
+from telemetry_common.rollup_layout import bucket_filter, metric_rows, row_projection
 
 from telemetry_tools.bench.workload import bodies, canonical
 from telemetry_tools.percentiles import percentile
@@ -111,14 +112,15 @@ async def measure(
                     },
                 )
 
-            def rollups_direct(device: str) -> Awaitable[Any]:
-                query = {
-                    "device_id": device,
-                    "resolution": "1m",
-                    "sensor_type": "temperature_c",
-                    "timestamp": {"$gte": day_ago, "$lt": now},
-                }
-                return db[ROLLUPS].find(query).sort("timestamp", -1).limit(1440).to_list()
+            async def rollups_direct(device: str) -> Any:
+                # As the API reads them (dashboard_api.rollup_pages): the device's _id
+                # range newest first, only the metric's served figures, one row a bucket.
+                query = bucket_filter(
+                    "1m", device_id=device, metric="temperature_c", start=day_ago, end=now
+                )
+                found = db[ROLLUPS].find(query, row_projection("temperature_c"))
+                docs = await found.sort("_id", -1).limit(1440 + 2).to_list()
+                return [row for doc in docs for row in metric_rows(doc, "temperature_c")]
 
             def readings_api(device: str) -> Awaitable[Any]:
                 return api(f"/devices/{device}/telemetry", {"limit": "100"})

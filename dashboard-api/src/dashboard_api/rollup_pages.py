@@ -1,0 +1,158 @@
+"""Rollup listings: rows per metric, paged newest first, read from bucket documents.
+
+A bucket document holds every metric of one (device, resolution, bucket); the
+API serves one row per metric, newest first, ties in descending (device, metric)
+order as ever (see ``listing_key``). Documents read in (timestamp, _id) order
+newest first give their rows in that order once each document's rows are put in
+metric order: a row's id is its document's id followed by ``|metric``, and no
+document id is a prefix of another's. A page is ``limit`` rows, so a page may
+end inside a document: the cursor names the last row served, and the next page
+reads that document again and serves only its rows after the cursor.
+
+One device's documents are a contiguous ``_id`` range in time order, so its
+listing is read along ``_id`` alone; listings across devices read the
+(project, resolution, timestamp, _id) index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from telemetry_common.mongo import newest_first
+from telemetry_common.rollup_layout import bucket_filter, metric_rows, row_projection
+
+from dashboard_api.paging import Position, after, decode_cursor, encode_cursor
+
+SORT_KEY = "timestamp"
+
+
+@dataclass(frozen=True)
+class RollupQuery:
+    filter: dict[str, Any]
+    sort: list[tuple[str, int]]
+    # None: whole documents. Projecting costs the local store (secantusd) about as
+    # much server time as the query; it pays only where it leaves most of the
+    # document behind (the other metrics), not for a few bookkeeping fields.
+    projection: dict[str, int] | None
+
+
+def rollup_query(
+    resolution: str,
+    *,
+    device_id: str | None,
+    metric: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    resume: Position | None,
+) -> RollupQuery:
+    """The documents holding the rows of a listing, from the one holding the row after
+    ``resume`` (from the newest without one), newest first."""
+    query = bucket_filter(resolution, device_id=device_id, metric=metric, start=start, end=end)
+    if device_id is not None:
+        sort = [("_id", -1)]
+        if resume is not None:
+            # The cursor's own document sorts just below its row's id, so it is read
+            # again for its remaining rows; later documents sort below it.
+            ids = query["_id"]
+            ids["$lt"] = min(ids["$lt"], resume.id)
+    else:
+        sort = newest_first(SORT_KEY)
+        if resume is not None:
+            # $and keeps the time range on the same field next to the keyset condition.
+            query = {"$and": [query, after(SORT_KEY, resume, descending=True)]}
+    projection = row_projection(metric) if metric is not None else None
+    return RollupQuery(query, sort, projection)
+
+
+class RowPage:
+    """The rows of documents read newest first, after a cursor's row, until a page is full.
+
+    Feed it documents in listing order while ``add`` answers False; ``limit + 2``
+    documents are always enough: the first may be the cursor's own, with no row
+    left to serve, and every other one has at least one row.
+    """
+
+    def __init__(self, limit: int, metric: str | None, resume: Position | None):
+        self.limit = limit
+        self._metric = metric
+        self._resume = resume
+        self._rows: list[dict[str, Any]] = []
+
+    @property
+    def documents_needed(self) -> int:
+        return self.limit + 2
+
+    def add(self, doc: Mapping[str, Any]) -> bool:
+        """Take a document's rows after the cursor; True once the page and one row more are
+        in (that one row only says that a next page exists)."""
+        for row in sorted(metric_rows(doc, self._metric), key=listing_key, reverse=True):
+            if self._resume is not None and not comes_after(row, self._resume):
+                continue
+            self._rows.append(row)
+            if len(self._rows) > self.limit:
+                return True
+        return False
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self._rows[: self.limit]
+
+    def next_position(self) -> Position | None:
+        """Where the next page starts: the last row of this one; None on the last page."""
+        if len(self._rows) <= self.limit:
+            return None
+        last = self._rows[self.limit - 1]
+        return Position(last[SORT_KEY], last["_id"])
+
+
+def listing_key(row: Mapping[str, Any]) -> tuple[datetime, str]:
+    """Where a row sorts in a listing (which is in descending order of this key).
+
+    Its timestamp, then its id as if ``|`` followed it: the layout before had one
+    document per metric with ids ``device|metric|resolution|start``, so of two
+    metrics of one bucket where one name begins the other (``temp`` and
+    ``temp_max``) the shorter sorted higher; bare row ids would sort it lower and
+    change the order clients have always been served.
+    """
+    return row[SORT_KEY], row["_id"] + "|"
+
+
+def comes_after(row: Mapping[str, Any], position: Position) -> bool:
+    """Whether ``row`` comes after ``position`` (the last row of a page) in a listing."""
+    assert position.key is not None
+    return listing_key(row) < (position.key, position.id + "|")
+
+
+async def rollup_page(
+    collection: AsyncCollection,
+    resolution: str,
+    *,
+    device_id: str | None,
+    metric: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of rows (stored shape, bookkeeping included) and the next page's cursor."""
+    resume = decode_cursor(SORT_KEY, cursor) if cursor is not None else None
+    page = RowPage(limit, metric, resume)
+    query = rollup_query(
+        resolution, device_id=device_id, metric=metric, start=start, end=end, resume=resume
+    )
+    found = (
+        collection.find(query.filter, query.projection)
+        .sort(query.sort)
+        .limit(page.documents_needed)
+    )
+    try:
+        async for doc in found:
+            if page.add(doc):
+                break
+    finally:
+        await found.close()
+    position = page.next_position()
+    return page.rows(), encode_cursor(SORT_KEY, position) if position is not None else None
