@@ -15,7 +15,6 @@ from aggregator_worker.fold import (
     BucketState,
     Contribution,
     DeviceState,
-    MetricState,
     Placed,
     contributions,
 )
@@ -108,8 +107,7 @@ def fold_all(batch: list[Placed], resolutions: dict[str, int]) -> dict[BucketKey
         for resolution, start in starts.of(placed.reading.ts):
             key = BucketKey(placed.reading.device_id, resolution, start)
             state = held.setdefault(key, BucketState(key, placed.partition))
-            for metric, c in values:
-                state.fold(metric, c)
+            state.fold(placed.partition, placed.offset, values)
     return held
 
 
@@ -120,10 +118,10 @@ def test_two_readings_in_one_minute_share_a_bucket() -> None:
     [state] = held.values()
     assert state.key == BucketKey("dev-1", "1m", T0)
     assert state.pending == [
-        ("temperature_c", Contribution(0, 7, a.ts, 20.0, bin_key(20.0))),
-        ("temperature_c", Contribution(1, 3, b.ts, 22.0, bin_key(22.0))),
+        (0, 7, [("temperature_c", Contribution(0, 7, a.ts, 20.0, bin_key(20.0)))]),
+        (1, 3, [("temperature_c", Contribution(1, 3, b.ts, 22.0, bin_key(22.0)))]),
     ]
-    assert state.metrics["temperature_c"].rollup.count == 2
+    assert state.metrics["temperature_c"].count == 2
 
 
 def test_every_metric_of_a_reading_shares_each_resolutions_bucket() -> None:
@@ -136,7 +134,7 @@ def test_every_metric_of_a_reading_shares_each_resolutions_bucket() -> None:
     }
     for state in held.values():
         assert set(state.metrics) == {"temperature_c", "humidity"}
-    assert held[BucketKey("dev-1", "1h", T0)].metrics["humidity"].rollup.max == 60.0
+    assert held[BucketKey("dev-1", "1h", T0)].metrics["humidity"].max == 60.0
 
 
 def test_readings_of_different_devices_or_minutes_stay_apart() -> None:
@@ -153,7 +151,7 @@ def test_late_reading_lands_in_its_own_timestamps_bucket() -> None:
     fresh = reading(ts="2025-01-15T11:59:00Z", temperature_c=21.0)
     held = fold_all([Placed(0, 0, fresh), Placed(0, 1, late)], RESOLUTIONS)
     old = datetime(2025, 1, 10, 3, 17, tzinfo=UTC)
-    assert held[BucketKey("dev-1", "1m", old)].metrics["temperature_c"].rollup.sum == 18.0
+    assert held[BucketKey("dev-1", "1m", old)].metrics["temperature_c"].sum == 18.0
     assert BucketKey("dev-1", "1h", old.replace(minute=0)) in held
     assert BucketKey("dev-1", "1d", old.replace(hour=0, minute=0)) in held
 
@@ -177,26 +175,26 @@ def test_watermarks_are_per_partition_and_never_go_back() -> None:
     assert w.by_partition == {"0": 5, "2": 9}
 
 
-def test_a_replayed_contribution_folds_nothing() -> None:
-    state = MetricState()
-    assert all(state.fold(c) for c in contribs(0, range(3)))
-    assert not any(state.fold(c) for c in contribs(0, range(3)))
-    assert (state.rollup.count, state.rollup.sum) == (3, 1.0 + 2.0 + 3.0)
-    assert state.applied.by_partition == {"0": 2}
-
-
-def test_a_high_watermark_on_one_partition_does_not_skip_another() -> None:
-    state = MetricState(applied=Watermarks({"0": 100}))
-    folded = [state.fold(c) for c in contribs(0, range(98, 100)) + contribs(1, range(3))]
-    assert folded == [False, False, True, True, True]
-    assert state.applied.by_partition == {"0": 100, "1": 2}
-
-
 def bucket(contributions_: list[Contribution], metric: str = "temp") -> BucketState:
     state = BucketState(BucketKey("dev-1", "1m", T0), 0)
     for c in contributions_:
-        state.fold(metric, c)
+        state.fold(c.partition, c.offset, [(metric, c)])
     return state
+
+
+def test_a_replayed_reading_folds_nothing() -> None:
+    state = bucket(contribs(0, range(3)))
+    assert not any(state.fold(c.partition, c.offset, [("temp", c)]) for c in contribs(0, range(3)))
+    assert (state.metrics["temp"].count, state.metrics["temp"].sum) == (3, 1.0 + 2.0 + 3.0)
+    assert state.applied == {0: 2}
+
+
+def test_a_high_watermark_on_one_partition_does_not_skip_another() -> None:
+    state = BucketState(BucketKey("dev-1", "1m", T0), 0, applied={0: 100})
+    batch = contribs(0, range(98, 100)) + contribs(1, range(3))
+    folded = [state.fold(c.partition, c.offset, [("temp", c)]) for c in batch]
+    assert folded == [False, False, True, True, True]
+    assert state.applied == {0: 100, 1: 2}
 
 
 def test_merging_with_the_stored_bucket_folds_only_what_it_lacks() -> None:
@@ -207,8 +205,8 @@ def test_merging_with_the_stored_bucket_folds_only_what_it_lacks() -> None:
     merged = mine.merge_stored(stored)
     assert merged.held == [(0, 3), (0, 4)] and merged.added == [(0, 5), (0, 6), (0, 7)]
     assert mine.stored and mine.dirty and mine.pending == []
-    assert mine.metrics["temp"].rollup.count == 8
-    assert mine.metrics["temp"].rollup.sum == sum(1.0 + o for o in range(8))
+    assert mine.metrics["temp"].count == 8
+    assert mine.metrics["temp"].sum == sum(1.0 + o for o in range(8))
 
 
 def test_merging_a_bucket_that_held_everything_leaves_nothing_to_write() -> None:
@@ -219,21 +217,34 @@ def test_merging_a_bucket_that_held_everything_leaves_nothing_to_write() -> None
 
 
 def test_a_metric_with_its_own_watermark_is_honoured_over_the_buckets() -> None:
-    # A migrated bucket whose humidity lagged its temperature at a crash.
-    state = bucket(contribs(0, range(5)), "temp")
-    for c in contribs(0, range(3)):
-        state.fold("humidity", c)
-    stored = state.document(1, NOW, None)
-    assert stored["_applied"] == {"0": 4}
-    assert stored["metrics"]["humidity"]["_applied"] == {"0": 2}
-    replay = BucketState(state.key, 0)
-    for c in contribs(0, range(5)):
-        replay.fold("temp", c)
-        replay.fold("humidity", c)
+    # A migrated bucket whose humidity lagged its temperature at a crash: the
+    # migration wrote humidity's own watermark beside the bucket's.
+    stored = bucket(contribs(0, range(5)), "temp").document(1, NOW, None)
+    humidity = bucket(contribs(0, range(3)), "humidity").document(1, NOW, None)
+    stored["metrics"]["humidity"] = {**humidity["metrics"]["humidity"], "_applied": {"0": 2}}
+    replay = BucketState(BucketKey("dev-1", "1m", T0), 0)
+    for c in contribs(0, range(6)):
+        replay.fold(0, c.offset, [("temp", c), ("humidity", c)])
+    merged = replay.merge_stored(stored)
+    assert merged.held == [(0, 0), (0, 1), (0, 2)]
+    assert replay.metrics["temp"].count == 6
+    assert replay.metrics["humidity"].count == 6
+    # Both reached offset 5: one watermark serves them again.
+    doc = replay.document(2, NOW, None)
+    assert doc["_applied"] == {"0": 5} and "_applied" not in doc["metrics"]["humidity"]
+
+
+def test_a_lagging_metric_keeps_its_watermark_until_it_catches_up() -> None:
+    # Humidity holds offsets 0..4, temperature only 0..2.
+    stored = bucket(contribs(0, range(5)), "humidity").document(1, NOW, None)
+    temp = bucket(contribs(0, range(3)), "temp").document(1, NOW, None)
+    stored["metrics"]["temp"] = {**temp["metrics"]["temp"], "_applied": {"0": 2}}
+    replay = BucketState(BucketKey("dev-1", "1m", T0), 0)
+    replay.fold(0, 3, [("temp", contribs(0, range(3, 4))[0])])
     replay.merge_stored(stored)
-    assert replay.metrics["temp"].rollup.count == 5
-    assert replay.metrics["humidity"].rollup.count == 5
-    assert "_applied" not in replay.document(2, NOW, None)["metrics"]["humidity"]
+    assert replay.metrics["temp"].count == 4 and replay.metrics["humidity"].count == 5
+    doc = replay.document(2, NOW, None)
+    assert doc["metrics"]["temp"]["_applied"] == {"0": 3} and doc["_applied"] == {"0": 4}
 
 
 def test_the_document_holds_every_metric_and_the_writers_epoch() -> None:
@@ -293,8 +304,7 @@ def _fold_into(held: dict[str, BucketState], batch: list[Placed], starts: Bucket
         for resolution, start in starts.of(placed.reading.ts):
             key = BucketKey(placed.reading.device_id, resolution, start)
             state = held.setdefault(key.doc_id, BucketState(key, placed.partition))
-            for metric, c in values:
-                state.fold(metric, c)
+            state.fold(placed.partition, placed.offset, values)
 
 
 def _one_pass(readings: list[Reading]) -> dict[tuple[str, str], Rollup]:

@@ -39,7 +39,7 @@ async def owner(db: AsyncDatabase, partitions: set[int], name: str) -> Partition
 
 async def fold(state: PartitionState, batch: list[Placed]) -> int:
     """Readings that added to a bucket or summary (not held already by a stored one)."""
-    added = state.fold(batch)
+    added = await state.fold(batch)
     outcome = await state.flush()
     return len(added) - len(outcome.replayed(added))
 
@@ -77,7 +77,7 @@ async def test_a_worker_that_lost_its_partition_cannot_overwrite_the_new_owner(
     await fold(new_owner, second)
     before = {doc["_id"]: doc async for doc in db[ROLLUPS].find({})}
     # `stalled` wakes up with `second` and `third` folded in memory: refused.
-    stalled.fold(second + third)
+    await stalled.fold(second + third)
     with pytest.raises(PartitionsLost) as lost:
         await stalled.flush()
     assert lost.value.partitions == {0}

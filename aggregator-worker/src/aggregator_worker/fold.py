@@ -21,7 +21,6 @@ from telemetry_common.resolutions import EPOCH
 from telemetry_common.rollup import Rollup
 from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document, bucket_id
 from telemetry_common.sketch import bin_key
-from telemetry_common.versioned import Watermarks
 
 
 class BucketKey(NamedTuple):
@@ -60,6 +59,7 @@ class BucketStarts:
         self._starts: dict[int, datetime] = {}
 
     def of(self, ts: datetime) -> Iterator[tuple[str, datetime]]:
+        """(resolution, bucket start) of every resolution's bucket holding ``ts``."""
         seconds = int((ts - EPOCH).total_seconds() // 1)
         starts = self._starts
         for resolution, width_s in self._widths:
@@ -87,24 +87,21 @@ class Merged:
 
     held: list[tuple[int, int]] = field(default_factory=list)
     added: list[tuple[int, int]] = field(default_factory=list)
+    # Metric values of the readings held (a bucket holds one per metric of a reading).
+    values_held: int = 0
 
 
-@dataclass(slots=True)
-class MetricState:
-    rollup: Rollup = field(default_factory=Rollup)
-    applied: Watermarks = field(default_factory=Watermarks)
-
-    def fold(self, c: Contribution) -> bool:
-        if not self.applied.is_new(c.partition, c.offset):
-            return False
-        self.rollup.add(c.value, c.ts, c.key)
-        self.applied.advance(c.partition, c.offset)
-        return True
+Values = list[tuple[str, Contribution]]
 
 
 @dataclass(slots=True)
 class BucketState:
     """One bucket, every metric, as this worker knows it.
+
+    ``applied`` is the highest offset folded per partition. All metrics of a
+    reading are folded together, so one watermark serves them all; only a bucket
+    migrated from the layout before, whose metrics could lag one another after a
+    crash, carries a watermark per metric for a while (``metric_applied``).
 
     ``stored`` says the store holds the bucket as of this worker's last write or
     read, so writing it means replacing it. Until then (a bucket this worker
@@ -116,54 +113,91 @@ class BucketState:
 
     key: BucketKey
     partition: int
-    metrics: dict[str, MetricState] = field(default_factory=dict)
+    metrics: dict[str, Rollup] = field(default_factory=dict)
+    applied: dict[int, int] = field(default_factory=dict)
+    metric_applied: dict[str, dict[int, int]] | None = None
     stored: bool = False
     dirty: bool = False
-    pending: list[tuple[str, Contribution]] = field(default_factory=list)
+    pending: list[tuple[int, int, Values]] = field(default_factory=list)
 
-    def fold(self, metric: str, c: Contribution) -> bool:
-        state = self.metrics.get(metric)
-        if state is None:
-            state = self.metrics[metric] = MetricState()
-        if not state.fold(c):
-            return False
-        self.dirty = True
-        if not self.stored:
-            self.pending.append((metric, c))
-        return True
+    def fold(self, partition: int, offset: int, values: Values) -> bool:
+        """Fold one reading's values; False if the bucket holds them already."""
+        if self.metric_applied:
+            added = self._fold_each(partition, offset, values)
+        else:
+            if offset <= self.applied.get(partition, -1):
+                return False
+            self.applied[partition] = offset
+            metrics = self.metrics
+            for metric, c in values:
+                rollup = metrics.get(metric)
+                if rollup is None:
+                    rollup = metrics[metric] = Rollup()
+                rollup.add(c.value, c.ts, c.key)
+            added = True
+        if added:
+            self.dirty = True
+            if not self.stored:
+                self.pending.append((partition, offset, values))
+        return added
+
+    def _fold_each(self, partition: int, offset: int, values: Values) -> bool:
+        assert self.metric_applied is not None
+        added = False
+        for metric, c in values:
+            own = self.metric_applied.get(metric)
+            marks = self.applied if own is None else own
+            if offset <= marks.get(partition, -1):
+                continue
+            marks[partition] = offset
+            self.metrics.setdefault(metric, Rollup()).add(c.value, c.ts, c.key)
+            added = True
+        # A lagging metric that caught up with the others needs no watermark of its own.
+        for metric, own in list(self.metric_applied.items()):
+            if own == self.applied:
+                del self.metric_applied[metric]
+        return added
 
     def merge_stored(self, doc: Mapping[str, Any]) -> Merged:
         """Start from the stored bucket and fold again what this worker added that it
         lacks; return the positions of the values it held already, and of the others."""
-        doc_applied = doc.get("_applied", {})
-        self.metrics = {
-            metric: MetricState(
-                Rollup.from_fields(fields),
-                Watermarks(dict(fields.get("_applied", doc_applied))),
-            )
-            for metric, fields in doc.get("metrics", {}).items()
-        }
+        self.applied = _int_keys(doc.get("_applied", {}))
+        self.metrics = {}
+        self.metric_applied = None
+        for metric, fields in doc.get("metrics", {}).items():
+            self.metrics[metric] = Rollup.from_fields(fields)
+            if "_applied" in fields:
+                own = _int_keys(fields["_applied"])
+                if own != self.applied:
+                    self.metric_applied = self.metric_applied or {}
+                    self.metric_applied[metric] = own
         pending, self.pending = self.pending, []
         self.stored = True
         self.dirty = False
         merged = Merged()
-        for metric, c in pending:
-            added = self.fold(metric, c)
-            (merged.added if added else merged.held).append((c.partition, c.offset))
+        for partition, offset, values in pending:
+            if self.fold(partition, offset, values):
+                merged.added.append((partition, offset))
+            else:
+                merged.held.append((partition, offset))
+                merged.values_held += len(values)
         return merged
 
     def document(self, epoch: int, now: datetime, keep_for: timedelta | None) -> dict[str, Any]:
-        applied: dict[str, int] = {}
-        for state in self.metrics.values():
-            for partition, offset in state.applied.by_partition.items():
-                applied[partition] = max(applied.get(partition, -1), offset)
         metrics = {}
-        for metric, state in self.metrics.items():
-            fields = state.rollup.to_fields()
-            if state.applied.by_partition != applied:
+        for metric, rollup in self.metrics.items():
+            if rollup.count == 1:
+                # Most fine buckets hold one value: its fields without a rollup pass.
+                [key] = rollup.sketch.bins
+                assert rollup.first is not None and rollup.first_ts is not None
+                fields = Rollup.single_fields(rollup.first, rollup.first_ts, key)
+            else:
+                fields = rollup.to_fields()
+            own = self.metric_applied.get(metric) if self.metric_applied else None
+            if own is not None:
                 # This metric lags the others (a bucket migrated mid-replay): its
                 # own watermarks keep a replay from skipping what it lacks.
-                fields["_applied"] = dict(state.applied.by_partition)
+                fields["_applied"] = _str_keys(own)
             metrics[metric] = fields
         key = self.key
         return bucket_document(
@@ -172,11 +206,20 @@ class BucketState:
             resolution=key.resolution,
             start=key.start,
             metrics=metrics,
-            applied=applied,
+            applied=_str_keys(self.applied),
             epoch=epoch,
             now=now,
             keep_for=keep_for,
         )
+
+
+def _int_keys(marks: Mapping[str, int]) -> dict[int, int]:
+    # BSON keys are strings; in memory a partition is an int, compared per reading.
+    return {int(p): int(o) for p, o in marks.items()}
+
+
+def _str_keys(marks: Mapping[int, int]) -> dict[str, int]:
+    return {str(p): o for p, o in marks.items()}
 
 
 # Fields of a device document that are the writer's bookkeeping, not the summary.
@@ -190,15 +233,15 @@ class DeviceState:
     device_id: str
     partition: int
     summary: dict[str, Any] = field(default_factory=dict)
-    applied: Watermarks = field(default_factory=Watermarks)
+    applied: dict[int, int] = field(default_factory=dict)
     stored: bool = False
     dirty: bool = False
     pending: list[Placed] = field(default_factory=list)
 
     def fold(self, placed: Placed) -> bool:
-        if not self.applied.is_new(placed.partition, placed.offset):
+        if placed.offset <= self.applied.get(placed.partition, -1):
             return False
-        self.applied.advance(placed.partition, placed.offset)
+        self.applied[placed.partition] = placed.offset
         fold_into_summary(self.summary, placed.reading)
         self.dirty = True
         if not self.stored:
@@ -207,7 +250,7 @@ class DeviceState:
 
     def merge_stored(self, doc: Mapping[str, Any]) -> Merged:
         self.summary = {k: v for k, v in doc.items() if k not in _DEVICE_BOOKKEEPING}
-        self.applied = Watermarks(dict(doc.get("_applied", {})))
+        self.applied = _int_keys(doc.get("_applied", {}))
         pending, self.pending = self.pending, []
         self.stored = True
         self.dirty = False
@@ -222,7 +265,7 @@ class DeviceState:
             **self.summary,
             "_id": self.device_id,
             "updated_at": now,
-            "_applied": dict(self.applied.by_partition),
+            "_applied": _str_keys(self.applied),
             "_e": epoch,
         }
 

@@ -14,6 +14,7 @@ insert finds the bucket stored already is it read, once, and merged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 # An insert that finds a bucket stored leads to one read and a replace; a bucket
 # can only be found stored again if yet another owner wrote it in between.
 MAX_ROUNDS = 5
+# Readings folded between two yields to the event loop.
+FOLD_SLICE = 1000
 
 
 def raw_document(placed: Placed) -> dict[str, Any]:
@@ -155,6 +158,7 @@ class PartitionState:
         self._db = db
         self._ownership = ownership
         self._starts = BucketStarts(resolutions)
+        self._widths = {name: timedelta(seconds=width) for name, width in resolutions.items()}
         self._retention = retention
         self.buckets: Held[BucketState] = Held(bucket_limit)
         self.devices: Held[DeviceState] = Held(device_limit)
@@ -199,12 +203,15 @@ class PartitionState:
 
     # --- a batch ----------------------------------------------------------------------
 
-    def fold(self, batch: Iterable[Placed]) -> set[tuple[int, int]]:
+    async def fold(self, batch: list[Placed]) -> set[tuple[int, int]]:
         """Fold readings into held state; return the positions of those that added to it."""
         buckets, devices = self.buckets, self.devices
         added: set[tuple[int, int]] = set()
-        for placed in batch:
-            reading = placed.reading
+        for i, placed in enumerate(batch):
+            if i % FOLD_SLICE == FOLD_SLICE - 1:
+                # Let the consumer heartbeat and the HTTP side answer during a long batch.
+                await asyncio.sleep(0)
+            reading, partition, offset = placed.reading, placed.partition, placed.offset
             values = contributions(placed)
             any_new = False
             for resolution, start in self._starts.of(reading.ts):
@@ -212,17 +219,16 @@ class PartitionState:
                 doc_id = key.doc_id
                 state = buckets.by_id.get(doc_id)
                 if state is None:
-                    state = BucketState(key, placed.partition)
+                    state = BucketState(key, partition)
                 buckets.touch(doc_id, state)
-                for metric, c in values:
-                    any_new |= state.fold(metric, c)
+                any_new |= state.fold(partition, offset, values)
             device = devices.by_id.get(reading.device_id)
             if device is None:
-                device = DeviceState(reading.device_id, placed.partition)
+                device = DeviceState(reading.device_id, partition)
             devices.touch(reading.device_id, device)
             any_new |= device.fold(placed)
             if any_new:
-                added.add((placed.partition, placed.offset))
+                added.add((partition, offset))
         return added
 
     async def flush(self) -> FlushOutcome:
@@ -244,6 +250,7 @@ class PartitionState:
 
         lost |= await self._write(ROLLUPS, self.buckets, bucket_doc, outcome)
         lost |= await self._write(DEVICES, self.devices, device_doc, outcome)
+        self._let_go_of_closed_buckets()
         self.buckets.evict()
         self.devices.evict()
         if lost:
@@ -251,6 +258,27 @@ class PartitionState:
             self._ownership.release(lost)
             raise PartitionsLost(lost)
         return outcome
+
+    def _let_go_of_closed_buckets(self) -> None:
+        """Let go of written buckets that end before their device's newest reading.
+
+        Devices report in time order, so such a bucket is folded again only by a
+        late reading, which merges it back from the store. Most fine buckets hold
+        one reading and would otherwise fill memory for nothing.
+        """
+        devices, widths = self.devices.by_id, self._widths
+        by_id = self.buckets.by_id
+        closed = []
+        for doc_id, state in by_id.items():
+            if state.dirty:
+                continue
+            device = devices.get(state.key.device_id)
+            newest = device.summary.get("last_seen") if device is not None else None
+            key = state.key
+            if newest is None or key.start + widths[key.resolution] <= newest:
+                closed.append(doc_id)
+        for doc_id in closed:
+            del by_id[doc_id]
 
     async def _write(
         self, collection: str, held: Held[Any], build: Any, outcome: FlushOutcome
@@ -261,9 +289,14 @@ class PartitionState:
             if not dirty:
                 return lost
             epochs = await self._epochs({s.partition for _, s in dirty})
-            new = [build(i, s, epochs[s.partition]) for i, s in dirty if not s.stored]
-            replaced = [build(i, s, epochs[s.partition]) for i, s in dirty if s.stored]
-            result = await write_fenced(self._db[collection], new, replaced, _epoch_of)
+            new = [(i, s) for i, s in dirty if not s.stored]
+            replaced = [(i, s) for i, s in dirty if s.stored]
+
+            def document(item: tuple[str, Any], epochs: dict[int, int] = epochs) -> dict[str, Any]:
+                doc_id, state = item
+                return build(doc_id, state, epochs[state.partition])  # type: ignore[no-any-return]
+
+            result = await write_fenced(self._db[collection], new, replaced, document, _epoch_of)
             states = dict(dirty)
             for doc_id, state in dirty:
                 if doc_id not in result.existing and doc_id not in result.fenced:
@@ -285,8 +318,7 @@ class PartitionState:
                     continue
                 merged = state.merge_stored(doc)
                 outcome.merged_from_store += 1
-                if isinstance(state, BucketState):
-                    outcome.values_held += len(merged.held)
+                outcome.values_held += merged.values_held
                 outcome.held.update(merged.held)
                 outcome.added.update(merged.added)
             # A refused replace of a partition claimed again above an unrecorded

@@ -102,7 +102,7 @@ class AggregatorHandler:
         started = time.perf_counter()
         batch = [Placed(i.partition, i.offset, i.value) for i in items]
         raw = await insert_raw(self._db, batch)
-        added = self.state.fold(raw.to_fold)
+        added = await self.state.fold(raw.to_fold)
         with metrics.rollup_write_seconds.time():
             outcome = await self.state.flush()
         folded = len(added) - len(outcome.replayed(added))

@@ -199,29 +199,34 @@ class FencedWrites:
 
 async def write_fenced(
     collection: Any,
-    new: list[dict[str, Any]],
-    replacements: list[dict[str, Any]],
+    new: list[T],
+    replacements: list[T],
+    build: Callable[[T], dict[str, Any]],
     epoch: Callable[[dict[str, Any]], int],
 ) -> FencedWrites:
-    """Insert ``new`` and replace ``replacements`` unless a newer epoch wrote them first.
+    """Insert the documents ``build`` makes of ``new``, and replace those it makes of
+    ``replacements`` unless a newer epoch wrote them first.
 
     A replacement is an upsert filtered on the stored epoch: when a newer owner
     wrote the document the filter misses, the upsert tries to insert an existing
-    ``_id``, and that duplicate key is the refusal. Chunks go out a few at a time,
-    so the server stores one while this process encodes the next.
+    ``_id``, and that duplicate key is the refusal. Each chunk's documents are
+    built just before it is sent, a few chunks at a time, so the server stores one
+    while this process builds the next and memory holds only those in flight.
     """
     result = FencedWrites()
 
-    async def insert(chunk: list[dict[str, Any]]) -> None:
-        ids = [doc["_id"] for doc in chunk]
-        result.existing |= await _duplicate_ids(collection.insert_many(chunk, ordered=False), ids)
+    async def insert(chunk: list[T]) -> None:
+        docs = [build(item) for item in chunk]
+        ids = [doc["_id"] for doc in docs]
+        result.existing |= await _duplicate_ids(collection.insert_many(docs, ordered=False), ids)
 
-    async def replace(chunk: list[dict[str, Any]]) -> None:
+    async def replace(chunk: list[T]) -> None:
+        docs = [build(item) for item in chunk]
         ops = [
             ReplaceOne({"_id": doc["_id"], **not_newer_than(epoch(doc))}, doc, upsert=True)
-            for doc in chunk
+            for doc in docs
         ]
-        ids = [doc["_id"] for doc in chunk]
+        ids = [doc["_id"] for doc in docs]
         result.fenced |= await _duplicate_ids(collection.bulk_write(ops, ordered=False), ids)
 
     await _bounded(
