@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 from aiokafka.structs import ConsumerRecord
@@ -73,6 +74,32 @@ def decode(record: ConsumerRecord) -> Reading:
     return decode_kafka_value(record.value)
 
 
+class YoungGarbage:
+    """Collects cyclic garbage between batches instead of during them.
+
+    The held state is hundreds of thousands of long-lived objects, and a batch
+    creates a million short-lived ones; Python's automatic collector, triggered
+    by allocations, kept rescanning the former and took half of folding's time
+    (measured on the bench workload: 113 µs a reading with it, 54 without). So
+    automatic collection is off while the handler runs, the young generations
+    are collected after each batch (cheap: only what the batch left), and the
+    whole heap every ``full_every_s``.
+    """
+
+    def __init__(self, full_every_s: float = 300.0):
+        self._full_every_s = full_every_s
+        self._last_full = time.monotonic()
+        gc.disable()
+
+    def after_batch(self) -> None:
+        now = time.monotonic()
+        if now - self._last_full >= self._full_every_s:
+            gc.collect()
+            self._last_full = now
+        else:
+            gc.collect(1)
+
+
 class AggregatorHandler:
     """Folds each batch into the owned partitions' state and writes it; the consume
     loop commits the offsets after this returns."""
@@ -82,6 +109,7 @@ class AggregatorHandler:
     ):
         self._db = context.db
         self._metrics = metrics
+        self._garbage = YoungGarbage()
         self.state = PartitionState(
             context.db,
             context.ownership,
@@ -115,6 +143,7 @@ class AggregatorHandler:
         metrics.held_buckets.set(len(self.state.buckets))
         metrics.held_devices.set(len(self.state.devices))
         metrics.write_seconds.observe(time.perf_counter() - started)
+        self._garbage.after_batch()
 
 
 async def run(
