@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
 from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
@@ -164,3 +167,73 @@ def test_the_stream_has_late_duplicate_and_arbitrary_metrics() -> None:
     names = {m for r in readings for m in r.metrics}
     assert set(EXTRA_METRICS) <= names
     assert all(isinstance(r.ts, datetime) for r in readings)
+
+
+async def committed_offsets(bootstrap_servers: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+    finally:
+        await admin.close()
+
+
+def partitions_lost(process: WorkerProcess) -> float:
+    body = requests.get(f"http://127.0.0.1:{process.env['PORT']}/metrics", timeout=5).text
+    for line in body.splitlines():
+        if line.startswith("consumer_partitions_lost_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_a_worker_paused_past_its_session_timeout_has_its_writes_refused(
+    service_env: dict,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    db: AsyncDatabase,
+    tmp_path: Path,
+) -> None:
+    # A frozen VM or a long pause: Kafka moves the worker's partitions to another
+    # member, which starts from the last commit, while the frozen one still holds
+    # a half-written batch it believes is its own.
+    readings = stream(READINGS // 2, seed=31)
+    bootstrap = service_env["kafka_bootstrap_servers"]
+    group = f"agg-pause-{free_port()}"
+    for r in readings:
+        await producer.send(topics.telemetry, r.to_kafka_value(), key=r.device_id.encode())
+    await producer.flush()
+    stalled = WorkerProcess(service_env, group, tmp_path, CONSUMER_MAX_RECORDS="2000")
+    healthy = WorkerProcess(service_env, group, tmp_path, CONSUMER_MAX_RECORDS="2000")
+    try:
+        stalled.start()
+        # Pause it in the middle of a batch: right after its raw insert landed.
+        before = await db[RAW].estimated_document_count()
+        while await db[RAW].estimated_document_count() == before:
+            stalled.assert_alive()
+            await asyncio.sleep(0.01)
+        assert stalled.process is not None
+        stalled.process.send_signal(signal.SIGSTOP)
+        paused_at = await committed_offsets(bootstrap, group)
+        healthy.start()
+        # The group gives everything to `healthy` once the session times out; it
+        # refolds the paused batch from the last commit and moves past it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while await committed_offsets(bootstrap, group) < paused_at + 4 * 2000:
+            healthy.assert_alive()
+            assert loop.time() < deadline, "the healthy worker never took over"
+            await asyncio.sleep(0.5)
+        stalled.process.send_signal(signal.SIGCONT)
+        while partitions_lost(stalled) == 0:
+            stalled.assert_alive()
+            assert loop.time() < deadline + 60, "the resumed worker's writes were not refused"
+            await asyncio.sleep(0.5)
+        await wait_caught_up(bootstrap, group, topics.telemetry, [stalled, healthy], 600)
+    finally:
+        for process in (stalled, healthy):
+            if process.process is not None and process.process.poll() is None:
+                process.process.send_signal(signal.SIGCONT)
+            process.stop()
+    assert await db[RAW].count_documents({}) == len({r.event_id for r in readings})
+    assert await rollup_mismatches(db, RESOLUTIONS) == []

@@ -160,6 +160,7 @@ class PartitionState:
         self._starts = BucketStarts(resolutions)
         self._widths = {name: timedelta(seconds=width) for name, width in resolutions.items()}
         self._retention = retention
+        self._assigned: set[int] = set()
         self.buckets: Held[BucketState] = Held(bucket_limit)
         self.devices: Held[DeviceState] = Held(device_limit)
 
@@ -167,6 +168,7 @@ class PartitionState:
 
     async def partitions_assigned(self, partitions: set[int]) -> None:
         """Claim each partition; keep its state only if nobody held it in between."""
+        self._assigned = set(partitions)
         kept = set()
         for partition in sorted(partitions):
             try:
@@ -180,6 +182,7 @@ class PartitionState:
         self._forget_all_but(kept)
 
     async def partitions_revoked(self, partitions: set[int]) -> None:
+        self._assigned -= partitions
         self._ownership.release(partitions)
 
     def _forget_all_but(self, kept: set[int]) -> None:
@@ -192,14 +195,23 @@ class PartitionState:
         self.buckets.forget_partitions(partitions)
         self.devices.forget_partitions(partitions)
 
-    async def _epochs(self, partitions: Iterable[int]) -> dict[int, int]:
-        epochs = {}
+    async def _epochs(self, partitions: Iterable[int]) -> tuple[dict[int, int], set[int]]:
+        """The epoch of each partition, and those no longer assigned here.
+
+        A partition assigned but not claimed yet (MongoDB was away during the
+        rebalance) is claimed now. One revoked is never claimed again from here:
+        a worker that stalled would otherwise take it back from its new owner.
+        """
+        epochs, revoked = {}, set()
         for partition in partitions:
             epoch = self._ownership.epoch(partition)
-            if epoch is None:
+            if epoch is None and partition in self._assigned:
                 epoch = (await self._ownership.claim(partition)).epoch
-            epochs[partition] = epoch
-        return epochs
+            if epoch is None:
+                revoked.add(partition)
+            else:
+                epochs[partition] = epoch
+        return epochs, revoked
 
     # --- a batch ----------------------------------------------------------------------
 
@@ -288,7 +300,10 @@ class PartitionState:
             dirty = [(i, s) for i, s in held.dirty() if s.partition not in lost]
             if not dirty:
                 return lost
-            epochs = await self._epochs({s.partition for _, s in dirty})
+            epochs, revoked = await self._epochs({s.partition for _, s in dirty})
+            if revoked:
+                lost |= revoked
+                dirty = [(i, s) for i, s in dirty if s.partition not in revoked]
             new = [(i, s) for i, s in dirty if not s.stored]
             replaced = [(i, s) for i, s in dirty if s.stored]
 
