@@ -69,7 +69,7 @@ async def remove_run_data(infra: Infra, run_id: str) -> None:
     client: AsyncMongoClient = AsyncMongoClient(infra.mongo_url)
     try:
         for name in await client.list_database_names():
-            # The bench's own store ("bench_store", no run id) is kept on purpose.
+            # The bench's own store ("bench_store_<layout>", no run id) is kept on purpose.
             if name.startswith("bench_") and name.endswith(run_id):
                 await client.drop_database(name)
     finally:

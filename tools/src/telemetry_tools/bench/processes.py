@@ -17,6 +17,9 @@ import requests
 from telemetry_tools.servers import KafkaServer, MongoServer, free_port
 
 
+STORE_LAYOUT = "v2"
+
+
 @dataclass
 class Infra:
     """Where Kafka and MongoDB are: started by the run, or already running (--bootstrap-servers)."""
@@ -52,7 +55,9 @@ def infrastructure(
             kafka.start()
             started.append(kafka)
             bootstrap_servers = kafka.bootstrap_servers
-        store_db = "bench_store" if store_kept else f"bench_store_{run_id}"
+        # Named for the storage layout it holds: a store kept from an older layout
+        # is left alone (make clean deletes it) and a new one is filled once.
+        store_db = f"bench_store_{STORE_LAYOUT}" if store_kept else f"bench_store_{run_id}"
         yield Infra(bootstrap_servers, mongo_url, work_dir, store_db, store_kept)
     finally:
         for server in reversed(started):
