@@ -16,7 +16,6 @@ import requests
 
 from telemetry_tools.servers import KafkaServer, MongoServer, free_port
 
-
 STORE_LAYOUT = "v2"
 
 
