@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from telemetry_common.reading import Reading, parse_reading
 from telemetry_common.resolutions import bucket_start
 from telemetry_common.rollup import Rollup
+from telemetry_common.rollup_layout import metric_rows
 from telemetry_common.sketch import bin_key
 from telemetry_common.timefmt import to_utc_ms
 from telemetry_common.versioned import Watermarks
@@ -255,8 +256,9 @@ def test_the_document_holds_every_metric_and_the_writers_epoch() -> None:
     assert (doc["project_id"], doc["device_id"], doc["resolution"]) == ("default", "dev-1", "1m")
     assert doc["timestamp"] == T0 and doc["_e"] == 7 and doc["_applied"] == {"2": 9}
     assert doc["expire_at"] == NOW + timedelta(days=7)
-    assert doc["metrics"]["humidity"]["average"] == 55.0
-    assert doc["metrics"]["temperature_c"]["p50"] == pytest.approx(20.0, rel=0.01)
+    rows = {row["sensor_type"]: row for row in metric_rows(doc)}
+    assert rows["humidity"]["average"] == 55.0
+    assert rows["temperature_c"]["p50"] == pytest.approx(20.0, rel=0.01)
 
 
 def test_a_device_summary_folds_each_reading_once() -> None:

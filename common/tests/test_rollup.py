@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from telemetry_common.exact_sum import exact_partials, rounded
 from telemetry_common.rollup import Rollup
+from telemetry_common.rollup_layout import served_fields, stored_fields
 from telemetry_common.sketch import bin_key
 
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
@@ -244,3 +245,26 @@ def test_single_value_fields_are_those_of_a_folded_rollup(value: float, ts: date
     folded.add(value, ts)
     # repr tells -0.0 from 0.0, which == does not, and BSON keeps the sign.
     assert repr(Rollup.single_fields(value, ts, bin_key(value))) == repr(folded.to_fields())
+
+
+@PROPS
+@given(
+    st.floats(min_value=-1e300, max_value=1e300, allow_nan=False),
+    st.datetimes(timezones=st.just(UTC)),
+)
+@example(-0.0, T0)
+@example(5e-324, T0)
+def test_a_bucket_stored_as_its_one_value_serves_and_merges_as_the_full_fields(
+    value: float, ts: datetime
+) -> None:
+    folded = Rollup()
+    folded.add(value, ts)
+    stored = stored_fields(folded)
+    assert set(stored) == {"value", "ts"}
+    assert repr(dict(served_fields(stored))) == repr(folded.to_fields())
+    again = Rollup.from_fields(stored)
+    again.add(1.5, ts)
+    folded.add(1.5, ts)
+    assert repr(again.to_fields()) == repr(folded.to_fields())
+    # Two values or more are stored whole.
+    assert stored_fields(folded) == folded.to_fields()

@@ -19,7 +19,12 @@ from typing import Any, NamedTuple
 from telemetry_common.reading import Reading
 from telemetry_common.resolutions import EPOCH
 from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document, bucket_id
+from telemetry_common.rollup_layout import (
+    DEFAULT_PROJECT,
+    bucket_document,
+    bucket_id,
+    stored_fields,
+)
 from telemetry_common.sketch import bin_key
 
 
@@ -186,13 +191,7 @@ class BucketState:
     def document(self, epoch: int, now: datetime, keep_for: timedelta | None) -> dict[str, Any]:
         metrics = {}
         for metric, rollup in self.metrics.items():
-            if rollup.count == 1:
-                # Most fine buckets hold one value: its fields without a rollup pass.
-                [key] = rollup.sketch.bins
-                assert rollup.first is not None and rollup.first_ts is not None
-                fields = Rollup.single_fields(rollup.first, rollup.first_ts, key)
-            else:
-                fields = rollup.to_fields()
+            fields = stored_fields(rollup)
             own = self.metric_applied.get(metric) if self.metric_applied else None
             if own is not None:
                 # This metric lags the others (a bucket migrated mid-replay): its

@@ -151,6 +151,11 @@ class Rollup:
 
     @classmethod
     def from_fields(cls, doc: Mapping[str, Any]) -> Rollup:
+        if "count" not in doc and "value" in doc:
+            # A bucket's only value, stored alone (telemetry_common.rollup_layout).
+            single = cls()
+            single.add(float(doc["value"]), doc["ts"])
+            return single
         count = int(doc.get("count", 0))
         if count == 0:
             return cls()

@@ -26,6 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from telemetry_common.resolutions import EPOCH
+from telemetry_common.rollup import Rollup
+from telemetry_common.sketch import bin_key
 
 ROLLUPS = "rollups"
 # The layout before this one: one document per (device, metric, resolution, bucket).
@@ -114,6 +116,29 @@ def bucket_document(
     return doc
 
 
+def stored_fields(rollup: Rollup) -> dict[str, Any]:
+    """What a bucket document holds for one metric.
+
+    A metric with one value in the bucket (most fine buckets of a device that
+    reports less often than their width) is stored as just that value and its
+    time: an eighth of the bytes, which the store writes and indexes the faster
+    and the worker builds and encodes the faster. Readers expand it
+    (:func:`served_fields`); Rollup.from_fields reads both forms.
+    """
+    if rollup.count == 1:
+        assert rollup.first is not None and rollup.first_ts is not None
+        return {"value": rollup.first, "ts": rollup.first_ts}
+    return rollup.to_fields()
+
+
+def served_fields(fields: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stored metric's every field (count, sum, ..., p99 and the merge state)."""
+    if "count" in fields or "value" not in fields:
+        return fields
+    value = fields["value"]
+    return Rollup.single_fields(value, fields["ts"], bin_key(value))
+
+
 def row_id(doc_id: str, metric: str) -> str:
     return f"{doc_id}|{metric}"
 
@@ -133,7 +158,7 @@ def metric_rows(doc: Mapping[str, Any], metric: str | None = None) -> Iterator[d
             "sensor_type": name,
             "resolution": doc["resolution"],
             "timestamp": doc["timestamp"],
-            **fields,
+            **served_fields(fields),
             "updated_at": doc.get("updated_at"),
         }
         if "expire_at" in doc:
@@ -183,5 +208,5 @@ def row_projection(metric: str) -> dict[str, int]:
         "resolution": 1,
         "timestamp": 1,
         "updated_at": 1,
-        **{f"metrics.{metric}.{name}": 1 for name in ROW_FIELDS},
+        **{f"metrics.{metric}.{name}": 1 for name in (*ROW_FIELDS, "value", "ts")},
     }

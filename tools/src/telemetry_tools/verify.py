@@ -29,6 +29,7 @@ from telemetry_common.rollup_layout import (
     bucket_filter,
     device_prefix_range,
     metric_rows,
+    served_fields,
 )
 from telemetry_common.sketch import PERCENTILES, RELATIVE_ACCURACY
 
@@ -119,7 +120,7 @@ async def value_counts(
     query = {**bucket_filter(resolution), **_bucket_id_filter(device_prefix)}
     async for doc in db[ROLLUPS].find(query):
         for metric, fields in doc["metrics"].items():
-            rolled[(doc["device_id"], metric)] += fields["count"]
+            rolled[(doc["device_id"], metric)] += served_fields(fields)["count"]
     return raw, rolled
 
 
