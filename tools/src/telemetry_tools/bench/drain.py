@@ -94,8 +94,7 @@ def bucket_documents(readings: list[Reading]) -> list[dict[str, Any]]:
         for resolution, start in starts.of(reading.ts):
             key = BucketKey(reading.device_id, resolution, start)
             state = states.setdefault(key.doc_id, BucketState(key, placed.partition))
-            for metric, c in values:
-                state.fold(metric, c)
+            state.fold(placed.partition, placed.offset, values)
     return [
         state.document(1, now, settings.retention.get(state.key.resolution))
         for state in states.values()
