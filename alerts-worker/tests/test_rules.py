@@ -201,7 +201,10 @@ def test_builtin_severity_follows_the_seed(rule_id: str, value: float, severity:
     device = Device(BUILTIN[rule_id])
     assert device.send(value) == ["fired"]
     assert device.transitions[0].alert["severity"] == severity
-    assert device.transitions[0].alert["alert_type"] == rule_id
+    # Named by the metric the reading sent (the flat form's temperature_c).
+    metric, word = BUILTIN[rule_id].metric, rule_id.rsplit("_", 1)[1]
+    assert device.transitions[0].alert["alert_type"] == f"{metric}_{word}"
+    assert device.transitions[0].alert["sensor_type"] == metric
 
 
 @pytest.mark.parametrize("value", [50, -10, 25])

@@ -51,7 +51,11 @@ def test_readme_examples_produce_aggregates_alerts_devices_and_stats(stack: Stac
     alerts = wait_for(recent_alerts, lambda data: len(data) >= 1)
     assert len(alerts) == 1
     assert alerts[0]["device_id"] == "dev-1"
-    assert alerts[0]["alert_type"] == "temperature_high"
+    # Named as the reading named the metric (the flat form's temperature_c).
+    assert (alerts[0]["sensor_type"], alerts[0]["alert_type"]) == (
+        "temperature_c",
+        "temperature_c_high",
+    )
     assert alerts[0]["severity"] == "critical"  # 61 is more than 20% past 50
     assert alerts[0]["status"] == "active"
     # One of the built-in rules (the environment's thresholds) raised it.

@@ -71,16 +71,23 @@ async def test_incidents_become_one_alert_each_and_transitions_are_published_onc
     assert second_hot["value"] == 65.0
     assert second_hot["alert_id"] != first_hot["alert_id"]
     assert by_device[("wet-2", "active")]["alert_type"] == "humidity_high"
+    assert (first_hot["sensor_type"], first_hot["alert_type"]) == (
+        "temperature_c",
+        "temperature_c_high",
+    )
     cold = by_device[("cold-3", "active")]
-    assert (cold["alert_type"], cold["severity"], cold["alert_id"]) == (
-        "temperature_low",
+    # The general form named it `temp`: the alert says so; the rule is the same.
+    assert (cold["sensor_type"], cold["alert_type"], cold["severity"], cold["alert_id"]) == (
+        "temp",
+        "temp_low",
         "critical",
         "c-1:temperature_low",
     )
     for alert in alerts:
         assert alert["device_id"] in alert["message"]
         assert alert["created_at"].tzinfo is not None
-        assert alert["rule_id"] == alert["alert_type"]  # the built-in rules
+        # The built-in rules: one per sensor and direction, named by the metric seen.
+        assert alert["alert_type"] == f"{alert['sensor_type']}_{alert['rule_id'].split('_')[-1]}"
 
     events = await read_topic(bootstrap, topics.alerts, expected=5)
     payloads = [orjson.loads(e.value) for e in events]

@@ -98,7 +98,7 @@ def test_alerts_filters_and_recent(api: TestClient) -> None:
     assert [(a["device_id"], a["alert_type"]) for a in critical] == [("q-2", "humidity_high")]
     by_device = api.get("/alerts", params={"device_id": "q-1"}).json()["data"]
     assert [(a["alert_type"], a["severity"], a["value"]) for a in by_device] == [
-        ("temperature_high", "warning", 55.0)
+        ("temperature_c_high", "warning", 55.0)
     ]
     recent = api.get("/alerts/recent").json()["data"]
     assert len(recent) == 2 and all(a["created_at"].endswith("Z") for a in recent)

@@ -31,7 +31,8 @@ OPERATORS: dict[str, Any] = {
     "==": lambda value, threshold: value == threshold,
     "!=": lambda value, threshold: value != threshold,
 }
-# How an alert_type names a custom rule's breach, as the seed's "temperature_high".
+# How an alert_type names a rule's breach: `temperature_c_high` for a reading's
+# `temperature_c` above its maximum.
 OPERATOR_WORDS = {
     ">": "high",
     ">=": "high",
@@ -219,9 +220,9 @@ class Rule(BaseModel):
         check = OPERATORS[self.operator]
         return any(check(value, limit) for limit in self.limits)
 
-    @property
-    def alert_type(self) -> str:
-        return f"{self.sensor or self.metric}_{OPERATOR_WORDS[self.operator]}"
+    def alert_type_of(self, metric: str) -> str:
+        """The alert_type of a breach of ``metric`` (the name the reading used)."""
+        return f"{metric}_{OPERATOR_WORDS[self.operator]}"
 
     def covers(self, device_id: str, tags: tuple[str, ...] | list[str]) -> bool:
         if self.scope == "devices":

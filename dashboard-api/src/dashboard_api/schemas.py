@@ -51,10 +51,10 @@ class AlertOut(_Open):
 
     alert_id: str = Field(examples=["e001:temperature_high"])
     device_id: str = Field(examples=["dev-1"])
-    sensor_type: str = Field(examples=["temperature"])
+    sensor_type: str = Field(examples=["temperature_c"])
     value: float = Field(examples=[61.0])
     threshold: float = Field(examples=[50.0])
-    alert_type: str = Field(examples=["temperature_high"])
+    alert_type: str = Field(examples=["temperature_c_high"])
     severity: str = Field(examples=["critical"])
     message: str = Field(examples=["Temperature 61°C on dev-1 is above maximum 50°C"])
     timestamp: str = Field(description="time of the reading", examples=["2025-01-15T10:00:00.000Z"])
