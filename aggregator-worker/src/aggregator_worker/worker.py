@@ -79,9 +79,8 @@ class YoungGarbage:
 
     The held state is hundreds of thousands of long-lived objects, and a batch
     creates a million short-lived ones; Python's automatic collector, triggered
-    by allocations, kept rescanning the former and took half of folding's time
-    (measured on the bench workload: 113 µs a reading with it, 54 without). So
-    automatic collection is off while the handler runs, the young generations
+    by allocations, kept rescanning the former and took half of folding's time.
+    So automatic collection is off while the handler runs, the young generations
     are collected after each batch (cheap: only what the batch left), and the
     whole heap every ``full_every_s``.
     """
