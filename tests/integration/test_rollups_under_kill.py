@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import requests
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
 from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
@@ -31,7 +30,7 @@ from telemetry_common.reading import Reading
 from telemetry_common.resolutions import DEFAULT_RESOLUTIONS, parse_resolutions
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics
-from telemetry_tools.verify import rollup_mismatches
+from telemetry_tools.verify import committed_offsets, rollup_mismatches
 
 pytestmark = pytest.mark.integration
 
@@ -167,16 +166,6 @@ def test_the_stream_has_late_duplicate_and_arbitrary_metrics() -> None:
     names = {m for r in readings for m in r.metrics}
     assert set(EXTRA_METRICS) <= names
     assert all(isinstance(r.ts, datetime) for r in readings)
-
-
-async def committed_offsets(bootstrap_servers: str, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
-    finally:
-        await admin.close()
 
 
 def partitions_lost(process: WorkerProcess) -> float:

@@ -162,6 +162,17 @@ def repeated_transitions(messages: Iterable[dict[str, Any]]) -> list[str]:
     return [f"{key} sent {n} times" for key, n in counts.items() if n > 1]
 
 
+async def committed_offsets(bootstrap_servers: str, group: str) -> int:
+    """Records ``group`` has committed, summed over its partitions."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+    finally:
+        await admin.close()
+
+
 async def group_lag(bootstrap_servers: str, group: str, topic: str) -> int:
     """Records on ``topic`` past what ``group`` has committed (everything, if nothing is)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)

@@ -10,7 +10,6 @@ from typing import Any
 from aggregator_worker.fold import BucketKey, BucketStarts, BucketState, Placed, contributions
 from aggregator_worker.store import raw_document
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
@@ -22,6 +21,7 @@ from telemetry_common.settings import AggregatorSettings
 from telemetry_tools.bench.processes import Infra, ServiceProcess, running
 from telemetry_tools.bench.report import Figure, Report
 from telemetry_tools.bench.workload import bodies, canonical
+from telemetry_tools.verify import committed_offsets
 
 PARTITIONS = 6
 # The workers' default CONSUMER_MAX_RECORDS, as in every run so far, so that
@@ -121,16 +121,6 @@ async def bare_bucket_insert_rate(mongo_url: str, db_name: str, readings: list[R
         await client.close()
 
 
-async def committed(bootstrap_servers: str, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
-    finally:
-        await admin.close()
-
-
 def drain_rate(
     infra: Infra, service: ServiceProcess, group: str, expected: int, budget_s: float
 ) -> tuple[float, int]:
@@ -147,7 +137,7 @@ def drain_rate(
             if service.process is not None and service.process.poll() is not None:
                 raise RuntimeError(f"{service.name} exited during the drain")
             time.sleep(0.5)
-            done = asyncio.run(committed(infra.bootstrap_servers, group))
+            done = asyncio.run(committed_offsets(infra.bootstrap_servers, group))
         return done / (time.perf_counter() - started), done
 
 
