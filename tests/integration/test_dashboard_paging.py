@@ -76,7 +76,9 @@ def rollup(device_id: str, minute: int, metrics: tuple[str, ...] = ("temperature
         applied={"0": minute},
         epoch=1,
         now=start + timedelta(seconds=30),
-        keep_for=timedelta(days=7),
+        # Kept forever: with a retention these 2025 buckets would already be expired,
+        # and the store's TTL monitor (every 60 s) would delete them mid-test.
+        keep_for=None,
     )
 
 
