@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from telemetry_common.resolutions import (
+    DEFAULT_PLAN,
     DEFAULT_RESOLUTIONS,
     DEFAULT_ROLLUP_RETENTION,
+    RollupPlan,
     bucket_start,
     parse_resolutions,
     parse_retention,
@@ -195,3 +197,40 @@ def test_buckets_nest_inside_coarser_ones(ts: datetime, width: int) -> None:
     start = bucket_start(ts, width)
     for coarser in (w for w in (60, 300, 900, 3600, DAY) if w >= width and w % width == 0):
         assert bucket_start(start, coarser) == bucket_start(ts, coarser)
+
+
+def test_by_default_5m_and_15m_are_merged_from_1m_and_the_rest_stored() -> None:
+    assert list(DEFAULT_PLAN.stored) == ["1m", "1h", "1d"]
+    assert DEFAULT_PLAN.derived == {"5m": "1m", "15m": "1m"}
+    assert DEFAULT_PLAN.derived_from("1m") == {"5m": 300, "15m": 900}
+    assert DEFAULT_PLAN.derived_from("1h") == {}
+
+
+@pytest.mark.parametrize(
+    ("served", "materialized", "stored", "derived"),
+    [
+        # A served resolution no stored one divides is stored all the same.
+        ("30s,5m,1h", "1m,1h,1d", ["30s", "1h"], {"5m": "30s"}),
+        ("5m,1h", "1m,1h,1d", ["5m", "1h"], {}),
+        # Merged from the coarsest stored resolution that divides it.
+        ("1m,5m,10m,1h", "1m,5m,1h", ["1m", "5m", "1h"], {"10m": "5m"}),
+        ("1m,1h,1d", "1m", ["1m"], {"1h": "1m", "1d": "1m"}),
+    ],
+)
+def test_a_plan_stores_what_it_must_and_merges_the_rest(
+    served: str, materialized: str, stored: list[str], derived: dict[str, str]
+) -> None:
+    plan = RollupPlan.of(parse_resolutions(served), parse_resolutions(materialized))
+    assert list(plan.stored) == stored
+    assert plan.derived == derived
+
+
+def test_a_stored_resolution_is_kept_as_long_as_what_is_merged_from_it() -> None:
+    retention = parse_retention(DEFAULT_ROLLUP_RETENTION, DEFAULT_PLAN.served)
+    assert DEFAULT_PLAN.stored_retention(retention) == {
+        "1m": timedelta(days=30),
+        "1h": timedelta(days=365),
+        "1d": None,
+    }
+    forever = RollupPlan.of(parse_resolutions("1m,1h"), parse_resolutions("1m"))
+    assert forever.stored_retention({"1m": timedelta(days=7), "1h": None}) == {"1m": None}

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from telemetry_common.exact_sum import exact_partials, rounded
 from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import served_fields, stored_fields
+from telemetry_common.rollup_layout import bucket_id, merged_bucket, served_fields, stored_fields
 from telemetry_common.sketch import bin_key
 
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
@@ -268,3 +268,31 @@ def test_a_bucket_stored_as_its_one_value_serves_and_merges_as_the_full_fields(
     assert repr(again.to_fields()) == repr(folded.to_fields())
     # Two values or more are stored whole.
     assert stored_fields(folded) == folded.to_fields()
+
+
+def test_a_merged_bucket_holds_what_its_parts_hold() -> None:
+    start = datetime(2025, 1, 15, 10, 5, tzinfo=UTC)
+    parts = []
+    for minute, values in enumerate([[1.0, 5.0], [3.0], [-2.0]]):
+        rollup = Rollup()
+        for second, value in enumerate(values):
+            rollup.add(value, start + timedelta(minutes=minute, seconds=second))
+        parts.append(
+            {
+                "device_id": "d",
+                "timestamp": start + timedelta(minutes=minute),
+                "metrics": {"t": stored_fields(rollup)},
+                "updated_at": start + timedelta(minutes=minute, seconds=30),
+                "expire_at": start + timedelta(days=30, minutes=minute),
+            }
+        )
+    merged = merged_bucket("default", "d", "5m", start, parts)
+    assert merged["_id"] == bucket_id("default", "d", "5m", start)
+    assert (merged["resolution"], merged["timestamp"]) == ("5m", start)
+    assert merged["updated_at"] == parts[-1]["updated_at"]
+    assert merged["expire_at"] == parts[-1]["expire_at"]
+    every = Rollup.from_fields(merged["metrics"]["t"])
+    assert (every.count, every.sum, every.min, every.max) == (4, 7.0, -2.0, 5.0)
+    assert (every.first, every.last) == (1.0, -2.0)
+    # One part is served as it is stored.
+    assert merged_bucket("default", "d", "5m", start, parts[1:2])["metrics"] == parts[1]["metrics"]

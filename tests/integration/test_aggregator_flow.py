@@ -101,7 +101,7 @@ async def test_replay_and_duplicate_events_change_nothing(
         assert metric_value(registry, "aggregator_replayed_readings_skipped_total") == len(readings)
         assert metric_value(
             registry, "aggregator_replayed_values_skipped_total"
-        ) == expected_values * len(replay_settings.resolutions)
+        ) == expected_values * len(replay_settings.rollup_plan.stored)
     assert await stored_minute_rollups(db) == before
     assert [d async for d in db[DEVICES].find({}, {"updated_at": 0}).sort("_id")] == devices_before
     assert_rollups_equal(before, await recompute_minute_rollups(db))

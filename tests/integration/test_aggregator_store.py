@@ -32,7 +32,9 @@ async def store_raw(db: AsyncDatabase, batch: list[Placed]) -> None:
 async def owner(db: AsyncDatabase, partitions: set[int], name: str) -> PartitionState:
     """A worker that was just assigned ``partitions``."""
     ownership = PartitionOwnership(db, "aggregator-worker", "test", "telemetry.raw", name)
-    state = PartitionState(db, ownership, SETTINGS.resolutions, SETTINGS.retention, 10_000, 10_000)
+    state = PartitionState(
+        db, ownership, SETTINGS.rollup_plan, SETTINGS.stored_retention, 10_000, 10_000
+    )
     await state.partitions_assigned(partitions)
     return state
 
@@ -56,10 +58,10 @@ async def test_a_restarted_process_folds_into_buckets_it_does_not_remember(
     # those are read once and merged, and the replayed first batch adds nothing.
     restarted = await owner(db, {0}, "b")
     await fold(restarted, first + rest)
-    assert await rollup_mismatches(db, SETTINGS.resolutions) == []
+    assert await rollup_mismatches(db, SETTINGS.rollup_plan.stored) == []
     # Held in memory now: the same records again are skipped without a read.
     assert await fold(restarted, first + rest) == 0
-    assert await rollup_mismatches(db, SETTINGS.resolutions) == []
+    assert await rollup_mismatches(db, SETTINGS.rollup_plan.stored) == []
 
 
 async def test_a_worker_that_lost_its_partition_cannot_overwrite_the_new_owner(
@@ -86,7 +88,7 @@ async def test_a_worker_that_lost_its_partition_cannot_overwrite_the_new_owner(
     assert overwritten == []
     # What it forgot is the new owner's to fold; nothing ends up counted twice.
     await fold(new_owner, third)
-    assert await rollup_mismatches(db, SETTINGS.resolutions) == []
+    assert await rollup_mismatches(db, SETTINGS.rollup_plan.stored) == []
 
 
 async def test_a_stale_write_to_a_bucket_the_new_owner_never_touched_is_merged_once(
@@ -102,7 +104,7 @@ async def test_a_stale_write_to_a_bucket_the_new_owner_never_touched_is_merged_o
     # written yet; the new owner replays the same records from the last commit.
     await fold(stalled, first)
     await fold(new_owner, first + rest)
-    assert await rollup_mismatches(db, SETTINGS.resolutions) == []
+    assert await rollup_mismatches(db, SETTINGS.rollup_plan.stored) == []
 
 
 async def test_held_state_stays_within_its_limit(db: AsyncDatabase) -> None:
@@ -110,11 +112,13 @@ async def test_held_state_stays_within_its_limit(db: AsyncDatabase) -> None:
     readings = placed(fleet_readings(devices=5, per_device=40), partition=0)
     await store_raw(db, readings)
     ownership = PartitionOwnership(db, "aggregator-worker", "test", "telemetry.raw", "small")
-    state = PartitionState(db, ownership, SETTINGS.resolutions, SETTINGS.retention, 1_000, 1_000)
+    state = PartitionState(
+        db, ownership, SETTINGS.rollup_plan, SETTINGS.stored_retention, 1_000, 1_000
+    )
     state.buckets.limit = 20
     await state.partitions_assigned({0})
     for i in range(0, len(readings), 25):
         await fold(state, readings[i : i + 25])
         assert len(state.buckets) <= 20
     # Buckets let go and needed again were read back and merged, not overwritten.
-    assert await rollup_mismatches(db, SETTINGS.resolutions) == []
+    assert await rollup_mismatches(db, SETTINGS.rollup_plan.stored) == []

@@ -22,8 +22,9 @@ from dashboard_api.system_stats import ACTIVE_ALERTS_CAP
 from fastapi.testclient import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, DEVICES, LEGACY_ROLLUPS, RAW, ROLLUPS, ensure_indexes
+from telemetry_common.resolutions import DEFAULT_PLAN
 from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document
+from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document, windows_of
 from telemetry_common.settings import DashboardSettings
 from telemetry_common.timefmt import iso_z, utcnow
 from telemetry_tools.servers import MongoServer
@@ -79,6 +80,7 @@ def rollup(device_id: str, minute: int, metrics: tuple[str, ...] = ("temperature
         # Kept forever: with a retention these 2025 buckets would already be expired,
         # and the store's TTL monitor (every 60 s) would delete them mid-test.
         keep_for=None,
+        windows=windows_of(start, DEFAULT_PLAN.derived_from("1m")),
     )
 
 
@@ -188,6 +190,9 @@ def walk(api: TestClient, path: str, params: dict, key: str) -> list[str]:
         ("/aggregated", {"device_id": "p-1"}, "_id"),
         ("/devices/p-1/aggregates", {}, "_id"),
         ("/devices/p-1/aggregates", {"metric": "humidity"}, "_id"),
+        # Merged from 1m buckets when read: a page may end inside a device's window.
+        ("/aggregated", {"resolution": "5m"}, "_id"),
+        ("/aggregated", {"resolution": "15m", "metric": "temperature_c"}, "_id"),
         ("/alerts", {}, "alert_id"),
         ("/devices", {}, "device_id"),
         ("/devices", {"id_prefix": "p-"}, "device_id"),
@@ -296,7 +301,50 @@ def test_rollup_time_ranges_hold_the_buckets_starting_in_them(api: TestClient) -
         rows = ok(api.get(path, params={**window, "metric": "temperature_c"}))["data"]
         assert {row["timestamp"] for row in rows} == {"2025-01-15T10:01:00.000Z"}, path
     assert ok(api.get("/devices/p-9/aggregates"))["data"] == []
-    assert ok(api.get("/aggregated", params={"resolution": "5m"}))["data"] == []
+    assert ok(api.get("/aggregated", params={"resolution": "30m"}))["data"] == []
+
+
+def test_a_merged_resolution_serves_its_window_as_one_bucket(api: TestClient) -> None:
+    # p-1 has minute buckets 10:00, 10:01 and 10:02; temperature 0, 10 and 20.
+    expected = {
+        "device_id": "p-1",
+        "sensor_type": "temperature_c",
+        "resolution": "5m",
+        "timestamp": "2025-01-15T10:00:00.000Z",
+        "count": 3,
+        "sum": 30.0,
+        "min": 0.0,
+        "max": 20.0,
+        "average": 10.0,
+        "first": 0.0,
+        "last": 20.0,
+        "first_ts": "2025-01-15T10:00:05.000Z",
+        "last_ts": "2025-01-15T10:02:05.000Z",
+        "updated_at": "2025-01-15T10:02:30.000Z",
+    }
+    for path, params in [
+        ("/devices/p-1/aggregates", {"resolution": "5m", "metric": "temperature_c"}),
+        ("/devices/p-1/aggregates", {"resolution": "5m"}),
+        ("/aggregated", {"resolution": "5m", "device_id": "p-1", "metric": "temperature_c"}),
+        ("/aggregated", {"resolution": "5m"}),
+    ]:
+        rows = [
+            r
+            for r in ok(api.get(path, params=params))["data"]
+            if (r["device_id"], r["sensor_type"]) == ("p-1", "temperature_c")
+        ]
+        assert len(rows) == 1, (path, params)
+        assert {k: rows[0][k] for k in expected} == expected, (path, params)
+        assert abs(rows[0]["stddev"] - (200 / 3) ** 0.5) < 1e-9
+    # One device's window, a row a page: the cursor resumes inside the window.
+    whole = ok(api.get("/devices/p-1/aggregates", params={"resolution": "5m"}))["data"]
+    assert [r["sensor_type"] for r in whole] == ["temperature_c", "humidity"]
+    walked = walk(api, "/devices/p-1/aggregates", {"resolution": "5m", "limit": 1}, "_id")
+    assert walked == [_key(r, "_id") for r in whole]
+    # A range holds the merged buckets that start in it, as for stored ones.
+    later = {"resolution": "5m", "from": "2025-01-15T10:00:00.001Z"}
+    assert ok(api.get("/devices/p-1/aggregates", params=later))["data"] == []
+    assert ok(api.get("/aggregated", params=later))["data"] == []
 
 
 def test_v1_aggregate_merges_one_metric_of_the_stored_buckets(api: TestClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -17,8 +18,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, RAW, ROLLUPS
 from telemetry_common.rollup_layout import bucket_filter
 from telemetry_common.settings import AggregatorSettings, AlertsSettings, DashboardSettings
+from telemetry_common.timefmt import iso_z
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually
+from telemetry_tools.verify import recompute_all_rollups
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +173,8 @@ def test_v1_aggregate_merges_stored_buckets_into_the_interval(api: TestClient) -
         "avg": 97.0 / 3,
     }
     ten = api.get("/v1/metrics/aggregate", params={**params, "interval": "10m"}).json()
-    assert ten["resolution"] == "5m"
+    # 5m is served by merging 1m buckets, so 10m is merged from those too.
+    assert ten["resolution"] == "1m"
     assert [(b["start"], b["count"]) for b in ten["buckets"]] == [("2025-01-15T10:00:00.000Z", 3)]
     minutes = api.get("/v1/metrics/aggregate", params={**params, "interval": "1m"}).json()
     assert [(b["start"], b["count"], b["sum"]) for b in minutes["buckets"]] == [
@@ -226,14 +230,18 @@ async def test_each_resolution_keeps_its_own_retention(seeded: dict, db: AsyncDa
     indexes = {ix["name"]: ix async for ix in await db[ROLLUPS].list_indexes()}
     assert indexes["expire_at_ttl"]["expireAfterSeconds"] == 0
     # Each index costs every bucket write: a device's buckets are an _id range.
-    assert set(indexes) == {"_id_", "project_resolution_ts_id", "expire_at_ttl"}
-    keep = {
-        "1m": timedelta(days=7),
-        "5m": timedelta(days=30),
-        "15m": timedelta(days=30),
-        "1h": timedelta(days=365),
+    assert set(indexes) == {
+        "_id_",
+        "project_resolution_ts_id",
+        "expire_at_ttl",
+        "project_resolution_window_5m_id",
+        "project_resolution_window_15m_id",
     }
-    for resolution in ("1m", "5m", "15m", "1h", "1d"):
+    # 5m and 15m are merged from 1m when read, so 1m is kept as long as they are.
+    keep = {"1m": timedelta(days=30), "1h": timedelta(days=365)}
+    for resolution in ("5m", "15m"):
+        assert not await db[ROLLUPS].find_one({"resolution": resolution}), resolution
+    for resolution in ("1m", "1h", "1d"):
         docs = await db[ROLLUPS].find(bucket_filter(resolution, device_id="q-1")).to_list()
         assert docs, resolution
         for doc in docs:
@@ -255,3 +263,25 @@ def test_v1_aggregate_defaults_to_the_most_recent_buckets(api: TestClient) -> No
     span = datetime.fromisoformat(body["to_time"]) - datetime.fromisoformat(body["from_time"])
     assert minutes.status_code == 200 and span <= timedelta(minutes=50)
     assert body["buckets"] == []  # the seeded readings are from 2025
+
+
+async def test_every_served_resolution_equals_a_recomputation_from_raw(
+    seeded: dict, db: AsyncDatabase
+) -> None:
+    # Stored (1m, 1h, 1d) or merged when read (5m, 15m): the figures are the same.
+    plan = DashboardSettings().rollup_plan
+    assert plan.derived
+    expected = await recompute_all_rollups(db, plan.served)
+    with TestClient(create_app(DashboardSettings(**seeded, max_page_size=1000))) as client:
+        served = {
+            (row["device_id"], row["sensor_type"], resolution, row["timestamp"]): row
+            for resolution in plan.served
+            for row in client.get(
+                "/aggregated", params={"resolution": resolution, "limit": 1000}
+            ).json()["data"]
+        }
+    assert len(served) == len(expected)
+    for (device, metric, resolution, start), values in expected.items():
+        row = served[(device, metric, resolution, iso_z(start))]
+        figures = (row["count"], row["sum"], row["min"], row["max"])
+        assert figures == (len(values), math.fsum(values), min(values), max(values))

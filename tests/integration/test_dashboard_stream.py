@@ -180,8 +180,13 @@ async def test_a_metrics_rollup_is_pushed_when_it_changes_not_when_its_bucket_do
         await db[RAW].insert_one(
             raw_reading("b-e1", "b-1", first, {"temperature_c": 20.0, "humidity": 40.0})
         )
-        seen = await events.until(lambda seen: len(rollup_events(seen)) == 2)
-        assert rollup_events(seen) == [("1m", "humidity", 1), ("1m", "temperature_c", 1)]
+        seen = await events.until(lambda seen: len(rollup_events(seen)) == 6)
+        # 5m and 15m are merged from the minute bucket and pushed with it.
+        assert rollup_events(seen) == [
+            (resolution, metric, 1)
+            for metric in ("humidity", "temperature_c")
+            for resolution in ("15m", "1m", "5m")
+        ]
         assert all(
             e["data"]["device_id"] == "b-1" and not {"_e", "_applied", "sketch"} & set(e["data"])
             for e in seen
@@ -196,7 +201,11 @@ async def test_a_metrics_rollup_is_pushed_when_it_changes_not_when_its_bucket_do
         seen = await events.until(lambda seen: bool(rollup_events(seen)))
         # Quiet long enough for several polls: nothing else changed.
         seen += await events.until(lambda seen: {"comment": "keep-alive"} in seen)
-        assert rollup_events(seen) == [("1m", "humidity", 2)]
+        assert rollup_events(seen) == [
+            ("15m", "humidity", 2),
+            ("1m", "humidity", 2),
+            ("5m", "humidity", 2),
+        ]
 
 
 async def test_a_bad_device_id_is_a_422(api: tuple[FastAPI, str]) -> None:

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.resolutions import EPOCH
+from telemetry_common.resolutions import (
+    DEFAULT_PLAN,
+    DEFAULT_RESOLUTIONS,
+    EPOCH,
+    RollupPlan,
+    parse_resolutions,
+)
 from telemetry_common.rollup import Rollup
 from telemetry_common.rollup_layout import (
     DEFAULT_PROJECT,
@@ -31,6 +37,12 @@ from telemetry_tools.migrate import MIGRATION_ID, MIGRATIONS, migrate
 from telemetry_tools.servers import MongoServer
 
 pytestmark = pytest.mark.integration
+
+# Every resolution stored, as before resolutions were merged at read time, so each
+# legacy bucket has a document to move into (the default is tested on its own).
+ALL_STORED = RollupPlan.of(
+    parse_resolutions(DEFAULT_RESOLUTIONS), parse_resolutions(DEFAULT_RESOLUTIONS)
+)
 
 START = datetime(2025, 1, 15, 9, 40, tzinfo=UTC)
 WIDTHS = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86_400}
@@ -162,7 +174,7 @@ async def test_every_legacy_document_is_served_the_same_from_the_new_layout(
     assert any(d["resolution"] == "1d" for d in legacy)
     assert any(len({str(d["_applied"]) for d in docs}) > 1 for docs in buckets.values())
 
-    outcome = await migrate(db, batch=37)
+    outcome = await migrate(db, batch=37, plan=ALL_STORED)
 
     assert outcome.done and outcome.moved == len(legacy)
     assert outcome.buckets_written == len(buckets) and outcome.buckets_left == 0
@@ -199,18 +211,18 @@ async def test_every_legacy_document_is_served_the_same_from_the_new_layout(
 
 async def test_running_it_again_changes_nothing(db: AsyncDatabase) -> None:
     legacy = await write_legacy_store(db)
-    await migrate(db, batch=50)
+    await migrate(db, batch=50, plan=ALL_STORED)
     after_first = await rollup_documents(db)
     state = await checkpoint(db)
 
-    again = await migrate(db, batch=50)
+    again = await migrate(db, batch=50, plan=ALL_STORED)
     assert again.already_done and again.buckets_written == 0
     assert await rollup_documents(db) == after_first
     assert await checkpoint(db) == state
 
     # Without its checkpoint it rewrites every bucket, to the same content.
     await db[MIGRATIONS].delete_one({"_id": MIGRATION_ID})
-    from_scratch = await migrate(db, batch=13)
+    from_scratch = await migrate(db, batch=13, plan=ALL_STORED)
     assert from_scratch.done and from_scratch.moved == len(legacy)
     assert from_scratch.buckets_written == len(after_first)
     assert await rollup_documents(db) == after_first
@@ -223,12 +235,12 @@ async def test_an_interrupted_migration_resumes_and_ends_as_an_uninterrupted_one
     uninterrupted = db.client[f"{db.name}_whole"]
     try:
         await write_legacy_store(uninterrupted, legacy)
-        await migrate(uninterrupted, batch=1000)
+        await migrate(uninterrupted, batch=1000, plan=ALL_STORED)
         expected = await rollup_documents(uninterrupted)
     finally:
         await db.client.drop_database(uninterrupted.name)
 
-    stopped = await migrate(db, batch=11, max_batches=3)
+    stopped = await migrate(db, batch=11, max_batches=3, plan=ALL_STORED)
     assert not stopped.done and stopped.moved == 33
     partial = await rollup_documents(db)
     assert 0 < len(partial) < len(expected)
@@ -240,12 +252,12 @@ async def test_an_interrupted_migration_resumes_and_ends_as_an_uninterrupted_one
     )
 
     # A crash after a batch's writes and before its checkpoint: the rerun redoes it.
-    await migrate(db, batch=11, max_batches=1)
+    await migrate(db, batch=11, max_batches=1, plan=ALL_STORED)
     await db[MIGRATIONS].update_one(
         {"_id": MIGRATION_ID}, {"$set": {"last_id": state["last_id"], "moved": state["moved"]}}
     )
 
-    resumed = await migrate(db, batch=29)
+    resumed = await migrate(db, batch=29, plan=ALL_STORED)
     assert resumed.done and resumed.moved == len(legacy)
     assert await rollup_documents(db) == expected
 
@@ -266,19 +278,19 @@ async def test_a_bucket_the_new_aggregator_wrote_is_left_as_it_was(db: AsyncData
     )
     await db[ROLLUPS].insert_one(owned)
 
-    outcome = await migrate(db, batch=40)
+    outcome = await migrate(db, batch=40, plan=ALL_STORED)
 
     assert outcome.done and outcome.buckets_left == 1
     assert outcome.buckets_written == len(by_bucket(legacy)) - 1
     assert await db[ROLLUPS].find_one({"_id": owned["_id"]}) == owned
     assert (await checkpoint(db))["buckets_left"] == 1
     await db[MIGRATIONS].delete_one({"_id": MIGRATION_ID})
-    assert (await migrate(db, batch=40)).buckets_left == 1
+    assert (await migrate(db, batch=40, plan=ALL_STORED)).buckets_left == 1
     assert await db[ROLLUPS].find_one({"_id": owned["_id"]}) == owned
 
 
 async def test_a_store_with_nothing_to_move_is_done_at_once(db: AsyncDatabase) -> None:
-    outcome = await migrate(db)
+    outcome = await migrate(db, plan=ALL_STORED)
     assert outcome.done and outcome.moved == 0 and outcome.buckets_written == 0
     assert (await checkpoint(db))["done"]
 
@@ -301,7 +313,11 @@ async def test_the_command_counts_moves_and_drops_the_legacy_collection(
     db: AsyncDatabase, mongo_server: MongoServer
 ) -> None:
     legacy = await write_legacy_store(db)
-    env = {"MONGO_URL": mongo_server.url, "MONGO_DB": db.name}
+    env = {
+        "MONGO_URL": mongo_server.url,
+        "MONGO_DB": db.name,
+        "ROLLUP_MATERIALIZED": DEFAULT_RESOLUTIONS,
+    }
 
     code, out, _ = await run_command("--dry-run", env=env)
     assert code == 0
@@ -318,3 +334,26 @@ async def test_the_command_counts_moves_and_drops_the_legacy_collection(
 
     code, out, _ = await run_command("--quiet", env=env)
     assert code == 0 and "already finished" in out
+
+
+async def test_resolutions_merged_when_read_are_not_carried_over(db: AsyncDatabase) -> None:
+    legacy = await write_legacy_store(db)
+    merged = set(DEFAULT_PLAN.derived)
+    assert merged and any(d["resolution"] in merged for d in legacy)
+
+    outcome = await migrate(db, batch=50)
+
+    kept = {i: docs for i, docs in by_bucket(legacy).items() if i.split("|")[2] not in merged}
+    assert outcome.done and outcome.moved == len(legacy)
+    assert outcome.buckets_written == len(kept)
+    stored = {doc["_id"]: doc for doc in await rollup_documents(db)}
+    assert stored.keys() == kept.keys()
+    # Minute buckets name the 5m and 15m windows they are merged into.
+    minutes = [doc for doc in stored.values() if doc["resolution"] == "1m"]
+    assert minutes
+    for doc in minutes:
+        start = doc["timestamp"]
+        assert doc["windows"] == {
+            name: start - timedelta(seconds=(start - EPOCH).total_seconds() % width)
+            for name, width in DEFAULT_PLAN.derived_from("1m").items()
+        }

@@ -27,7 +27,7 @@ from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import RAW
 from telemetry_common.reading import Reading
-from telemetry_common.resolutions import DEFAULT_RESOLUTIONS, parse_resolutions
+from telemetry_common.resolutions import DEFAULT_PLAN
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics
 from telemetry_tools.verify import committed_offsets, rollup_mismatches
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 READINGS = int(os.environ.get("ROLLUP_KILL_READINGS", "20000"))
 KILLS = int(os.environ.get("ROLLUP_KILL_COUNT", "5"))
-RESOLUTIONS = parse_resolutions(DEFAULT_RESOLUTIONS)
+RESOLUTIONS = DEFAULT_PLAN.stored
 EXTRA_METRICS = ["rpm", "battery_v", "cpu_load", "signal-dbm"]
 
 

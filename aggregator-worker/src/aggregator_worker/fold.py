@@ -188,7 +188,13 @@ class BucketState:
                 merged.values_held += len(values)
         return merged
 
-    def document(self, epoch: int, now: datetime, keep_for: timedelta | None) -> dict[str, Any]:
+    def document(
+        self,
+        epoch: int,
+        now: datetime,
+        keep_for: timedelta | None,
+        windows: Mapping[str, datetime] | None = None,
+    ) -> dict[str, Any]:
         metrics = {}
         for metric, rollup in self.metrics.items():
             fields = stored_fields(rollup)
@@ -209,6 +215,7 @@ class BucketState:
             epoch=epoch,
             now=now,
             keep_for=keep_for,
+            windows=windows,
         )
 
 

@@ -25,7 +25,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import DEVICES, RAW
 from telemetry_common.ownership import PartitionOwnership, PartitionsLost
-from telemetry_common.rollup_layout import ROLLUPS
+from telemetry_common.resolutions import RollupPlan
+from telemetry_common.rollup_layout import ROLLUPS, windows_of
 from telemetry_common.timefmt import utcnow
 from telemetry_common.versioned import find_by_id, insert_first_copies, source, write_fenced
 
@@ -150,15 +151,17 @@ class PartitionState:
         self,
         db: AsyncDatabase,
         ownership: PartitionOwnership,
-        resolutions: Mapping[str, int],
+        plan: RollupPlan,
         retention: Mapping[str, timedelta | None],
         bucket_limit: int,
         device_limit: int,
     ):
+        """``retention``: how long each stored resolution is kept (RollupPlan.stored_retention)."""
         self._db = db
         self._ownership = ownership
-        self._starts = BucketStarts(resolutions)
-        self._widths = {name: timedelta(seconds=width) for name, width in resolutions.items()}
+        self._starts = BucketStarts(plan.stored)
+        self._widths = {name: timedelta(seconds=width) for name, width in plan.stored.items()}
+        self._merged = {name: plan.derived_from(name) for name in plan.stored}
         self._retention = retention
         self._assigned: set[int] = set()
         self.buckets: Held[BucketState] = Held(bucket_limit)
@@ -254,7 +257,9 @@ class PartitionState:
             outcome.bucket_writes[state.key.resolution] = (
                 outcome.bucket_writes.get(state.key.resolution, 0) + 1
             )
-            return state.document(epoch, now, self._retention.get(state.key.resolution))
+            key = state.key
+            windows = windows_of(key.start, self._merged[key.resolution])
+            return state.document(epoch, now, self._retention.get(key.resolution), windows)
 
         def device_doc(doc_id: str, state: DeviceState, epoch: int) -> dict[str, Any]:
             outcome.device_writes += 1

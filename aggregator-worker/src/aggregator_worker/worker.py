@@ -112,8 +112,8 @@ class AggregatorHandler:
         self.state = PartitionState(
             context.db,
             context.ownership,
-            settings.resolutions,
-            settings.retention,
+            settings.rollup_plan,
+            settings.stored_retention,
             bucket_limit=settings.aggregator_state_buckets,
             device_limit=settings.aggregator_state_devices,
         )
@@ -160,4 +160,5 @@ async def run(
         ),
         stop=stop,
         raw_retention=settings.raw_retention_period,
+        merged_resolutions=list(settings.rollup_plan.derived),
     )

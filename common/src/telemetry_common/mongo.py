@@ -7,6 +7,7 @@ locally and in tests and a real mongod are interchangeable.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import timedelta
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
@@ -16,6 +17,7 @@ from pymongo.errors import OperationFailure
 # Defined with the layout; re-exported here beside the other collections' names.
 from telemetry_common.rollup_layout import LEGACY_ROLLUPS as LEGACY_ROLLUPS
 from telemetry_common.rollup_layout import ROLLUPS as ROLLUPS
+from telemetry_common.rollup_layout import window_field, window_index_name
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,11 @@ SUPERSEDED_INDEXES = {
 }
 
 
-async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> None:
+async def ensure_indexes(
+    db: AsyncDatabase,
+    raw_retention: timedelta | None,
+    merged_resolutions: Iterable[str] = (),
+) -> None:
     """Create the indexes the queries and the idempotent writes rely on (no-op when present).
 
     Only the aggregator, which writes raw readings, passes ``raw_retention``: the
@@ -90,6 +96,19 @@ async def ensure_indexes(db: AsyncDatabase, raw_retention: timedelta | None) -> 
             # Each bucket carries its own expiry (resolutions differ in retention);
             # a bucket kept forever has no expire_at and is never touched.
             IndexModel([("expire_at", ASCENDING)], name="expire_at_ttl", expireAfterSeconds=0),
+            # Listings across devices of a resolution merged at read time: its
+            # window's stored buckets, grouped by device (see rollup_layout).
+            *(
+                IndexModel(
+                    [
+                        ("project_id", ASCENDING),
+                        ("resolution", ASCENDING),
+                        *newest_first(window_field(resolution)),
+                    ],
+                    name=window_index_name(resolution),
+                )
+                for resolution in merged_resolutions
+            ),
         ]
     )
     await db[ALERTS].create_indexes(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 _RESOLUTION_RE = re.compile(r"(\d+)([smhd])")
@@ -16,6 +17,13 @@ DAY_S = 86_400
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 DEFAULT_RESOLUTIONS = "1m,5m,15m,1h,1d"
+# The resolutions the aggregator writes; each other one served is merged at read
+# time from the coarsest of these that divides it (5m and 15m from 1m). A device
+# reporting less often than every 15 minutes puts one reading in each 1m, 5m and
+# 15m bucket, so storing all three wrote three documents per reading for one
+# reading's worth of information; merging at most 15 minute buckets per row on
+# read costs far less than writing them (README "Storage layout").
+DEFAULT_MATERIALIZED = "1m,1h,1d"
 # Kept from the bucket's last write, like raw readings from their arrival, so a
 # backfill of old history lives as long as fresh data. A resolution with no
 # entry is kept forever.
@@ -93,3 +101,54 @@ def serving_resolution(interval_s: int, stored: Mapping[str, int]) -> str | None
     """
     fitting = [(width, name) for name, width in stored.items() if interval_s % width == 0]
     return max(fitting)[1] if fitting else None
+
+
+@dataclass(frozen=True)
+class RollupPlan:
+    """Which served resolutions are stored, and from which stored one each other is merged."""
+
+    served: dict[str, int]
+    stored: dict[str, int]
+    # A resolution merged at read time -> the stored resolution it is merged from.
+    derived: dict[str, str]
+
+    @classmethod
+    def of(cls, served: Mapping[str, int], materialized: Mapping[str, int]) -> RollupPlan:
+        """Store the served resolutions named in ``materialized``, and any other that no
+        stored resolution divides (a 30s resolution is stored even if only 1m is named)."""
+        stored = {name: width for name, width in served.items() if name in materialized}
+        derived: dict[str, str] = {}
+        for name, width in sorted(served.items(), key=lambda item: item[1]):
+            if name in stored:
+                continue
+            source = serving_resolution(width, stored)
+            if source is None:
+                stored[name] = width
+            else:
+                derived[name] = source
+        return cls(
+            served=dict(served),
+            stored={name: width for name, width in served.items() if name in stored},
+            derived={name: derived[name] for name in served if name in derived},
+        )
+
+    def derived_from(self, source: str) -> dict[str, int]:
+        """Widths of the resolutions merged from ``source``."""
+        return {name: self.served[name] for name, s in self.derived.items() if s == source}
+
+    def stored_retention(
+        self, retention: Mapping[str, timedelta | None]
+    ) -> dict[str, timedelta | None]:
+        """How long each stored resolution is kept: the longest of its own retention and
+        that of every resolution merged from it (None, forever, is the longest)."""
+        kept: dict[str, timedelta | None] = {}
+        for name in self.stored:
+            spans = [retention.get(name)] + [retention.get(d) for d in self.derived_from(name)]
+            kept[name] = None if any(s is None for s in spans) else max(spans)  # type: ignore[type-var]
+        return kept
+
+
+# What the aggregator stores and the dashboard serves when nothing is configured.
+DEFAULT_PLAN = RollupPlan.of(
+    parse_resolutions(DEFAULT_RESOLUTIONS), parse_resolutions(DEFAULT_MATERIALIZED)
+)

@@ -13,6 +13,13 @@ epoch seconds, so one device's buckets of one resolution are a contiguous
 ``_id`` range in time order: a device's query needs no index beyond ``_id``.
 Listings across devices use ``project_resolution_ts_id``.
 
+Only the stored resolutions have documents (see
+:class:`telemetry_common.resolutions.RollupPlan`); a resolution served by merging
+a stored one (5m from 1m) is read from the stored documents of its window. For
+listings across devices those carry ``windows.<resolution>``, the start of the
+window each falls in, under an index per merged resolution that orders them
+window first, then by ``_id``: a window's documents come grouped by device.
+
 Writers' bookkeeping: ``_applied`` (highest offset folded per Kafka partition)
 and ``_e`` (the epoch of the partition owner that wrote it, see
 :mod:`telemetry_common.ownership`).
@@ -25,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from telemetry_common.resolutions import EPOCH
+from telemetry_common.resolutions import EPOCH, bucket_start
 from telemetry_common.rollup import Rollup
 from telemetry_common.sketch import bin_key
 
@@ -96,8 +103,10 @@ def bucket_document(
     epoch: int,
     now: datetime,
     keep_for: timedelta | None,
+    windows: Mapping[str, datetime] | None = None,
 ) -> dict[str, Any]:
-    """A bucket's document; ``metrics`` maps each metric to its Rollup.to_fields()."""
+    """A bucket's document; ``metrics`` maps each metric to its Rollup.to_fields(), and
+    ``windows`` each resolution merged from this one to the window the bucket is in."""
     doc: dict[str, Any] = {
         "_id": bucket_id(project_id, device_id, resolution, start),
         "project_id": project_id,
@@ -109,6 +118,8 @@ def bucket_document(
         "_applied": dict(applied),
         "_e": epoch,
     }
+    if windows:
+        doc["windows"] = dict(windows)
     if keep_for is not None:
         # A TTL index with expireAfterSeconds=0 on expire_at lets each resolution
         # keep its own retention in one collection; counted from the last write.
@@ -210,3 +221,103 @@ def row_projection(metric: str) -> dict[str, int]:
         "updated_at": 1,
         **{f"metrics.{metric}.{name}": 1 for name in (*ROW_FIELDS, "value", "ts")},
     }
+
+
+# --- resolutions merged at read time from a stored one ---------------------------------
+
+
+def windows_of(start: datetime, merged: Mapping[str, int]) -> dict[str, datetime]:
+    """The window of each merged resolution (name -> width) that a bucket starting at
+    ``start`` falls in."""
+    return {name: bucket_start(start, width) for name, width in merged.items()}
+
+
+def window_field(resolution: str) -> str:
+    return f"windows.{resolution}"
+
+
+def window_index_name(resolution: str) -> str:
+    return f"project_resolution_window_{resolution}_id"
+
+
+def _window_at_or_after(moment: datetime, width_s: int) -> datetime:
+    start = bucket_start(moment, width_s)
+    return start if start == moment else start + timedelta(seconds=width_s)
+
+
+def merged_filter(
+    source: str,
+    resolution: str,
+    width_s: int,
+    *,
+    project_id: str = DEFAULT_PROJECT,
+    device_id: str | None = None,
+    metric: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> dict[str, Any]:
+    """A find() filter for the ``source`` documents of the ``resolution`` buckets (merged
+    from ``source``) that start in [start, end)."""
+    # A merged bucket starting in [start, end) is the source buckets starting from
+    # its window's start on: from the first window starting at or after ``start``.
+    first = _window_at_or_after(start, width_s) if start is not None else None
+    last = _window_at_or_after(end, width_s) if end is not None else None
+    query: dict[str, Any]
+    if device_id is not None:
+        query = {"_id": device_id_range(project_id, device_id, source, first, last)}
+    else:
+        query = {"project_id": project_id, "resolution": source}
+        span: dict[str, datetime] = {}
+        if first is not None:
+            span["$gte"] = first
+        if last is not None:
+            span["$lt"] = last
+        if span:
+            query[window_field(resolution)] = span
+    if metric is not None:
+        query[f"metrics.{metric}"] = {"$exists": True}
+    return query
+
+
+def merged_projection(metric: str) -> dict[str, int]:
+    """What merging needs of one metric (all its fields, merge state included)."""
+    return {
+        "device_id": 1,
+        "timestamp": 1,
+        "updated_at": 1,
+        "expire_at": 1,
+        f"metrics.{metric}": 1,
+    }
+
+
+def merged_bucket(
+    project_id: str,
+    device_id: str,
+    resolution: str,
+    window: datetime,
+    docs: list[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The bucket of ``resolution`` starting at ``window``, shaped as if stored, from the
+    stored documents of one device that lie in it."""
+    if len(docs) == 1:
+        metrics = dict(docs[0].get("metrics", {}))
+    else:
+        rollups: dict[str, Rollup] = {}
+        for doc in docs:
+            for name, fields in doc.get("metrics", {}).items():
+                rollups.setdefault(name, Rollup()).merge(Rollup.from_fields(fields))
+        metrics = {name: stored_fields(rollup) for name, rollup in rollups.items()}
+    merged: dict[str, Any] = {
+        "_id": bucket_id(project_id, device_id, resolution, window),
+        "project_id": project_id,
+        "device_id": device_id,
+        "resolution": resolution,
+        "timestamp": window,
+        "metrics": metrics,
+        "updated_at": max((d["updated_at"] for d in docs if d.get("updated_at")), default=None),
+    }
+    expiries = [d.get("expire_at") for d in docs]
+    if expiries and all(e is not None for e in expiries):
+        # Served until its last part expires.
+        merged["expire_at"] = max(expiries)  # type: ignore[type-var]
+    return merged

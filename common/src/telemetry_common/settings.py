@@ -15,8 +15,10 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telemetry_common.resolutions import (
+    DEFAULT_MATERIALIZED,
     DEFAULT_RESOLUTIONS,
     DEFAULT_ROLLUP_RETENTION,
+    RollupPlan,
     parse_duration,
     parse_resolutions,
     parse_retention,
@@ -54,8 +56,10 @@ class RollupSettings(BaseSettings):
     """Which resolutions are rolled up: the aggregator writes them, the dashboard serves them."""
 
     rollup_resolutions: str = DEFAULT_RESOLUTIONS
+    # Of those, the ones written; the others are merged from these when read.
+    rollup_materialized: str = DEFAULT_MATERIALIZED
 
-    @field_validator("rollup_resolutions")
+    @field_validator("rollup_resolutions", "rollup_materialized")
     @classmethod
     def _known_resolutions(cls, value: str) -> str:
         parse_resolutions(value)
@@ -63,7 +67,12 @@ class RollupSettings(BaseSettings):
 
     @property
     def resolutions(self) -> dict[str, int]:
+        """Every resolution served."""
         return parse_resolutions(self.rollup_resolutions)
+
+    @property
+    def rollup_plan(self) -> RollupPlan:
+        return RollupPlan.of(self.resolutions, parse_resolutions(self.rollup_materialized))
 
 
 class AggregatorSettings(WorkerSettings, RollupSettings):
@@ -115,6 +124,11 @@ class AggregatorSettings(WorkerSettings, RollupSettings):
     def retention(self) -> dict[str, timedelta | None]:
         """How long each resolution's buckets are kept after their last write (None: forever)."""
         return parse_retention(self.rollup_retention, self.resolutions)
+
+    @property
+    def stored_retention(self) -> dict[str, timedelta | None]:
+        """Retention of each stored resolution, long enough for those merged from it."""
+        return self.rollup_plan.stored_retention(self.retention)
 
 
 class WebhookTargetSettings(BaseSettings):

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -149,6 +149,7 @@ async def run_worker(
     make_handler: Callable[[WorkerContext], Handler[T]],
     stop: asyncio.Event | None = None,
     raw_retention: timedelta | None = None,
+    merged_resolutions: Iterable[str] = (),
 ) -> None:
     if stop is None:
         # Run as a process; an embedding caller (a test) passes its own event instead.
@@ -168,7 +169,9 @@ async def run_worker(
 
     server, server_task = await serve(worker_app(name, registry, health), settings.host, port)
     try:
-        await start_with_retry("MongoDB", lambda: ensure_indexes(db, raw_retention), stop)
+        await start_with_retry(
+            "MongoDB", lambda: ensure_indexes(db, raw_retention, merged_resolutions), stop
+        )
         started["mongo"] = True
         await start_with_retry("Kafka producer", producer.start, stop)
         ownership = PartitionOwnership(

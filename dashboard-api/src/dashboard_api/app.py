@@ -38,11 +38,11 @@ from dashboard_api.system_stats import StatsSnapshot
 from dashboard_api.ui import install_ui, redirect_to_ui, wants_page
 
 
-async def _ensure_indexes_when_reachable(db: AsyncDatabase) -> None:
+async def _ensure_indexes_when_reachable(db: AsyncDatabase, merged: list[str]) -> None:
     backoff = 1.0
     while True:
         try:
-            await ensure_indexes(db, raw_retention=None)
+            await ensure_indexes(db, raw_retention=None, merged_resolutions=merged)
             return
         except PyMongoError:
             await asyncio.sleep(backoff)
@@ -58,12 +58,14 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         app.state.db = client[settings.mongo_db]
         app.state.settings = settings
         app.state.feeds = DeviceFeeds(
-            app.state.db, settings.stream_poll_interval_s, settings.resolutions
+            app.state.db, settings.stream_poll_interval_s, settings.rollup_plan
         )
         # The queries lean on these indexes; creating them is idempotent and lets the
         # dashboard start before either worker ran. In the background, so the API
         # starts (and /health says why it is degraded) while MongoDB is down.
-        index_task = asyncio.create_task(_ensure_indexes_when_reachable(app.state.db))
+        index_task = asyncio.create_task(
+            _ensure_indexes_when_reachable(app.state.db, list(settings.rollup_plan.derived))
+        )
         app.state.keys = KeyCache(app.state.db, settings.api_keys_refresh_s)
         if settings.api_keys_required:
             await app.state.keys.start()

@@ -9,7 +9,9 @@ buckets those readings fall in by their ``_id``s. A reading is "new" by its own
 time: a late reading older than one already pushed is not pushed (the listings
 have it), and only the buckets of pushed readings are watched. A bucket holds
 every metric of the device; a metric's row is pushed when its own figures
-changed, not when another metric of its bucket did.
+changed, not when another metric of its bucket did. A bucket of a resolution
+merged at read time (5m from 1m) is merged from its window's stored buckets
+at each poll, as the listings merge it.
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from telemetry_common.mongo import RAW, ROLLUPS
-from telemetry_common.resolutions import bucket_start
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, ROW_FIELDS, bucket_id, metric_rows
+from telemetry_common.resolutions import EPOCH, RollupPlan, bucket_start
+from telemetry_common.rollup_layout import (
+    DEFAULT_PROJECT,
+    ROW_FIELDS,
+    bucket_id,
+    merged_bucket,
+    metric_rows,
+)
 
 from dashboard_api.paging import Position, after
 from dashboard_api.serialize import public
@@ -70,10 +78,10 @@ class Watcher:
 
 
 class DeviceFeeds:
-    def __init__(self, db: AsyncDatabase, interval_s: float, resolutions: Mapping[str, int]):
+    def __init__(self, db: AsyncDatabase, interval_s: float, plan: RollupPlan):
         self._db = db
         self._interval_s = interval_s
-        self._resolutions = dict(resolutions)
+        self._plan = plan
         self._feeds: dict[str, _Feed] = {}
 
     async def subscribe(self, device_id: str) -> Watcher:
@@ -155,7 +163,7 @@ class DeviceFeeds:
         cursor = self._db[RAW].find(query).sort([("ts", 1), ("_id", 1)]).limit(POLL_BATCH)
         docs = [doc async for doc in cursor]
         for doc in docs:
-            for resolution, width in self._resolutions.items():
+            for resolution, width in self._plan.served.items():
                 start = bucket_start(doc["ts"], width)
                 doc_id = bucket_id(DEFAULT_PROJECT, feed.device_id, resolution, start)
                 feed.buckets[doc_id] = BUCKET_WATCH_POLLS
@@ -163,11 +171,42 @@ class DeviceFeeds:
             feed.position = Position(docs[-1]["ts"], docs[-1]["_id"])
         return [Event("reading", public(doc, "event_id")) for doc in docs]
 
+    async def _buckets(self, feed: _Feed) -> list[dict[str, Any]]:
+        """The watched buckets as stored, and those of merged resolutions merged."""
+        stored_ids: list[str] = []
+        merged: list[tuple[str, str, datetime, dict[str, str]]] = []
+        for doc_id in feed.buckets:
+            project_id, device_id, resolution, start = doc_id.split("|")
+            source = self._plan.derived.get(resolution)
+            if source is None:
+                stored_ids.append(doc_id)
+                continue
+            window = EPOCH + timedelta(seconds=int(start))
+            width = timedelta(seconds=self._plan.served[resolution])
+            source_ids = {
+                "$gte": bucket_id(project_id, device_id, source, window),
+                "$lt": bucket_id(project_id, device_id, source, window + width),
+            }
+            merged.append((device_id, resolution, window, source_ids))
+        rollups = self._db[ROLLUPS]
+        docs = (
+            [doc async for doc in rollups.find({"_id": {"$in": stored_ids}})] if stored_ids else []
+        )
+        if merged:
+            ranges = [{"_id": ids} for *_, ids in merged]
+            sources = [doc async for doc in rollups.find({"$or": ranges}).sort("_id", 1)]
+            for device_id, resolution, window, ids in merged:
+                parts = [d for d in sources if ids["$gte"] <= d["_id"] < ids["$lt"]]
+                if parts:
+                    docs.append(
+                        merged_bucket(DEFAULT_PROJECT, device_id, resolution, window, parts)
+                    )
+        return docs
+
     async def _changed_rollups(self, feed: _Feed) -> list[Event]:
         if not feed.buckets:
             return []
-        found = self._db[ROLLUPS].find({"_id": {"$in": list(feed.buckets)}})
-        rows = [(doc["_id"], row) async for doc in found for row in metric_rows(doc)]
+        rows = [(doc["_id"], row) for doc in await self._buckets(feed) for row in metric_rows(doc)]
         rows.sort(key=lambda pair: pushed_order(pair[1]))
         events = []
         for doc_id, row in rows:

@@ -12,18 +12,37 @@ reads that document again and serves only its rows after the cursor.
 One device's documents are a contiguous ``_id`` range in time order, so its
 listing is read along ``_id`` alone; listings across devices read the
 (project, resolution, timestamp, _id) index.
+
+A resolution merged at read time (5m from 1m) is listed the same way from
+buckets merged on the fly: one device's source documents newest first come
+window by window; across devices, the window index gives each window's source
+documents grouped by device, newest window first. Each group is merged into
+the bucket a stored document would be (``rollup_layout.merged_bucket``), with
+the id it would have, so rows, their order and cursors behave as if stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from telemetry_common.mongo import newest_first
-from telemetry_common.rollup_layout import bucket_filter, metric_rows, row_projection
+from telemetry_common.resolutions import bucket_start
+from telemetry_common.rollup_layout import (
+    DEFAULT_PROJECT,
+    bucket_filter,
+    bucket_id,
+    merged_bucket,
+    merged_filter,
+    merged_projection,
+    metric_rows,
+    row_projection,
+    window_field,
+    window_index_name,
+)
 
 from dashboard_api.paging import Position, after, decode_cursor, encode_cursor
 
@@ -79,7 +98,7 @@ class RowPage:
     def __init__(self, limit: int, metric: str | None, resume: Position | None):
         self.limit = limit
         self._metric = metric
-        self._resume = resume
+        self.resume = resume
         self._rows: list[dict[str, Any]] = []
 
     @property
@@ -90,7 +109,7 @@ class RowPage:
         """Take a document's rows after the cursor; True once the page and one row more are
         in (that one row only says that a next page exists)."""
         for row in sorted(metric_rows(doc, self._metric), key=listing_key, reverse=True):
-            if self._resume is not None and not comes_after(row, self._resume):
+            if self.resume is not None and not comes_after(row, self.resume):
                 continue
             self._rows.append(row)
             if len(self._rows) > self.limit:
@@ -126,6 +145,94 @@ def comes_after(row: Mapping[str, Any], position: Position) -> bool:
     return listing_key(row) < (position.key, position.id + "|")
 
 
+@dataclass(frozen=True)
+class MergedFrom:
+    """A resolution served by merging the buckets of a stored one."""
+
+    source: str
+    width_s: int
+
+
+# Source documents fetched per round trip while merging; a page needs at most
+# (limit + 2) merged buckets of up to width / source width documents each.
+MERGE_BATCH = 300
+
+
+def merged_query(
+    resolution: str,
+    merged_from: MergedFrom,
+    *,
+    device_id: str | None,
+    metric: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    resume: Position | None,
+) -> RollupQuery:
+    """The source documents of a merged listing, from the window of the row after
+    ``resume`` on, newest window first; across devices grouped by device in a window."""
+    query = merged_filter(
+        merged_from.source,
+        resolution,
+        merged_from.width_s,
+        device_id=device_id,
+        metric=metric,
+        start=start,
+        end=end,
+    )
+    projection = merged_projection(metric) if metric is not None else None
+    if device_id is not None:
+        if resume is not None:
+            # The cursor's window is read again for its remaining rows.
+            assert resume.key is not None
+            after_window = resume.key + timedelta(seconds=merged_from.width_s)
+            ids = query["_id"]
+            ids["$lt"] = min(ids["$lt"], _source_id_at(device_id, merged_from.source, after_window))
+        return RollupQuery(query, [("_id", -1)], projection)
+    window = window_field(resolution)
+    if resume is not None:
+        assert resume.key is not None
+        # The cursor's device in its window is read again for its remaining rows; the
+        # ids of its source documents sort just below `project|device|source|;`, and
+        # those of the devices after it below that, as their row ids do.
+        cursor_device = resume.id.split("|")[1]
+        bound = f"{DEFAULT_PROJECT}|{cursor_device}|{merged_from.source}|;"
+        query = {
+            "$and": [
+                query,
+                {
+                    "$or": [
+                        {window: {"$lt": resume.key}},
+                        {window: resume.key, "_id": {"$lt": bound}},
+                    ]
+                },
+            ]
+        }
+    return RollupQuery(query, newest_first(window), projection)
+
+
+def _source_id_at(device_id: str, source: str, start: datetime) -> str:
+    return bucket_id(DEFAULT_PROJECT, device_id, source, start)
+
+
+async def merged_buckets(
+    docs: AsyncIterator[Mapping[str, Any]], resolution: str, width_s: int
+) -> AsyncIterator[dict[str, Any]]:
+    """Merge consecutive source documents of one (device, window) into one bucket each."""
+    group: list[Mapping[str, Any]] = []
+    group_key: tuple[str, datetime] | None = None
+    async for doc in docs:
+        key = (doc["device_id"], bucket_start(doc["timestamp"], width_s))
+        if key != group_key and group:
+            assert group_key is not None
+            yield merged_bucket(DEFAULT_PROJECT, group_key[0], resolution, group_key[1], group)
+            group = []
+        group_key = key
+        group.append(doc)
+    if group:
+        assert group_key is not None
+        yield merged_bucket(DEFAULT_PROJECT, group_key[0], resolution, group_key[1], group)
+
+
 async def rollup_page(
     collection: AsyncCollection,
     resolution: str,
@@ -136,10 +243,15 @@ async def rollup_page(
     end: datetime | None,
     limit: int,
     cursor: str | None,
+    merged_from: MergedFrom | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of rows (stored shape, bookkeeping included) and the next page's cursor."""
     resume = decode_cursor(SORT_KEY, cursor) if cursor is not None else None
     page = RowPage(limit, metric, resume)
+    if merged_from is not None:
+        await _fill_merged(collection, page, resolution, merged_from, device_id, metric, start, end)
+        position = page.next_position()
+        return page.rows(), encode_cursor(SORT_KEY, position) if position is not None else None
     query = rollup_query(
         resolution, device_id=device_id, metric=metric, start=start, end=end, resume=resume
     )
@@ -156,3 +268,36 @@ async def rollup_page(
         await found.close()
     position = page.next_position()
     return page.rows(), encode_cursor(SORT_KEY, position) if position is not None else None
+
+
+async def _fill_merged(
+    collection: AsyncCollection,
+    page: RowPage,
+    resolution: str,
+    merged_from: MergedFrom,
+    device_id: str | None,
+    metric: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> None:
+    query = merged_query(
+        resolution,
+        merged_from,
+        device_id=device_id,
+        metric=metric,
+        start=start,
+        end=end,
+        resume=page.resume,
+    )
+    found = collection.find(query.filter, query.projection).sort(query.sort)
+    if device_id is None:
+        found = found.hint(window_index_name(resolution))
+    found = found.batch_size(MERGE_BATCH)
+    buckets = merged_buckets(found, resolution, merged_from.width_s)
+    try:
+        async for bucket in buckets:
+            if page.add(bucket):
+                break
+    finally:
+        await buckets.aclose()
+        await found.close()

@@ -35,7 +35,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaProducer
 from telemetry_common.mongo import connect
-from telemetry_common.resolutions import DEFAULT_RESOLUTIONS, parse_resolutions
+from telemetry_common.resolutions import DEFAULT_PLAN
 
 from telemetry_tools import loadgen
 from telemetry_tools.dlq import read_all
@@ -258,9 +258,7 @@ async def run_scenario(stack: Stack, scenario: Scenario, settings: Settings) -> 
         missing = await missing_event_ids(db, acknowledged)
         doubled = await double_counted(db, "1m", prefix)
         raw_values, counted_values = await value_counts(db, "1m", prefix)
-        mismatches = await rollup_mismatches(
-            db, parse_resolutions(DEFAULT_RESOLUTIONS), device_prefix=prefix
-        )
+        mismatches = await rollup_mismatches(db, DEFAULT_PLAN.stored, device_prefix=prefix)
         alerts = await alerts_of(db, prefix)
     finally:
         await client.close()

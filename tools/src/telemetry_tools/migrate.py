@@ -50,13 +50,16 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, CursorNotFound
 from telemetry_common.mongo import connect, ensure_indexes
+from telemetry_common.resolutions import DEFAULT_PLAN, RollupPlan
 from telemetry_common.rollup import Rollup
 from telemetry_common.rollup_layout import (
     DEFAULT_PROJECT,
     LEGACY_ROLLUPS,
     ROLLUPS,
     bucket_document,
+    windows_of,
 )
+from telemetry_common.settings import RollupSettings
 from telemetry_common.timefmt import utcnow
 from tqdm import tqdm
 
@@ -88,8 +91,11 @@ def merged_watermarks(legacy_docs: Iterable[Mapping[str, Any]]) -> dict[str, int
     return merged
 
 
-def migrated_bucket(legacy_docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The current layout's document for one bucket, from the legacy documents of its metrics."""
+def migrated_bucket(
+    legacy_docs: Sequence[Mapping[str, Any]], merged: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """The current layout's document for one bucket, from the legacy documents of its metrics;
+    ``merged``: the resolutions merged at read time from this one's (name -> width)."""
     keys = {bucket_key(doc) for doc in legacy_docs}
     if len(keys) != 1:
         raise ValueError(f"legacy documents of more than one bucket: {sorted(keys)}")
@@ -114,6 +120,7 @@ def migrated_bucket(legacy_docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         epoch=MIGRATED_EPOCH,
         now=max(written) if written else utcnow(),
         keep_for=None,
+        windows=windows_of(start, merged or {}),
     )
     if not written:
         del new["updated_at"]
@@ -133,8 +140,9 @@ def bucket_upsert(new: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     for name in ("updated_at", "expire_at"):
         if name in new:
             highest[name] = new[name]
+    identity = {name: new[name] for name in (*IDENTITY_FIELDS, "windows") if name in new}
     update: dict[str, Any] = {
-        "$setOnInsert": {**{name: new[name] for name in IDENTITY_FIELDS}, "_e": new["_e"]},
+        "$setOnInsert": {**identity, "_e": new["_e"]},
         "$set": {f"metrics.{metric}": fields for metric, fields in new["metrics"].items()},
     }
     if highest:
@@ -230,12 +238,21 @@ async def _batches_after(
 
 
 async def _write_buckets(
-    rollups: AsyncCollection, buckets: list[list[Mapping[str, Any]]]
+    rollups: AsyncCollection, buckets: list[list[Mapping[str, Any]]], plan: RollupPlan
 ) -> tuple[int, int]:
     """(written, left as a live owner wrote them)."""
-    if not buckets:
+    # A resolution now merged at read time (5m from 1m) is served from its source's
+    # buckets: its own legacy buckets are not carried over.
+    kept = [docs for docs in buckets if bucket_key(docs[0])[1] in plan.stored]
+    if not kept:
         return 0, 0
-    writes = [UpdateOne(*bucket_upsert(migrated_bucket(docs)), upsert=True) for docs in buckets]
+    writes = [
+        UpdateOne(
+            *bucket_upsert(migrated_bucket(docs, plan.derived_from(bucket_key(docs[0])[1]))),
+            upsert=True,
+        )
+        for docs in kept
+    ]
     try:
         await rollups.bulk_write(writes, ordered=False)
     except BulkWriteError as exc:
@@ -272,6 +289,7 @@ async def migrate(
     batch: int = 1000,
     progress: bool = False,
     max_batches: int | None = None,
+    plan: RollupPlan = DEFAULT_PLAN,
 ) -> Outcome:
     """Move every legacy rollup document into the current layout, from the last checkpoint on.
 
@@ -299,7 +317,7 @@ async def migrate(
     if state["done"]:
         return Outcome(state["moved"], 0, 0, done=True, already_done=True)
 
-    await ensure_indexes(db, None)
+    await ensure_indexes(db, None, plan.derived)
     indexes = {index["name"] async for index in await db[ROLLUPS].list_indexes()}
     indexed = bool(indexes - {"_id_"})
 
@@ -323,7 +341,7 @@ async def migrate(
                 if max_batches is not None and batches_done >= max_batches:
                     break
                 buckets = await reader.buckets(docs, last_id)
-                batch_written, batch_left = await _write_buckets(db[ROLLUPS], buckets)
+                batch_written, batch_left = await _write_buckets(db[ROLLUPS], buckets, plan)
                 written += batch_written
                 left += batch_left
                 left_total += batch_left
@@ -383,7 +401,9 @@ async def _run(args: argparse.Namespace) -> int:
             print(await dry_run(db))
             return 0
         began = time.monotonic()
-        outcome = await migrate(db, batch=args.batch, progress=not args.quiet)
+        outcome = await migrate(
+            db, batch=args.batch, progress=not args.quiet, plan=RollupSettings().rollup_plan
+        )
         elapsed = time.monotonic() - began
         if outcome.already_done:
             print(

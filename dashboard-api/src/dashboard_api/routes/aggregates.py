@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from telemetry_common.mongo import ROLLUPS
 from telemetry_common.timefmt import to_utc_ms
 
@@ -22,7 +22,7 @@ from dashboard_api.deps import (
     time_range,
 )
 from dashboard_api.paging import Cursor
-from dashboard_api.rollup_pages import rollup_page
+from dashboard_api.rollup_pages import MergedFrom, rollup_page
 from dashboard_api.schemas import RollupsPage
 from dashboard_api.serialize import public
 
@@ -34,6 +34,7 @@ Resolution = Annotated[
 
 
 async def _rollups(
+    request: Request,
     db: Db,
     resolution: str,
     *,
@@ -45,6 +46,8 @@ async def _rollups(
     cursor: str | None,
 ) -> dict[str, Any]:
     time_range("timestamp", start, end)  # refuses an empty or inverted range
+    plan = request.app.state.settings.rollup_plan
+    source = plan.derived.get(resolution)
     rows, next_cursor = await rollup_page(
         db[ROLLUPS],
         resolution,
@@ -54,12 +57,14 @@ async def _rollups(
         end=to_utc_ms(end) if end is not None else None,
         limit=limit,
         cursor=cursor,
+        merged_from=MergedFrom(source, plan.served[resolution]) if source else None,
     )
     return page([public(row) for row in rows], next_cursor)
 
 
 @router.get("/aggregated", response_model=RollupsPage, responses=BAD_PARAMETER)
 async def list_aggregated(
+    request: Request,
     db: Db,
     limit: Limit,
     cursor: Cursor = None,
@@ -71,6 +76,7 @@ async def list_aggregated(
 ) -> dict[str, Any]:
     """Rollup buckets across devices, newest first."""
     return await _rollups(
+        request,
         db,
         resolution,
         device_id=device_id,
@@ -84,6 +90,7 @@ async def list_aggregated(
 
 @router.get("/devices/{device_id}/aggregates", response_model=RollupsPage, responses=BAD_PARAMETER)
 async def device_aggregates(
+    request: Request,
     db: Db,
     limit: Limit,
     cursor: Cursor = None,
@@ -95,6 +102,7 @@ async def device_aggregates(
 ) -> dict[str, Any]:
     """One device's rollup buckets, newest first."""
     return await _rollups(
+        request,
         db,
         resolution,
         device_id=device_id,

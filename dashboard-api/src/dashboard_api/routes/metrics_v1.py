@@ -69,7 +69,7 @@ async def metric_aggregate(
 ) -> dict[str, Any]:
     """Buckets of ``interval``: count, sum, avg, min, max, stddev, p50/p95/p99; oldest first."""
     settings = request.app.state.settings
-    width, source = choose_resolution(interval, settings.resolutions)
+    width, source = choose_resolution(interval, settings.rollup_plan.stored)
     end = to_time or utcnow()
     if from_time is None:
         # A day back, or as many buckets as one answer holds, whichever is shorter.

@@ -61,9 +61,7 @@ class DirectIngestRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = (
-            self._routes.get((scope["path"], scope["method"]))
-            if scope["type"] == "http"
-            else None
+            self._routes.get((scope["path"], scope["method"])) if scope["type"] == "http" else None
         )
         if route is None:
             await self.app(scope, receive, send)

@@ -15,7 +15,7 @@ from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
 from telemetry_common.mongo import RAW, ensure_indexes
 from telemetry_common.reading import Reading, decode_kafka_value
-from telemetry_common.rollup_layout import ROLLUPS
+from telemetry_common.rollup_layout import ROLLUPS, windows_of
 from telemetry_common.settings import AggregatorSettings
 
 from telemetry_tools.bench.processes import Infra, ServiceProcess, running
@@ -86,7 +86,8 @@ def bucket_documents(readings: list[Reading]) -> list[dict[str, Any]]:
     """The rollup documents the aggregator writes for ``readings`` folded in one batch."""
     settings = AggregatorSettings()
     now = datetime.now(UTC)
-    starts = BucketStarts(settings.resolutions)
+    plan = settings.rollup_plan
+    starts = BucketStarts(plan.stored)
     states: dict[str, BucketState] = {}
     for i, reading in enumerate(readings):
         placed = Placed(i % PARTITIONS, i, reading)
@@ -95,8 +96,14 @@ def bucket_documents(readings: list[Reading]) -> list[dict[str, Any]]:
             key = BucketKey(reading.device_id, resolution, start)
             state = states.setdefault(key.doc_id, BucketState(key, placed.partition))
             state.fold(placed.partition, placed.offset, values)
+    retention = settings.stored_retention
     return [
-        state.document(1, now, settings.retention.get(state.key.resolution))
+        state.document(
+            1,
+            now,
+            retention.get(state.key.resolution),
+            windows_of(state.key.start, plan.derived_from(state.key.resolution)),
+        )
         for state in states.values()
     ]
 
@@ -112,7 +119,7 @@ async def bare_bucket_insert_rate(mongo_url: str, db_name: str, readings: list[R
     client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         db = client[db_name]
-        await ensure_indexes(db, timedelta(days=7))
+        await ensure_indexes(db, timedelta(days=7), AggregatorSettings().rollup_plan.derived)
         started = time.perf_counter()
         for i in range(0, len(docs), INSERT_CHUNK):
             await db[ROLLUPS].insert_many(docs[i : i + INSERT_CHUNK], ordered=False)
