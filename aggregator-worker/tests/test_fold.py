@@ -122,7 +122,7 @@ def test_two_readings_in_one_minute_share_a_bucket() -> None:
         (0, 7, [("temperature_c", Contribution(0, 7, a.ts, 20.0, bin_key(20.0)))]),
         (1, 3, [("temperature_c", Contribution(1, 3, b.ts, 22.0, bin_key(22.0)))]),
     ]
-    assert state.metrics["temperature_c"].count == 2
+    assert state.rollup("temperature_c").count == 2
 
 
 def test_every_metric_of_a_reading_shares_each_resolutions_bucket() -> None:
@@ -135,7 +135,7 @@ def test_every_metric_of_a_reading_shares_each_resolutions_bucket() -> None:
     }
     for state in held.values():
         assert set(state.metrics) == {"temperature_c", "humidity"}
-    assert held[BucketKey("dev-1", "1h", T0)].metrics["humidity"].max == 60.0
+    assert held[BucketKey("dev-1", "1h", T0)].rollup("humidity").max == 60.0
 
 
 def test_readings_of_different_devices_or_minutes_stay_apart() -> None:
@@ -152,7 +152,7 @@ def test_late_reading_lands_in_its_own_timestamps_bucket() -> None:
     fresh = reading(ts="2025-01-15T11:59:00Z", temperature_c=21.0)
     held = fold_all([Placed(0, 0, fresh), Placed(0, 1, late)], RESOLUTIONS)
     old = datetime(2025, 1, 10, 3, 17, tzinfo=UTC)
-    assert held[BucketKey("dev-1", "1m", old)].metrics["temperature_c"].sum == 18.0
+    assert held[BucketKey("dev-1", "1m", old)].rollup("temperature_c").sum == 18.0
     assert BucketKey("dev-1", "1h", old.replace(minute=0)) in held
     assert BucketKey("dev-1", "1d", old.replace(hour=0, minute=0)) in held
 
@@ -186,7 +186,7 @@ def bucket(contributions_: list[Contribution], metric: str = "temp") -> BucketSt
 def test_a_replayed_reading_folds_nothing() -> None:
     state = bucket(contribs(0, range(3)))
     assert not any(state.fold(c.partition, c.offset, [("temp", c)]) for c in contribs(0, range(3)))
-    assert (state.metrics["temp"].count, state.metrics["temp"].sum) == (3, 1.0 + 2.0 + 3.0)
+    assert (state.rollup("temp").count, state.rollup("temp").sum) == (3, 1.0 + 2.0 + 3.0)
     assert state.applied == {0: 2}
 
 
@@ -206,8 +206,8 @@ def test_merging_with_the_stored_bucket_folds_only_what_it_lacks() -> None:
     merged = mine.merge_stored(stored)
     assert merged.held == [(0, 3), (0, 4)] and merged.added == [(0, 5), (0, 6), (0, 7)]
     assert mine.stored and mine.dirty and mine.pending == []
-    assert mine.metrics["temp"].count == 8
-    assert mine.metrics["temp"].sum == sum(1.0 + o for o in range(8))
+    assert mine.rollup("temp").count == 8
+    assert mine.rollup("temp").sum == sum(1.0 + o for o in range(8))
 
 
 def test_merging_a_bucket_that_held_everything_leaves_nothing_to_write() -> None:
@@ -228,8 +228,8 @@ def test_a_metric_with_its_own_watermark_is_honoured_over_the_buckets() -> None:
         replay.fold(0, c.offset, [("temp", c), ("humidity", c)])
     merged = replay.merge_stored(stored)
     assert merged.held == [(0, 0), (0, 1), (0, 2)]
-    assert replay.metrics["temp"].count == 6
-    assert replay.metrics["humidity"].count == 6
+    assert replay.rollup("temp").count == 6
+    assert replay.rollup("humidity").count == 6
     # Both reached offset 5: one watermark serves them again.
     doc = replay.document(2, NOW, None)
     assert doc["_applied"] == {"0": 5} and "_applied" not in doc["metrics"]["humidity"]
@@ -243,7 +243,7 @@ def test_a_lagging_metric_keeps_its_watermark_until_it_catches_up() -> None:
     replay = BucketState(BucketKey("dev-1", "1m", T0), 0)
     replay.fold(0, 3, [("temp", contribs(0, range(3, 4))[0])])
     replay.merge_stored(stored)
-    assert replay.metrics["temp"].count == 4 and replay.metrics["humidity"].count == 5
+    assert replay.rollup("temp").count == 4 and replay.rollup("humidity").count == 5
     doc = replay.document(2, NOW, None)
     assert doc["metrics"]["temp"]["_applied"] == {"0": 3} and doc["_applied"] == {"0": 4}
 

@@ -77,7 +77,7 @@ async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
     unique: dict[str, Placed] = {}
     for placed in batch:
         unique.setdefault(placed.reading.event_id, placed)
-    retried = await insert_first_copies(db[RAW], [raw_document(p) for p in unique.values()])
+    retried = await insert_first_copies(db[RAW], (raw_document(p) for p in unique.values()))
     to_fold = [p for p in unique.values() if p.reading.event_id not in retried]
     return RawInsertResult(to_fold=to_fold, duplicates=len(batch) - len(to_fold))
 

@@ -33,25 +33,34 @@ def source(partition: int, offset: int) -> str:
     return f"{partition}:{offset}"
 
 
-async def insert_first_copies(collection: Any, docs: list[dict[str, Any]]) -> set[str]:
+async def insert_first_copies(collection: Any, docs: Iterable[dict[str, Any]]) -> set[str]:
     """Insert documents keyed by event id, each with its ``_src``; return the ids that are
-    second copies: stored already from another position."""
-    duplicate_ids: list[str] = []
-    try:
-        await collection.insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        for error in exc.details["writeErrors"]:
-            if error["code"] != DUPLICATE_KEY:
-                raise
-            duplicate_ids.append(docs[error["index"]]["_id"])
+    second copies: stored already from another position.
+
+    ``docs`` may be a generator: each WRITE_CHUNK is built just before it is sent, a
+    few in flight, so the server stores one chunk while this process builds the
+    next and a large batch's documents are never all in memory at once.
+    """
+    sources: dict[str, str] = {}
+
+    async def insert(chunk: list[dict[str, Any]]) -> set[str]:
+        ids = [doc["_id"] for doc in chunk]
+        duplicates = await _duplicate_ids(collection.insert_many(chunk, ordered=False), ids)
+        for doc in chunk:
+            if doc["_id"] in duplicates:
+                sources[doc["_id"]] = doc["_src"]
+        return duplicates
+
+    duplicate_ids: set[str] = set()
+    for found in await _pipelined(insert, _batched(docs, WRITE_CHUNK)):
+        duplicate_ids |= found
     if not duplicate_ids:
         return set()
-    sources = {doc["_id"]: doc["_src"] for doc in docs}
     # Same event, same position: a replay of a record whose writes may not all
     # have happened; it is processed again (the watermarks decide).
     return {
         doc["_id"]
-        async for doc in collection.find({"_id": {"$in": duplicate_ids}}, {"_src": 1})
+        async for doc in collection.find({"_id": {"$in": list(duplicate_ids)}}, {"_src": 1})
         if doc.get("_src") != sources[doc["_id"]]
     }
 
@@ -87,6 +96,28 @@ async def _bounded(calls: list[Awaitable[T]]) -> list[T]:
             return await call
 
     return await asyncio.gather(*(one(call) for call in calls))
+
+
+async def _pipelined(
+    send: Callable[[list[Any]], Awaitable[T]], chunks: Iterable[list[Any]]
+) -> list[T]:
+    """``send`` each chunk as it is made, with at most IN_FLIGHT of them running at once."""
+    in_flight: set[asyncio.Future[T]] = set()
+    results: list[T] = []
+    try:
+        for chunk in chunks:
+            if len(in_flight) >= IN_FLIGHT:
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                results += [task.result() for task in done]
+            in_flight.add(asyncio.ensure_future(send(chunk)))
+            await asyncio.sleep(0)  # let it put its request on the wire before making more
+        results += [await task for task in asyncio.as_completed(in_flight)]
+    except BaseException:
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        raise
+    return results
 
 
 def _chunks(items: list[T], size: int) -> list[list[T]]:
