@@ -82,8 +82,8 @@ class AggregatorSettings(WorkerSettings, RollupSettings):
     # summary are written once per batch however many of its readings it holds,
     # so a backlog drains faster in big batches; a worker that has caught up
     # gets small ones, written at once.
-    consumer_max_records: int = Field(20_000, ge=1, le=100_000)
-    consumer_fetch_partition_bytes: int = Field(4 * 1_048_576, ge=65_536, le=256 * 1_048_576)
+    consumer_max_records: int = Field(50_000, ge=1, le=100_000)
+    consumer_fetch_partition_bytes: int = Field(8 * 1_048_576, ge=65_536, le=256 * 1_048_576)
     # Buckets and device summaries held in memory between batches (the least
     # recently folded are let go first; one needed again is read back once).
     aggregator_state_buckets: int = Field(100_000, ge=1_000, le=10_000_000)
