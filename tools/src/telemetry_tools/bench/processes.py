@@ -16,7 +16,7 @@ import requests
 
 from telemetry_tools.servers import KafkaServer, MongoServer, free_port
 
-STORE_LAYOUT = "v2"
+STORE_LAYOUT = "v3"
 
 
 @dataclass
