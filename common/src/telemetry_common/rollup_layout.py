@@ -187,6 +187,20 @@ def bucket_filter(
     end: datetime | None = None,
 ) -> dict[str, Any]:
     """A find() filter for bucket documents of ``resolution`` starting in [start, end)."""
+    return _stored_filter(resolution, "timestamp", project_id, device_id, metric, start, end)
+
+
+def _stored_filter(
+    resolution: str,
+    time_field: str,
+    project_id: str,
+    device_id: str | None,
+    metric: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> dict[str, Any]:
+    """Stored buckets of ``resolution`` whose start (for one device) or ``time_field``
+    (across devices) is in [start, end)."""
     query: dict[str, Any]
     if device_id is not None:
         query = {"_id": device_id_range(project_id, device_id, resolution, start, end)}
@@ -198,7 +212,7 @@ def bucket_filter(
         if end is not None:
             span["$lt"] = end
         if span:
-            query["timestamp"] = span
+            query[time_field] = span
     if metric is not None:
         query[f"metrics.{metric}"] = {"$exists": True}
     return query
@@ -262,21 +276,9 @@ def merged_filter(
     # its window's start on: from the first window starting at or after ``start``.
     first = _window_at_or_after(start, width_s) if start is not None else None
     last = _window_at_or_after(end, width_s) if end is not None else None
-    query: dict[str, Any]
-    if device_id is not None:
-        query = {"_id": device_id_range(project_id, device_id, source, first, last)}
-    else:
-        query = {"project_id": project_id, "resolution": source}
-        span: dict[str, datetime] = {}
-        if first is not None:
-            span["$gte"] = first
-        if last is not None:
-            span["$lt"] = last
-        if span:
-            query[window_field(resolution)] = span
-    if metric is not None:
-        query[f"metrics.{metric}"] = {"$exists": True}
-    return query
+    return _stored_filter(
+        source, window_field(resolution), project_id, device_id, metric, first, last
+    )
 
 
 def merged_projection(metric: str) -> dict[str, int]:

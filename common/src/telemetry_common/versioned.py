@@ -186,36 +186,20 @@ async def write_versioned(collection: Any, writes: Iterable[Write]) -> set[str]:
     of them is sent as soon as it is built, so the server stores one chunk
     while this process builds the next.
     """
-    in_flight: set[asyncio.Future[set[str]]] = set()
-    conflicts: set[str] = set()
 
-    async def send(write: Awaitable[Any], ids: list[str]) -> None:
-        nonlocal in_flight
-        if len(in_flight) >= IN_FLIGHT:
-            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            conflicts.update(*(task.result() for task in done))
-        in_flight.add(asyncio.ensure_future(_duplicate_ids(write, ids)))
-        await asyncio.sleep(0)  # let it put its request on the wire before building more
+    async def write(chunk: list[Write]) -> set[str]:
+        conflicts: set[str] = set()
+        new = [doc for doc, version in chunk if version is None]
+        if new:
+            inserted = collection.insert_many(new, ordered=False)
+            conflicts |= await _duplicate_ids(inserted, [d["_id"] for d in new])
+        replaced = [write for write in chunk if write[1] is not None]
+        if replaced:
+            ids = [doc["_id"] for doc, _ in replaced]
+            conflicts |= await _duplicate_ids(_replace_if_unchanged(collection, replaced), ids)
+        return conflicts
 
-    try:
-        for chunk in _batched(writes, WRITE_CHUNK):
-            new = [doc for doc, version in chunk if version is None]
-            replaced = [write for write in chunk if write[1] is not None]
-            if new:
-                await send(collection.insert_many(new, ordered=False), [d["_id"] for d in new])
-            if replaced:
-                ids = [doc["_id"] for doc, _ in replaced]
-                await send(_replace_if_unchanged(collection, replaced), ids)
-        for task in asyncio.as_completed(in_flight):
-            conflicts.update(await task)
-    except BaseException:
-        # The batch is retried from the top; no write of this attempt should
-        # still be landing then (harmless, the versions see to it, but confusing).
-        for task in in_flight:
-            task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-        raise
-    return conflicts
+    return set().union(*await _pipelined(write, _batched(writes, WRITE_CHUNK)))
 
 
 @dataclass

@@ -248,56 +248,30 @@ async def rollup_page(
     """One page of rows (stored shape, bookkeeping included) and the next page's cursor."""
     resume = decode_cursor(SORT_KEY, cursor) if cursor is not None else None
     page = RowPage(limit, metric, resume)
-    if merged_from is not None:
-        await _fill_merged(collection, page, resolution, merged_from, device_id, metric, start, end)
-        position = page.next_position()
-        return page.rows(), encode_cursor(SORT_KEY, position) if position is not None else None
-    query = rollup_query(
-        resolution, device_id=device_id, metric=metric, start=start, end=end, resume=resume
-    )
-    found = (
-        collection.find(query.filter, query.projection)
-        .sort(query.sort)
-        .limit(page.documents_needed)
-    )
+    bounds = {"device_id": device_id, "metric": metric, "start": start, "end": end}
+    docs: AsyncIterator[Mapping[str, Any]]
+    if merged_from is None:
+        query = rollup_query(resolution, **bounds, resume=resume)
+        found = (
+            collection.find(query.filter, query.projection)
+            .sort(query.sort)
+            .limit(page.documents_needed)
+        )
+        docs = found
+    else:
+        query = merged_query(resolution, merged_from, **bounds, resume=resume)
+        found = collection.find(query.filter, query.projection).sort(query.sort)
+        if device_id is None:
+            found = found.hint(window_index_name(resolution))
+        found = found.batch_size(MERGE_BATCH)
+        docs = merged_buckets(found, resolution, merged_from.width_s)
     try:
-        async for doc in found:
+        async for doc in docs:
             if page.add(doc):
                 break
     finally:
+        if docs is not found:
+            await docs.aclose()  # type: ignore[attr-defined]
         await found.close()
     position = page.next_position()
     return page.rows(), encode_cursor(SORT_KEY, position) if position is not None else None
-
-
-async def _fill_merged(
-    collection: AsyncCollection,
-    page: RowPage,
-    resolution: str,
-    merged_from: MergedFrom,
-    device_id: str | None,
-    metric: str | None,
-    start: datetime | None,
-    end: datetime | None,
-) -> None:
-    query = merged_query(
-        resolution,
-        merged_from,
-        device_id=device_id,
-        metric=metric,
-        start=start,
-        end=end,
-        resume=page.resume,
-    )
-    found = collection.find(query.filter, query.projection).sort(query.sort)
-    if device_id is None:
-        found = found.hint(window_index_name(resolution))
-    found = found.batch_size(MERGE_BATCH)
-    buckets = merged_buckets(found, resolution, merged_from.width_s)
-    try:
-        async for bucket in buckets:
-            if page.add(bucket):
-                break
-    finally:
-        await buckets.aclose()
-        await found.close()
