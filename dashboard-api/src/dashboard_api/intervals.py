@@ -1,7 +1,7 @@
 """Serving any interval from the stored rollups: which resolution, which window, merging.
 
 Pure (no I/O) so the merging is unit-tested without a server. An interval is
-served by the coarsest stored resolution whose width divides it (10m from 5m
+served by the coarsest stored resolution whose width divides it (10m from 1m
 buckets); buckets are epoch-aligned, so each stored bucket lies inside exactly
 one interval bucket and merging loses nothing: count, sum, min and max of a
 merged bucket are what the stored resolution would have given at that width.

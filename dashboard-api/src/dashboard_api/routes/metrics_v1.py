@@ -62,7 +62,7 @@ async def metric_aggregate(
         str,
         Query(
             pattern=r"^\d+[smhd]$",
-            description="bucket width: a stored resolution or a multiple of one (10m from 5m)",
+            description="bucket width: a stored resolution or a multiple of one (10m from 1m)",
             examples=["10m"],
         ),
     ] = "1h",
