@@ -175,7 +175,7 @@ class AlertsSettings(WorkerSettings, WebhookDeliverySettings):
     # Each batch costs a fixed chain of round trips (event ids, states, alerts,
     # outbox), so a worker behind drains faster in large batches; one that has
     # caught up gets small batches, written at once.
-    consumer_max_records: int = Field(10_000, ge=1, le=100_000)
+    consumer_max_records: int = Field(20_000, ge=1, le=100_000)
     consumer_fetch_partition_bytes: int = Field(4 * 1_048_576, ge=65_536, le=256 * 1_048_576)
     temp_min_threshold: float = -10.0
     temp_max_threshold: float = 50.0
