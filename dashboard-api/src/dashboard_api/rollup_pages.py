@@ -41,7 +41,6 @@ from telemetry_common.rollup_layout import (
     metric_rows,
     row_projection,
     window_field,
-    window_index_name,
 )
 
 from dashboard_api.paging import Position, after, decode_cursor, encode_cursor
@@ -260,10 +259,11 @@ async def rollup_page(
         docs = found
     else:
         query = merged_query(resolution, merged_from, **bounds, resume=resume)
-        found = collection.find(query.filter, query.projection).sort(query.sort)
-        if device_id is None:
-            found = found.hint(window_index_name(resolution))
-        found = found.batch_size(MERGE_BATCH)
+        # No hint naming the window index: until the service has created it (in
+        # the background at start) a hint would fail the query, not slow it.
+        found = (
+            collection.find(query.filter, query.projection).sort(query.sort).batch_size(MERGE_BATCH)
+        )
         docs = merged_buckets(found, resolution, merged_from.width_s)
     try:
         async for doc in docs:
