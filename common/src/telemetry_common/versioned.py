@@ -113,8 +113,9 @@ async def _pipelined(
             await asyncio.sleep(0)  # let it put its request on the wire before making more
         results += [await task for task in asyncio.as_completed(in_flight)]
     except BaseException:
-        for task in in_flight:
-            task.cancel()
+        # The others are left to finish or fail by themselves, never cancelled:
+        # pymongo's async pool can deadlock on a cancelled checkout (after a
+        # MongoDB restart, every later operation of the process waited forever).
         await asyncio.gather(*in_flight, return_exceptions=True)
         raise
     return results
