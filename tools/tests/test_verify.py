@@ -23,6 +23,15 @@ def test_incidents_one_after_another_are_fine() -> None:
     assert incident_violations([alert("b", 20, None), alert("a", 0, 10)]) == []
 
 
+def test_incidents_fired_and_resolved_at_one_instant_are_fine() -> None:
+    # Readings sharing a timestamp: one fires and the next resolves, then a third fires.
+    assert incident_violations([alert("b", 0, None), alert("a", 0, 0)]) == []
+
+
+def test_two_alerts_open_from_one_instant_are_a_violation() -> None:
+    assert len(incident_violations([alert("b", 0, None), alert("a", 0, 5)])) == 1
+
+
 def test_two_rules_may_be_open_on_one_device() -> None:
     assert incident_violations([alert("a", 0, None), alert("b", 5, None, rule="r2")]) == []
 

@@ -21,7 +21,7 @@ import uuid
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -79,11 +79,15 @@ def parse_metrics(spec: str | None) -> dict[str, tuple[float, float]]:
 
 
 def make_reading(
-    device: str, rng: random.Random, metrics: dict[str, tuple[float, float]], anomaly_rate: float
+    device: str,
+    rng: random.Random,
+    metrics: dict[str, tuple[float, float]],
+    anomaly_rate: float,
+    ts: datetime | None = None,
 ) -> dict[str, Any]:
     reading: dict[str, Any] = {
         "device_id": device,
-        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "ts": (ts or datetime.now(UTC)).isoformat(timespec="milliseconds"),
         # Not from the seeded rng: a rerun with the same seed sends new readings.
         "event_id": uuid.uuid4().hex,
     }
@@ -181,8 +185,18 @@ async def run(args: argparse.Namespace) -> Stats:
             stats.sent += size
             await semaphore.acquire()
             if args.batch > 1:
+                # A device that uploads in batches took its readings one by one
+                # since its last upload, not all at once.
+                now = datetime.now(UTC)
                 body: Any = [
-                    make_reading(device, rng, metrics, args.anomaly_rate) for _ in range(size)
+                    make_reading(
+                        device,
+                        rng,
+                        metrics,
+                        args.anomaly_rate,
+                        now - timedelta(seconds=(size - 1 - i) / args.rps),
+                    )
+                    for i in range(size)
                 ]
                 coro = post(client, "/ingest/batch", body, stats, size)
             else:

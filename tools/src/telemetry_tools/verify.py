@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
@@ -133,6 +134,9 @@ async def double_counted(
     return sum(max(0, n - raw.get(key, 0)) for key, n in rolled.items())
 
 
+FOREVER = datetime.max.replace(tzinfo=UTC)
+
+
 def incident_violations(alerts: Iterable[dict[str, Any]]) -> list[str]:
     """Breaks of "one alert per incident": a (rule, device) with two alerts open at
     once, or one fired before the previous one resolved."""
@@ -141,7 +145,9 @@ def incident_violations(alerts: Iterable[dict[str, Any]]) -> list[str]:
         by_incident[(alert["rule_id"], alert["device_id"])].append(alert)
     violations = []
     for (rule_id, device_id), history in by_incident.items():
-        history.sort(key=lambda a: a["fired_at"])
+        # Alerts fired at the same instant (readings sharing a timestamp) are in
+        # order only if the one resolved first comes first.
+        history.sort(key=lambda a: (a["fired_at"], a["resolved_at"] or FOREVER))
         for earlier, later in pairwise(history):
             if earlier["resolved_at"] is None or earlier["resolved_at"] > later["fired_at"]:
                 violations.append(
