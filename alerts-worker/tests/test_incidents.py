@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from alerts_worker.incidents import RuleIndex, Tracked, evaluate_batch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from telemetry_common.alert_rules import Rule, Silence
 from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.reading import Reading, parse_reading
@@ -134,3 +137,88 @@ def test_states_that_decide_nothing_are_not_kept() -> None:
     kinds = [r.transition.kind for r in evaluate_batch(later, index, tracked, [], NOW).raised]
     assert kinds == ["fired", "resolved"]
     assert [t.idle for t in tracked.values()] == [False]
+
+
+class EveryRuleJudges(RuleIndex):
+    """The index without its shortcut for readings that concern no rule."""
+
+    def quiet_count(self, reading: Reading) -> int | None:
+        return None
+
+
+RULE_SHAPES = st.fixed_dictionaries(
+    {
+        "metric": st.sampled_from(["t", "humidity"]),
+        "operator": st.sampled_from([">", ">=", "<", "<=", "==", "!="]),
+        "threshold": st.sampled_from([10.0, 20.0, 30.0]),
+        "clear_threshold": st.sampled_from([None, 15.0, 25.0]),
+        "k": st.integers(1, 2),
+        "n": st.just(2),
+        "scope": st.sampled_from(["all", "all", "devices"]),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shapes=st.lists(RULE_SHAPES, min_size=1, max_size=5),
+    values=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]), st.sampled_from([0.0, 10.0, 15.0, 20.0, 30.0, 40.0])
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_readings_that_concern_no_rule_are_decided_as_if_each_rule_judged_them(
+    shapes: list[dict[str, Any]], values: list[tuple[str, float]]
+) -> None:
+    rules = [
+        rule(f"r-{i}", **shape, **({"devices": ["a"]} if shape["scope"] == "devices" else {}))
+        for i, shape in enumerate(shapes)
+    ]
+    items = Partition().items(*({"device_id": d, "t": v, "humidity": v} for d, v in values))
+    fast_states: dict[str, Tracked] = {}
+    judged_states: dict[str, Tracked] = {}
+    fast = evaluate_batch(items, RuleIndex(rules), fast_states, [], NOW)
+    judged = evaluate_batch(items, EveryRuleJudges(rules), judged_states, [], NOW)
+    assert {i: t.to_document(NOW) for i, t in fast_states.items()} == {
+        i: t.to_document(NOW) for i, t in judged_states.items()
+    }
+    assert fast.evaluations == judged.evaluations
+    assert [r.transition.notification_id for r in fast.raised] == [
+        r.transition.notification_id for r in judged.raised
+    ]
+
+
+@pytest.mark.parametrize(
+    ("operator", "threshold", "clear", "past"),
+    [
+        (">", 30.0, None, 30.5),
+        (">=", 30.0, None, 30.0),
+        ("<", 10.0, None, 9.5),
+        ("<=", 10.0, None, 10.0),
+        (">", 30.0, 25.0, 25.5),
+        ("<", 10.0, 15.0, 14.5),
+    ],
+)
+def test_a_value_just_past_a_limit_meets_its_rule(
+    operator: str, threshold: float, clear: float | None, past: float
+) -> None:
+    # The rule on the other metric keeps that metric's band in play too.
+    rules = [
+        rule(operator=operator, threshold=threshold, clear_threshold=clear),
+        rule("r-2", metric="humidity", threshold=90.0),
+    ]
+    # First a device that only ever sends values its rules leave idle, then one past.
+    items = Partition().items({"t": 20.0, "humidity": 50.0}, {"t": past, "humidity": 50.0})
+    fast_states: dict[str, Tracked] = {}
+    judged_states: dict[str, Tracked] = {}
+    fast = evaluate_batch(items, RuleIndex(rules), fast_states, [], NOW)
+    judged = evaluate_batch(items, EveryRuleJudges(rules), judged_states, [], NOW)
+    assert judged_states, "the value past the limit should have met its rule"
+    assert fast_states.keys() == judged_states.keys()
+    assert [r.transition.notification_id for r in fast.raised] == [
+        r.transition.notification_id for r in judged.raised
+    ]
+    assert fast.evaluations == judged.evaluations == 4

@@ -9,6 +9,7 @@ device resolves with the device's next reading (``resolved_reason`` says why).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,15 +83,69 @@ class Raised:
     partition: int
 
 
+@dataclass(slots=True)
+class QuietBand:
+    """The values of one metric that concern none of its rules (``Rule.concerns``).
+
+    Only when every rule on the metric covers all devices and compares with
+    >, >=, < or <= is the band exact (``usable``); otherwise each rule is asked.
+    """
+
+    rule_ids: frozenset[str] = frozenset()
+    usable: bool = True
+    # Quiet: value <= at_most_gt, < below_ge, >= at_least_lt and > above_le.
+    at_most_gt: float = math.inf
+    below_ge: float = math.inf
+    at_least_lt: float = -math.inf
+    above_le: float = -math.inf
+
+    def add(self, rule: Rule) -> None:
+        self.rule_ids |= {rule.rule_id}
+        if rule.scope != "all":
+            self.usable = False
+        elif rule.operator == ">":
+            self.at_most_gt = min(self.at_most_gt, *rule.limits)
+        elif rule.operator == ">=":
+            self.below_ge = min(self.below_ge, *rule.limits)
+        elif rule.operator == "<":
+            self.at_least_lt = max(self.at_least_lt, *rule.limits)
+        elif rule.operator == "<=":
+            self.above_le = max(self.above_le, *rule.limits)
+        else:
+            self.usable = False
+
+    def holds(self, value: float) -> bool:
+        return (
+            self.usable
+            and value <= self.at_most_gt
+            and value < self.below_ge
+            and value >= self.at_least_lt
+            and value > self.above_le
+        )
+
+
 class RuleIndex:
     """Enabled rules by the metric names they watch, so a reading meets only its own rules."""
 
     def __init__(self, rules: Iterable[Rule]):
         self.by_id = {rule.rule_id: rule for rule in rules if rule.enabled}
         self.by_metric: dict[str, list[Rule]] = {}
+        self._quiet: dict[str, QuietBand] = {}
         for rule in self.by_id.values():
             for name in (rule.metric, *rule.metric_aliases):
                 self.by_metric.setdefault(name, []).append(rule)
+                self._quiet.setdefault(name, QuietBand()).add(rule)
+
+    def quiet_count(self, reading: Reading) -> int | None:
+        """How many rules apply to a reading that concerns none of them; None if one may
+        be concerned (or the band cannot tell), and each rule must judge it."""
+        bands = [(self._quiet.get(name), value) for name, value in reading.metrics.items()]
+        watched = [band for band, value in bands if band is not None]
+        if not all(band.holds(value) for band, value in bands if band is not None):
+            return None
+        if len(watched) == 1:
+            return len(watched[0].rule_ids)
+        return len(frozenset().union(*(band.rule_ids for band in watched)))
 
     def for_reading(self, reading: Reading) -> list[Rule]:
         seen: dict[str, Rule] = {}
@@ -126,6 +181,13 @@ def evaluate_batch(
     for item in items:
         reading = item.value
         device_id = reading.device_id
+        if device_id not in by_device:
+            # The common case, decided for all rules at once: no state for the
+            # device and a value that concerns none of them leaves everything idle.
+            quiet = rules.quiet_count(reading)
+            if quiet is not None:
+                outcome.evaluations += quiet
+                continue
         applicable = rules.for_reading(reading)
         for rule in applicable:
             found = rule.value_in(reading.metrics)
