@@ -25,6 +25,8 @@ EXPECTED = [
     "/ingest p99 latency",
     "/ingest p99 of other devices while one floods",
     "aggregator drain readings/s",
+    "aggregator drain readings/s, dense fleet",
+    "aggregator-worker peak RSS, dense fleet",
     "alerts drain readings/s",
     "end-to-end p50: POST to rollup visible",
     "end-to-end p99: POST to rollup visible",

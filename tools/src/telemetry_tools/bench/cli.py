@@ -17,12 +17,13 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
 
-from telemetry_tools.bench import drain, ingest, pipeline
+from telemetry_tools.bench import drain, ingest, pipeline, queries
 from telemetry_tools.bench.processes import Infra, infrastructure
 from telemetry_tools.bench.report import BENCHMARKS_MD, RESULTS_DIR, Report, machine, versions
 from telemetry_tools.servers import REPO_ROOT, secantusd
@@ -38,6 +39,7 @@ class Profile:
     samples: int
     drain_budget_s: float
     insert_sample: int
+    fleets: tuple[drain.Fleet, ...] = ()
 
 
 PROFILES = {
@@ -50,6 +52,22 @@ PROFILES = {
         samples=200,
         drain_budget_s=120.0,
         insert_sample=200_000,
+        fleets=(
+            drain.Fleet(
+                "dense",
+                devices=10_000,
+                readings=300_000,
+                span=timedelta(seconds=30),
+                description="dense fleet (10,000 devices, a reading each per second)",
+            ),
+            drain.Fleet(
+                "wide",
+                devices=100_000,
+                readings=500_000,
+                span=timedelta(hours=12),
+                description="100,000 devices (a reading each every 2.4 h)",
+            ),
+        ),
     ),
     "smoke": Profile(
         ingest_readings=2_000,
@@ -60,6 +78,15 @@ PROFILES = {
         samples=5,
         drain_budget_s=60.0,
         insert_sample=2_000,
+        fleets=(
+            drain.Fleet(
+                "dense",
+                devices=20,
+                readings=400,
+                span=timedelta(seconds=20),
+                description="dense fleet (20 devices, a reading each per second)",
+            ),
+        ),
     ),
 }
 
@@ -109,15 +136,27 @@ def run(args: argparse.Namespace) -> Report:
             if args.only == "ingest":
                 asyncio.run(remove_run_data(infra, run_id))
                 return report
-            db_name, drain_rates = drain.run(
+            if args.only == "drain":
+                # Nothing reads the drained store afterwards: a fresh one each run.
+                db_name = f"bench_drain_{run_id}"
+            else:
+                db_name = infra.store_db
+                with report.phase("drain: take earlier drains out of the kept store"):
+                    asyncio.run(queries.forget_earlier_drains(infra.mongo_url, db_name))
+            drain_rates = drain.run(
                 report,
                 infra,
                 run_id,
+                db_name,
                 profile.drain_readings,
                 profile.devices,
                 profile.drain_budget_s,
                 profile.insert_sample,
             )
+            for fleet in profile.fleets:
+                drain.fleet_run(
+                    report, infra, run_id, fleet, profile.drain_budget_s, profile.insert_sample
+                )
             if args.only == "drain":
                 asyncio.run(remove_run_data(infra, run_id))
                 return report

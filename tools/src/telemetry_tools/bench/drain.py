@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from aggregator_worker.fold import BucketKey, BucketStarts, BucketState, Placed,
 from aggregator_worker.store import raw_document
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo import AsyncMongoClient
+from telemetry_common.alert_rules import ALERT_RULES, builtin_rules
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
 from telemetry_common.mongo import RAW, ensure_indexes
@@ -27,6 +29,7 @@ PARTITIONS = 6
 # The workers' default CONSUMER_MAX_RECORDS, as in every run so far, so that
 # ceilings stay comparable between runs.
 INSERT_CHUNK = 2000
+BUILTIN_RULES = len(builtin_rules(-10, 50, 0, 100))
 # Readings whose rollup buckets are inserted bare: each makes about ten buckets.
 BUCKET_SAMPLE = 20_000
 
@@ -128,6 +131,59 @@ async def bare_bucket_insert_rate(mongo_url: str, db_name: str, readings: list[R
         await client.close()
 
 
+def custom_rules() -> list[dict[str, Any]]:
+    """16 rules beside the 4 built-in ones, as an operator might keep: plain
+    thresholds, k-of-n windows, for-durations and hysteresis, on both metrics."""
+    now = datetime.now(UTC)
+    rules = []
+    for i in range(4):
+        for metric, high in (("temperature_c", 40.0 + i), ("humidity", 75.0 + i)):
+            rules.append({"metric": metric, "operator": ">", "threshold": high, "k": 3, "n": 5})
+            rules.append(
+                {
+                    "metric": metric,
+                    "operator": ">",
+                    "threshold": high + 5,
+                    "for": f"{30 * (i + 1)}s",
+                    "clear_threshold": high,
+                }
+            )
+    return [
+        {
+            "_id": f"bench-rule-{i}",
+            "name": f"bench rule {i}",
+            "severity": "warning",
+            "scope": "all",
+            "enabled": True,
+            "builtin": False,
+            "created_at": now,
+            "updated_at": now,
+            **rule,
+        }
+        for i, rule in enumerate(rules)
+    ]
+
+
+async def add_rules(mongo_url: str, db_name: str, rules: list[dict[str, Any]]) -> None:
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        await client[db_name][ALERT_RULES].insert_many(rules)
+    finally:
+        await client.close()
+
+
+def worker_env(infra: Infra, db_name: str, topic: str, run_id: str) -> dict[str, str]:
+    """A worker's settings for draining ``topic`` into ``db_name``."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
+        "MONGO_URL": infra.mongo_url,
+        "MONGO_DB": db_name,
+        "TELEMETRY_TOPIC": topic,
+        "DLQ_TOPIC": f"bench.dlq.{run_id}",
+        "ALERTS_TOPIC": f"bench.alerts.{run_id}",
+    }
+
+
 def drain_rate(
     infra: Infra, service: ServiceProcess, group: str, expected: int, budget_s: float
 ) -> tuple[float, int]:
@@ -152,12 +208,13 @@ def run(
     report: Report,
     infra: Infra,
     run_id: str,
+    db_name: str,
     readings: int,
     devices: int,
     budget_s: float,
     insert_sample: int,
-) -> tuple[str, dict[str, float]]:
-    """Measure both workers' drain rates; return the database the aggregator filled, and them."""
+) -> dict[str, float]:
+    """Measure both workers' drain rates, the aggregator writing into ``db_name``."""
     topic = f"bench.drain.{run_id}"
     asyncio.run(ensure_topics(infra.bootstrap_servers, [TopicSpec(topic, PARTITIONS, {})]))
     now = datetime.now(UTC)
@@ -178,16 +235,8 @@ def run(
         )
     del stream
 
-    db_name = infra.store_db
     logs = infra.work_dir / "logs"
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
-        "MONGO_URL": infra.mongo_url,
-        "MONGO_DB": db_name,
-        "TELEMETRY_TOPIC": topic,
-        "DLQ_TOPIC": f"bench.dlq.{run_id}",
-        "ALERTS_TOPIC": f"bench.alerts.{run_id}",
-    }
+    env = worker_env(infra, db_name, topic, run_id)
     asyncio.run(
         ensure_topics(
             infra.bootstrap_servers,
@@ -201,6 +250,8 @@ def run(
         aggregator_rate, aggregated = drain_rate(
             infra, aggregator, f"agg-{run_id}", readings, budget_s
         )
+    rules = custom_rules()
+    asyncio.run(add_rules(infra.mongo_url, db_name, rules))
     alerts = ServiceProcess(
         "alerts-worker", "alerts_worker", {**env, "CONSUMER_GROUP": f"alerts-{run_id}"}, logs
     )
@@ -244,12 +295,16 @@ def run(
     )
     report.add(
         Figure(
-            "alerts drain readings/s",
+            f"alerts drain readings/s ({len(rules) + BUILTIN_RULES} rules)",
             alerts_rate,
             "readings/s",
             consumer_ceiling,
             ceiling_name="bare aiokafka consumer decoding",
-            note=f"drained {alerted:,} of {readings:,} readings in the time budget",
+            note=(
+                f"{BUILTIN_RULES} built-in rules and {len(rules)} custom ones (k-of-n, "
+                f"for-durations, hysteresis); drained {alerted:,} of {readings:,} readings "
+                "in the time budget"
+            ),
         )
     )
     report.add(
@@ -265,4 +320,70 @@ def run(
     )
     report.sizes["drain_readings"] = readings
     report.sizes["drain_devices"] = devices
-    return db_name, {"aggregator": aggregator_rate, "alerts": alerts_rate}
+    return {"aggregator": aggregator_rate, "alerts": alerts_rate}
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Another fleet shape the aggregator drains, beside the bench workload."""
+
+    name: str
+    devices: int
+    readings: int
+    span: timedelta
+    description: str
+
+
+def fleet_run(
+    report: Report, infra: Infra, run_id: str, fleet: Fleet, budget_s: float, insert_sample: int
+) -> None:
+    """The aggregator's drain rate and peak RSS on ``fleet``, into a database of its own."""
+    topic = f"bench.{fleet.name}.{run_id}"
+    db_name = f"bench_{fleet.name}_{run_id}"
+    asyncio.run(ensure_topics(infra.bootstrap_servers, [TopicSpec(topic, PARTITIONS, {})]))
+    stream = [
+        canonical(b)
+        for b in bodies(
+            fleet.readings,
+            fleet.devices,
+            end=datetime.now(UTC),
+            span=fleet.span,
+            anomaly_rate=0.01,
+            prefix=f"{fleet.name}-",
+            seed=5,
+        )
+    ]
+    with report.phase(f"{fleet.name}: fill a topic with {fleet.readings:,} readings"):
+        asyncio.run(fill(infra.bootstrap_servers, topic, stream))
+    with report.phase(f"{fleet.name}: bare MongoDB insert ceiling"):
+        sample = stream[:insert_sample]
+        ceiling = asyncio.run(
+            bare_insert_rate(infra.mongo_url, f"bench_{fleet.name}_insert_{run_id}", sample)
+        )
+    del stream
+    group = f"agg-{fleet.name}-{run_id}"
+    env = {**worker_env(infra, db_name, topic, run_id), "CONSUMER_GROUP": group}
+    aggregator = ServiceProcess(
+        "aggregator-worker", "aggregator_worker", env, infra.work_dir / "logs"
+    )
+    with report.phase(f"{fleet.name}: aggregator-worker"):
+        rate, drained = drain_rate(infra, aggregator, group, fleet.readings, budget_s)
+    report.add(
+        Figure(
+            f"aggregator drain readings/s, {fleet.description}",
+            rate,
+            "readings/s",
+            ceiling,
+            ceiling_name="bare MongoDB bulk insert of the raw documents",
+            note=f"drained {drained:,} of {fleet.readings:,} readings in the time budget",
+        )
+    )
+    report.add(
+        Figure(
+            f"aggregator-worker peak RSS, {fleet.description}",
+            aggregator.peak_rss_bytes / 2**20,
+            "MiB",
+            None,
+            goal="< 512 MiB" if fleet.devices >= 100_000 else "",
+        )
+    )

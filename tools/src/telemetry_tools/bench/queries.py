@@ -15,6 +15,7 @@ from aggregator_worker.store import raw_document
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
+from telemetry_common.ownership import PARTITION_OWNERS
 from telemetry_common.rollup_layout import bucket_filter, metric_rows, row_projection
 
 from telemetry_tools.bench.workload import bodies, canonical
@@ -56,6 +57,25 @@ async def top_up_raw(mongo_url: str, db_name: str, total: int, devices: int) -> 
         for task in in_flight:
             await task
         return missing
+    finally:
+        await client.close()
+
+
+async def forget_earlier_drains(mongo_url: str, db_name: str) -> int:
+    """Take out of the kept store what earlier runs' drains wrote; return the raw readings removed.
+
+    Left in, every run would drain into a larger store than the last (and a
+    larger store is a slower one), so no two runs' figures would compare. The
+    older history ``top_up_raw`` inserted is kept: it is what takes long to fill.
+    """
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        db = client[db_name]
+        for collection in (ROLLUPS, DEVICES, PARTITION_OWNERS):
+            await db.drop_collection(collection)
+        # History is inserted as if from negative offsets of partition 0 (top_up_raw).
+        drained = {"_src": {"$not": {"$regex": "^0:-"}}}
+        return (await db[RAW].delete_many(drained)).deleted_count
     finally:
         await client.close()
 
