@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from telemetry_common.reading import Reading, parse_reading
 from telemetry_common.resolutions import bucket_start
 from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import metric_rows
+from telemetry_common.rollup_layout import metric_rows, parse_bucket_id
 from telemetry_common.sketch import bin_key
 from telemetry_common.timefmt import to_utc_ms
 from telemetry_common.versioned import Watermarks
@@ -391,12 +391,10 @@ def test_any_batching_interleaving_and_replay_gives_the_buckets_of_one_pass(
 
 
 def got_values(readings: list[Reading], doc_id: str, metric: str) -> list[float]:
-    _, device, resolution, start = doc_id.split("|")
+    _, device, resolution, start = parse_bucket_id(doc_id)
     width = RESOLUTIONS[resolution]
     return [
         r.metrics[metric]
         for r in readings
-        if r.device_id == device
-        and metric in r.metrics
-        and int(bucket_start(r.ts, width).timestamp()) == int(start)
+        if r.device_id == device and metric in r.metrics and bucket_start(r.ts, width) == start
     ]

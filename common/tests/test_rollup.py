@@ -11,7 +11,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from telemetry_common.exact_sum import exact_partials, rounded
 from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import bucket_id, merged_bucket, served_fields, stored_fields
+from telemetry_common.rollup_layout import (
+    bucket_id,
+    merged_bucket,
+    parse_bucket_id,
+    row_id,
+    served_fields,
+    stored_fields,
+)
 from telemetry_common.sketch import bin_key
 
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
@@ -296,3 +303,10 @@ def test_a_merged_bucket_holds_what_its_parts_hold() -> None:
     assert (every.first, every.last) == (1.0, -2.0)
     # One part is served as it is stored.
     assert merged_bucket("default", "d", "5m", start, parts[1:2])["metrics"] == parts[1]["metrics"]
+
+
+def test_a_bucket_id_and_its_row_ids_parse_back_into_their_parts() -> None:
+    start = datetime(2025, 1, 15, 10, 5, tzinfo=UTC)
+    doc_id = bucket_id("default", "dev-1", "1m", start)
+    assert tuple(parse_bucket_id(doc_id)) == ("default", "dev-1", "1m", start)
+    assert parse_bucket_id(row_id(doc_id, "temperature_c")) == parse_bucket_id(doc_id)

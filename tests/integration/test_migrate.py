@@ -31,6 +31,7 @@ from telemetry_common.rollup_layout import (
     bucket_document,
     bucket_id,
     metric_rows,
+    parse_bucket_id,
 )
 from telemetry_common.timefmt import to_utc_ms
 from telemetry_tools.migrate import MIGRATION_ID, MIGRATIONS, migrate
@@ -343,7 +344,11 @@ async def test_resolutions_merged_when_read_are_not_carried_over(db: AsyncDataba
 
     outcome = await migrate(db, batch=50)
 
-    kept = {i: docs for i, docs in by_bucket(legacy).items() if i.split("|")[2] not in merged}
+    kept = {
+        i: docs
+        for i, docs in by_bucket(legacy).items()
+        if parse_bucket_id(i).resolution not in merged
+    }
     assert outcome.done and outcome.moved == len(legacy)
     assert outcome.buckets_written == len(kept)
     stored = {doc["_id"]: doc for doc in await rollup_documents(db)}

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from telemetry_common.resolutions import EPOCH, bucket_start
 from telemetry_common.rollup import Rollup
@@ -65,6 +65,19 @@ def bucket_id(project_id: str, device_id: str, resolution: str, start: datetime)
     # `|` never occurs in a project id, a device id or a resolution.
     seconds = int((start - EPOCH).total_seconds())
     return f"{project_id}|{device_id}|{resolution}|{_padded(seconds)}"
+
+
+class BucketId(NamedTuple):
+    project_id: str
+    device_id: str
+    resolution: str
+    start: datetime
+
+
+def parse_bucket_id(doc_id: str) -> BucketId:
+    """The parts of a :func:`bucket_id`, or of a :func:`row_id` (its metric is left out)."""
+    project_id, device_id, resolution, seconds = doc_id.split("|")[:4]
+    return BucketId(project_id, device_id, resolution, EPOCH + timedelta(seconds=int(seconds)))
 
 
 def device_id_range(

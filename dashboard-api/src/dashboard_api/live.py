@@ -27,13 +27,14 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from telemetry_common.mongo import RAW, ROLLUPS
-from telemetry_common.resolutions import EPOCH, RollupPlan, bucket_start
+from telemetry_common.resolutions import RollupPlan, bucket_start
 from telemetry_common.rollup_layout import (
     DEFAULT_PROJECT,
     ROW_FIELDS,
     bucket_id,
     merged_bucket,
     metric_rows,
+    parse_bucket_id,
 )
 
 from dashboard_api.paging import Position, after
@@ -176,12 +177,11 @@ class DeviceFeeds:
         stored_ids: list[str] = []
         merged: list[tuple[str, str, datetime, dict[str, str]]] = []
         for doc_id in feed.buckets:
-            project_id, device_id, resolution, start = doc_id.split("|")
+            project_id, device_id, resolution, window = parse_bucket_id(doc_id)
             source = self._plan.derived.get(resolution)
             if source is None:
                 stored_ids.append(doc_id)
                 continue
-            window = EPOCH + timedelta(seconds=int(start))
             width = timedelta(seconds=self._plan.served[resolution])
             source_ids = {
                 "$gte": bucket_id(project_id, device_id, source, window),

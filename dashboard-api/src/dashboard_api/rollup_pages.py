@@ -39,6 +39,7 @@ from telemetry_common.rollup_layout import (
     merged_filter,
     merged_projection,
     metric_rows,
+    parse_bucket_id,
     row_projection,
     window_field,
 )
@@ -193,7 +194,7 @@ def merged_query(
         # The cursor's device in its window is read again for its remaining rows; the
         # ids of its source documents sort just below `project|device|source|;`, and
         # those of the devices after it below that, as their row ids do.
-        cursor_device = resume.id.split("|")[1]
+        cursor_device = parse_bucket_id(resume.id).device_id
         bound = f"{DEFAULT_PROJECT}|{cursor_device}|{merged_from.source}|;"
         query = {
             "$and": [
