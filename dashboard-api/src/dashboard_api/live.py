@@ -64,6 +64,11 @@ class _Feed:
     position: Position | None
     watchers: set[Watcher] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
+    # Its last watcher left: it ends after the read in progress. Only a sleeping
+    # poller is cancelled, never one inside a driver call (a cancelled pymongo
+    # operation can leave the client's pool deadlocked, every request waiting).
+    stopping: bool = False
+    sleeping: bool = False
     # bucket _id -> polls left to re-read it; row _id -> (bucket _id, figures pushed).
     buckets: dict[str, int] = field(default_factory=dict)
     versions: dict[str, tuple[str, tuple[Any, ...]]] = field(default_factory=dict)
@@ -107,7 +112,8 @@ class DeviceFeeds:
         feed.watchers.discard(watcher)
         if not feed.watchers:
             del self._feeds[watcher.device_id]
-            if feed.task is not None:
+            feed.stopping = True
+            if feed.sleeping and feed.task is not None:
                 feed.task.cancel()
 
     def watched(self) -> dict[str, int]:
@@ -123,7 +129,7 @@ class DeviceFeeds:
         self._feeds.clear()
 
     def _ended(self, feed: _Feed, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
+        if task.cancelled() or task.exception() is None:
             return
         # A poller that crashed ends its watchers' streams rather than leave them
         # waiting on heartbeats for events that never come; they reconnect.
@@ -140,7 +146,7 @@ class DeviceFeeds:
         return Position(newest["ts"], newest["_id"]) if newest else None
 
     async def _poll(self, feed: _Feed) -> None:
-        while True:
+        while not feed.stopping:
             events: list[Event] = []
             # Readings, then rollups: a failure of the second keeps the readings
             # read (their position has moved on). MongoDB away: keep the
@@ -155,7 +161,13 @@ class DeviceFeeds:
                     if not offer(watcher.queue, event):
                         feed.watchers.discard(watcher)
                         end_queue(watcher.queue)
-            await asyncio.sleep(self._interval_s)
+            if feed.stopping:
+                return
+            feed.sleeping = True
+            try:
+                await asyncio.sleep(self._interval_s)
+            finally:
+                feed.sleeping = False
 
     async def _new_readings(self, feed: _Feed) -> list[Event]:
         query: dict[str, Any] = {"device_id": feed.device_id}
