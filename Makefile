@@ -54,7 +54,7 @@ test: install deploy-tools $(CHROMIUM) ## Run the whole test suite against its o
 test-unit: $(VENV)/.synced ## Run the tests that need no server
 	$(VENV)/bin/pytest -m "not integration and not e2e and not deploy" --ignore=tests/deploy
 
-bench: install ## Measure every speed figure beside its ceiling (10 min; the first run 30); writes BENCHMARKS.md
+bench: install ## Measure every speed figure beside its ceiling (20 min; the first run 50); writes BENCHMARKS.md
 	$(VENV)/bin/telemetry-bench
 
 chaos: install ## Break things under load (kills, Kafka and MongoDB outages, poison) and check nothing is lost; writes RELIABILITY.md

@@ -28,6 +28,7 @@ EXPECTED = [
     "aggregator drain readings/s, dense fleet",
     "aggregator-worker peak RSS, dense fleet",
     "alerts drain readings/s",
+    "sustained end to end readings/s",
     "end-to-end p50: POST to rollup visible",
     "end-to-end p99: POST to rollup visible",
     "end-to-end p99: POST to alert published",

@@ -39,6 +39,7 @@ class Profile:
     samples: int
     drain_budget_s: float
     insert_sample: int
+    sustained: pipeline.SustainedTrial
     fleets: tuple[drain.Fleet, ...] = ()
 
 
@@ -52,6 +53,7 @@ PROFILES = {
         samples=200,
         drain_budget_s=120.0,
         insert_sample=200_000,
+        sustained=pipeline.SustainedTrial(warmup_s=10.0, hold_s=60.0, trials=4),
         fleets=(
             drain.Fleet(
                 "dense",
@@ -78,6 +80,7 @@ PROFILES = {
         samples=5,
         drain_budget_s=60.0,
         insert_sample=2_000,
+        sustained=pipeline.SustainedTrial(warmup_s=1.0, hold_s=3.0, trials=2, max_rate=100.0),
         fleets=(
             drain.Fleet(
                 "dense",
@@ -168,6 +171,8 @@ def run(args: argparse.Namespace) -> Report:
                 run_id,
                 db_name,
                 sustainable_rate=sustainable,
+                ingest_rate=rates["batch_readings_per_s"],
+                sustained_trial=profile.sustained,
                 devices=profile.devices,
                 stored_readings=profile.stored_readings,
                 samples=profile.samples,

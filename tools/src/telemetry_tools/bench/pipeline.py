@@ -7,10 +7,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
 
-from telemetry_tools.bench import latency, queries
+from telemetry_tools.bench import latency, queries, sustained
 from telemetry_tools.bench.processes import Infra, ServiceProcess, running
 from telemetry_tools.bench.report import Figure, Report
 
@@ -46,6 +47,17 @@ def background_load(ingest_url: str, readings_per_s: float, run_id: str) -> Iter
         process.wait(30)
 
 
+@dataclass(frozen=True)
+class SustainedTrial:
+    """How the sustained rate is searched for: each trial's warm-up and hold, how many."""
+
+    warmup_s: float
+    hold_s: float
+    trials: int
+    # The first trial's rate at most (the smoke run's tiny drains say little).
+    max_rate: float = float("inf")
+
+
 def run(
     report: Report,
     infra: Infra,
@@ -53,6 +65,8 @@ def run(
     db_name: str,
     *,
     sustainable_rate: float,
+    ingest_rate: float,
+    sustained_trial: SustainedTrial,
     devices: int,
     stored_readings: int,
     samples: int,
@@ -97,8 +111,41 @@ def run(
         ),
     ]
     ingest, dashboard = services[0], services[1]
-    e2e_load, query_load = 0.7 * sustainable_rate, 0.5 * sustainable_rate
+    groups = [f"live-agg-{run_id}", f"live-alerts-{run_id}"]
     with running(*services):
+        with report.phase("sustained end to end"):
+            held, trials = sustained.highest_held_rate(
+                lambda rate: background_load(ingest.url, rate, f"{run_id}-held"),
+                infra.bootstrap_servers,
+                topic,
+                groups,
+                start_rate=min(1.2 * sustainable_rate, sustained_trial.max_rate),
+                warmup_s=sustained_trial.warmup_s,
+                hold_s=sustained_trial.hold_s,
+                trials=sustained_trial.trials,
+            )
+            sustained.wait_drained(infra.bootstrap_servers, topic, groups, timeout_s=120)
+        tried = ", ".join(
+            f"{t.target:,.0f}/s {'held' if t.holds() else 'not held'} (lag growth "
+            + ", ".join(f"{g.split('-')[1]} {n:+,}" for g, n in t.lag_growth.items())
+            + ")"
+            for t in trials
+        )
+        report.add(
+            Figure(
+                "sustained end to end readings/s (POST /ingest/batch, both workers keeping up)",
+                held.delivered if held else 0.0,
+                "readings/s",
+                ingest_rate,
+                ceiling_name="/ingest/batch readings/s measured alone",
+                goal=">= 15,000 readings/s",
+                note=f"held for {sustained_trial.hold_s:g} s; trials: {tried}",
+            )
+        )
+        # The latency figures are taken at 70% of what the stack held (of the
+        # slowest stage measured alone if no trial held).
+        base = held.delivered if held else sustainable_rate
+        e2e_load, query_load = 0.7 * base, 0.5 * base
         with report.phase("end-to-end latency"), background_load(ingest.url, e2e_load, run_id):
             e2e = asyncio.run(
                 latency.measure(
@@ -118,9 +165,7 @@ def run(
                 queries.measure(dashboard.url, infra.mongo_url, db_name, devices, samples)
             )
 
-    load_note = (
-        f"with background ingest at {e2e_load:,.0f} readings/s (70% of the sustainable maximum)"
-    )
+    load_note = f"with background ingest at {e2e_load:,.0f} readings/s (70% of the sustained rate)"
     for what, key, goal in (
         ("POST to rollup visible", "rollup", ""),
         ("POST to alert published on alerts.triggered", "alert", "p99 < 100 ms"),
@@ -141,7 +186,7 @@ def run(
     query_note = (
         f"{stored_readings:,} readings stored for {devices:,} devices "
         f"({topped_up:,} bulk-inserted as older history), background ingest at "
-        f"{query_load:,.0f} readings/s (50% of the sustainable maximum)"
+        f"{query_load:,.0f} readings/s (50% of the sustained rate)"
     )
     for index, (name, (through_api, direct)) in enumerate(measured.items()):
         api_p50, api_p99 = queries.p50_p99(through_api)
