@@ -2,10 +2,11 @@
 
 A rate holds when, over ``hold_s`` after a warm-up, the ingestion API took what
 was posted (the topic grew by at least 95% of it) and neither consumer group's
-lag grew by more than a few seconds' worth of readings (batches are committed
-in steps, so lag is never flat). Trials start above the slowest drain rate
-measured alone, since the services now share the machine with the API and the
-load generator, and step down until one holds.
+lag grew by more than a few seconds' worth of readings, judged on lag sampled
+every few seconds (batches are committed in steps, so lag is never flat).
+Trials start above the slowest drain rate measured alone, since the services
+now share the machine with the API and the load generator, and step down until
+one holds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from telemetry_tools.verify import group_lag
 # Lag may rise by this many seconds of readings over the hold and still count as
 # not growing: one batch in flight when each sample is taken.
 LAG_SLACK_S = 5.0
+LAG_SAMPLE_EVERY_S = 3.0
 DELIVERED_SHARE = 0.95
 
 
@@ -71,19 +73,28 @@ def trial(
     warmup_s: float,
     hold_s: float,
 ) -> Trial:
+    samples: list[dict[str, int]] = []
     with load(rate):
         time.sleep(warmup_s)
         end_before = asyncio.run(topic_end(bootstrap_servers, topic))
-        lag_before = asyncio.run(lags(bootstrap_servers, topic, groups))
         started = time.monotonic()
-        time.sleep(hold_s)
+        while (left := started + hold_s - time.monotonic()) > 0:
+            samples.append(asyncio.run(lags(bootstrap_servers, topic, groups)))
+            time.sleep(min(LAG_SAMPLE_EVERY_S, left))
+        samples.append(asyncio.run(lags(bootstrap_servers, topic, groups)))
         end_after = asyncio.run(topic_end(bootstrap_servers, topic))
-        lag_after = asyncio.run(lags(bootstrap_servers, topic, groups))
         elapsed = time.monotonic() - started
+    # A worker's lag moves in steps of a whole batch: the mean of the last quarter
+    # of the samples against that of the first says whether it grew.
+    quarter = max(1, len(samples) // 4)
+    first, last = samples[:quarter], samples[-quarter:]
     return Trial(
         target=rate,
         delivered=(end_after - end_before) / elapsed,
-        lag_growth={g: lag_after[g] - lag_before[g] for g in groups},
+        lag_growth={
+            g: round(sum(s[g] for s in last) / quarter - sum(s[g] for s in first) / quarter)
+            for g in groups
+        },
     )
 
 
