@@ -119,3 +119,21 @@ def test_only_drain_prints_the_drain_figures_and_writes_nothing(
     assert "/ingest" not in table and "end-to-end" not in table
     assert list(tmp_path.iterdir()) == []
     assert asyncio.run(leftovers(kafka_server, mongo_server)) == ([], [])
+
+
+async def test_databases_of_interrupted_runs_are_dropped_and_the_kept_store_is_not(
+    mongo_server: MongoServer,
+) -> None:
+    client: AsyncMongoClient = AsyncMongoClient(mongo_server.url)
+    names = ["bench_insert_0030d8ce", "bench_dense_insert_34266a73", "bench_store_v3", "iotdb_x"]
+    try:
+        for name in names:
+            await client[name]["t"].insert_one({"x": 1})
+        dropped = await cli.remove_interrupted_runs(mongo_server.url)
+        left = set(await client.list_database_names())
+    finally:
+        for name in names:
+            await client.drop_database(name)
+        await client.close()
+    assert {"bench_dense_insert_34266a73", "bench_insert_0030d8ce"} <= set(dropped)
+    assert {"bench_store_v3", "iotdb_x"} <= left and not left & set(dropped)

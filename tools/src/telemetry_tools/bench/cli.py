@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shutil
 import tempfile
 import time
@@ -94,6 +95,23 @@ PROFILES = {
 }
 
 
+# Databases a run makes for itself end in its run id (``uuid4().hex[:8]``).
+RUN_DATABASE = re.compile(r"^bench_.+_[0-9a-f]{8}$")
+
+
+async def remove_interrupted_runs(mongo_url: str) -> list[str]:
+    """On the bench's own MongoDB, drop what runs that never finished left behind
+    (killed, or stopped with Ctrl-C): a larger store is a slower one."""
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url)
+    try:
+        stale = [n for n in await client.list_database_names() if RUN_DATABASE.match(n)]
+        for name in stale:
+            await client.drop_database(name)
+        return stale
+    finally:
+        await client.close()
+
+
 async def remove_run_data(infra: Infra, run_id: str) -> None:
     """Leave servers that were running before as they were: drop this run's topics and databases."""
     client: AsyncMongoClient = AsyncMongoClient(infra.mongo_url)
@@ -131,6 +149,10 @@ def run(args: argparse.Namespace) -> Report:
             work_dir, args.store_dir, run_id, args.bootstrap_servers, args.mongo_url
         ) as infra:
             print(f"benchmarks ({report.profile}), run {run_id}, logs in {work_dir / 'logs'}")
+            if infra.store_kept:
+                # Only on its own server: on one given with --mongo-url other runs may be live.
+                if stale := asyncio.run(remove_interrupted_runs(infra.mongo_url)):
+                    print(f"dropped {len(stale)} databases of interrupted runs")
             rates: dict[str, float] = {}
             if args.only != "drain":
                 rates = ingest.run(
