@@ -380,12 +380,17 @@ async def run_all(stack: Stack, names: list[str], settings: Settings) -> list[Ou
 
 
 def main(argv: list[str] | None = None) -> None:
+    defaults = Settings()
     parser = argparse.ArgumentParser(prog="telemetry-chaos", description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=30.0, help="load per scenario")
-    parser.add_argument("--mongo-down", type=float, default=30.0, help="seconds MongoDB is down")
-    parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--rps", type=float, default=5.0, help="readings/s per device")
-    parser.add_argument("--batch", type=int, default=10, help="readings per request")
+    parser.add_argument("--seconds", type=float, default=defaults.seconds, help="load per scenario")
+    parser.add_argument(
+        "--mongo-down", type=float, default=defaults.mongo_down_s, help="seconds MongoDB is down"
+    )
+    parser.add_argument("--devices", type=int, default=defaults.devices)
+    parser.add_argument(
+        "--rps", type=float, default=defaults.rps_per_device, help="readings/s per device"
+    )
+    parser.add_argument("--batch", type=int, default=defaults.batch, help="readings per request")
     parser.add_argument(
         "--scenario", action="append", choices=[s.name for s in SCENARIOS], default=[]
     )

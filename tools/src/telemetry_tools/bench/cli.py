@@ -56,13 +56,7 @@ PROFILES = {
         insert_sample=200_000,
         sustained=pipeline.SustainedTrial(warmup_s=10.0, hold_s=60.0, trials=4),
         fleets=(
-            drain.Fleet(
-                "dense",
-                devices=10_000,
-                readings=300_000,
-                span=timedelta(seconds=30),
-                description="dense fleet (10,000 devices, a reading each per second)",
-            ),
+            drain.Fleet.dense(devices=10_000, seconds=30),
             drain.Fleet(
                 "wide",
                 devices=100_000,
@@ -82,15 +76,7 @@ PROFILES = {
         drain_budget_s=60.0,
         insert_sample=2_000,
         sustained=pipeline.SustainedTrial(warmup_s=1.0, hold_s=3.0, trials=2, max_rate=100.0),
-        fleets=(
-            drain.Fleet(
-                "dense",
-                devices=20,
-                readings=400,
-                span=timedelta(seconds=20),
-                description="dense fleet (20 devices, a reading each per second)",
-            ),
-        ),
+        fleets=(drain.Fleet.dense(devices=20, seconds=20),),
     ),
 }
 

@@ -333,6 +333,17 @@ class Fleet:
     span: timedelta
     description: str
 
+    @classmethod
+    def dense(cls, devices: int, seconds: int) -> Fleet:
+        """``devices`` each sending a reading every second for ``seconds``."""
+        return cls(
+            "dense",
+            devices=devices,
+            readings=devices * seconds,
+            span=timedelta(seconds=seconds),
+            description=f"dense fleet ({devices:,} devices, a reading each per second)",
+        )
+
 
 def fleet_run(
     report: Report, infra: Infra, run_id: str, fleet: Fleet, budget_s: float, insert_sample: int
