@@ -151,6 +151,17 @@ def record_accepted(path: str, body: Any, answer: Any, stats: Stats, count: int)
             stats.acknowledged.append(body["event_id"])
 
 
+def first_upload_at(index: int, fleet_size: int, interval: float, rng: random.Random) -> float:
+    """When device ``index`` first uploads, in seconds after the start.
+
+    Each device fires at a random point of its own slot of the interval: the
+    fleet does not fire in lockstep, and any window holds its share of the
+    uploads. (Uniformly random phases cluster: a short window of a slow fleet
+    could see half or double the rate.)
+    """
+    return (index + rng.random()) * interval / fleet_size
+
+
 async def run(args: argparse.Namespace) -> Stats:
     rng = random.Random(args.seed)
     metrics = args.metrics or dict(DEFAULT_METRICS)
@@ -162,11 +173,10 @@ async def run(args: argparse.Namespace) -> Stats:
     in_flight: set[asyncio.Task[None]] = set()
     semaphore = asyncio.Semaphore(args.concurrency)
 
-    async def device_loop(device: str, client: aiohttp.ClientSession) -> None:
+    async def device_loop(index: int, device: str, client: aiohttp.ClientSession) -> None:
         interval = args.batch / args.rps
         n = 0
-        # Spread devices over the first interval so they do not fire in lockstep.
-        phase = rng.random() * interval
+        phase = first_upload_at(index, len(devices), interval, rng)
         while True:
             target = started + phase + n * interval
             # Judged on the schedule, not the clock: a send due before the deadline
@@ -241,7 +251,7 @@ async def run(args: argparse.Namespace) -> Stats:
         timeout=aiohttp.ClientTimeout(total=30.0),
     ) as client:
         reporter = asyncio.create_task(progress()) if not args.quiet else None
-        await asyncio.gather(*(device_loop(d, client) for d in devices))
+        await asyncio.gather(*(device_loop(i, d, client) for i, d in enumerate(devices)))
         stats.send_elapsed_s = args.duration or (time.monotonic() - started)
         while in_flight:
             await asyncio.gather(*list(in_flight))

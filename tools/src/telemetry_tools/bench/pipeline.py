@@ -18,6 +18,7 @@ from telemetry_tools.bench.report import Figure, Report
 # Enough devices that each stays well under DEVICE_RATE_LIMIT at the rates used here.
 BACKGROUND_DEVICES = 1000
 BACKGROUND_BATCH = 50
+BACKGROUND_MIN_UPLOADS_PER_S = 100
 
 
 @contextmanager
@@ -26,13 +27,16 @@ def background_load(ingest_url: str, readings_per_s: float, run_id: str) -> Iter
     if readings_per_s < 1:
         yield
         return
+    # At low rates smaller uploads, so that a few seconds still hold many of them
+    # and the rate a trial measures is the rate asked for.
+    batch = max(1, min(BACKGROUND_BATCH, round(readings_per_s / BACKGROUND_MIN_UPLOADS_PER_S)))
     process = subprocess.Popen(
         [
             sys.executable, "-m", "telemetry_tools.loadgen",
             "--base-url", ingest_url,
             "--devices", str(BACKGROUND_DEVICES),
             "--rps", f"{readings_per_s / BACKGROUND_DEVICES:.3f}",
-            "--batch", str(BACKGROUND_BATCH),
+            "--batch", str(batch),
             "--duration", "3600",
             "--device-prefix", f"bg-{run_id}-",
             "--quiet",

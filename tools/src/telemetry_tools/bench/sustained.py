@@ -55,6 +55,16 @@ async def lags(bootstrap_servers: str, topic: str, groups: list[str]) -> dict[st
     return {group: await group_lag(bootstrap_servers, group, topic) for group in groups}
 
 
+def wait_for_growth(bootstrap_servers: str, topic: str, timeout_s: float) -> None:
+    """Return once the topic holds more than it did at the call (bounded)."""
+    before = asyncio.run(topic_end(bootstrap_servers, topic))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        if asyncio.run(topic_end(bootstrap_servers, topic)) > before:
+            return
+
+
 def wait_drained(bootstrap_servers: str, topic: str, groups: list[str], timeout_s: float) -> None:
     """Let what a trial left behind drain, so the next one starts level (bounded)."""
     deadline = time.monotonic() + timeout_s
@@ -75,6 +85,10 @@ def trial(
 ) -> Trial:
     samples: list[dict[str, int]] = []
     with load(rate):
+        # The warm-up counts from the load's first readings in the topic, not from
+        # its start: a load generator slow to start (a busy CI machine) would
+        # otherwise leave part of the hold empty.
+        wait_for_growth(bootstrap_servers, topic, timeout_s=30.0)
         time.sleep(warmup_s)
         end_before = asyncio.run(topic_end(bootstrap_servers, topic))
         started = time.monotonic()
