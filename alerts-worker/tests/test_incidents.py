@@ -76,7 +76,7 @@ def test_a_replayed_reading_is_skipped_by_the_state_that_took_it() -> None:
     again = evaluate_batch(items, index, tracked, [], NOW)
     assert again.raised == [] and again.evaluations == 0
     # Stored and read back, as after a restart: still nothing new.
-    restored = {k: Tracked.from_document(t.to_document(NOW)) for k, t in tracked.items()}
+    restored = {k: Tracked.from_document(t.to_document(1, NOW)) for k, t in tracked.items()}
     assert evaluate_batch(items, index, restored, [], NOW).raised == []
     assert [
         r.transition.kind
@@ -182,8 +182,8 @@ def test_readings_that_concern_no_rule_are_decided_as_if_each_rule_judged_them(
     judged_states: dict[str, Tracked] = {}
     fast = evaluate_batch(items, RuleIndex(rules), fast_states, [], NOW)
     judged = evaluate_batch(items, EveryRuleJudges(rules), judged_states, [], NOW)
-    assert {i: t.to_document(NOW) for i, t in fast_states.items()} == {
-        i: t.to_document(NOW) for i, t in judged_states.items()
+    assert {i: t.to_document(1, NOW) for i, t in fast_states.items()} == {
+        i: t.to_document(1, NOW) for i, t in judged_states.items()
     }
     assert fast.evaluations == judged.evaluations
     assert [r.transition.notification_id for r in fast.raised] == [
@@ -222,3 +222,30 @@ def test_a_value_just_past_a_limit_meets_its_rule(
         r.transition.notification_id for r in judged.raised
     ]
     assert fast.evaluations == judged.evaluations == 4
+
+
+def test_a_late_reading_after_its_incident_closed_opens_no_alert_in_the_past() -> None:
+    # A device's hot reading at :02 reaches Kafka after its newer ones (its POST was
+    # retried while the API was down): the incident at :00 had fired, resolved, and
+    # its state gone idle and let go by then.
+    p = Partition()
+    index = RuleIndex([rule()])
+    clocks: dict[str, datetime] = {}
+    tracked: dict[str, Tracked] = {}
+    first = evaluate_batch(p.items({"t": 40}, {"t": 20}), index, tracked, [], NOW, clocks)
+    assert [r.transition.kind for r in first.raised] == ["fired", "resolved"]
+    calm = p.items(*({"t": 20} for _ in range(20)))
+    evaluate_batch(calm, index, tracked, [], NOW, clocks)
+    assert all(t.state.is_idle(index.by_id[t.rule_id]) for t in tracked.values())
+    tracked.clear()  # let go, as the worker does with idle states
+    late = parse_reading(
+        {"device_id": "dev-1", "ts": "2025-01-15T10:00:02Z", "t": 45},
+        now=NOW,
+        max_future_skew=timedelta(days=1),
+    )
+    again = evaluate_batch([Consumed(0, 99, late, None)], index, tracked, [], NOW, clocks)  # type: ignore[arg-type]
+    [raised] = again.raised
+    newest = calm[-1].value.ts
+    assert raised.transition.alert["fired_at"] == newest
+    resolved_at = first.raised[1].transition.alert["resolved_at"]
+    assert raised.transition.alert["fired_at"] >= resolved_at

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import requests
 from telemetry_tools.servers import free_port
 from telemetry_tools.verify import group_lag
 
@@ -63,6 +64,14 @@ class WorkerProcess:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def metric(self, name: str) -> float:
+        """A counter or gauge without labels from the process's /metrics (0 if absent)."""
+        body = requests.get(f"http://127.0.0.1:{self.env['PORT']}/metrics", timeout=5).text
+        for line in body.splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return 0.0
 
     def assert_alive(self) -> None:
         assert self.process is not None

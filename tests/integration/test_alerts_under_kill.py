@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -143,3 +144,58 @@ async def test_two_workers_killed_in_turn_rebalance_and_keep_each_transition_onc
     service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase, tmp_path: Path
 ) -> None:
     await run_scenario(service_env, topics, producer, db, tmp_path, 2, seed=2)
+
+
+async def test_a_worker_paused_past_its_session_timeout_records_nothing_twice(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase, tmp_path: Path
+) -> None:
+    # A frozen VM or a long pause, right after the worker recorded a batch's alerts
+    # and before it wrote the states: Kafka moves its partitions to another member,
+    # which evaluates from the last commit and writes those states under a newer
+    # claim. The resumed worker's writes must be refused, and the alerts and
+    # messages be those of one evaluation.
+    readings = incidents(seed=5)
+    expected = expected_notifications(readings, [{**HUMIDITY_RULE, "_id": "damp"}])
+    await db[ALERT_RULES].insert_one({**HUMIDITY_RULE, "_id": "damp", "builtin": False})
+    for r in readings:
+        await producer.send(topics.telemetry, r.to_kafka_value(), key=r.device_id.encode())
+    await producer.flush()
+    bootstrap = service_env["kafka_bootstrap_servers"]
+    group = f"alerts-pause-{free_port()}"
+    stalled, healthy = (
+        WorkerProcess(
+            service_env, group, tmp_path, module="alerts_worker", CONSUMER_MAX_RECORDS="200"
+        )
+        for _ in range(2)
+    )
+    try:
+        stalled.start()
+        while await db[ALERTS].estimated_document_count() == 0:
+            stalled.assert_alive()
+            await asyncio.sleep(0.005)
+        assert stalled.process is not None
+        stalled.process.send_signal(signal.SIGSTOP)
+        healthy.start()
+        await wait_caught_up(bootstrap, group, topics.telemetry, [healthy], timeout_s=120)
+        stalled.process.send_signal(signal.SIGCONT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while stalled.metric("consumer_partitions_lost_total") == 0:
+            stalled.assert_alive()
+            assert loop.time() < deadline, "the resumed worker's writes were not refused"
+            await asyncio.sleep(0.5)
+        await wait_caught_up(bootstrap, group, topics.telemetry, [stalled, healthy], 120)
+    finally:
+        for process in (stalled, healthy):
+            if process.process is not None and process.process.poll() is None:
+                process.process.send_signal(signal.SIGCONT)
+            process.stop()
+
+    alerts = {doc["_id"]: doc async for doc in db[ALERTS].find({})}
+    assert set(alerts) == alert_ids(expected, "fired")
+    resolved = {a for a, doc in alerts.items() if doc["status"] == "resolved"}
+    assert resolved == alert_ids(expected, "resolved")
+    messages = await read_topic(bootstrap, topics.alerts, expected=len(expected) + 1, timeout_s=5)
+    published = Counter(orjson.loads(m.value)["notification_id"] for m in messages)
+    assert [n for n, times in published.items() if times > 1] == []
+    assert sorted(published) == sorted(expected)

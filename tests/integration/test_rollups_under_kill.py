@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-import requests
 from aiokafka import AIOKafkaProducer
 from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
 from integration.readings import BASE_TS, reading
@@ -168,14 +167,6 @@ def test_the_stream_has_late_duplicate_and_arbitrary_metrics() -> None:
     assert all(isinstance(r.ts, datetime) for r in readings)
 
 
-def partitions_lost(process: WorkerProcess) -> float:
-    body = requests.get(f"http://127.0.0.1:{process.env['PORT']}/metrics", timeout=5).text
-    for line in body.splitlines():
-        if line.startswith("consumer_partitions_lost_total "):
-            return float(line.split()[1])
-    return 0.0
-
-
 async def test_a_worker_paused_past_its_session_timeout_has_its_writes_refused(
     service_env: dict,
     topics: Topics,
@@ -214,7 +205,7 @@ async def test_a_worker_paused_past_its_session_timeout_has_its_writes_refused(
             assert loop.time() < deadline, "the healthy worker never took over"
             await asyncio.sleep(0.5)
         stalled.process.send_signal(signal.SIGCONT)
-        while partitions_lost(stalled) == 0:
+        while stalled.metric("consumer_partitions_lost_total") == 0:
             stalled.assert_alive()
             assert loop.time() < deadline + 60, "the resumed worker's writes were not refused"
             await asyncio.sleep(0.5)

@@ -24,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import DEVICES, RAW
-from telemetry_common.ownership import PartitionOwnership, PartitionsLost
+from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, PartitionsLost
 from telemetry_common.resolutions import RollupPlan
 from telemetry_common.rollup_layout import ROLLUPS, windows_of
 from telemetry_common.timefmt import utcnow
@@ -158,12 +158,11 @@ class PartitionState:
     ):
         """``retention``: how long each stored resolution is kept (RollupPlan.stored_retention)."""
         self._db = db
-        self._ownership = ownership
+        self._owned = OwnedPartitions(ownership)
         self._starts = BucketStarts(plan.stored)
         self._widths = {name: timedelta(seconds=width) for name, width in plan.stored.items()}
         self._merged = {name: plan.derived_from(name) for name in plan.stored}
         self._retention = retention
-        self._assigned: set[int] = set()
         self.buckets: Held[BucketState] = Held(bucket_limit)
         self.devices: Held[DeviceState] = Held(device_limit)
 
@@ -171,22 +170,10 @@ class PartitionState:
 
     async def partitions_assigned(self, partitions: set[int]) -> None:
         """Claim each partition; keep its state only if nobody held it in between."""
-        self._assigned = set(partitions)
-        kept = set()
-        for partition in sorted(partitions):
-            try:
-                claim = await self._ownership.claim(partition)
-            except Exception as exc:
-                # The first batch of the partition claims it (with retries).
-                log.warning("could not claim partition %d yet: %r", partition, exc)
-                continue
-            if claim.continues_previous:
-                kept.add(partition)
-        self._forget_all_but(kept)
+        self._forget_all_but(await self._owned.assign(partitions))
 
     async def partitions_revoked(self, partitions: set[int]) -> None:
-        self._assigned -= partitions
-        self._ownership.release(partitions)
+        self._owned.revoke(partitions)
 
     def _forget_all_but(self, kept: set[int]) -> None:
         held = {s.partition for s in self.buckets.by_id.values()}
@@ -197,24 +184,6 @@ class PartitionState:
         partitions = set(partitions)
         self.buckets.forget_partitions(partitions)
         self.devices.forget_partitions(partitions)
-
-    async def _epochs(self, partitions: Iterable[int]) -> tuple[dict[int, int], set[int]]:
-        """The epoch of each partition, and those no longer assigned here.
-
-        A partition assigned but not claimed yet (MongoDB was away during the
-        rebalance) is claimed now. One revoked is never claimed again from here:
-        a worker that stalled would otherwise take it back from its new owner.
-        """
-        epochs, revoked = {}, set()
-        for partition in partitions:
-            epoch = self._ownership.epoch(partition)
-            if epoch is None and partition in self._assigned:
-                epoch = (await self._ownership.claim(partition)).epoch
-            if epoch is None:
-                revoked.add(partition)
-            else:
-                epochs[partition] = epoch
-        return epochs, revoked
 
     # --- a batch ----------------------------------------------------------------------
 
@@ -272,7 +241,7 @@ class PartitionState:
         self.devices.evict()
         if lost:
             self.forget(lost)
-            self._ownership.release(lost)
+            self._owned.release(lost)
             raise PartitionsLost(lost)
         return outcome
 
@@ -305,7 +274,7 @@ class PartitionState:
             dirty = [(i, s) for i, s in held.dirty() if s.partition not in lost]
             if not dirty:
                 return lost
-            epochs, revoked = await self._epochs({s.partition for _, s in dirty})
+            epochs, revoked = await self._owned.epochs({s.partition for _, s in dirty})
             if revoked:
                 lost |= revoked
                 dirty = [(i, s) for i, s in dirty if s.partition not in revoked]
@@ -329,7 +298,7 @@ class PartitionState:
                 for i, doc in stored.items()
                 if doc.get("_e", 0) > epochs[states[i].partition]
             }
-            lost |= await self._lost_or_reclaimed(newer)
+            lost |= await self._owned.lost_or_reclaimed(newer)
             for doc_id in result.existing:
                 state = states[doc_id]
                 doc = stored.get(doc_id)
@@ -344,25 +313,6 @@ class PartitionState:
             # A refused replace of a partition claimed again above an unrecorded
             # epoch stays dirty and is replaced under the new epoch next round.
         raise RuntimeError(f"{collection}: documents kept changing during {MAX_ROUNDS} rounds")
-
-    async def _lost_or_reclaimed(self, newer: dict[int, int]) -> set[int]:
-        """Of the partitions with documents newer than their epoch, those really lost.
-
-        A newer epoch that the counter never issued (partition_owners deleted, or
-        the store restored from a backup) is no other owner: the counter is moved
-        past it and the partition claimed again.
-        """
-        if not newer:
-            return set()
-        issued = await self._ownership.counter()
-        lost = {p for p, epoch in newer.items() if epoch <= issued}
-        unrecorded = {p: epoch for p, epoch in newer.items() if epoch > issued}
-        if unrecorded:
-            log.warning("epochs %s were never issued here; claiming above them", unrecorded)
-            await self._ownership.outrank(max(unrecorded.values()))
-            for partition in unrecorded:
-                await self._ownership.claim(partition)
-        return lost
 
 
 def _epoch_of(doc: dict[str, Any]) -> int:

@@ -30,13 +30,14 @@ def state_id(rule_id: str, device_id: str) -> str:
 
 @dataclass
 class Tracked:
-    """One (rule, device) state as read from MongoDB, and what this batch did to it."""
+    """One (rule, device) state held for an owned partition, and what this batch did to it."""
 
     rule_id: str
     device_id: str
     state: RuleState = field(default_factory=RuleState)
     watermarks: Watermarks = field(default_factory=Watermarks)
-    version: int | None = None
+    # Whether the store holds a document for it (so going idle deletes it).
+    stored: bool = False
     changed: bool = False
     # Nothing worth keeping (``RuleState.is_idle``): not written, or deleted.
     idle: bool = False
@@ -53,14 +54,14 @@ class Tracked:
         self.changed = True
         return True
 
-    def to_document(self, now: datetime) -> dict[str, Any]:
+    def to_document(self, epoch: int, now: datetime) -> dict[str, Any]:
         return {
             "_id": self.doc_id,
             "rule_id": self.rule_id,
             "device_id": self.device_id,
             **self.state.to_fields(),
             "_applied": self.watermarks.by_partition,
-            "_v": (self.version or 0) + 1,
+            "_e": epoch,
             "updated_at": now,
         }
 
@@ -71,7 +72,7 @@ class Tracked:
             device_id=doc["device_id"],
             state=RuleState.from_fields(doc),
             watermarks=Watermarks(dict(doc.get("_applied", {}))),
-            version=doc.get("_v"),
+            stored=True,
         )
 
 
@@ -168,9 +169,18 @@ def evaluate_batch(
     tracked: dict[str, Tracked],
     silences: Sequence[Silence],
     now: datetime,
+    device_clocks: dict[str, datetime] | None = None,
 ) -> BatchOutcome:
-    """Evaluate every reading in arrival order; updates ``tracked`` in place."""
+    """Evaluate every reading in arrival order; updates ``tracked`` in place.
+
+    ``device_clocks``: the newest reading time seen per device, kept by the caller
+    between batches and updated here. A state made for a device starts at its
+    device's clock, so a late reading (a device's retry that arrived after newer
+    readings) whose rule state was already let go opens no incident in the past,
+    overlapping one that closed since.
+    """
     outcome = BatchOutcome()
+    clocks = {} if device_clocks is None else device_clocks
     by_device: dict[str, list[Tracked]] = {}
     for t in tracked.values():
         by_device.setdefault(t.device_id, []).append(t)
@@ -181,6 +191,9 @@ def evaluate_batch(
     for item in items:
         reading = item.value
         device_id = reading.device_id
+        device_clock = clocks.get(device_id)
+        if device_clock is None or reading.ts > device_clock:
+            clocks[device_id] = reading.ts
         if device_id not in by_device:
             # The common case, decided for all rules at once: no state for the
             # device and a value that concerns none of them leaves everything idle.
@@ -201,6 +214,7 @@ def evaluate_batch(
                     outcome.evaluations += 1
                     continue
                 t = tracked[key] = Tracked(rule.rule_id, device_id)
+                t.state.clock = device_clock
                 by_device.setdefault(device_id, []).append(t)
             if not t.takes(item):
                 continue

@@ -10,7 +10,8 @@ readings reaches the same decisions. Readings are taken in arrival order (one
 device's readings keep their order within a Kafka partition): a late reading
 (older ``ts`` than one already seen) still counts as the newest of the k-of-n
 window, but it never moves the rule's clock back, so `for` and `cooldown` are
-measured on the newest reading time seen.
+measured on the newest reading time seen (a new state starts at its device's
+newest reading time: see ``incidents.evaluate_batch``).
 """
 
 from __future__ import annotations

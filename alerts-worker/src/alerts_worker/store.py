@@ -1,30 +1,37 @@
 """Where evaluation state, alerts and their notifications are written.
 
-A batch is written in this order, each step idempotent, so a crash between any
-two is repaired by the replay of the uncommitted records:
+The (rule, device) states of the partitions this worker owns are held in memory
+(:class:`HeldStates`): a device's states are read from the store once, when its
+first reading since the partition was claimed arrives, and after that only
+written. A batch is written in this order, each step idempotent, so a crash
+between any two is repaired by the replay of the uncommitted records:
 
 0. the event ids seen (a reading sent twice by its device is evaluated once);
 1. alert documents (``_id`` = alert_id: inserted on firing, ``$set`` resolved)
    and one outbox document per transition (``_id`` = notification_id,
-   ``notified: false``), both keyed by ids the replay computes again;
-2. the (rule, device) states, each replaced only if its version is still the one
-   read (two owners of a partition during a rebalance cannot both write it);
-   their watermarks then make a replay skip the readings already evaluated;
+   ``notified: false``), both keyed by ids the replay computes again, once the
+   partition's claim is found still to be this worker's;
+2. the states that changed, each carrying the epoch of its partition's claim and
+   replaced only if the stored one is not newer (a worker that lost the partition
+   cannot overwrite the new owner); their watermarks then make a replay skip the
+   readings already evaluated;
 3. the outbox is published to alerts.triggered and marked (``outbox.py``).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from pymongo import ASCENDING, DeleteOne, IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.mongo import ALERTS
+from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, not_newer_than
 from telemetry_common.reading import Reading
-from telemetry_common.versioned import insert_first_copies, source, write_versioned
+from telemetry_common.versioned import insert_first_copies, source, write_fenced
 
 from alerts_worker.incidents import Raised, Tracked
 
@@ -35,6 +42,12 @@ ALERT_SEEN = "alert_seen_events"
 # A transition is announced within moments, and a retry comes within moments; a
 # week covers any outage (alerts.triggered keeps a week too) and keeps both bounded.
 KEEP_S = 7 * 86_400
+# Devices whose states are read in one find (measured: a few finds of 500 ids
+# cost less than one of thousands).
+LOAD_CHUNK = 500
+# A refused write is a newer owner, or an epoch nobody issued (claimed again,
+# then written once more); anything past that is not settling.
+MAX_ROUNDS = 5
 # Fields a person sets on an alert (acknowledging it); the worker never writes them.
 ACK_FIELDS = {"acknowledged_at": None, "acknowledged_by": None}
 
@@ -68,12 +81,6 @@ async def drop_retries(
     ]
     retried = await insert_first_copies(db[ALERT_SEEN], docs)
     return [item for event_id, item in unique.items() if event_id not in retried]
-
-
-async def load_states(db: AsyncDatabase, device_ids: Iterable[str]) -> dict[str, Tracked]:
-    """Every rule's state for these devices (also of rules since deleted, to resolve them)."""
-    cursor = db[ALERT_STATE].find({"device_id": {"$in": list(device_ids)}})
-    return {doc["_id"]: Tracked.from_document(doc) async for doc in cursor}
 
 
 def _alert_write(raised: Raised) -> UpdateOne:
@@ -120,25 +127,162 @@ async def record_transitions(db: AsyncDatabase, raised: list[Raised], now: datet
     return {raised[index].transition.notification_id for index in result.upserted_ids}
 
 
-async def write_states(db: AsyncDatabase, tracked: Iterable[Tracked], now: datetime) -> set[str]:
-    """Write the changed states, delete those gone idle; return the ids someone else
-    changed first.
+async def load_states(db: AsyncDatabase, device_ids: Iterable[str]) -> list[Tracked]:
+    """Every rule's state stored for these devices (also of rules since deleted, to
+    resolve their alerts)."""
+    found = []
+    for chunk in _chunks(list(device_ids), LOAD_CHUNK):
+        found += [
+            Tracked.from_document(doc)
+            async for doc in db[ALERT_STATE].find({"device_id": {"$in": chunk}})
+        ]
+    return found
 
-    An idle state is equivalent to none: a replay of its readings finds no state,
-    evaluates them from scratch and decides the same (nothing).
-    """
-    changed = [t for t in tracked if t.changed]
-    replacements: list[tuple[dict[str, Any], int | None]] = [
-        (t.to_document(now), t.version) for t in changed if not t.idle
-    ]
-    conflicts = await write_versioned(db[ALERT_STATE], replacements)
-    deletes = [t for t in changed if t.idle and t.version is not None]
-    if deletes:
-        result = await db[ALERT_STATE].bulk_write(
-            [DeleteOne({"_id": t.doc_id, "_v": t.version}) for t in deletes], ordered=False
+
+@dataclass(slots=True)
+class HeldDevice:
+    """A device's states with something to keep; none when all its rules are idle."""
+
+    partition: int
+    states: dict[str, Tracked] = field(default_factory=dict)
+
+
+class HeldStates:
+    """The (rule, device) states of the partitions this worker owns, least recently
+    seen device first, at most ``device_limit`` devices kept between batches."""
+
+    def __init__(self, db: AsyncDatabase, ownership: PartitionOwnership, device_limit: int):
+        self._db = db
+        self.owned = OwnedPartitions(ownership)
+        self.device_limit = device_limit
+        self.devices: OrderedDict[str, HeldDevice] = OrderedDict()
+        # The newest reading time seen per held device (``evaluate_batch``).
+        self.clocks: dict[str, datetime] = {}
+
+    async def partitions_assigned(self, partitions: set[int]) -> None:
+        kept = await self.owned.assign(partitions)
+        self.forget(p for p in {d.partition for d in self.devices.values()} if p not in kept)
+
+    async def partitions_revoked(self, partitions: set[int]) -> None:
+        # Held on to: if nobody claims them before they come back, they are still exact.
+        self.owned.revoke(partitions)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        for device_id in [d for d, held in self.devices.items() if held.partition in gone]:
+            del self.devices[device_id]
+            self.clocks.pop(device_id, None)
+
+    def forget_devices(self, device_ids: Iterable[str]) -> None:
+        """Let go of what a failed batch may have changed: read again from the store."""
+        for device_id in device_ids:
+            self.devices.pop(device_id, None)
+            self.clocks.pop(device_id, None)
+
+    async def for_batch(self, items: list[Consumed[Reading]]) -> dict[str, Tracked]:
+        """Every state of the batch's devices by state id, reading from the store only
+        the devices not held yet."""
+        partition_of = {item.value.device_id: item.partition for item in items}
+        devices = self.devices
+        unheld = [
+            device_id
+            for device_id, partition in partition_of.items()
+            if device_id not in devices or devices[device_id].partition != partition
+        ]
+        if unheld:
+            for device_id in unheld:
+                devices[device_id] = HeldDevice(partition_of[device_id])
+            for tracked in await load_states(self._db, unheld):
+                devices[tracked.device_id].states[tracked.rule_id] = tracked
+        batch: dict[str, Tracked] = {}
+        for device_id in partition_of:
+            devices.move_to_end(device_id)
+            for tracked in devices[device_id].states.values():
+                batch[tracked.doc_id] = tracked
+        return batch
+
+    async def lost_before_recording(self, partitions: Iterable[int]) -> set[int]:
+        """Of the partitions with transitions to record, those a newer owner claimed;
+        they are let go (their states too), so nothing of theirs is written."""
+        lost = await self.owned.claimed_elsewhere(partitions)
+        if lost:
+            self.forget(lost)
+            self.owned.release(lost)
+        return lost
+
+    async def write(self, batch: dict[str, Tracked], now: datetime) -> set[int]:
+        """Hold the states the batch created, write those it changed, delete those it
+        left idle, let go of the least recently seen devices past the limit; return
+        the partitions found claimed by a newer owner (their states are let go)."""
+        devices = self.devices
+        for tracked in batch.values():
+            devices[tracked.device_id].states.setdefault(tracked.rule_id, tracked)
+        changed = [t for t in batch.values() if t.changed]
+        lost: set[int] = set()
+        rounds = 0
+        while pending := [t for t in changed if t.changed and self._partition(t) not in lost]:
+            rounds += 1
+            if rounds > MAX_ROUNDS:
+                raise RuntimeError(f"alert states kept changing during {MAX_ROUNDS} rounds")
+            epochs, revoked = await self.owned.epochs({self._partition(t) for t in pending})
+            lost |= revoked
+            pending = [t for t in pending if self._partition(t) not in lost]
+            newer = await self._write_round(pending, epochs, now)
+            lost |= await self.owned.lost_or_reclaimed(newer)
+        for tracked in changed:
+            if tracked.idle and not tracked.changed:
+                devices[tracked.device_id].states.pop(tracked.rule_id, None)
+        if lost:
+            self.forget(lost)
+            self.owned.release(lost)
+        while len(devices) > self.device_limit:
+            device_id, _ = devices.popitem(last=False)
+            self.clocks.pop(device_id, None)
+        return lost
+
+    def _partition(self, tracked: Tracked) -> int:
+        return self.devices[tracked.device_id].partition
+
+    async def _write_round(
+        self, pending: list[Tracked], epochs: dict[int, int], now: datetime
+    ) -> dict[int, int]:
+        """Write or delete each pending state under its partition's epoch; the newer
+        epochs found on the documents that refused."""
+        collection = self._db[ALERT_STATE]
+        kept = [t for t in pending if not t.idle]
+        result = await write_fenced(
+            collection,
+            [],
+            kept,
+            lambda t: t.to_document(epochs[self._partition(t)], now),
+            lambda doc: int(doc["_e"]),
         )
-        if result.deleted_count < len(deletes):
-            # Another owner wrote (or deleted) some first; which ones matters little
-            # in so rare a case: all are read and evaluated again.
-            conflicts.update(t.doc_id for t in deletes)
-    return conflicts
+        deleted = [t for t in pending if t.idle and t.stored]
+        refused = set(result.fenced)
+        if deleted:
+            outcome = await collection.bulk_write(
+                [
+                    DeleteOne({"_id": t.doc_id, **not_newer_than(epochs[self._partition(t)])})
+                    for t in deleted
+                ],
+                ordered=False,
+            )
+            if outcome.deleted_count < len(deleted):
+                # Deleted already (a retried round), or written by a newer owner.
+                refused |= {t.doc_id for t in deleted}
+        newer: dict[int, int] = {}
+        if refused:
+            by_id = {t.doc_id: t for t in pending}
+            async for doc in collection.find({"_id": {"$in": list(refused)}}, {"_e": 1}):
+                partition = self._partition(by_id[doc["_id"]])
+                if doc.get("_e", 0) > epochs[partition]:
+                    newer[partition] = max(newer.get(partition, 0), doc["_e"])
+        for tracked in pending:
+            if self._partition(tracked) not in newer:
+                tracked.changed = False
+                tracked.stored = not tracked.idle
+        return newer
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

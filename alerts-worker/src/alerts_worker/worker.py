@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Sequence
 
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from telemetry_common.alert_rules import builtin_rules
-from telemetry_common.kafka.consumer import Consumed, Handler
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.alert_rules import Silence, builtin_rules
+from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.mongo import connect
+from telemetry_common.ownership import PartitionsLost
 from telemetry_common.reading import Reading, decode_kafka_value
 from telemetry_common.settings import AlertsSettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.worker import WorkerContext, run_worker
 
-from alerts_worker.incidents import BatchOutcome, evaluate_batch
+from alerts_worker.incidents import BatchOutcome, RuleIndex, evaluate_batch
 from alerts_worker.outbox import Outbox
 from alerts_worker.rule_cache import RuleCache
-from alerts_worker.store import drop_retries, load_states, record_transitions, write_states
+from alerts_worker.store import HeldStates, drop_retries, record_transitions
 
 SERVICE = "alerts-worker"
-# State version conflicts only happen while two consumers briefly own one
-# partition during a rebalance; a handful of rereads settles them.
-MAX_CONFLICT_ROUNDS = 5
-
-
-class WriteConflict(RuntimeError):
-    """A (rule, device) state kept changing under us; the batch is retried from the top."""
 
 
 class AlertMetrics:
@@ -60,6 +55,11 @@ class AlertMetrics:
         self.published = Counter(
             "alerts_published_total", "Transitions published to alerts.triggered", registry=registry
         )
+        self.held_devices = Gauge(
+            "alerts_held_devices",
+            "Devices whose rule states are held in memory for the owned partitions",
+            registry=registry,
+        )
         self.evaluation_seconds = Histogram(
             "alerts_evaluation_seconds",
             "Time to evaluate a batch and record its transitions (before publishing)",
@@ -84,59 +84,80 @@ def decode(record: ConsumerRecord) -> Reading:
     return decode_kafka_value(record.value)
 
 
-def bind_handler(
-    rules: RuleCache, metrics: AlertMetrics
-) -> Callable[[WorkerContext], Handler[Reading]]:
-    def bind(context: WorkerContext) -> Handler[Reading]:
-        db = context.db
-        outbox = Outbox(
-            db,
-            context.producer,
-            context.settings.alerts_topic,
-            context.settings.kafka_bootstrap_servers,
+class AlertsHandler:
+    """Evaluates each batch on the held states of the owned partitions, records and
+    writes what changed, announces the transitions; the consume loop commits after."""
+
+    def __init__(
+        self,
+        context: WorkerContext,
+        settings: AlertsSettings,
+        rules: RuleCache,
+        metrics: AlertMetrics,
+    ):
+        self._db = context.db
+        self._rules = rules
+        self._metrics = metrics
+        self.states = HeldStates(context.db, context.ownership, settings.alerts_state_devices)
+        self._outbox = Outbox(
+            context.db, context.producer, settings.alerts_topic, settings.kafka_bootstrap_servers
         )
 
-        async def handle(items: list[Consumed[Reading]]) -> None:
-            if not rules.loaded:
-                # Never evaluate without the rules: a batch would pass unjudged.
-                await rules.reload()
-            partitions = {item.partition for item in items}
-            with metrics.evaluation_seconds.time():
-                first_copies = await drop_retries(db, items, utcnow())
-                outcome, fresh = await evaluate_and_record(first_copies, rules)
-            published = await outbox.publish_pending(partitions, fresh)
-            metrics.readings_evaluated.inc(len(items))
-            metrics.duplicates.inc(len(items) - len(first_copies))
-            metrics.count(outcome, fresh)
-            metrics.published.inc(published)
+    async def partitions_assigned(self, partitions: set[int]) -> None:
+        await self.states.partitions_assigned(partitions)
 
-        async def evaluate_and_record(
-            items: list[Consumed[Reading]], rules: RuleCache
-        ) -> tuple[BatchOutcome, set[str]]:
-            """The batch's outcome, and the notification ids it recorded first."""
-            index, silences = rules.rules, rules.silences
-            devices = {item.value.device_id for item in items}
-            outcome = BatchOutcome()
-            fresh: set[str] = set()
-            for _ in range(MAX_CONFLICT_ROUNDS):
-                items = [item for item in items if item.value.device_id in devices]
-                tracked = await load_states(db, devices)
-                now = utcnow()
-                round_outcome = evaluate_batch(items, index, tracked, silences, now)
-                fresh |= await record_transitions(db, round_outcome.raised, now)
-                conflicts = await write_states(db, tracked.values(), now)
-                outcome.evaluations += round_outcome.evaluations
-                outcome.raised += round_outcome.raised
-                if not conflicts:
-                    return outcome, fresh
-                # The conflicting states are read again and their readings evaluated on
-                # what the other owner wrote (the same transitions are recorded once).
-                devices = {tracked[c].device_id for c in conflicts}
-            raise WriteConflict(f"{len(conflicts)} alert states kept changing during the write")
+    async def partitions_revoked(self, partitions: set[int]) -> None:
+        await self.states.partitions_revoked(partitions)
 
-        return handle
+    async def __call__(self, items: list[Consumed[Reading]]) -> None:
+        rules, metrics = self._rules, self._metrics
+        if not rules.loaded:
+            # Never evaluate without the rules: a batch would pass unjudged.
+            await rules.reload()
+        partitions = {item.partition for item in items}
+        with metrics.evaluation_seconds.time():
+            first_copies = await drop_retries(self._db, items, utcnow())
+            outcome, fresh, lost = await evaluate_and_record(
+                self._db, self.states, first_copies, rules.rules, rules.silences
+            )
+        published = await self._outbox.publish_pending(partitions - lost, fresh)
+        metrics.readings_evaluated.inc(len(items))
+        metrics.duplicates.inc(len(items) - len(first_copies))
+        metrics.count(outcome, fresh)
+        metrics.published.inc(published)
+        metrics.held_devices.set(len(self.states.devices))
+        if lost:
+            raise PartitionsLost(lost)
 
-    return bind
+
+async def evaluate_and_record(
+    db: AsyncDatabase,
+    states: HeldStates,
+    items: list[Consumed[Reading]],
+    rules: RuleIndex,
+    silences: Sequence[Silence],
+) -> tuple[BatchOutcome, set[str], set[int]]:
+    """Evaluate a batch on the held states, record its transitions and write the states.
+
+    Returns the outcome, the notification ids recorded first, and the partitions
+    found claimed by a newer owner (nothing of theirs is recorded or written).
+    """
+    tracked = await states.for_batch(items)
+    try:
+        now = utcnow()
+        outcome = evaluate_batch(items, rules, tracked, silences, now, states.clocks)
+        lost = await states.lost_before_recording({r.partition for r in outcome.raised})
+        if lost:
+            outcome.raised = [r for r in outcome.raised if r.partition not in lost]
+            tracked = {i: t for i, t in tracked.items() if t.device_id in states.devices}
+        fresh = await record_transitions(db, outcome.raised, now)
+        lost |= await states.write(tracked, now)
+    except BaseException:
+        # The held states took the batch's readings; what of it reached the store
+        # is read back on the retry, and the rest evaluated again.
+        states.forget_devices({item.value.device_id for item in items})
+        raise
+    return outcome, fresh, lost
 
 
 async def run(
@@ -161,7 +182,9 @@ async def run(
             port=settings.port,
             registry=registry,
             decode=decode,
-            make_handler=bind_handler(rules, AlertMetrics(registry)),
+            make_handler=lambda context: AlertsHandler(
+                context, settings, rules, AlertMetrics(registry)
+            ),
             stop=stop,
         )
     finally:

@@ -115,6 +115,104 @@ class PartitionOwnership:
         doc = await self._owners.find_one({"_id": self._counter})
         return int(doc["epoch"]) if doc else 0
 
+    async def newer_claims(self, epochs: dict[int, int]) -> set[int]:
+        """Of the partitions held at these epochs, those claimed since by a newer epoch."""
+        if not epochs:
+            return set()
+        ids = {f"{self._prefix}|{partition}": partition for partition in epochs}
+        newer = set()
+        async for doc in self._owners.find({"_id": {"$in": list(ids)}}, {"epoch": 1}):
+            partition = ids[doc["_id"]]
+            if doc.get("epoch", 0) > epochs[partition]:
+                newer.add(partition)
+        return newer
+
     def release(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             self._held.pop(partition, None)
+
+
+class OwnedPartitions:
+    """The partitions Kafka assigned to this worker, and the epochs it writes them under.
+
+    Shared by the workers that hold per-partition state: they call :meth:`assign`
+    and :meth:`revoke` from their rebalance listener, ask :meth:`epochs` before
+    each write round, and hand what a fenced write found to :meth:`lost_or_reclaimed`.
+    """
+
+    def __init__(self, ownership: PartitionOwnership):
+        self.ownership = ownership
+        self.assigned: set[int] = set()
+
+    async def assign(self, partitions: Iterable[int]) -> set[int]:
+        """Claim each partition; return those whose state held in memory is still exact
+        (nobody claimed them since this worker's previous claim)."""
+        self.assigned = set(partitions)
+        kept = set()
+        for partition in sorted(self.assigned):
+            try:
+                claim = await self.ownership.claim(partition)
+            except Exception as exc:
+                # The first write round of the partition claims it (with retries).
+                log.warning("could not claim partition %d yet: %r", partition, exc)
+                continue
+            if claim.continues_previous:
+                kept.add(partition)
+        return kept
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        partitions = set(partitions)
+        self.assigned -= partitions
+        self.ownership.release(partitions)
+
+    async def epochs(self, partitions: Iterable[int]) -> tuple[dict[int, int], set[int]]:
+        """The epoch of each partition, and those no longer assigned here.
+
+        A partition assigned but not claimed yet (MongoDB was away during the
+        rebalance) is claimed now. One revoked is never claimed again from here:
+        a worker that stalled would otherwise take it back from its new owner.
+        """
+        epochs, revoked = {}, set()
+        for partition in partitions:
+            epoch = self.ownership.epoch(partition)
+            if epoch is None and partition in self.assigned:
+                epoch = (await self.ownership.claim(partition)).epoch
+            if epoch is None:
+                revoked.add(partition)
+            else:
+                epochs[partition] = epoch
+        return epochs, revoked
+
+    async def lost_or_reclaimed(self, newer: dict[int, int]) -> set[int]:
+        """Of the partitions with documents written under a newer epoch than theirs here,
+        those really lost.
+
+        A newer epoch that the counter never issued (partition_owners deleted, or
+        the store restored from a backup) is no other owner: the counter is moved
+        past it and the partition claimed again.
+        """
+        if not newer:
+            return set()
+        issued = await self.ownership.counter()
+        lost = {p for p, epoch in newer.items() if epoch <= issued}
+        unrecorded = {p: epoch for p, epoch in newer.items() if epoch > issued}
+        if unrecorded:
+            log.warning("epochs %s were never issued here; claiming above them", unrecorded)
+            await self.ownership.outrank(max(unrecorded.values()))
+            for partition in unrecorded:
+                await self.ownership.claim(partition)
+        return lost
+
+    async def claimed_elsewhere(self, partitions: Iterable[int]) -> set[int]:
+        """Of these partitions, those a newer claim in partition_owners holds.
+
+        Asked before writing what cannot be fenced document by document (alerts and
+        their notifications): a worker that stalled past its session timeout then
+        learns it lost the partition before it records anything.
+        """
+        held = {p: e for p in partitions if (e := self.ownership.epoch(p)) is not None}
+        return await self.ownership.newer_claims(held)
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Give up partitions a newer owner holds (their records are the new owner's)."""
+        self.ownership.release(partitions)

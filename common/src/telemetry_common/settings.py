@@ -177,6 +177,9 @@ class AlertsSettings(WorkerSettings, WebhookDeliverySettings):
     # caught up gets small batches, written at once.
     consumer_max_records: int = Field(20_000, ge=1, le=100_000)
     consumer_fetch_partition_bytes: int = Field(4 * 1_048_576, ge=65_536, le=256 * 1_048_576)
+    # Devices whose rule states are held in memory between batches (the least
+    # recently seen are let go first; one seen again is read back once).
+    alerts_state_devices: int = Field(200_000, ge=1_000, le=10_000_000)
     temp_min_threshold: float = -10.0
     temp_max_threshold: float = 50.0
     humidity_min_threshold: float = 0.0

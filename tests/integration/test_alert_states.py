@@ -1,0 +1,118 @@
+"""The alerts worker's held (rule, device) states on the real MongoDB wire server:
+bounded memory, a restarted owner, and an owner that lost its partition."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+from alerts_worker.incidents import RuleIndex
+from alerts_worker.store import ALERT_STATE, HeldStates, ensure_alert_indexes
+from alerts_worker.worker import evaluate_and_record
+from integration.alerts_reference import alert_ids, expected_notifications
+from integration.readings import BASE_TS, reading
+from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.alert_rules import Rule, builtin_rules
+from telemetry_common.kafka.consumer import Consumed
+from telemetry_common.mongo import ALERTS
+from telemetry_common.ownership import PartitionOwnership
+from telemetry_common.reading import Reading
+
+pytestmark = pytest.mark.integration
+
+RULES = RuleIndex([Rule.model_validate(doc) for doc in builtin_rules(-10, 50, 0, 100)])
+
+
+def incidents(devices: int, per_device: int, seed: int) -> list[Reading]:
+    """Devices interleaved, each running hot and calm in turns."""
+    rnd = random.Random(seed)
+    return [
+        reading(
+            {
+                "event_id": f"s{seed}-{d}-{i}",
+                "device_id": f"held-{d}",
+                "ts": (BASE_TS + timedelta(seconds=10 * i)).isoformat(),
+                "temperature_c": rnd.uniform(51, 70) if (i // 4) % 2 else rnd.uniform(20, 49),
+            }
+        )
+        for i in range(per_device)
+        for d in range(devices)
+    ]
+
+
+def positioned(readings: list[Reading], partition: int = 0) -> list[Consumed[Reading]]:
+    return [Consumed(partition, offset, r, None) for offset, r in enumerate(readings)]  # type: ignore[arg-type]
+
+
+async def owner(db: AsyncDatabase, name: str, device_limit: int = 10_000) -> HeldStates:
+    """A worker that was just assigned partition 0."""
+    ownership = PartitionOwnership(db, "alerts-worker", "test", "telemetry.raw", name)
+    states = HeldStates(db, ownership, device_limit)
+    await states.partitions_assigned({0})
+    return states
+
+
+async def run(db: AsyncDatabase, states: HeldStates, batch: list[Consumed[Reading]]) -> set[int]:
+    _, _, lost = await evaluate_and_record(db, states, batch, RULES, [])
+    return lost
+
+
+async def stored_alerts(db: AsyncDatabase) -> dict[str, str]:
+    return {doc["_id"]: doc["status"] async for doc in db[ALERTS].find({})}
+
+
+def expected(readings: list[Reading]) -> dict[str, str]:
+    notifications = expected_notifications(readings)
+    resolved = alert_ids(notifications, "resolved")
+    return {a: "resolved" if a in resolved else "active" for a in alert_ids(notifications, "fired")}
+
+
+async def test_devices_let_go_under_the_limit_are_read_back_and_decide_the_same(
+    db: AsyncDatabase,
+) -> None:
+    await ensure_alert_indexes(db)
+    readings = incidents(devices=40, per_device=30, seed=1)
+    states = await owner(db, "small", device_limit=10)
+    batch = positioned(readings)
+    for start in range(0, len(batch), 25):
+        assert await run(db, states, batch[start : start + 25]) == set()
+        assert len(states.devices) <= 10
+    assert await stored_alerts(db) == expected(readings)
+    assert len(expected(readings)) > 40
+
+
+async def test_a_restarted_owner_continues_each_incident_from_the_store(
+    db: AsyncDatabase,
+) -> None:
+    await ensure_alert_indexes(db)
+    readings = incidents(devices=5, per_device=40, seed=2)
+    batch = positioned(readings)
+    await run(db, await owner(db, "first"), batch[:90])
+    # A new process replays from an earlier commit (the last 30 were written but
+    # not committed) and goes on: nothing fires or resolves twice.
+    restarted = await owner(db, "restarted")
+    await run(db, restarted, batch[60:])
+    assert await stored_alerts(db) == expected(readings)
+
+
+async def test_an_owner_that_lost_its_partition_writes_nothing(db: AsyncDatabase) -> None:
+    await ensure_alert_indexes(db)
+    readings = incidents(devices=4, per_device=40, seed=3)
+    batch = positioned(readings)
+    first, second, third = batch[:40], batch[40:100], batch[100:]
+    stalled = await owner(db, "stalled")
+    await run(db, stalled, first)
+    # The group moved partition 0 while `stalled` was frozen: the new owner
+    # starts from the last commit (after `first`).
+    new_owner = await owner(db, "new")
+    await run(db, new_owner, second)
+    states_before = [doc async for doc in db[ALERT_STATE].find({}).sort("_id")]
+    alerts_before = await stored_alerts(db)
+    # `stalled` wakes up with the next records it had fetched.
+    assert await run(db, stalled, second + third) == {0}
+    assert [doc async for doc in db[ALERT_STATE].find({}).sort("_id")] == states_before
+    assert await stored_alerts(db) == alerts_before
+    assert stalled.devices == {}
+    await run(db, new_owner, third)
+    assert await stored_alerts(db) == expected(readings)
