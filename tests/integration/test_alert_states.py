@@ -116,3 +116,31 @@ async def test_an_owner_that_lost_its_partition_writes_nothing(db: AsyncDatabase
     assert stalled.devices == {}
     await run(db, new_owner, third)
     assert await stored_alerts(db) == expected(readings)
+
+
+async def test_a_replay_of_a_batch_that_closed_an_incident_fires_nothing_again(
+    db: AsyncDatabase,
+) -> None:
+    await ensure_alert_indexes(db)
+    hot_then_calm = [
+        reading(
+            {
+                "event_id": f"close-{i}",
+                "device_id": "closing-1",
+                "ts": (BASE_TS + timedelta(seconds=10 * i)).isoformat(),
+                "temperature_c": 60.0 if i < 4 else 20.0,
+            }
+        )
+        for i in range(10)
+    ]
+    batch = positioned(hot_then_calm)
+    first = await owner(db, "first")
+    await run(db, first, batch[:3])  # fired at close-0; committed
+    await run(db, first, batch[3:])  # still hot at close-3, resolved at close-4, then idle
+    # Killed before committing the second batch: a new process replays it.
+    await run(db, await owner(db, "restarted"), batch[3:])
+    assert (
+        await stored_alerts(db)
+        == expected(hot_then_calm)
+        == {"close-0:temperature_high": "resolved"}
+    )

@@ -36,11 +36,16 @@ class Tracked:
     device_id: str
     state: RuleState = field(default_factory=RuleState)
     watermarks: Watermarks = field(default_factory=Watermarks)
-    # Whether the store holds a document for it (so going idle deletes it).
+    # Whether the store holds a document for it.
     stored: bool = False
     changed: bool = False
-    # Nothing worth keeping (``RuleState.is_idle``): not written, or deleted.
+    # Nothing worth keeping (``RuleState.is_idle``) after the last reading taken.
     idle: bool = False
+    # Idle already when the batch began. Only then may a stored state be deleted:
+    # a replay of the batch evaluates its readings from scratch, which decides the
+    # same as evaluating them from an idle state, but not the same as from the
+    # state that the batch's first readings made idle (their incident would fire again).
+    idle_before: bool = False
 
     @property
     def doc_id(self) -> str:
@@ -61,6 +66,7 @@ class Tracked:
             "device_id": self.device_id,
             **self.state.to_fields(),
             "_applied": self.watermarks.by_partition,
+            "idle": self.idle,
             "_e": epoch,
             "updated_at": now,
         }
@@ -73,6 +79,8 @@ class Tracked:
             state=RuleState.from_fields(doc),
             watermarks=Watermarks(dict(doc.get("_applied", {}))),
             stored=True,
+            idle=doc.get("idle", False),
+            idle_before=doc.get("idle", False),
         )
 
 

@@ -22,16 +22,14 @@ from typing import Any, Literal
 
 from telemetry_common.alert_rules import BUILTIN_RELATIONS, OPERATORS, RELATIONS, Rule
 
-# Event ids remembered per (rule, device) beyond the window, so a device's retry
-# of a reading it already sent is not counted twice in the window.
-RECENT_IDS = 16
-
 Kind = Literal["fired", "resolved"]
 
 
 @dataclass
 class RuleState:
-    # (event_id, value), oldest first; the window is the last n values.
+    # (event_id, value) of the last n readings, oldest first: the k-of-n window.
+    # (A device's retry of a reading never gets here: the worker drops second
+    # copies by event id first, so the window need not remember more.)
     recent: list[tuple[str, float]] = field(default_factory=list)
     pending_since: datetime | None = None
     clock: datetime | None = None
@@ -136,7 +134,7 @@ def evaluate(
     if any(event_id == seen.event_id for event_id, _ in state.recent):
         return None  # the device sent this reading again
     state.recent.append((seen.event_id, seen.value))
-    del state.recent[: -max(rule.n, RECENT_IDS)]
+    del state.recent[: -rule.n]
     clock = seen.ts if state.clock is None else max(state.clock, seen.ts)
     state.clock = clock
     window = [value for _, value in state.recent[-rule.n :]]

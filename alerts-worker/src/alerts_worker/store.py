@@ -198,6 +198,7 @@ class HeldStates:
         for device_id in partition_of:
             devices.move_to_end(device_id)
             for tracked in devices[device_id].states.values():
+                tracked.idle_before = tracked.idle
                 batch[tracked.doc_id] = tracked
         return batch
 
@@ -211,9 +212,10 @@ class HeldStates:
         return lost
 
     async def write(self, batch: dict[str, Tracked], now: datetime) -> set[int]:
-        """Hold the states the batch created, write those it changed, delete those it
-        left idle, let go of the least recently seen devices past the limit; return
-        the partitions found claimed by a newer owner (their states are let go)."""
+        """Hold the states the batch created, write those it changed, delete those
+        that were idle before it and still are, let go of the least recently seen
+        devices past the limit; return the partitions found claimed by a newer owner
+        (their states are let go)."""
         devices = self.devices
         for tracked in batch.values():
             devices[tracked.device_id].states.setdefault(tracked.rule_id, tracked)
@@ -230,7 +232,7 @@ class HeldStates:
             newer = await self._write_round(pending, epochs, now)
             lost |= await self.owned.lost_or_reclaimed(newer)
         for tracked in changed:
-            if tracked.idle and not tracked.changed:
+            if tracked.idle and not tracked.stored and not tracked.changed:
                 devices[tracked.device_id].states.pop(tracked.rule_id, None)
         if lost:
             self.forget(lost)
@@ -249,7 +251,9 @@ class HeldStates:
         """Write or delete each pending state under its partition's epoch; the newer
         epochs found on the documents that refused."""
         collection = self._db[ALERT_STATE]
-        kept = [t for t in pending if not t.idle]
+        # A state the batch made idle is written as idle and deleted by a later batch
+        # (``Tracked.idle_before``); one never stored is just let go.
+        kept = [t for t in pending if not t.idle or (t.stored and not t.idle_before)]
         result = await write_fenced(
             collection,
             [],
@@ -257,7 +261,7 @@ class HeldStates:
             lambda t: t.to_document(epochs[self._partition(t)], now),
             lambda doc: int(doc["_e"]),
         )
-        deleted = [t for t in pending if t.idle and t.stored]
+        deleted = [t for t in pending if t.idle and t.stored and t.idle_before]
         refused = set(result.fenced)
         if deleted:
             outcome = await collection.bulk_write(
@@ -277,10 +281,11 @@ class HeldStates:
                 partition = self._partition(by_id[doc["_id"]])
                 if doc.get("_e", 0) > epochs[partition]:
                     newer[partition] = max(newer.get(partition, 0), doc["_e"])
+        written = {t.doc_id for t in kept}
         for tracked in pending:
             if self._partition(tracked) not in newer:
                 tracked.changed = False
-                tracked.stored = not tracked.idle
+                tracked.stored = tracked.doc_id in written
         return newer
 
 
