@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
+from operator import eq, ge, gt, le, lt, ne
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -23,13 +25,13 @@ Operator = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
 Scope = Literal["all", "tag", "devices"]
 
-OPERATORS: dict[str, Any] = {
-    ">": lambda value, threshold: value > threshold,
-    ">=": lambda value, threshold: value >= threshold,
-    "<": lambda value, threshold: value < threshold,
-    "<=": lambda value, threshold: value <= threshold,
-    "==": lambda value, threshold: value == threshold,
-    "!=": lambda value, threshold: value != threshold,
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">": gt,
+    ">=": ge,
+    "<": lt,
+    "<=": le,
+    "==": eq,
+    "!=": ne,
 }
 # How an alert_type names a rule's breach: `temperature_c_high` for a reading's
 # `temperature_c` above its maximum.
@@ -215,9 +217,22 @@ class Rule(BaseModel):
             return (self.threshold,)
         return (self.threshold, self.clear_threshold)
 
+    @cached_property
+    def _concern_limit(self) -> float | None:
+        """The one limit a value must be past to concern the rule: the lower of the two
+        for > and >=, the higher for < and <= (None for == and !=: each is asked)."""
+        if self.operator in (">", ">="):
+            return min(self.limits)
+        if self.operator in ("<", "<="):
+            return max(self.limits)
+        return None
+
     def concerns(self, value: float) -> bool:
         """Whether a value is past the threshold or the clear threshold (it may matter)."""
-        check = OPERATORS[self.operator]
+        # Asked of every rule on most readings: one comparison where one suffices.
+        check, limit = OPERATORS[self.operator], self._concern_limit
+        if limit is not None:
+            return check(value, limit)
         return any(check(value, limit) for limit in self.limits)
 
     def alert_type_of(self, metric: str) -> str:
