@@ -169,3 +169,18 @@ def test_load_generator_readings_are_all_counted(stack: Stack, tmp_path: Path) -
         return sum(d["reading_count"] for d in devices if d["device_id"].startswith("lg-"))
 
     assert wait_for(counted, lambda n: n >= 60) == 60
+
+
+def test_readme_organization_and_project_examples(stack: Stack) -> None:
+    orgs = url(stack, "dashboard-api", "/orgs")
+    org = requests.post(orgs, json={"name": "Acme Facilities"}, timeout=10)
+    assert org.status_code == 201
+    org_id = org.json()["org_id"]
+    projects = f"{orgs}/{org_id}/projects"
+    project = requests.post(projects, json={"name": "Warehouse sensors"}, timeout=10)
+    assert project.status_code == 201
+    listed = requests.get(projects, timeout=10).json()["data"]
+    assert [(p["project_id"], p["name"]) for p in listed] == [
+        (project.json()["project_id"], "Warehouse sensors")
+    ]
+    assert org_id in [o["org_id"] for o in requests.get(orgs, timeout=10).json()["data"]]

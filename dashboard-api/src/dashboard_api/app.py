@@ -18,6 +18,7 @@ from telemetry_common.http_metrics import RequestMetricsMiddleware
 from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect, ensure_indexes
 from telemetry_common.settings import DashboardSettings
+from telemetry_common.tenancy import ensure_tenancy
 
 from dashboard_api.alert_feed import AlertFeed
 from dashboard_api.live import DeviceFeeds
@@ -31,6 +32,7 @@ from dashboard_api.routes import (
     stats,
     stream,
     telemetry,
+    tenancy,
 )
 from dashboard_api.routes import webhooks as webhook_routes
 from dashboard_api.schemas import HealthOut
@@ -43,6 +45,7 @@ async def _ensure_indexes_when_reachable(db: AsyncDatabase, merged: list[str]) -
     while True:
         try:
             await ensure_indexes(db, raw_retention=None, merged_resolutions=merged)
+            await ensure_tenancy(db)
             return
         except PyMongoError:
             await asyncio.sleep(backoff)
@@ -145,6 +148,7 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         devices,
         stats,
         stream,
+        tenancy,
     ):
         app.include_router(module.router)
     install_ui(app, settings)

@@ -51,3 +51,26 @@ async def require_writer(request: Request) -> str:
 
 
 Writer = Annotated[str, Depends(require_writer)]
+
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "X-API-Key is missing or not the admin key", "model": ErrorOut},
+    403: {"description": "an issued key may not manage organizations", "model": ErrorOut},
+}
+
+
+async def require_admin(request: Request) -> str:
+    """Organizations and projects are the installation's, not a project's: the admin
+    key only ("anonymous" when keys are off, as locally)."""
+    settings = request.app.state.settings
+    if not settings.api_keys_required:
+        return ANONYMOUS
+    presented = request.headers.get(API_KEY_HEADER)
+    if is_admin_key(presented, settings.admin_api_key):
+        return ADMIN
+    keys = request.app.state.keys
+    if presented and keys.loaded and keys.lookup(presented) is not None:
+        raise ApiError(403, API_KEY_HEADER, "needs the admin key")
+    raise unauthorised_error()
+
+
+Admin = Annotated[str, Depends(require_admin)]

@@ -229,3 +229,26 @@ class HealthOut(BaseModel):
     status: str = Field(examples=["ok"])
     service: str = "dashboard-api"
     mongo: bool
+
+
+class OrgOut(_Open):
+    org_id: str = Field(examples=["org-4f1c2a9b03de"])
+    name: str = Field(examples=["Acme Facilities"])
+    created_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    created_by: str | None = Field(None, examples=["admin"])
+
+
+class OrgsPage(_Page):
+    data: list[OrgOut]
+
+
+class ProjectOut(_Open):
+    project_id: str = Field(examples=["prj-9a0b1c2d3e4f"])
+    org_id: str = Field(examples=["org-4f1c2a9b03de"])
+    name: str = Field(examples=["Warehouse sensors"])
+    created_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    created_by: str | None = Field(None, examples=["admin"])
+
+
+class ProjectsPage(_Page):
+    data: list[ProjectOut]
