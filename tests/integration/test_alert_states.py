@@ -144,3 +144,37 @@ async def test_a_replay_of_a_batch_that_closed_an_incident_fires_nothing_again(
         == expected(hot_then_calm)
         == {"close-0:temperature_high": "resolved"}
     )
+
+
+async def test_a_deleted_rules_open_alert_resolves_and_its_state_goes(db: AsyncDatabase) -> None:
+    await ensure_alert_indexes(db)
+    damp = Rule.model_validate(
+        {"_id": "damp", "name": "Damp", "metric": "humidity", "operator": ">", "threshold": 80}
+    )
+    with_damp = RuleIndex([*RULES.by_id.values(), damp])
+    wet, dry = (
+        positioned(
+            [
+                reading(
+                    {
+                        "event_id": f"wet-{i}",
+                        "device_id": "cellar-1",
+                        "ts": (BASE_TS + timedelta(seconds=10 * i)).isoformat(),
+                        "humidity": 90.0 - 40 * (i >= 2),
+                    }
+                )
+                for i in range(4)
+            ]
+        )[part]
+        for part in (slice(0, 2), slice(2, 4))
+    )
+    states = await owner(db, "only")
+    await evaluate_and_record(db, states, wet, with_damp, [])
+    assert await db[ALERT_STATE].count_documents({"rule_id": "damp"}) == 1
+    # The rule is deleted while its alert is open: the device's next reading
+    # resolves it, and nothing of the rule is kept.
+    await evaluate_and_record(db, states, dry, RULES, [])
+    alert = await db[ALERTS].find_one({"_id": "wet-0:damp"})
+    assert alert is not None
+    assert (alert["status"], alert["resolved_reason"]) == ("resolved", "rule_changed")
+    assert await db[ALERT_STATE].count_documents({"rule_id": "damp"}) == 0

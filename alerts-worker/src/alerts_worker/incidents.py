@@ -238,7 +238,9 @@ def evaluate_batch(
             if t.takes(item):
                 at = reading.ts if t.state.clock is None else max(t.state.clock, reading.ts)
                 transition = resolve(t.state, at, "rule_changed", silenced(t.rule_id, device_id))
-                t.idle = True  # its rule no longer applies
+                # Its rule no longer applies, so a replay cannot fire it again: the
+                # state goes at once instead of lingering for a reading that never comes.
+                t.idle = t.idle_before = True
                 outcome.raised.append(Raised(transition, item.partition))
     return outcome
 

@@ -31,7 +31,7 @@ from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.mongo import ALERTS
 from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, not_newer_than
 from telemetry_common.reading import Reading
-from telemetry_common.versioned import insert_first_copies, source, write_fenced
+from telemetry_common.versioned import chunks, insert_first_copies, source, write_fenced
 
 from alerts_worker.incidents import Raised, Tracked
 
@@ -131,7 +131,7 @@ async def load_states(db: AsyncDatabase, device_ids: Iterable[str]) -> list[Trac
     """Every rule's state stored for these devices (also of rules since deleted, to
     resolve their alerts)."""
     found = []
-    for chunk in _chunks(list(device_ids), LOAD_CHUNK):
+    for chunk in chunks(list(device_ids), LOAD_CHUNK):
         found += [
             Tracked.from_document(doc)
             async for doc in db[ALERT_STATE].find({"device_id": {"$in": chunk}})
@@ -287,7 +287,3 @@ class HeldStates:
                 tracked.changed = False
                 tracked.stored = tracked.doc_id in written
         return newer
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]

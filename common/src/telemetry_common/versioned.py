@@ -99,13 +99,13 @@ async def _bounded(calls: list[Awaitable[T]]) -> list[T]:
 
 
 async def _pipelined(
-    send: Callable[[list[Any]], Awaitable[T]], chunks: Iterable[list[Any]]
+    send: Callable[[list[Any]], Awaitable[T]], pieces: Iterable[list[Any]]
 ) -> list[T]:
     """``send`` each chunk as it is made, with at most IN_FLIGHT of them running at once."""
     in_flight: set[asyncio.Future[T]] = set()
     results: list[T] = []
     try:
-        for chunk in chunks:
+        for chunk in pieces:
             if len(in_flight) >= IN_FLIGHT:
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 results += [task.result() for task in done]
@@ -121,7 +121,7 @@ async def _pipelined(
     return results
 
 
-def _chunks(items: list[T], size: int) -> list[list[T]]:
+def chunks(items: list[T], size: int) -> list[list[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -140,7 +140,7 @@ async def find_by_id(collection: Any, ids: list[str]) -> dict[str, dict[str, Any
     async def find(chunk: list[str]) -> list[dict[str, Any]]:
         return [doc async for doc in collection.find({"_id": {"$in": chunk}})]
 
-    found = await _bounded([find(chunk) for chunk in _chunks(ids, FIND_CHUNK)])
+    found = await _bounded([find(chunk) for chunk in chunks(ids, FIND_CHUNK)])
     return {doc["_id"]: doc for docs in found for doc in docs}
 
 
@@ -246,7 +246,7 @@ async def write_fenced(
         result.fenced |= await _duplicate_ids(collection.bulk_write(ops, ordered=False), ids)
 
     await _bounded(
-        [insert(chunk) for chunk in _chunks(new, WRITE_CHUNK)]
-        + [replace(chunk) for chunk in _chunks(replacements, WRITE_CHUNK)]
+        [insert(chunk) for chunk in chunks(new, WRITE_CHUNK)]
+        + [replace(chunk) for chunk in chunks(replacements, WRITE_CHUNK)]
     )
     return result
