@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from dashboard_api.app import create_app
 from fastapi.testclient import TestClient
+from integration.ingestion import ingestion_client
 from telemetry_common.api_keys import issue_key
-from telemetry_common.settings import DashboardSettings
+from telemetry_common.settings import DashboardSettings, IngestionSettings
 from telemetry_common.tenancy import DEFAULT_ORG
 
 pytestmark = pytest.mark.integration
@@ -108,3 +109,107 @@ async def test_only_the_admin_key_manages_organizations_when_keys_are_required(
             assert client.request(method, path, json=body, headers=admin).status_code in (200, 201)
         created = client.post("/orgs", json={"name": "Acme"}, headers=admin).json()
         assert created["created_by"] == "admin"
+
+
+async def test_a_projects_keys_are_issued_once_listed_without_secrets_and_revoked(
+    service_env: dict[str, Any], db: Any
+) -> None:
+    settings = DashboardSettings(
+        **service_env, api_keys_required=True, admin_api_key=ADMIN_KEY, api_keys_refresh_s=0.2
+    )
+    admin = {"X-API-Key": ADMIN_KEY}
+    with TestClient(create_app(settings)) as client:
+        until_default_tenant(client, admin)
+        org = client.post("/orgs", json={"name": "Acme"}, headers=admin).json()["org_id"]
+        project = client.post(f"/orgs/{org}/projects", json={"name": "Roof"}, headers=admin)
+        roof = project.json()["project_id"]
+        keys = f"/projects/{roof}/api-keys"
+
+        issued = client.post(keys, json={"name": "roof ops", "scopes": ["manage"]}, headers=admin)
+        assert issued.status_code == 201
+        manager = issued.json()
+        assert manager["key"].startswith("tk_") and manager["project_id"] == roof
+        assert manager["scopes"] == ["manage"] and manager["devices"] is None
+        # The project's manage key issues the project's keys, and no other project's.
+        eventually_loaded(client, keys, manager["key"])
+        as_manager = {"X-API-Key": manager["key"]}
+        sensor = client.post(
+            keys,
+            json={"name": "sensor 1", "scopes": ["ingest"], "devices": ["roof-1"]},
+            headers=as_manager,
+        )
+        assert sensor.status_code == 201
+        assert sensor.json()["devices"] == ["roof-1"]
+        other = client.get("/projects/default/api-keys", headers=as_manager)
+        assert other.status_code == 403
+        # A project's manage key changes nothing of the default project's.
+        silence = {"device_id": "dev-1", "until": "2999-01-01T00:00:00Z"}
+        assert client.post("/alerts/silences", json=silence, headers=as_manager).status_code == 403
+
+        listed = client.get(keys, headers=admin).json()["data"]
+        assert [k["name"] for k in listed] == ["roof ops", "sensor 1"]
+        assert all("key" not in k and "hash" not in k for k in listed)
+        gone = client.delete(f"{keys}/{sensor.json()['key_id']}", headers=admin)
+        assert gone.status_code == 204
+        [revoked] = [k for k in client.get(keys, headers=admin).json()["data"] if k["revoked_at"]]
+        assert revoked["key_id"] == sensor.json()["key_id"]
+        assert client.delete(f"{keys}/nope", headers=admin).status_code == 404
+
+        bound = client.post(
+            keys, json={"name": "x", "scopes": ["read"], "devices": ["roof-1"]}, headers=admin
+        )
+        assert (bound.status_code, bound.json()["errors"][0]["field"]) == (422, "devices")
+        bad_scope = client.post(keys, json={"name": "x", "scopes": ["root"]}, headers=admin)
+        assert bad_scope.status_code == 422
+        assert bad_scope.json()["errors"][0]["field"].startswith("scopes")
+        nowhere = client.post(
+            "/projects/prj-000000000000/api-keys",
+            json={"name": "x", "scopes": ["read"]},
+            headers=admin,
+        )
+        assert nowhere.status_code == 404
+
+
+def eventually_loaded(client: TestClient, path: str, key: str) -> None:
+    """Until the key cache has reloaded with ``key`` (within API_KEYS_REFRESH_S)."""
+    deadline = time.monotonic() + 30
+    while client.get(path, headers={"X-API-Key": key}).status_code == 401:
+        assert time.monotonic() < deadline, "the new key was never loaded"
+        time.sleep(0.1)
+
+
+def once_keys_loaded(send: Callable[[], Any]) -> Any:
+    """The answer to ``send`` once the app has loaded its keys (503 until then)."""
+    deadline = time.monotonic() + 30
+    while (answer := send()).status_code == 503:
+        assert time.monotonic() < deadline, "the keys were never loaded"
+        time.sleep(0.1)
+    return answer
+
+
+async def test_a_keys_scopes_decide_what_it_may_do(service_env: dict[str, Any], db: Any) -> None:
+    reader, _ = await issue_key(db, "wall display", scopes=["read"])
+    poster, _ = await issue_key(db, "gateway", scopes=["ingest"])
+    elsewhere, _ = await issue_key(db, "roof gateway", project_id="prj-roof", scopes=["ingest"])
+    dashboard = DashboardSettings(
+        **service_env, api_keys_required=True, admin_api_key=ADMIN_KEY, api_keys_refresh_s=0.2
+    )
+    silence = {"device_id": "dev-1", "until": "2999-01-01T00:00:00Z"}
+    with TestClient(create_app(dashboard)) as client:
+        once_keys_loaded(lambda: client.post("/alerts/silences", json=silence))
+        for key in (reader, poster):
+            refused = client.post("/alerts/silences", json=silence, headers={"X-API-Key": key})
+            assert refused.status_code == 403
+            assert refused.json()["errors"][0]["field"] == "X-API-Key"
+    ingestion = IngestionSettings(
+        **service_env, api_keys_required=True, admin_api_key=ADMIN_KEY, api_keys_refresh_s=0.2
+    )
+    body = {"device_id": "dev-1", "temperature_c": 21.5}
+    with ingestion_client(ingestion) as client:
+        posted = once_keys_loaded(
+            lambda: client.post("/ingest", json=body, headers={"X-API-Key": poster})
+        )
+        assert posted.status_code == 202
+        for key in (reader, elsewhere):
+            refused = client.post("/ingest", json=body, headers={"X-API-Key": key})
+            assert refused.status_code == 403, refused.json()

@@ -13,15 +13,17 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
 
 from telemetry_common.api_errors import ApiError
 from telemetry_common.reloading import Reloading
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import utcnow
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,13 @@ log = logging.getLogger(__name__)
 API_KEYS = "api_keys"
 KEY_PREFIX = "tk_"
 API_KEY_HEADER = "X-API-Key"
+# What a key may do: post readings (``ingest``, optionally for some devices only),
+# read its project's data (``read``), change its rules, silences, webhooks and
+# acknowledgements (``manage``). The admin key may do everything everywhere.
+INGEST, READ, MANAGE = "ingest", "read", "manage"
+Scope = Literal["ingest", "read", "manage"]
+SCOPES: tuple[Scope, ...] = (INGEST, READ, MANAGE)
+ALL_SCOPES = frozenset(SCOPES)
 # One answer for a missing key and a wrong one, so probing learns nothing.
 UNAUTHORISED = "missing or not valid"
 
@@ -63,15 +72,22 @@ class ApiKey:
     devices: frozenset[str] | None
     created_at: datetime
     revoked_at: datetime | None = None
+    project_id: str = DEFAULT_PROJECT
+    scopes: frozenset[str] = ALL_SCOPES
 
     def may_post_for(self, device_id: str) -> bool:
         return self.devices is None or device_id in self.devices
+
+    def may(self, scope: str) -> bool:
+        return scope in self.scopes
 
     def public(self) -> dict[str, Any]:
         """What lists and responses show: never the key nor its hash."""
         return {
             "key_id": self.key_id,
             "name": self.name,
+            "project_id": self.project_id,
+            "scopes": sorted(self.scopes),
             "devices": sorted(self.devices) if self.devices is not None else None,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
@@ -80,17 +96,31 @@ class ApiKey:
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> ApiKey:
         devices = doc.get("devices")
+        bound = frozenset(devices) if devices is not None else None
         return cls(
             key_id=doc["_id"],
             name=doc.get("name", ""),
-            devices=frozenset(devices) if devices is not None else None,
+            devices=bound,
             created_at=doc["created_at"],
             revoked_at=doc.get("revoked_at"),
+            project_id=doc.get("project_id", DEFAULT_PROJECT),
+            scopes=frozenset(doc["scopes"]) if "scopes" in doc else default_scopes(bound),
         )
 
 
+def default_scopes(devices: Iterable[str] | None) -> frozenset[str]:
+    """What a key issued without scopes may do, as keys did before scopes: a key bound
+    to devices only posts their readings; an unbound one also reads and manages."""
+    return frozenset({INGEST}) if devices is not None else ALL_SCOPES
+
+
 async def issue_key(
-    db: AsyncDatabase, name: str, devices: list[str] | None = None
+    db: AsyncDatabase,
+    name: str,
+    devices: list[str] | None = None,
+    *,
+    project_id: str = DEFAULT_PROJECT,
+    scopes: Iterable[str] | None = None,
 ) -> tuple[str, ApiKey]:
     """Create a key; return the key itself (shown this once) and its record."""
     key_id = secrets.token_hex(6)
@@ -99,12 +129,21 @@ async def issue_key(
         "_id": key_id,
         "hash": hash_key(key),
         "name": name,
+        "project_id": project_id,
+        "scopes": sorted(set(scopes) if scopes is not None else default_scopes(devices)),
         "devices": sorted(set(devices)) if devices is not None else None,
         "created_at": utcnow(),
         "revoked_at": None,
     }
     await db[API_KEYS].insert_one(doc)
     return key, ApiKey.from_document(doc)
+
+
+def in_project(project_id: str) -> dict[str, Any]:
+    """The filter of a project's keys (those issued before projects are the default's)."""
+    if project_id == DEFAULT_PROJECT:
+        return {"project_id": {"$in": [DEFAULT_PROJECT, None]}}
+    return {"project_id": project_id}
 
 
 async def revoke_key(db: AsyncDatabase, key_id: str) -> ApiKey | None:

@@ -252,3 +252,24 @@ class ProjectOut(_Open):
 
 class ProjectsPage(_Page):
     data: list[ProjectOut]
+
+
+class KeyOut(_Open):
+    key_id: str = Field(examples=["3f9c2a1b7d4e"])
+    name: str = Field(examples=["greenhouse 7"])
+    project_id: str = Field(examples=["default"])
+    scopes: list[str] = Field(examples=[["ingest"]])
+    devices: list[str] | None = Field(examples=[["dev-1", "dev-2"]])
+    created_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    revoked_at: str | None = Field(examples=[None])
+
+
+class IssuedKeyOut(KeyOut):
+    key: str = Field(
+        description="the key itself, shown this once",
+        examples=["tk_3f9c2a1b7d4e_5mJq0yY3n0gQp1Xw7bC4a9s2LrVtE8kH6uZfDiNoWxU"],
+    )
+
+
+class KeysPage(_Page):
+    data: list[KeyOut]

@@ -8,7 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import Request
 from telemetry_common.api_errors import ApiError
-from telemetry_common.api_keys import API_KEY_HEADER, ApiKey, is_admin_key, unauthorised_error
+from telemetry_common.api_keys import (
+    API_KEY_HEADER,
+    INGEST,
+    ApiKey,
+    is_admin_key,
+    unauthorised_error,
+)
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
 from ingestion_api.context import IngestContext
 from ingestion_api.limits import TooManyWaiting, retry_after_header
@@ -54,6 +61,20 @@ def authenticate(request: Request, ctx: IngestContext) -> ApiKey | None:
     key = ctx.keys.lookup(request.headers.get(API_KEY_HEADER))
     if key is None:
         raise unauthorised(ctx, readings=1)
+    if not key.may(INGEST):
+        raise refuse(
+            ctx, 403, API_KEY_HEADER, "this key's scopes leave out ingest", outcome="forbidden"
+        )
+    if key.project_id != DEFAULT_PROJECT:
+        # Until a reading carries its key's project, it would land in the default
+        # project: refused rather than mixed into another tenant's data.
+        raise refuse(
+            ctx,
+            403,
+            API_KEY_HEADER,
+            f"this key's project {key.project_id!r} does not take readings yet",
+            outcome="forbidden",
+        )
     wait = ctx.key_limits.take([(key.key_id, 1.0)])
     if wait:
         raise refuse(

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field, field_validator
+from telemetry_common.alert_rules import DEVICE_ID_PATTERN
 from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.api_keys import (
+    API_KEYS,
+    INGEST,
+    ApiKey,
+    Scope,
+    in_project,
+    issue_key,
+)
 from telemetry_common.tenancy import (
     NAME_MAX,
     ORGANIZATIONS,
@@ -22,10 +31,17 @@ from telemetry_common.tenancy import (
 )
 from telemetry_common.timefmt import utcnow
 
-from dashboard_api.auth import ADMIN_ERRORS, Admin
+from dashboard_api.auth import ADMIN_ERRORS, Admin, ProjectId, ProjectManager
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
-from dashboard_api.schemas import OrgOut, OrgsPage, ProjectOut, ProjectsPage
+from dashboard_api.schemas import (
+    IssuedKeyOut,
+    KeysPage,
+    OrgOut,
+    OrgsPage,
+    ProjectOut,
+    ProjectsPage,
+)
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["tenancy"])
@@ -125,3 +141,100 @@ async def list_projects(
         descending=False,
     )
     return page([public(doc, "project_id") for doc in docs], next_cursor)
+
+
+KEY_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "X-API-Key is missing or not valid", "model": ErrorOut},
+    403: {"description": "neither the admin key nor this project's manage key", "model": ErrorOut},
+    404: {"description": "no project (or no key in it) has this id", "model": ErrorOut},
+}
+
+
+class KeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=NAME_MAX, examples=["greenhouse 7"])
+    scopes: list[Scope] = Field(
+        min_length=1,
+        description="ingest: post readings; read: read the project's data; manage: change "
+        "its rules, silences, webhooks and acknowledgements",
+        examples=[["ingest"]],
+    )
+    devices: list[Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]] | None = Field(
+        None,
+        max_length=10_000,
+        description="an ingest key bound to these devices may post only their readings",
+        examples=[["dev-1", "dev-2"]],
+    )
+
+
+async def _existing_project(db: Db, project_id: str) -> None:
+    if await db[PROJECTS].find_one({"_id": project_id}, {"_id": 1}) is None:
+        raise ApiError(404, "project_id", "no such project")
+
+
+def _key_out(key: ApiKey) -> dict[str, Any]:
+    return public(key.public())
+
+
+@router.post(
+    "/projects/{project_id}/api-keys",
+    status_code=201,
+    response_model=IssuedKeyOut,
+    responses={**KEY_ERRORS, **BAD_PARAMETER},
+)
+async def create_key(
+    db: Db, _manager: ProjectManager, project_id: ProjectId, body: KeyCreate
+) -> dict[str, Any]:
+    """Issue a key of the project. The answer carries the key itself, this once: only
+    its hash is stored."""
+    await _existing_project(db, project_id)
+    if body.devices is not None and set(body.scopes) != {INGEST}:
+        raise ApiError(422, "devices", "only a key whose only scope is ingest is bound to devices")
+    key, record = await issue_key(
+        db, body.name, body.devices, project_id=project_id, scopes=body.scopes
+    )
+    return {**_key_out(record), "key": key}
+
+
+@router.get(
+    "/projects/{project_id}/api-keys",
+    response_model=KeysPage,
+    responses={**KEY_ERRORS, **BAD_PARAMETER},
+)
+async def list_project_keys(
+    db: Db, _manager: ProjectManager, project_id: ProjectId, limit: Limit, cursor: Cursor = None
+) -> dict[str, Any]:
+    """The project's keys, oldest first, revoked ones included (never the key itself)."""
+    await _existing_project(db, project_id)
+    docs, next_cursor = await keyset_page(
+        db[API_KEYS],
+        in_project(project_id),
+        sort_key="created_at",
+        limit=limit,
+        cursor=cursor,
+        descending=False,
+    )
+    return page([_key_out(ApiKey.from_document(doc)) for doc in docs], next_cursor)
+
+
+@router.delete(
+    "/projects/{project_id}/api-keys/{key_id}",
+    status_code=204,
+    response_class=Response,
+    responses=KEY_ERRORS,
+)
+async def revoke_project_key(
+    db: Db,
+    _manager: ProjectManager,
+    project_id: ProjectId,
+    key_id: Annotated[str, Path(max_length=64, examples=["3f9c2a1b7d4e"])],
+) -> Response:
+    """Revoke a key: every replica refuses it within API_KEYS_REFRESH_S."""
+    result = await db[API_KEYS].update_one(
+        {"_id": key_id, **in_project(project_id), "revoked_at": None},
+        {"$set": {"revoked_at": utcnow()}},
+    )
+    if result.matched_count == 0 and not await db[API_KEYS].count_documents(
+        {"_id": key_id, **in_project(project_id)}
+    ):
+        raise ApiError(404, "key_id", "no such key in this project")
+    return Response(status_code=204)
