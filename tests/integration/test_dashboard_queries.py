@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from integration.readings import publish, reading
 from integration.workers import running
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERTS, RAW, ROLLUPS
+from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
 from telemetry_common.rollup_layout import bucket_filter
 from telemetry_common.settings import AggregatorSettings, AlertsSettings, DashboardSettings
 from telemetry_common.timefmt import iso_z
@@ -45,13 +45,24 @@ async def seeded(
     aggregator = AggregatorSettings(**service_env, port=free_port())
     alerts = AlertsSettings(**service_env, port=free_port())
     async with running(run_aggregator, aggregator), running(run_alerts, alerts):
-
+        # Everything the tests read: the device summaries are the aggregator's last
+        # write of a batch, after its raw readings and rollups.
         async def written() -> bool:
+            counted = [doc.get("reading_count", 0) async for doc in db[DEVICES].find({})]
             return (
-                await db[RAW].count_documents({}) == 4 and await db[ALERTS].count_documents({}) == 2
+                await db[RAW].count_documents({}) == 4
+                and await db[ALERTS].count_documents({}) == 2
+                and sum(counted) == 4
             )
 
-        await eventually(written)
+        try:
+            await eventually(written)
+        except AssertionError as exc:
+            # What was written, to tell which worker or which write fell behind.
+            stored = {
+                name: await db[name].count_documents({}) for name in (RAW, ROLLUPS, DEVICES, ALERTS)
+            }
+            raise AssertionError(f"seeding incomplete: {stored}") from exc
     return service_env
 
 
