@@ -44,25 +44,30 @@ async def seeded(
     await publish(producer, topics.telemetry, READINGS)
     aggregator = AggregatorSettings(**service_env, port=free_port())
     alerts = AlertsSettings(**service_env, port=free_port())
-    async with running(run_aggregator, aggregator), running(run_alerts, alerts):
-        # Everything the tests read: the device summaries are the aggregator's last
-        # write of a batch, after its raw readings and rollups.
-        async def written() -> bool:
-            counted = [doc.get("reading_count", 0) async for doc in db[DEVICES].find({})]
-            return (
-                await db[RAW].count_documents({}) == 4
-                and await db[ALERTS].count_documents({}) == 2
-                and sum(counted) == 4
-            )
 
-        try:
-            await eventually(written)
-        except AssertionError as exc:
-            # What was written, to tell which worker or which write fell behind.
-            stored = {
-                name: await db[name].count_documents({}) for name in (RAW, ROLLUPS, DEVICES, ALERTS)
-            }
-            raise AssertionError(f"seeding incomplete: {stored}") from exc
+    async def stored() -> dict[str, int]:
+        return {
+            name: await db[name].count_documents({}) for name in (RAW, ROLLUPS, DEVICES, ALERTS)
+        }
+
+    # One worker after the other, each until it has written everything the tests
+    # read: the device summaries are the aggregator's last write of a batch.
+    async def folded() -> bool:
+        counted = [doc.get("reading_count", 0) async for doc in db[DEVICES].find({})]
+        return await db[RAW].count_documents({}) == 4 and sum(counted) == 4
+
+    async def alerted() -> bool:
+        return await db[ALERTS].count_documents({}) == 2
+
+    for run, settings, written in (
+        (run_aggregator, aggregator, folded),
+        (run_alerts, alerts, alerted),
+    ):
+        async with running(run, settings):
+            try:
+                await eventually(written)
+            except AssertionError as exc:
+                raise AssertionError(f"seeding incomplete: {await stored()}") from exc
     return service_env
 
 
