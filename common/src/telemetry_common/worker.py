@@ -120,6 +120,7 @@ def consume_loop(
     decode: Decode[T],
     handle: Handler[T],
     metrics: ConsumerMetrics,
+    handling: asyncio.Lock | None = None,
 ) -> ConsumerLoop[T]:
     """The commit-after-write loop with the settings' retry policy and the DLQ."""
     return ConsumerLoop(
@@ -135,6 +136,7 @@ def consume_loop(
             settings.retry_backoff_max_s,
         ),
         max_records=settings.consumer_max_records,
+        handling=handling,
     )
 
 
@@ -183,11 +185,14 @@ async def run_worker(
             getattr(handle, "partitions_assigned", None),
             getattr(handle, "partitions_revoked", None),
         )
-        listener = RebalanceHooks(*hooks) if all(hooks) else None  # type: ignore[arg-type]
+        handling = asyncio.Lock()
+        listener = RebalanceHooks(*hooks, handling) if all(hooks) else None  # type: ignore[arg-type]
         consumer = subscribe(settings, settings.telemetry_topic, group_id, name, listener)
         await start_with_retry("Kafka consumer", consumer.start, stop)
         started["kafka"] = True
-        consumer_loop = consume_loop(name, settings, consumer, producer, decode, handle, metrics)
+        consumer_loop = consume_loop(
+            name, settings, consumer, producer, decode, handle, metrics, handling
+        )
         log.info("%s consuming %s as group %s", name, settings.telemetry_topic, group_id)
         run_task = asyncio.create_task(consumer_loop.run(stop))
         stop_task = asyncio.create_task(stop.wait())

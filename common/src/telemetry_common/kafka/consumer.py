@@ -73,19 +73,30 @@ PartitionsChanged = Callable[[set[int]], Awaitable[None]]
 class RebalanceHooks(ConsumerRebalanceListener):
     """Tells a handler that keeps per-partition state which partitions it gained or lost.
 
-    aiokafka calls these inside the rebalance, before any record of a newly
-    assigned partition is fetched, and after the last batch of a revoked one.
+    aiokafka runs these in its coordinator task, beside the consume loop, and
+    starts fetching a newly assigned partition before ``on_partitions_assigned``
+    returns: without a guard a batch could be folded into state that the
+    callback then discards as stale (the aggregator once lost the device
+    summaries of a first batch that way). So each callback holds ``handling``,
+    the lock the loop holds while its handler runs: a batch sees the state
+    either before a rebalance or after it, and a revocation waits for the batch
+    in flight to be written.
     """
 
-    def __init__(self, assigned: PartitionsChanged, revoked: PartitionsChanged):
+    def __init__(
+        self, assigned: PartitionsChanged, revoked: PartitionsChanged, handling: asyncio.Lock
+    ):
         self._assigned = assigned
         self._revoked = revoked
+        self._handling = handling
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._revoked({tp.partition for tp in revoked})
+        async with self._handling:
+            await self._revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._assigned({tp.partition for tp in assigned})
+        async with self._handling:
+            await self._assigned({tp.partition for tp in assigned})
 
 
 @dataclass
@@ -106,8 +117,11 @@ class ConsumerLoop(Generic[T]):
         metrics: ConsumerMetrics,
         retry: RetryPolicy,
         max_records: int = 2000,
+        handling: asyncio.Lock | None = None,
     ):
+        """``handling``: held while the handler runs; share it with the RebalanceHooks."""
         self._consumer = consumer
+        self._handling = handling or asyncio.Lock()
         self._decode = decode
         self._handle = handle
         self._dead_letters = dead_letters
@@ -197,7 +211,10 @@ class ConsumerLoop(Generic[T]):
         backoff = self._retry.initial_backoff_s
         while True:
             try:
-                await self._handle(items)
+                # Held per attempt, not across the waits between them: a rebalance
+                # may happen while a failing batch waits (see _paused_wait).
+                async with self._handling:
+                    await self._handle(items)
                 self.healthy = True
                 return
             except PartitionsLost:
@@ -213,7 +230,7 @@ class ConsumerLoop(Generic[T]):
                     continue
                 attempts += 1
                 if attempts < self._retry.max_retries:
-                    log.warning("batch failed (attempt %d): %r", attempts, exc)
+                    log.warning("batch failed (attempt %d): %r", attempts, exc, exc_info=exc)
                     await self._paused_wait(backoff)
                     backoff = min(backoff * 2, self._retry.max_backoff_s)
                     continue
