@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,8 +16,12 @@ from urllib.parse import unquote
 
 import pytest
 import requests
+import uvicorn
+from dashboard_api.app import create_app
 from e2e.helpers import url, wait_for
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from telemetry_common.settings import DashboardSettings
+from telemetry_tools.servers import free_port
 from telemetry_tools.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -210,3 +215,67 @@ def test_system_view_shows_ingest_lag_and_dlq_from_stats(stack: Stack, page: Pag
     expect(page.locator('[data-stat="ingest-rate"] .value')).to_contain_text("readings/s")
     expect(page.locator("#system-asof")).to_contain_text("gathered every 5 s")
     screenshot(page, "system")
+
+
+ADMIN_KEY = "admin-" + "u5Pw9Zr3Kt7Mx1Qc8Lv2Hn6D"
+
+
+@pytest.fixture
+def keyed_dashboard(stack: Stack) -> Iterator[str]:
+    """A dashboard API on the stack's data that requires keys, as docker-compose runs it."""
+    settings = DashboardSettings(
+        kafka_bootstrap_servers=stack.kafka.bootstrap_servers,
+        mongo_url=stack.mongo.url,
+        host="127.0.0.1",
+        port=free_port(),
+        api_keys_required=True,
+        admin_api_key=ADMIN_KEY,
+        api_keys_refresh_s=0.2,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started, bool), "the keyed dashboard never started"
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_where_keys_are_required_the_dashboard_asks_for_one_and_reads_with_it(
+    stack: Stack, browser: Browser, keyed_dashboard: str
+) -> None:
+    ingest(stack, [{"device_id": "ui-keyed", "temperature_c": 23.5}])
+    issued = requests.post(
+        f"{keyed_dashboard}/projects/default/api-keys",
+        json={"name": "wall display", "scopes": ["read"]},
+        headers={"X-API-Key": ADMIN_KEY},
+        timeout=10,
+    )
+    assert issued.status_code == 201, issued.text
+    key = issued.json()["key"]
+    wait_for(lambda: api(stack, "/devices", id_prefix="ui-keyed"), lambda b: b["count"] == 1)
+
+    context = browser.new_context(base_url=keyed_dashboard)
+    page = context.new_page()
+    sent_keys: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: sent_keys.append(r.headers.get("x-api-key")) if "/devices" in r.url else None,
+    )
+    page.goto("/ui/")
+    # Refused without a key (401), the page asks for one at once.
+    expect(page.locator("#key-dialog")).to_be_visible()
+    page.locator("#key-input").fill(key)
+    page.locator("#key-save").click()
+    expect(page.locator("#key-label")).to_have_text("Key set")
+    expect(page.locator("#fleet-table tbody")).to_contain_text("ui-keyed")
+    assert key in sent_keys
+    # Kept for this tab's session, never in storage that outlives it.
+    assert page.evaluate("sessionStorage.getItem('telemetry.apiKey')") == key
+    assert page.evaluate("localStorage.getItem('telemetry.apiKey')") is None
+    screenshot(page, "signed-in")
+    context.close()

@@ -202,7 +202,8 @@ async def test_rule_writes_need_a_writers_key_when_keys_are_required(
             f"{base}/alerts/rules/{rule_id}", headers={"X-API-Key": ADMIN_KEY}
         )
         assert deleted.status == 204
-        assert (await http.get(f"{base}/alerts/rules/{rule_id}")).status == 404
+        gone = await http.get(f"{base}/alerts/rules/{rule_id}", headers={"X-API-Key": operator_key})
+        assert gone.status == 404
 
         # The seed's shorthand registers a rule on that one device.
         short = await post("/v1/alerts", shorthand, ADMIN_KEY)
@@ -215,5 +216,8 @@ async def test_rule_writes_need_a_writers_key_when_keys_are_required(
             ">",
         )
         assert (rule["k"], rule["n"], rule["enabled"]) == (1, 1, True)
-        # Reading stays open to anyone.
-        assert (await http.get(f"{base}/alerts/rules")).status == 200
+        # Reading needs a key too, one that may read; a device's key may not.
+        assert (await http.get(f"{base}/alerts/rules")).status == 401
+        for key, status in ((device_key, 403), (operator_key, 200), (ADMIN_KEY, 200)):
+            listed = await http.get(f"{base}/alerts/rules", headers={"X-API-Key": key})
+            assert listed.status == status

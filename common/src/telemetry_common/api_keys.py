@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -38,6 +39,18 @@ INGEST, READ, MANAGE = "ingest", "read", "manage"
 Scope = Literal["ingest", "read", "manage"]
 SCOPES: tuple[Scope, ...] = (INGEST, READ, MANAGE)
 ALL_SCOPES = frozenset(SCOPES)
+# Both APIs declare it as their security scheme, so the OpenAPI documents (and
+# Swagger's Authorize button) show it; each operation's requirement names the
+# role it needs (OpenAPI 3.1 allows roles for API keys), and the authorization
+# test reads them there. auto_error off: whether a key is needed is a setting.
+API_KEY_SCHEME = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="ApiKey",
+    description="an issued key (tk_...) or the admin key, needed when API_KEYS_REQUIRED is "
+    "on; each operation's security names the role the key needs: ingest, read, manage or "
+    "admin",
+    auto_error=False,
+)
 # One answer for a missing key and a wrong one, so probing learns nothing.
 UNAUTHORISED = "missing or not valid"
 
@@ -175,11 +188,16 @@ class KeyCache(Reloading):
         super().__init__(refresh_s)
         self._db = db
         self._by_hash: dict[str, ApiKey] = {}
+        self._by_id: dict[str, ApiKey] = {}
 
     def lookup(self, presented: str | None) -> ApiKey | None:
         if not presented:
             return None
         return self._by_hash.get(hash_key(presented))
+
+    def by_id(self, key_id: str) -> ApiKey | None:
+        """The key, while it is valid (for what a key issued on its behalf, like a stream token)."""
+        return self._by_id.get(key_id)
 
     async def reload(self) -> None:
         by_hash = {
@@ -187,4 +205,5 @@ class KeyCache(Reloading):
             async for doc in self._db[API_KEYS].find({"revoked_at": None})
         }
         self._by_hash = by_hash
+        self._by_id = {key.key_id: key for key in by_hash.values()}
         self.loaded = True

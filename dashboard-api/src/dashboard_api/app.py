@@ -21,6 +21,7 @@ from telemetry_common.settings import DashboardSettings
 from telemetry_common.tenancy import ensure_tenancy
 
 from dashboard_api.alert_feed import AlertFeed
+from dashboard_api.auth import ensure_stream_tokens
 from dashboard_api.live import DeviceFeeds
 from dashboard_api.routes import (
     aggregates,
@@ -46,6 +47,7 @@ async def _ensure_indexes_when_reachable(db: AsyncDatabase, merged: list[str]) -
         try:
             await ensure_indexes(db, raw_retention=None, merged_resolutions=merged)
             await ensure_tenancy(db)
+            await ensure_stream_tokens(db)
             return
         except PyMongoError:
             await asyncio.sleep(backoff)
@@ -136,20 +138,25 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         body = HealthOut(status="ok" if ok else "degraded", mongo=ok)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    # First, so an /alerts/{alert_id} route never takes "webhooks" for an alert id.
-    app.include_router(webhook_routes.router)
-    for module in (
-        telemetry,
-        aggregates,
-        metrics_v1,
-        alert_rules,
-        silences,
-        alerts,
-        devices,
-        stats,
-        stream,
-        tenancy,
+    # Webhooks first, so an /alerts/{alert_id} route never takes "webhooks" for an alert id.
+    for router in (
+        webhook_routes.router,
+        webhook_routes.reads,
+        telemetry.router,
+        aggregates.router,
+        metrics_v1.router,
+        alert_rules.router,
+        alert_rules.reads,
+        silences.router,
+        silences.reads,
+        alerts.router,
+        alerts.reads,
+        devices.router,
+        stats.router,
+        stream.router,
+        stream.tokens,
+        tenancy.router,
     ):
-        app.include_router(module.router)
+        app.include_router(router)
     install_ui(app, settings)
     return app

@@ -1,46 +1,94 @@
-"""Who may change things through the dashboard API (rules, acknowledgements, webhooks).
+"""Who may call the dashboard API, and what their key lets them do.
 
-With API_KEYS_REQUIRED, a write needs X-API-Key: the admin key, or an issued key
-bound to no device. Device-bound keys exist so a stolen device cannot post for
-others; letting one edit alert rules or webhooks would undo that.
+With API_KEYS_REQUIRED (as in docker-compose and Kubernetes) every route but
+/health, /metrics, the banner and the web dashboard's files needs X-API-Key:
+
+- reads need a key with ``read``;
+- rules, silences, webhooks and acknowledgements need ``manage``;
+- organizations and projects need the admin key;
+- a project's keys need the admin key or that project's ``manage`` key.
+
+A key bound to devices only posts readings (a stolen device must not read the
+fleet nor edit its rules). Without API_KEYS_REQUIRED (local ``make up``) every
+caller may do everything, as the admin key does.
+
+Live streams also take ``?token=``, a short-lived token from ``POST
+/streams/token``: browsers' EventSource cannot send headers, and a key in a URL
+would land in access logs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Security
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.api_keys import (
     API_KEY_HEADER,
+    API_KEY_SCHEME,
     MANAGE,
+    READ,
     ApiKey,
     is_admin_key,
     unauthorised_error,
 )
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.timefmt import utcnow
 
 ANONYMOUS = "anonymous"
 ADMIN = "admin"
 
-WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "X-API-Key is missing or not valid", "model": ErrorOut},
-    403: {
-        "description": "the key is bound to devices and may only post readings",
-        "model": ErrorOut,
-    },
-    503: {"description": "the keys are not loaded yet; retry after Retry-After", "model": ErrorOut},
-}
+STREAM_TOKENS = "stream_tokens"
+STREAM_TOKEN_PREFIX = "st_"
+STREAM_TOKEN_TTL = timedelta(minutes=5)
+
+# The role each operation's security requirement names in the OpenAPI document.
+ReadKey = Annotated[str | None, Security(API_KEY_SCHEME, scopes=[READ])]
+ManageKey = Annotated[str | None, Security(API_KEY_SCHEME, scopes=[MANAGE])]
+AdminKey = Annotated[str | None, Security(API_KEY_SCHEME, scopes=[ADMIN])]
 
 
-async def require_writer(request: Request) -> str:
-    """The name of whoever writes: the key's name, "admin", or "anonymous" when keys are off."""
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the admin (or anyone, when keys are off), or an issued key."""
+
+    name: str
+    # None: the admin key, or keys are not required.
+    key: ApiKey | None
+
+
+def _errors(forbidden: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        401: {"description": "X-API-Key is missing or not valid", "model": ErrorOut},
+        403: {"description": forbidden, "model": ErrorOut},
+        503: {
+            "description": "the keys are not loaded yet; retry after Retry-After",
+            "model": ErrorOut,
+        },
+    }
+
+
+READ_ERRORS = _errors("the key may not read: bound to devices, or without the read scope")
+WRITE_ERRORS = _errors("the key may not manage: bound to devices, or without the manage scope")
+ADMIN_ERRORS = _errors("an issued key may not manage organizations and projects")
+PROJECT_ERRORS = _errors("needs the admin key or this project's manage key")
+
+
+async def identify(request: Request, presented: str | None) -> Caller:
+    """The caller behind ``presented`` (401 when it is no valid key)."""
     settings = request.app.state.settings
     if not settings.api_keys_required:
-        return ANONYMOUS
-    presented = request.headers.get(API_KEY_HEADER)
+        return Caller(ANONYMOUS, None)
     if is_admin_key(presented, settings.admin_api_key):
-        return ADMIN
+        return Caller(ADMIN, None)
+    if not presented:
+        raise unauthorised_error()
     keys = request.app.state.keys
     if not keys.loaded:
         raise ApiError(
@@ -52,37 +100,49 @@ async def require_writer(request: Request) -> str:
     key = keys.lookup(presented)
     if key is None:
         raise unauthorised_error()
+    return Caller(key.name or key.key_id, key)
+
+
+def authorize(caller: Caller, scope: str, project_id: str = DEFAULT_PROJECT) -> None:
+    """403 unless the caller's key may use ``scope`` on ``project_id``."""
+    key = caller.key
+    if key is None:
+        return
     if key.devices is not None:
         raise ApiError(403, API_KEY_HEADER, "a device-bound key may only post readings")
-    if not key.may(MANAGE):
-        raise ApiError(403, API_KEY_HEADER, "this key's scopes leave out manage")
-    if key.project_id != DEFAULT_PROJECT:
-        # Rules, silences, webhooks and alerts are all the default project's so far.
+    if not key.may(scope):
+        raise ApiError(403, API_KEY_HEADER, f"this key's scopes leave out {scope}")
+    if key.project_id != project_id:
+        # Every stored reading, rollup, alert, rule and webhook is the default
+        # project's until readings carry their key's project.
         raise ApiError(403, API_KEY_HEADER, f"this key belongs to project {key.project_id!r}")
-    return key.name or key.key_id
+
+
+async def require_reader(request: Request, presented: ReadKey) -> Caller:
+    caller = await identify(request, presented)
+    authorize(caller, READ)
+    return caller
+
+
+Reader = Annotated[Caller, Depends(require_reader)]
+
+
+async def require_writer(request: Request, presented: ManageKey) -> str:
+    """The name of whoever writes: the key's name, "admin", or "anonymous" when keys are off."""
+    caller = await identify(request, presented)
+    authorize(caller, MANAGE)
+    return caller.name
 
 
 Writer = Annotated[str, Depends(require_writer)]
 
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "X-API-Key is missing or not the admin key", "model": ErrorOut},
-    403: {"description": "an issued key may not manage organizations", "model": ErrorOut},
-}
 
-
-async def require_admin(request: Request) -> str:
-    """Organizations and projects are the installation's, not a project's: the admin
-    key only ("anonymous" when keys are off, as locally)."""
-    settings = request.app.state.settings
-    if not settings.api_keys_required:
-        return ANONYMOUS
-    presented = request.headers.get(API_KEY_HEADER)
-    if is_admin_key(presented, settings.admin_api_key):
-        return ADMIN
-    keys = request.app.state.keys
-    if presented and keys.loaded and keys.lookup(presented) is not None:
+async def require_admin(request: Request, presented: AdminKey) -> str:
+    """Organizations and projects are the installation's, not a project's: the admin key only."""
+    caller = await identify(request, presented)
+    if caller.key is not None:
         raise ApiError(403, API_KEY_HEADER, "needs the admin key")
-    raise unauthorised_error()
+    return caller.name
 
 
 Admin = Annotated[str, Depends(require_admin)]
@@ -93,22 +153,86 @@ ProjectId = Annotated[
 ]
 
 
-async def require_project_manager(request: Request, project_id: ProjectId) -> str:
-    """Who manages a project's keys: the admin key, or a key of that project with
-    ``manage`` ("anonymous" when keys are off)."""
-    settings = request.app.state.settings
-    if not settings.api_keys_required:
-        return ANONYMOUS
-    presented = request.headers.get(API_KEY_HEADER)
-    if is_admin_key(presented, settings.admin_api_key):
-        return ADMIN
-    keys = request.app.state.keys
-    key: ApiKey | None = keys.lookup(presented) if keys.loaded else None
-    if key is None:
-        raise unauthorised_error()
-    if key.project_id != project_id or key.devices is not None or not key.may(MANAGE):
+async def require_project_manager(
+    request: Request, presented: ManageKey, project_id: ProjectId
+) -> str:
+    """Who manages a project's keys: the admin key, or a key of that project with ``manage``."""
+    caller = await identify(request, presented)
+    key = caller.key
+    if key is not None and (
+        key.project_id != project_id or key.devices is not None or not key.may(MANAGE)
+    ):
         raise ApiError(403, API_KEY_HEADER, "needs the admin key or this project's manage key")
-    return key.name or key.key_id
+    return caller.name
 
 
 ProjectManager = Annotated[str, Depends(require_project_manager)]
+
+
+# --- stream tokens ------------------------------------------------------------------
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+async def ensure_stream_tokens(db: AsyncDatabase) -> None:
+    await db[STREAM_TOKENS].create_indexes(
+        [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)]
+    )
+
+
+async def issue_stream_token(db: AsyncDatabase, caller: Caller) -> tuple[str, Any]:
+    """A token that opens streams as ``caller`` until it expires; stored hashed, in
+    MongoDB so that every replica honours it."""
+    token = f"{STREAM_TOKEN_PREFIX}{secrets.token_urlsafe(24)}"
+    expires_at = utcnow() + STREAM_TOKEN_TTL
+    await db[STREAM_TOKENS].insert_one(
+        {
+            "_id": _token_hash(token),
+            "name": caller.name,
+            "key_id": caller.key.key_id if caller.key else None,
+            "expires_at": expires_at,
+        }
+    )
+    return token, expires_at
+
+
+async def require_stream_reader(
+    request: Request,
+    presented: ReadKey,
+    token: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="a stream token from POST /streams/token, for clients that cannot "
+            "send X-API-Key (a browser's EventSource)",
+            examples=["st_3q2nT0dZ5kz1H4p1aW9cQeYbRr8fLmXo"],
+        ),
+    ] = None,
+) -> Caller:
+    """A stream's reader: by X-API-Key as any read, or by a stream token still valid
+    whose key is still valid (a revoked key's tokens stop opening streams)."""
+    if token is None or not request.app.state.settings.api_keys_required:
+        return await require_reader(request, presented)
+    doc = await request.app.state.db[STREAM_TOKENS].find_one(
+        {"_id": _token_hash(token), "expires_at": {"$gt": utcnow()}}
+    )
+    if doc is None:
+        raise ApiError(401, "token", "missing, expired or not valid; ask POST /streams/token")
+    if doc["key_id"] is None:
+        return Caller(doc["name"], None)
+    key = request.app.state.keys.by_id(doc["key_id"])
+    if key is None:
+        raise ApiError(401, "token", "its key was revoked")
+    caller = Caller(doc["name"], key)
+    authorize(caller, READ)
+    return caller
+
+
+StreamReader = Annotated[Caller, Depends(require_stream_reader)]
+
+
+def read_router(**kwargs: Any) -> APIRouter:
+    """A router whose every route needs a key that may read (and documents the refusals)."""
+    return APIRouter(dependencies=[Depends(require_reader)], responses=READ_ERRORS, **kwargs)

@@ -1,12 +1,15 @@
-"""`telemetry-keys issue|list|revoke`: device API keys, straight in MongoDB.
+"""`telemetry-keys issue|list|revoke`: API keys, straight in MongoDB.
 
     telemetry-keys issue --name "greenhouse 7" --devices dev-1,dev-2
-    telemetry-keys list
+    telemetry-keys issue --name "wall display" --project prj-4f1c2a9b03de --scopes read
+    telemetry-keys list --project prj-4f1c2a9b03de
     telemetry-keys revoke 3f9c2a1b7d4e
 
-`issue` prints the key once; only its hash is stored. The ingestion API picks up
-new and revoked keys within API_KEYS_REFRESH_S. Reads MONGO_URL and MONGO_DB
-like the services, or --mongo-url / --mongo-db.
+`issue` prints the key once; only its hash is stored. A key belongs to a project
+(`default` unless --project) and carries scopes (--scopes: ingest, read, manage;
+without it, a key bound to devices only ingests and an unbound one may do all
+three). Both APIs pick up new and revoked keys within API_KEYS_REFRESH_S. Reads
+MONGO_URL and MONGO_DB like the services, or --mongo-url / --mongo-db.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import os
 import sys
 from typing import Any
 
-from telemetry_common.api_keys import ApiKey, issue_key, list_keys, revoke_key
+from telemetry_common.api_keys import SCOPES, ApiKey, issue_key, list_keys, revoke_key
 from telemetry_common.mongo import connect
 from telemetry_common.reading import DEVICE_ID_RE
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.tenancy import PROJECTS, ensure_tenancy
 from telemetry_common.timefmt import iso_z
 
 
@@ -39,17 +44,37 @@ def _devices(spec: str) -> list[str]:
     return devices
 
 
+def _scopes(spec: str) -> list[str]:
+    scopes = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad or not scopes:
+        raise argparse.ArgumentTypeError(
+            f"not scopes: {', '.join(bad) or spec!r} (choose from {', '.join(SCOPES)})"
+        )
+    return scopes
+
+
 async def run(args: argparse.Namespace) -> int:
     client = connect(args.mongo_url, "telemetry-keys")
     db = client[args.mongo_db]
     try:
         if args.command == "issue":
-            key, record = await issue_key(db, args.name, args.devices)
+            await ensure_tenancy(db)
+            if await db[PROJECTS].find_one({"_id": args.project}, {"_id": 1}) is None:
+                print(
+                    f"no project {args.project!r} (see GET /orgs/{{org_id}}/projects)",
+                    file=sys.stderr,
+                )
+                return 1
+            key, record = await issue_key(
+                db, args.name, args.devices, project_id=args.project, scopes=args.scopes
+            )
             print(json.dumps({**_public(record), "api_key": key}, indent=2))
             print("Store the key now: it is not shown again.", file=sys.stderr)
         elif args.command == "list":
             for record in await list_keys(db):
-                print(json.dumps(_public(record)))
+                if args.project is None or record.project_id == args.project:
+                    print(json.dumps(_public(record)))
         else:
             revoked = await revoke_key(db, args.key_id)
             if revoked is None:
@@ -77,7 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     issue.add_argument(
         "--devices", type=_devices, default=None, help="comma-separated devices it may post for"
     )
-    sub.add_parser("list", help="every key, revoked ones too; never the keys themselves")
+    issue.add_argument("--project", default=DEFAULT_PROJECT, help="the project it belongs to")
+    issue.add_argument(
+        "--scopes", type=_scopes, default=None, help="comma-separated: ingest, read, manage"
+    )
+    listing = sub.add_parser("list", help="every key, revoked ones too; never the keys themselves")
+    listing.add_argument("--project", default=None, help="only this project's keys")
     revoke = sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)

@@ -270,6 +270,12 @@ async def reading_counts(
 
     async def one(device: str) -> tuple[str, int]:
         async with limit, client.get(f"/devices/{device}") as response:
+            if response.status in (401, 403):
+                # Not "0 counted": the verdict would blame the pipeline for a key.
+                raise SystemExit(
+                    f"the dashboard refused to read devices ({response.status}); "
+                    "pass --read-key with a key that has the read scope"
+                )
             found = (await response.json()) if response.status == 200 else {}
         return device, int(found.get("reading_count", 0))
 
@@ -281,6 +287,7 @@ async def verify(
     accepted_by_device: Counter[str],
     baseline: dict[str, int],
     timeout_s: float,
+    read_key: str | None = None,
 ) -> dict[str, Any]:
     """Ask the dashboard whether every accepted reading was counted exactly once.
 
@@ -290,9 +297,7 @@ async def verify(
     """
     deadline = time.monotonic() + timeout_s
     added: dict[str, int] = {}
-    async with aiohttp.ClientSession(
-        base_url=dashboard_url, timeout=aiohttp.ClientTimeout(total=10.0)
-    ) as client:
+    async with dashboard_session(dashboard_url, read_key) as client:
         while True:
             pending = [d for d, n in accepted_by_device.items() if added.get(d, -1) < n]
             now = await reading_counts(client, pending)
@@ -320,10 +325,18 @@ async def verify(
     }
 
 
-async def baseline_counts(dashboard_url: str, devices: list[str]) -> dict[str, int]:
-    async with aiohttp.ClientSession(
-        base_url=dashboard_url, timeout=aiohttp.ClientTimeout(total=10.0)
-    ) as client:
+def dashboard_session(dashboard_url: str, read_key: str | None) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        base_url=dashboard_url,
+        timeout=aiohttp.ClientTimeout(total=10.0),
+        headers={"X-API-Key": read_key} if read_key else None,
+    )
+
+
+async def baseline_counts(
+    dashboard_url: str, devices: list[str], read_key: str | None = None
+) -> dict[str, int]:
+    async with dashboard_session(dashboard_url, read_key) as client:
         return await reading_counts(client, devices)
 
 
@@ -379,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify", action="store_true", help="afterwards, check every accepted reading was counted"
     )
     parser.add_argument("--dashboard-url", default="http://localhost:8002")
+    parser.add_argument(
+        "--read-key",
+        default=None,
+        help="for --verify when the dashboard requires keys: a key with the read scope",
+    )
     parser.add_argument("--verify-timeout", type=float, default=120.0)
     return parser
 
@@ -388,12 +406,22 @@ def main(argv: list[str] | None = None) -> None:
     if not args.duration and not args.total:
         args.duration = 60.0
     devices = [f"{args.device_prefix}{i}" for i in range(args.devices)]
-    baseline = asyncio.run(baseline_counts(args.dashboard_url, devices)) if args.verify else {}
+    baseline = (
+        asyncio.run(baseline_counts(args.dashboard_url, devices, args.read_key))
+        if args.verify
+        else {}
+    )
     stats = asyncio.run(run(args))
     result = summary(stats, args)
     if args.verify:
         result["verification"] = asyncio.run(
-            verify(args.dashboard_url, stats.accepted_by_device, baseline, args.verify_timeout)
+            verify(
+                args.dashboard_url,
+                stats.accepted_by_device,
+                baseline,
+                args.verify_timeout,
+                args.read_key,
+            )
         )
     print(json.dumps(result, indent=2))
     if args.json_path:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from telemetry_common.mongo import ROLLUPS
 from telemetry_common.timefmt import to_utc_ms
 
+from dashboard_api.auth import read_router
 from dashboard_api.deps import (
     BAD_PARAMETER,
     DEVICE_ID_PATTERN,
@@ -26,7 +27,7 @@ from dashboard_api.rollup_pages import MergedFrom, rollup_page
 from dashboard_api.schemas import RollupsPage
 from dashboard_api.serialize import public
 
-router = APIRouter(tags=["aggregates"])
+router = read_router(tags=["aggregates"])
 
 Resolution = Annotated[
     str, Query(pattern=r"^\d+[smhd]$", description="bucket width, e.g. 1m", examples=["1m"])

@@ -24,13 +24,15 @@ from telemetry_common.alert_rules import (
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.timefmt import utcnow
 
-from dashboard_api.auth import WRITE_ERRORS, Writer
+from dashboard_api.auth import WRITE_ERRORS, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import RuleOut, RulesPage
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["alert rules"])
+# What a read key may see; the writes below need a manage key.
+reads = read_router(tags=["alert rules"])
 
 RuleId = Annotated[str, Path(max_length=64, examples=["r-4f1c2a9b03de"])]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -122,7 +124,7 @@ async def post_rule(
     return await create_rule(db, rule.model_dump(by_alias=True), writer)
 
 
-@router.get("/alerts/rules", response_model=RulesPage, responses=BAD_PARAMETER)
+@reads.get("/alerts/rules", response_model=RulesPage, responses=BAD_PARAMETER)
 async def list_rules(
     db: Db,
     limit: Limit,
@@ -152,7 +154,7 @@ async def list_rules(
     return page([public(doc, "rule_id") for doc in docs], next_cursor)
 
 
-@router.get("/alerts/rules/{rule_id}", response_model=RuleOut, responses=NOT_FOUND)
+@reads.get("/alerts/rules/{rule_id}", response_model=RuleOut, responses=NOT_FOUND)
 async def get_rule(db: Db, rule_id: RuleId) -> dict[str, Any]:
     """One rule."""
     return public(await _find(db, rule_id), "rule_id")

@@ -9,13 +9,15 @@ from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.mongo import ALERTS
 from telemetry_common.timefmt import utcnow
 
-from dashboard_api.auth import WRITE_ERRORS, Writer
+from dashboard_api.auth import WRITE_ERRORS, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, DeviceFilter, From, Limit, To, page, time_range
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import AlertOut, AlertsPage
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["alerts"])
+# What a read key may see; the writes below need a manage key.
+reads = read_router(tags=["alerts"])
 
 Severity = Annotated[
     Literal["info", "warning", "critical"] | None,
@@ -39,7 +41,7 @@ STATUS_QUERIES: dict[str, dict[str, Any]] = {
 }
 
 
-@router.get("/alerts", response_model=AlertsPage, responses=BAD_PARAMETER)
+@reads.get("/alerts", response_model=AlertsPage, responses=BAD_PARAMETER)
 async def list_alerts(
     db: Db,
     limit: Limit,
@@ -70,7 +72,7 @@ async def list_alerts(
     return page([public(doc) for doc in docs], next_cursor)
 
 
-@router.get("/alerts/recent", response_model=AlertsPage)
+@reads.get("/alerts/recent", response_model=AlertsPage)
 async def recent_alerts(
     db: Db,
     limit: Annotated[

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.mongo import ALERTS, DEVICES
 
+from dashboard_api.auth import read_router
 from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN, Db, Limit, TagFilter, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import DeviceOut, DevicesPage
 from dashboard_api.serialize import public
 
-router = APIRouter(tags=["devices"])
+router = read_router(tags=["devices"])
 
 IdPrefix = Annotated[
     str | None,

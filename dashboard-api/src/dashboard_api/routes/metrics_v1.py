@@ -5,17 +5,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from telemetry_common.api_errors import ErrorOut
 from telemetry_common.mongo import ROLLUPS
 from telemetry_common.rollup_layout import bucket_filter, metric_rows
 from telemetry_common.timefmt import iso_z, utcnow
 
+from dashboard_api.auth import read_router
 from dashboard_api.deps import DEVICE_ID_PATTERN, METRIC_PATTERN, Db
 from dashboard_api.intervals import choose_resolution, interval_bucket, merge_into_intervals, window
 from dashboard_api.schemas import IntervalAggregateOut
 
-router = APIRouter(prefix="/v1", tags=["aggregates"])
+router = read_router(prefix="/v1", tags=["aggregates"])
 
 DEFAULT_SPAN = timedelta(days=1)
 

@@ -18,13 +18,15 @@ from telemetry_common.alert_rules import ALERT_SILENCES, DEVICE_ID_PATTERN
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.timefmt import to_utc_ms, utcnow
 
-from dashboard_api.auth import WRITE_ERRORS, Writer
+from dashboard_api.auth import WRITE_ERRORS, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import SilenceOut, SilencesPage
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["alerts"])
+# What a read key may see; the writes below need a manage key.
+reads = read_router(tags=["alerts"])
 
 
 class SilenceCreate(BaseModel):
@@ -70,7 +72,7 @@ async def create_silence(db: Db, writer: Writer, silence: SilenceCreate) -> dict
     return public(doc, "silence_id")
 
 
-@router.get("/alerts/silences", response_model=SilencesPage, responses=BAD_PARAMETER)
+@reads.get("/alerts/silences", response_model=SilencesPage, responses=BAD_PARAMETER)
 async def list_silences(
     db: Db,
     limit: Limit,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from telemetry_common.api_errors import ErrorOut
 
+from dashboard_api.auth import read_router
 from dashboard_api.schemas import StatsOut
 from dashboard_api.system_stats import StatsSnapshot
 
-router = APIRouter(tags=["stats"])
+router = read_router(tags=["stats"])
 
 
 @router.get(

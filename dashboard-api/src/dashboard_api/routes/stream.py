@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 from telemetry_common.api_errors import ApiError, ErrorOut
 
 from dashboard_api.alert_feed import AlertFeed
+from dashboard_api.auth import READ_ERRORS, Reader, issue_stream_token, require_stream_reader
 from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN
 from dashboard_api.live import DeviceFeeds, Event
 
-router = APIRouter(tags=["live"])
+# Streams take X-API-Key or a stream token (?token=) from POST /streams/token.
+router = APIRouter(
+    tags=["live"], dependencies=[Depends(require_stream_reader)], responses=READ_ERRORS
+)
+tokens = APIRouter(tags=["live"])
 
 # How long an EventSource waits before reconnecting after the stream ends.
 RETRY_MS = 3000
@@ -160,3 +167,34 @@ async def alert_stream(
             lambda: feed.unsubscribe(watcher),
         )
     )
+
+
+class StreamTokenOut(BaseModel):
+    token: str = Field(examples=["st_3q2nT0dZ5kz1H4p1aW9cQeYbRr8fLmXo"])
+    expires_at: datetime = Field(examples=["2025-01-15T10:05:00.000Z"])
+
+
+@tokens.post(
+    "/streams/token",
+    status_code=201,
+    response_model=StreamTokenOut,
+    responses={
+        201: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "token": "st_3q2nT0dZ5kz1H4p1aW9cQeYbRr8fLmXo",
+                        "expires_at": "2025-01-15T10:05:00.000Z",
+                    }
+                }
+            }
+        },
+        **READ_ERRORS,
+    },
+)
+async def stream_token(request: Request, caller: Reader) -> dict[str, Any]:
+    """A token that opens the live streams as this key for five minutes: pass it as
+    `?token=` where headers cannot be set (a browser's EventSource). A stream already
+    open stays open; a revoked key's tokens stop working at once."""
+    token, expires_at = await issue_stream_token(request.app.state.db, caller)
+    return {"token": token, "expires_at": expires_at}

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 from telemetry_common.mongo import RAW
 
+from dashboard_api.auth import read_router
 from dashboard_api.deps import (
     BAD_PARAMETER,
     DEVICE_ID_PATTERN,
@@ -24,7 +25,7 @@ from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import ReadingsPage
 from dashboard_api.serialize import public
 
-router = APIRouter(tags=["telemetry"])
+router = read_router(tags=["telemetry"])
 
 DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])]
 FromTime = Annotated[

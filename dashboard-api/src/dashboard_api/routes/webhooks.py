@@ -17,12 +17,14 @@ from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
 from telemetry_common.timefmt import utcnow
 from telemetry_common.webhook_targets import TargetRefused, check_target
 
-from dashboard_api.auth import WRITE_ERRORS, Writer
+from dashboard_api.auth import WRITE_ERRORS, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.serialize import public
 
 router = APIRouter(tags=["webhooks"])
+# What a read key may see; the writes below need a manage key.
+reads = read_router(tags=["webhooks"])
 
 WEBHOOK_ID_PATTERN = r"^wh_[0-9a-f]{16}$"
 MAX_WEBHOOKS = 100
@@ -208,7 +210,7 @@ async def create_webhook(body: WebhookIn, db: Db, writer: Writer, request: Reque
     }
 
 
-@router.get("/alerts/webhooks", response_model=WebhooksPage, responses=BAD_PARAMETER)
+@reads.get("/alerts/webhooks", response_model=WebhooksPage, responses=BAD_PARAMETER)
 async def list_webhooks(db: Db, limit: Limit, cursor: Cursor = None) -> dict[str, Any]:
     """Registered webhooks, newest first (without their secrets)."""
     docs, next_cursor = await keyset_page(
@@ -217,7 +219,7 @@ async def list_webhooks(db: Db, limit: Limit, cursor: Cursor = None) -> dict[str
     return page([webhook_out(doc) for doc in docs], next_cursor)
 
 
-@router.get(
+@reads.get(
     "/alerts/webhooks/{webhook_id}",
     response_model=WebhookOut,
     responses={**NOT_FOUND, **BAD_PARAMETER},
@@ -251,7 +253,7 @@ DeliveryStatus = Annotated[
 ]
 
 
-@router.get(
+@reads.get(
     "/alerts/webhooks/{webhook_id}/deliveries",
     response_model=DeliveriesPage,
     responses={**NOT_FOUND, **BAD_PARAMETER},

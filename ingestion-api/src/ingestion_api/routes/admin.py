@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, Security
 from telemetry_common.api_errors import ApiError
-from telemetry_common.api_keys import ApiKey, issue_key, list_keys, revoke_key
+from telemetry_common.api_keys import API_KEY_SCHEME, ApiKey, issue_key, list_keys, revoke_key
 from telemetry_common.reading import DEVICE_ID_RE
 from telemetry_common.timefmt import iso_z
 
@@ -26,8 +26,14 @@ async def admin_context(request: Request) -> IngestContext:
 Admin = Annotated[IngestContext, Depends(admin_context)]
 router = APIRouter(
     prefix="/admin/keys",
+    dependencies=[Security(API_KEY_SCHEME, scopes=["admin"])],
     tags=["admin"],
-    responses={401: schemas.ERROR_RESPONSES[401]},
+    responses={
+        401: schemas.ERROR_RESPONSES[401],
+        403: {"model": schemas.ErrorOut, "description": "an issued key, not the admin key"},
+        422: {"model": schemas.ErrorOut, "description": "a field is wrong; `errors` names it"},
+        503: {"model": schemas.ErrorOut, "description": "key storage is not configured"},
+    },
 )
 
 

@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request, Response, Security
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from telemetry_common.api_errors import ApiError, error_response
+from telemetry_common.api_keys import API_KEY_SCHEME, INGEST
 from telemetry_common.reading import InvalidReading, Reading, parse_reading
 from telemetry_common.timefmt import utcnow
 
@@ -31,7 +32,9 @@ JSON_TYPES = ("application/json",)
 BATCH_TYPES = ("application/json", "application/x-ndjson")
 
 
-router = APIRouter(tags=["ingest"])
+# Documents the key each ingest call needs; authenticate() enforces it, since the
+# hot path does not solve dependencies.
+router = APIRouter(tags=["ingest"], dependencies=[Security(API_KEY_SCHEME, scopes=[INGEST])])
 
 
 class DirectIngestRoutes:

@@ -3,7 +3,7 @@
  * Each view renders into <main> and returns a function that stops its timers and streams.
  */
 
-import { $, $$, api, config, pollStats, store, toast } from "./core.js";
+import { $, $$, api, config, pollStats, session, store, toast } from "./core.js";
 import { alertsView } from "./alerts.js";
 import { deviceView } from "./device.js";
 import { fleetView } from "./fleet.js";
@@ -21,7 +21,7 @@ function applyTheme() {
 
 function refreshKeyButton() {
   const button = $("#key-button");
-  const hasKey = Boolean(store.get("apiKey"));
+  const hasKey = Boolean(session.get("apiKey"));
   button.classList.toggle("has-key", hasKey);
   button.classList.toggle("needs-key", !hasKey && config.api_keys_required);
   $("#key-label").textContent = hasKey ? "Key set" : "API key";
@@ -30,23 +30,29 @@ function refreshKeyButton() {
 function setUpKeyDialog() {
   const dialog = $("#key-dialog");
   const input = $("#key-input");
-  $("#key-button").addEventListener("click", () => {
-    input.value = store.get("apiKey", "");
+  const open = () => {
+    if (dialog.open) return;
+    input.value = session.get("apiKey", "");
     dialog.showModal();
-  });
+  };
+  $("#key-button").addEventListener("click", open);
+  // Every view's reads need a key when the server requires one: ask for it at once.
+  window.addEventListener("telemetry:needs-key", open);
   $("#key-cancel").addEventListener("click", () => dialog.close());
   $("#key-forget").addEventListener("click", () => {
-    store.remove("apiKey");
+    session.remove("apiKey");
     dialog.close();
     refreshKeyButton();
     toast("API key forgotten");
   });
   $("#key-form").addEventListener("submit", () => {
     const key = input.value.trim();
-    if (key) store.set("apiKey", key);
-    else store.remove("apiKey");
+    if (key) session.set("apiKey", key);
+    else session.remove("apiKey");
     refreshKeyButton();
-    if (key) toast("API key saved in this browser");
+    if (key) toast("Signed in with this key until the tab is closed");
+    route();
+    pollStats();
   });
 }
 

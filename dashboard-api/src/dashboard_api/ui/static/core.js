@@ -42,11 +42,28 @@ export function toast(message, kind = "") {
   setTimeout(() => el.remove(), 4500);
 }
 
-export const store = {
-  get: (key, fallback = null) => localStorage.getItem(`telemetry.${key}`) ?? fallback,
-  set: (key, value) => localStorage.setItem(`telemetry.${key}`, value),
-  remove: (key) => localStorage.removeItem(`telemetry.${key}`),
-};
+function storage(area) {
+  return {
+    get: (key, fallback = null) => area.getItem(`telemetry.${key}`) ?? fallback,
+    set: (key, value) => area.setItem(`telemetry.${key}`, value),
+    remove: (key) => area.removeItem(`telemetry.${key}`),
+  };
+}
+
+// Preferences outlive the tab; the API key is kept for this tab's session only.
+export const store = storage(localStorage);
+export const session = storage(sessionStorage);
+
+function keyHeaders(headers) {
+  const key = session.get("apiKey");
+  if (key) headers["X-API-Key"] = key;
+  return headers;
+}
+
+// A 401 means the server wants a key this tab has not got (or a revoked one): app.js asks.
+function keyRefused() {
+  window.dispatchEvent(new CustomEvent("telemetry:needs-key"));
+}
 
 // ---------------------------------------------------------------- API access
 
@@ -64,11 +81,10 @@ export async function api(path, { method = "GET", params = null, signal } = {}) 
   for (const [key, value] of Object.entries(params || {})) {
     if (value !== null && value !== undefined && value !== "") url.searchParams.set(key, value);
   }
-  const headers = { Accept: "application/json" };
-  const key = store.get("apiKey");
-  if (method !== "GET" && key) headers["X-API-Key"] = key;
+  const headers = keyHeaders({ Accept: "application/json" });
   const response = await fetch(url, { method, headers, signal });
   const body = await response.json().catch(() => null);
+  if (response.status === 401) keyRefused();
   if (!response.ok) throw new HttpError(response.status, body);
   return body;
 }
@@ -85,9 +101,10 @@ export function openStream(path, { onEvent, onState }) {
       controller = new AbortController();
       try {
         const response = await fetch(path, {
-          headers: { Accept: "text/event-stream" },
+          headers: keyHeaders({ Accept: "text/event-stream" }),
           signal: controller.signal,
         });
+        if (response.status === 401) keyRefused();
         if (response.status === 404 || response.status === 405) {
           onState("missing");
           return;
