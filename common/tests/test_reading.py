@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from telemetry_common.kafka.readings import project_header, project_of
 from telemetry_common.reading import (
     InvalidReading,
     Reading,
@@ -348,3 +349,22 @@ def test_decode_refuses_poison_records(raw: bytes | None, field: str) -> None:
     with pytest.raises(InvalidReading) as info:
         decode_kafka_value(raw)
     assert [e.field for e in info.value.errors] == [field]
+
+
+def test_a_records_project_is_its_header_and_the_default_without_one() -> None:
+    assert project_of(None) == project_of([("x-request-id", b"r1")]) == "default"
+    assert project_of([("project", b"prj-4f1c2a9b03de")]) == "prj-4f1c2a9b03de"
+    with pytest.raises(InvalidReading) as refused:
+        project_of([("project", b"not a project!")])
+    assert refused.value.errors[0].field == "project"
+
+
+def test_the_project_travels_beside_the_value_not_in_it() -> None:
+    posted = parse_reading(
+        {"device_id": "dev-1", "t": 1.0}, now=NOW, max_future_skew=None, project_id="prj-roof"
+    )
+    assert posted.project_id == "prj-roof"
+    value = posted.to_kafka_value()
+    assert b"prj-roof" not in value
+    assert decode_kafka_value(value, project_header("prj-roof")[1].decode()) == posted
+    assert decode_kafka_value(value).project_id == "default"

@@ -118,22 +118,31 @@ async def test_garbage_record_goes_to_dlq_with_headers_and_the_rest_flows(
         reading({"device_id": "dlq-dev", "ts": "2025-01-15T10:00:02Z", "temperature_c": 23.0})
     ]
     await publish(producer, topics.telemetry, good_before)
-    garbage = await producer.send_and_wait(topics.telemetry, b"\xff not json {", key=b"dlq-dev")
+    garbage = await producer.send_and_wait(
+        topics.telemetry, b"\xff not json {", key=b"dlq-dev", headers=[("project", b"prj-roof")]
+    )
     invalid = (
         b'{"event_id": "x1", "device_id": "dlq-dev", "received_at": "2025-01-15T10:00:00Z",'
         b' "metrics": {"t": "hot"}}'
     )
     await producer.send_and_wait(topics.telemetry, invalid, key=b"dlq-dev")
+    bad_project = good_after[0].to_kafka_value()
+    await producer.send_and_wait(
+        topics.telemetry, bad_project, key=b"dlq-dev", headers=[("project", b"a b")]
+    )
     await publish(producer, topics.telemetry, good_after)
 
     async with running(run_aggregator, aggregator_settings(service_env)):
-        dead = await read_topic(service_env["kafka_bootstrap_servers"], topics.dlq, expected=2)
+        dead = await read_topic(service_env["kafka_bootstrap_servers"], topics.dlq, expected=3)
 
         async def good_ones_stored() -> bool:
             return await raw_count(db) == 2
 
         await eventually(good_ones_stored)
-    assert [r.value for r in dead] == [b"\xff not json {", invalid]
+    assert [r.value for r in dead] == [b"\xff not json {", invalid, bad_project]
+    # The project goes to the DLQ with the record, to be replayed into it.
+    assert dict(dead[0].headers)["project"] == b"prj-roof"
+    assert b"project" in dict(dead[2].headers)[dlq.HEADER_REASON]
     headers = dict(dead[0].headers)
     assert headers[dlq.HEADER_WORKER] == b"aggregator-worker"
     assert headers[dlq.HEADER_SOURCE_TOPIC] == topics.telemetry.encode()
@@ -210,7 +219,8 @@ async def test_dlq_tool_lists_and_replays_dead_letters_to_their_source(
     from telemetry_tools.dlq import describe, read_all, replay
 
     bootstrap = service_env["kafka_bootstrap_servers"]
-    await producer.send_and_wait(topics.telemetry, b"oops", key=b"dev-x")
+    project = [("project", b"prj-roof")]
+    await producer.send_and_wait(topics.telemetry, b"oops", key=b"dev-x", headers=project)
     async with running(run_aggregator, aggregator_settings(service_env)):
         await read_topic(bootstrap, topics.dlq, expected=1)
     listed = [describe(r) for r in await read_all(bootstrap, topics.dlq, idle_s=1.0)]
@@ -218,10 +228,12 @@ async def test_dlq_tool_lists_and_replays_dead_letters_to_their_source(
     assert listed[0]["worker"] == "aggregator-worker"
     assert listed[0]["source"]["topic"] == topics.telemetry
     assert listed[0]["value"] == "oops" and listed[0]["key"] == "dev-x"
+    assert listed[0]["project_id"] == "prj-roof"
 
     assert await replay(bootstrap, await read_all(bootstrap, topics.dlq, idle_s=1.0), None) == 1
     on_source = await read_topic(bootstrap, topics.telemetry, expected=2)
     assert [r.value for r in on_source] == [b"oops", b"oops"]
+    assert [r.headers for r in on_source][-1] == tuple(project)
 
 
 async def test_a_changed_raw_retention_changes_the_ttl_in_place(db: AsyncDatabase) -> None:

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from ingestion_api import schemas
 from ingestion_api.app import create_app
 from integration.ingestion import ingestion_client
-from telemetry_common.reading import decode_kafka_value
+from telemetry_common.kafka.readings import PROJECT_HEADER, decode_reading
 from telemetry_common.settings import IngestionSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, read_topic
@@ -46,8 +46,11 @@ async def test_posted_reading_is_on_the_topic_keyed_by_device(
     assert response.json()["device_id"] == "dev-1"
     assert general.status_code == 202
     records = await read_topic(service_env["kafka_bootstrap_servers"], topics.telemetry, expected=2)
-    by_key = {r.key: decode_kafka_value(r.value) for r in records}
+    by_key = {r.key: decode_reading(r) for r in records}
     assert set(by_key) == {b"dev-1", b"dev-2"}
+    # Without keys every reading is the default project's, and says so in a header.
+    assert all(dict(r.headers)[PROJECT_HEADER] == b"default" for r in records)
+    assert {r.project_id for r in by_key.values()} == {"default"}
     flat = by_key[b"dev-1"]
     assert flat.metrics == {"temperature_c": 25.5, "humidity": 60.0}
     assert flat.event_id == response.json()["event_id"]

@@ -6,10 +6,10 @@ import asyncio
 import gc
 import time
 
-from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from telemetry_common.kafka.consumer import Consumed
-from telemetry_common.reading import Reading, decode_kafka_value
+from telemetry_common.kafka.readings import decode_reading
+from telemetry_common.reading import Reading
 from telemetry_common.settings import AggregatorSettings
 from telemetry_common.worker import WorkerContext, run_worker
 
@@ -68,10 +68,6 @@ class AggregatorMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
-
-
-def decode(record: ConsumerRecord) -> Reading:
-    return decode_kafka_value(record.value)
 
 
 class YoungGarbage:
@@ -154,7 +150,7 @@ async def run(
         group_id=settings.consumer_group,
         port=settings.port,
         registry=registry,
-        decode=decode,
+        decode=decode_reading,
         make_handler=lambda context: AggregatorHandler(
             context, settings, AggregatorMetrics(registry)
         ),

@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.alert_rules import Silence, builtin_rules
 from telemetry_common.kafka.consumer import Consumed
+from telemetry_common.kafka.readings import decode_reading
 from telemetry_common.mongo import connect
 from telemetry_common.ownership import PartitionsLost
-from telemetry_common.reading import Reading, decode_kafka_value
+from telemetry_common.reading import Reading
 from telemetry_common.settings import AlertsSettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.worker import WorkerContext, run_worker
@@ -78,10 +78,6 @@ class AlertMetrics:
             counter.labels(transition.alert["severity"]).inc()
             if not transition.notify:
                 self.silenced.inc()
-
-
-def decode(record: ConsumerRecord) -> Reading:
-    return decode_kafka_value(record.value)
 
 
 class AlertsHandler:
@@ -181,7 +177,7 @@ async def run(
             group_id=settings.consumer_group,
             port=settings.port,
             registry=registry,
-            decode=decode,
+            decode=decode_reading,
             make_handler=lambda context: AlertsHandler(
                 context, settings, rules, AlertMetrics(registry)
             ),

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import iso_z, to_utc_ms
 
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9\-_.:]{1,128}")
@@ -64,6 +65,9 @@ class Reading:
     tags: tuple[str, ...] = ()
     lat: float | None = None
     lon: float | None = None
+    # The project of the key that posted it; on Kafka it travels in a header
+    # (telemetry_common.kafka.readings), beside the canonical value.
+    project_id: str = DEFAULT_PROJECT
     # True when the event id was derived or generated here rather than sent.
     derived_id: bool = field(default=False, compare=False)
 
@@ -89,6 +93,7 @@ def parse_reading(
     *,
     now: datetime,
     max_future_skew: timedelta | None,
+    project_id: str = DEFAULT_PROJECT,
 ) -> Reading:
     """Validate one reading in either form; raise :class:`InvalidReading` naming each bad field."""
     if type(body) is not dict and not isinstance(body, Mapping):
@@ -133,6 +138,7 @@ def parse_reading(
         tags=tags,
         lat=lat,
         lon=lon,
+        project_id=project_id,
         derived_id=derived,
     )
 
@@ -150,7 +156,7 @@ def derive_event_id(
     return "d-" + hashlib.sha256(material).hexdigest()[:32]
 
 
-def decode_kafka_value(raw: bytes | None) -> Reading:
+def decode_kafka_value(raw: bytes | None, project_id: str = DEFAULT_PROJECT) -> Reading:
     """Read a canonical record back; anything else is a poison record (InvalidReading)."""
     if raw is None:
         raise InvalidReading([FieldError("value", "record has no value")])
@@ -169,7 +175,7 @@ def decode_kafka_value(raw: bytes | None) -> Reading:
         raise InvalidReading([FieldError("received_at", "is not ISO 8601")]) from None
     if "event_id" not in doc:
         raise InvalidReading([FieldError("event_id", "is required in the canonical form")])
-    return parse_reading(doc, now=received_at, max_future_skew=None)
+    return parse_reading(doc, now=received_at, max_future_skew=None, project_id=project_id)
 
 
 def _parse_ts(

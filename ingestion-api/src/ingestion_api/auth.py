@@ -91,6 +91,11 @@ def authenticate(request: Request, ctx: IngestContext) -> ApiKey | None:
     return key
 
 
+def project_of_key(key: ApiKey | None) -> str:
+    """The project a request's readings belong to: its key's (the default without one)."""
+    return key.project_id if key is not None else DEFAULT_PROJECT
+
+
 def authorise_devices(ctx: IngestContext, key: ApiKey | None, device_ids: Iterable[str]) -> None:
     """403 when a device-bound key posts for a device it is not bound to."""
     if key is None or key.devices is None:

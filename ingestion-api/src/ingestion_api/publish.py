@@ -20,6 +20,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from telemetry_common.kafka.producer import RenewableProducer, build_producer
+from telemetry_common.kafka.readings import project_header
 from telemetry_common.reading import Reading
 from telemetry_common.request_id import kafka_headers
 
@@ -238,7 +239,8 @@ class ReadingPublisher:
             raise ProducerSaturated(
                 f"{self._in_flight} readings already wait for Kafka; retry later"
             )
-        headers = kafka_headers()
+        # One request's readings are one key's, so one project's.
+        headers = [*kafka_headers(), project_header(readings[0].project_id)]
         self._in_flight += len(readings)
         started = time.perf_counter()
         try:

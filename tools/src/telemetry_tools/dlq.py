@@ -19,6 +19,7 @@ from aiokafka.structs import ConsumerRecord
 from telemetry_common import request_id
 from telemetry_common.kafka import dlq
 from telemetry_common.kafka.producer import build_producer
+from telemetry_common.kafka.readings import PROJECT_HEADER
 
 
 async def read_all(bootstrap_servers: str, topic: str, idle_s: float = 2.0) -> list[ConsumerRecord]:
@@ -53,6 +54,7 @@ def describe(record: ConsumerRecord) -> dict[str, Any]:
         "failed_at": headers.get(dlq.HEADER_FAILED_AT),
         "attempts": headers.get(dlq.HEADER_ATTEMPTS),
         "request_id": headers.get(request_id.KAFKA_HEADER),
+        "project_id": headers.get(PROJECT_HEADER),
         "source": {
             "topic": headers.get(dlq.HEADER_SOURCE_TOPIC),
             "partition": headers.get(dlq.HEADER_SOURCE_PARTITION),
@@ -75,8 +77,8 @@ async def replay(
             if not topic:
                 print(f"skipping DLQ offset {record.offset}: no source topic", file=sys.stderr)
                 continue
-            # The request id goes back with the record; the dlq.* headers do not.
-            carried = [(k, v) for k, v in record.headers if k == request_id.KAFKA_HEADER]
+            # The request id and the project go back with the record; dlq.* headers do not.
+            carried = [(k, v) for k, v in record.headers if k in dlq.CARRIED_HEADERS]
             await producer.send_and_wait(topic, value=record.value, key=record.key, headers=carried)
             sent += 1
         return sent

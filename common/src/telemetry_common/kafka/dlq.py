@@ -6,6 +6,7 @@ from aiokafka.structs import ConsumerRecord
 
 from telemetry_common import request_id
 from telemetry_common.kafka.producer import RenewableProducer
+from telemetry_common.kafka.readings import PROJECT_HEADER
 from telemetry_common.timefmt import iso_z, utcnow
 
 HEADER_WORKER = "dlq.worker"
@@ -19,11 +20,15 @@ HEADER_SOURCE_OFFSET = "dlq.source.offset"
 MAX_REASON_BYTES = 2000
 
 
+CARRIED_HEADERS = frozenset({request_id.KAFKA_HEADER, PROJECT_HEADER})
+
+
 def dlq_headers(
     record: ConsumerRecord, worker: str, reason: str, attempts: int
 ) -> list[tuple[str, bytes]]:
-    # The request id rides along, so a replayed record is still traced to its request.
-    carried = [(k, v) for k, v in record.headers or () if k == request_id.KAFKA_HEADER]
+    # The request id rides along, so a replayed record is still traced to its request,
+    # and the project, so it is replayed into the project it was posted to.
+    carried = [(k, v) for k, v in record.headers or () if k in CARRIED_HEADERS]
     return [
         *carried,
         (HEADER_WORKER, worker.encode()),

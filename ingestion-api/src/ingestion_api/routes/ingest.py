@@ -22,6 +22,7 @@ from ingestion_api.auth import (
     device_turn,
     limit_device_in_turn,
     limit_devices,
+    project_of_key,
     refuse,
 )
 from ingestion_api.body import parse_json, parse_ndjson, read_limited, require_json_content_type
@@ -111,7 +112,9 @@ async def ingest(request: Request) -> Response:
     require_json_content_type(request, JSON_TYPES)
     body = parse_json(await read_limited(request, ctx.settings.max_body_bytes))
     try:
-        reading = parse_reading(body, now=utcnow(), max_future_skew=ctx.max_future_skew)
+        reading = parse_reading(
+            body, now=utcnow(), max_future_skew=ctx.max_future_skew, project_id=project_of_key(key)
+        )
     except InvalidReading as exc:
         ctx.metrics.count_readings("invalid")
         raise ApiError(422, "", "", errors=exc.errors) from None
@@ -159,12 +162,15 @@ async def ingest_batch(request: Request) -> Response:
         )
     now = utcnow()
     skew = ctx.max_future_skew
+    project_id = project_of_key(key)
     # One result per item, in request order: BatchItemOut's fields, None fields left out.
     results: list[dict[str, Any]] = [{} for _ in items]
     valid: list[tuple[int, Reading]] = []
     for index, item in enumerate(items):
         try:
-            valid.append((index, parse_reading(item, now=now, max_future_skew=skew)))
+            valid.append(
+                (index, parse_reading(item, now=now, max_future_skew=skew, project_id=project_id))
+            )
         except InvalidReading as exc:
             results[index] = {
                 "index": index,
