@@ -81,20 +81,20 @@ def test_bucket_contains_the_timestamp_and_is_epoch_aligned(ts: datetime, width:
 
 
 def test_doc_id_is_project_device_resolution_and_padded_epoch_seconds() -> None:
-    key = BucketKey("dev-1", "1m", T0)
+    key = BucketKey("default", "dev-1", "1m", T0)
     assert key.doc_id == "default|dev-1|1m|01736935200"
 
 
 def test_doc_ids_differ_for_every_key_part_and_sort_in_time_order() -> None:
     keys = [
-        BucketKey("dev-1", "1m", T0),
-        BucketKey("dev-2", "1m", T0),
-        BucketKey("dev-1", "1h", T0),
-        BucketKey("dev-1", "1m", T0 + timedelta(minutes=1)),
+        BucketKey("default", "dev-1", "1m", T0),
+        BucketKey("default", "dev-2", "1m", T0),
+        BucketKey("default", "dev-1", "1h", T0),
+        BucketKey("default", "dev-1", "1m", T0 + timedelta(minutes=1)),
     ]
     assert len({k.doc_id for k in keys}) == len(keys)
-    early = BucketKey("dev-1", "1m", datetime(2001, 9, 9, 1, 46, 39, tzinfo=UTC))
-    late = BucketKey("dev-1", "1m", datetime(2001, 9, 9, 1, 46, 40, tzinfo=UTC))
+    early = BucketKey("default", "dev-1", "1m", datetime(2001, 9, 9, 1, 46, 39, tzinfo=UTC))
+    late = BucketKey("default", "dev-1", "1m", datetime(2001, 9, 9, 1, 46, 40, tzinfo=UTC))
     assert early.doc_id < late.doc_id  # 999,999,999 and 1,000,000,000 seconds
 
 
@@ -106,7 +106,7 @@ def fold_all(batch: list[Placed], resolutions: dict[str, int]) -> dict[BucketKey
     for placed in batch:
         values = contributions(placed)
         for resolution, start in starts.of(placed.reading.ts):
-            key = BucketKey(placed.reading.device_id, resolution, start)
+            key = BucketKey("default", placed.reading.device_id, resolution, start)
             state = held.setdefault(key, BucketState(key, placed.partition))
             state.fold(placed.partition, placed.offset, values)
     return held
@@ -117,7 +117,7 @@ def test_two_readings_in_one_minute_share_a_bucket() -> None:
     b = reading(ts="2025-01-15T10:00:40Z", temperature_c=22.0)
     held = fold_all([Placed(0, 7, a), Placed(1, 3, b)], {"1m": 60})
     [state] = held.values()
-    assert state.key == BucketKey("dev-1", "1m", T0)
+    assert state.key == BucketKey("default", "dev-1", "1m", T0)
     assert state.pending == [
         (0, 7, [("temperature_c", Contribution(0, 7, a.ts, 20.0, bin_key(20.0)))]),
         (1, 3, [("temperature_c", Contribution(1, 3, b.ts, 22.0, bin_key(22.0)))]),
@@ -130,12 +130,12 @@ def test_every_metric_of_a_reading_shares_each_resolutions_bucket() -> None:
     held = fold_all([Placed(0, 0, r)], RESOLUTIONS)
     day = datetime(2025, 1, 15, tzinfo=UTC)
     assert set(held) == {
-        BucketKey("dev-1", res, start)
+        BucketKey("default", "dev-1", res, start)
         for res, start in (("1m", T0 + timedelta(minutes=30)), ("1h", T0), ("1d", day))
     }
     for state in held.values():
         assert set(state.metrics) == {"temperature_c", "humidity"}
-    assert held[BucketKey("dev-1", "1h", T0)].rollup("humidity").max == 60.0
+    assert held[BucketKey("default", "dev-1", "1h", T0)].rollup("humidity").max == 60.0
 
 
 def test_readings_of_different_devices_or_minutes_stay_apart() -> None:
@@ -152,9 +152,9 @@ def test_late_reading_lands_in_its_own_timestamps_bucket() -> None:
     fresh = reading(ts="2025-01-15T11:59:00Z", temperature_c=21.0)
     held = fold_all([Placed(0, 0, fresh), Placed(0, 1, late)], RESOLUTIONS)
     old = datetime(2025, 1, 10, 3, 17, tzinfo=UTC)
-    assert held[BucketKey("dev-1", "1m", old)].rollup("temperature_c").sum == 18.0
-    assert BucketKey("dev-1", "1h", old.replace(minute=0)) in held
-    assert BucketKey("dev-1", "1d", old.replace(hour=0, minute=0)) in held
+    assert held[BucketKey("default", "dev-1", "1m", old)].rollup("temperature_c").sum == 18.0
+    assert BucketKey("default", "dev-1", "1h", old.replace(minute=0)) in held
+    assert BucketKey("default", "dev-1", "1d", old.replace(hour=0, minute=0)) in held
 
 
 # --- watermarks: replays fold nothing -------------------------------------------------
@@ -177,7 +177,7 @@ def test_watermarks_are_per_partition_and_never_go_back() -> None:
 
 
 def bucket(contributions_: list[Contribution], metric: str = "temp") -> BucketState:
-    state = BucketState(BucketKey("dev-1", "1m", T0), 0)
+    state = BucketState(BucketKey("default", "dev-1", "1m", T0), 0)
     for c in contributions_:
         state.fold(c.partition, c.offset, [(metric, c)])
     return state
@@ -191,7 +191,7 @@ def test_a_replayed_reading_folds_nothing() -> None:
 
 
 def test_a_high_watermark_on_one_partition_does_not_skip_another() -> None:
-    state = BucketState(BucketKey("dev-1", "1m", T0), 0, applied={0: 100})
+    state = BucketState(BucketKey("default", "dev-1", "1m", T0), 0, applied={0: 100})
     batch = contribs(0, range(98, 100)) + contribs(1, range(3))
     folded = [state.fold(c.partition, c.offset, [("temp", c)]) for c in batch]
     assert folded == [False, False, True, True, True]
@@ -223,7 +223,7 @@ def test_a_metric_with_its_own_watermark_is_honoured_over_the_buckets() -> None:
     stored = bucket(contribs(0, range(5)), "temp").document(1, NOW, None)
     humidity = bucket(contribs(0, range(3)), "humidity").document(1, NOW, None)
     stored["metrics"]["humidity"] = {**humidity["metrics"]["humidity"], "_applied": {"0": 2}}
-    replay = BucketState(BucketKey("dev-1", "1m", T0), 0)
+    replay = BucketState(BucketKey("default", "dev-1", "1m", T0), 0)
     for c in contribs(0, range(6)):
         replay.fold(0, c.offset, [("temp", c), ("humidity", c)])
     merged = replay.merge_stored(stored)
@@ -240,7 +240,7 @@ def test_a_lagging_metric_keeps_its_watermark_until_it_catches_up() -> None:
     stored = bucket(contribs(0, range(5)), "humidity").document(1, NOW, None)
     temp = bucket(contribs(0, range(3)), "temp").document(1, NOW, None)
     stored["metrics"]["temp"] = {**temp["metrics"]["temp"], "_applied": {"0": 2}}
-    replay = BucketState(BucketKey("dev-1", "1m", T0), 0)
+    replay = BucketState(BucketKey("default", "dev-1", "1m", T0), 0)
     replay.fold(0, 3, [("temp", contribs(0, range(3, 4))[0])])
     replay.merge_stored(stored)
     assert replay.rollup("temp").count == 4 and replay.rollup("humidity").count == 5
@@ -304,7 +304,7 @@ def _fold_into(held: dict[str, BucketState], batch: list[Placed], starts: Bucket
     for placed in batch:
         values = contributions(placed)
         for resolution, start in starts.of(placed.reading.ts):
-            key = BucketKey(placed.reading.device_id, resolution, start)
+            key = BucketKey("default", placed.reading.device_id, resolution, start)
             state = held.setdefault(key.doc_id, BucketState(key, placed.partition))
             state.fold(placed.partition, placed.offset, values)
 
@@ -313,7 +313,7 @@ def _one_pass(readings: list[Reading]) -> dict[tuple[str, str], Rollup]:
     buckets: dict[tuple[str, str], Rollup] = {}
     for r in readings:
         for resolution, width in RESOLUTIONS.items():
-            key = BucketKey(r.device_id, resolution, bucket_start(r.ts, width))
+            key = BucketKey("default", r.device_id, resolution, bucket_start(r.ts, width))
             for metric, value in r.metrics.items():
                 buckets.setdefault((key.doc_id, metric), Rollup()).add(value, r.ts)
     return buckets

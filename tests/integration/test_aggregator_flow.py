@@ -18,7 +18,7 @@ from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka import dlq
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
-from telemetry_common.rollup_layout import bucket_filter
+from telemetry_common.rollup_layout import bucket_filter, metric_rows
 from telemetry_common.settings import AggregatorSettings
 from telemetry_tools.servers import MongoServer, free_port
 from telemetry_tools.testing import Topics, eventually, read_topic
@@ -277,3 +277,43 @@ async def test_each_resolution_expires_on_its_own_retention(
     hours = [*await stored_rows(db, "1h"), *await stored_rows(db, "1d")]
     assert sum(r["count"] for r in hours) == 2 * 2 * len(readings)  # two metrics, two resolutions
     assert all(("expire_at" in r) == (r["resolution"] == "1h") for r in hours)
+
+
+async def test_a_device_id_in_two_projects_is_two_devices(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    """Device ids and event ids are unique within a project only: the same ones posted
+    to two projects are two devices, two readings and two sets of rollups."""
+    body = {"device_id": "dev-1", "ts": "2025-01-15T10:00:05Z", "event_id": "e-1"}
+    await publish(producer, topics.telemetry, [reading({**body, "temperature_c": 20.0})])
+    roof = reading({**body, "temperature_c": 30.0})
+    await producer.send_and_wait(
+        topics.telemetry, roof.to_kafka_value(), key=b"dev-1", headers=[("project", b"prj-roof")]
+    )
+    async with running(run_aggregator, aggregator_settings(service_env)):
+
+        async def both_folded() -> bool:
+            return await db[DEVICES].count_documents({}) == 2
+
+        await eventually(both_folded)
+    devices = {d["_id"]: d async for d in db[DEVICES].find({})}
+    assert set(devices) == {"dev-1", "prj-roof|dev-1"}
+    assert devices["dev-1"]["project_id"] == "default"
+    assert devices["prj-roof|dev-1"]["project_id"] == "prj-roof"
+    for device_key, value in (("dev-1", 20.0), ("prj-roof|dev-1", 30.0)):
+        assert devices[device_key]["device_id"] == "dev-1"
+        assert devices[device_key]["reading_count"] == 1
+        assert devices[device_key]["last_values"] == {"temperature_c": value}
+    raw = {d["_id"]: d async for d in db[RAW].find({})}
+    assert set(raw) == {"e-1", "prj-roof|e-1"}
+    assert raw["prj-roof|e-1"]["event_id"] == "e-1"
+    assert raw["prj-roof|e-1"]["metrics"] == {"temperature_c": 30.0}
+    for project_id, value in (("default", 20.0), ("prj-roof", 30.0)):
+        [minute] = [
+            row
+            async for doc in db[ROLLUPS].find(
+                bucket_filter("1m", project_id=project_id, device_id="dev-1")
+            )
+            for row in metric_rows(doc, "temperature_c")
+        ]
+        assert (minute["count"], minute["sum"]) == (1, value)

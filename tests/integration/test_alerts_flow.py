@@ -155,3 +155,23 @@ async def test_a_transition_sent_before_a_crash_is_not_sent_again(
     events = await read_topic(bootstrap, topics.alerts, expected=3, timeout_s=3)
     assert [orjson.loads(e.value)["transition"] for e in events] == ["fired", "resolved"]
     assert await db[ALERT_OUTBOX].count_documents({"notified": False}) == 0
+
+
+async def test_another_projects_readings_meet_none_of_the_default_projects_rules(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    hot = {"device_id": "hot-8", "ts": "2025-01-15T10:00:00Z", "temperature_c": 75.0}
+    roof = reading({**hot, "event_id": "roof-1"})
+    # Same device id, so the same partition: the other project's comes first.
+    await producer.send_and_wait(
+        topics.telemetry, roof.to_kafka_value(), key=b"hot-8", headers=[("project", b"prj-roof")]
+    )
+    await publish(producer, topics.telemetry, [reading({**hot, "event_id": "default-1"})])
+    async with running(run_alerts, alerts_settings(service_env)):
+
+        async def fired() -> bool:
+            return await db[ALERTS].count_documents({}) >= 1
+
+        await eventually(fired)
+    [alert] = [a async for a in db[ALERTS].find({})]
+    assert alert["event_id"] == "default-1"

@@ -23,19 +23,21 @@ from telemetry_common.rollup_layout import (
     DEFAULT_PROJECT,
     bucket_document,
     bucket_id,
+    scoped_id,
     stored_fields,
 )
 from telemetry_common.sketch import bin_key
 
 
 class BucketKey(NamedTuple):
+    project_id: str
     device_id: str
     resolution: str
     start: datetime
 
     @property
     def doc_id(self) -> str:
-        return bucket_id(DEFAULT_PROJECT, self.device_id, self.resolution, self.start)
+        return bucket_id(self.project_id, self.device_id, self.resolution, self.start)
 
 
 class Contribution(NamedTuple):
@@ -230,7 +232,7 @@ class BucketState:
             metrics[metric] = fields
         key = self.key
         return bucket_document(
-            project_id=DEFAULT_PROJECT,
+            project_id=key.project_id,
             device_id=key.device_id,
             resolution=key.resolution,
             start=key.start,
@@ -269,6 +271,7 @@ class DeviceState:
 
     device_id: str
     partition: int
+    project_id: str = DEFAULT_PROJECT
     summary: dict[str, Any] = field(default_factory=dict)
     applied: dict[int, int] = field(default_factory=dict)
     stored: bool = False
@@ -300,7 +303,8 @@ class DeviceState:
     def document(self, epoch: int, now: datetime) -> dict[str, Any]:
         return {
             **self.summary,
-            "_id": self.device_id,
+            "_id": scoped_id(self.project_id, self.device_id),
+            "project_id": self.project_id,
             "updated_at": now,
             "_applied": _str_keys(self.applied),
             "_e": epoch,

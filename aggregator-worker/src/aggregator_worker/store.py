@@ -1,8 +1,9 @@
 """Where folded readings are written: raw readings, rollup buckets and device summaries.
 
-Raw readings are inserted with ``_id`` = event_id and the Kafka position that
-carried them (``_src``), so a second copy of an event (a device retry) is told
-apart from a replay of the same record after a crash, and counted once.
+Raw readings are inserted with ``_id`` = event_id (within its project, see
+``scoped_id``) and the Kafka position that carried them (``_src``), so a second
+copy of an event (a device retry) is told apart from a replay of the same
+record after a crash, and counted once.
 
 Buckets and device summaries live in memory for the partitions this worker
 owns (:class:`PartitionState`) and are written without being read: a bucket
@@ -26,7 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import DEVICES, RAW
 from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, PartitionsLost
 from telemetry_common.resolutions import RollupPlan
-from telemetry_common.rollup_layout import ROLLUPS, windows_of
+from telemetry_common.rollup_layout import DEFAULT_PROJECT, ROLLUPS, scoped_id, windows_of
 from telemetry_common.timefmt import utcnow
 from telemetry_common.versioned import find_by_id, insert_first_copies, source, write_fenced
 
@@ -51,7 +52,8 @@ FOLD_SLICE = 1000
 def raw_document(placed: Placed) -> dict[str, Any]:
     r = placed.reading
     doc: dict[str, Any] = {
-        "_id": r.event_id,
+        "_id": scoped_id(r.project_id, r.event_id),
+        "project_id": r.project_id,
         "device_id": r.device_id,
         "ts": r.ts,
         "received_at": r.received_at,
@@ -59,6 +61,8 @@ def raw_document(placed: Placed) -> dict[str, Any]:
         "tags": list(r.tags),
         "_src": source(placed.partition, placed.offset),
     }
+    if r.project_id != DEFAULT_PROJECT:
+        doc["event_id"] = r.event_id  # the _id carries the project too
     if r.lat is not None:
         doc["lat"] = r.lat
     if r.lon is not None:
@@ -76,9 +80,9 @@ async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
     """Store each reading once; return those whose rollups this batch is responsible for."""
     unique: dict[str, Placed] = {}
     for placed in batch:
-        unique.setdefault(placed.reading.event_id, placed)
+        unique.setdefault(scoped_id(placed.reading.project_id, placed.reading.event_id), placed)
     retried = await insert_first_copies(db[RAW], (raw_document(p) for p in unique.values()))
-    to_fold = [p for p in unique.values() if p.reading.event_id not in retried]
+    to_fold = [p for raw_id, p in unique.items() if raw_id not in retried]
     return RawInsertResult(to_fold=to_fold, duplicates=len(batch) - len(to_fold))
 
 
@@ -198,18 +202,20 @@ class PartitionState:
             reading, partition, offset = placed.reading, placed.partition, placed.offset
             values = contributions(placed)
             any_new = False
+            project_id = reading.project_id
             for resolution, start in self._starts.of(reading.ts):
-                key = BucketKey(reading.device_id, resolution, start)
+                key = BucketKey(project_id, reading.device_id, resolution, start)
                 doc_id = key.doc_id
                 state = buckets.by_id.get(doc_id)
                 if state is None:
                     state = BucketState(key, partition)
                 buckets.touch(doc_id, state)
                 any_new |= state.fold(partition, offset, values)
-            device = devices.by_id.get(reading.device_id)
+            device_key = scoped_id(project_id, reading.device_id)
+            device = devices.by_id.get(device_key)
             if device is None:
-                device = DeviceState(reading.device_id, partition)
-            devices.touch(reading.device_id, device)
+                device = DeviceState(reading.device_id, partition, project_id)
+            devices.touch(device_key, device)
             any_new |= device.fold(placed)
             if any_new:
                 added.add((partition, offset))
@@ -258,9 +264,9 @@ class PartitionState:
         for doc_id, state in by_id.items():
             if state.dirty:
                 continue
-            device = devices.get(state.key.device_id)
-            newest = device.summary.get("last_seen") if device is not None else None
             key = state.key
+            device = devices.get(scoped_id(key.project_id, key.device_id))
+            newest = device.summary.get("last_seen") if device is not None else None
             if newest is None or key.start + widths[key.resolution] <= newest:
                 closed.append(doc_id)
         for doc_id in closed:

@@ -14,6 +14,7 @@ from telemetry_common.kafka.readings import decode_reading
 from telemetry_common.mongo import connect
 from telemetry_common.ownership import PartitionsLost
 from telemetry_common.reading import Reading
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.settings import AlertsSettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.worker import WorkerContext, run_worker
@@ -111,6 +112,9 @@ class AlertsHandler:
             # Never evaluate without the rules: a batch would pass unjudged.
             await rules.reload()
         partitions = {item.partition for item in items}
+        # Rules, silences and alert states are all the default project's until they
+        # are scoped by project: another project's readings have no rules to meet.
+        items = [item for item in items if item.value.project_id == DEFAULT_PROJECT]
         with metrics.evaluation_seconds.time():
             first_copies = await drop_retries(self._db, items, utcnow())
             outcome, fresh, lost = await evaluate_and_record(

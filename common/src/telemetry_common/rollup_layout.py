@@ -41,6 +41,14 @@ ROLLUPS = "rollups"
 LEGACY_ROLLUPS = "aggregated_data"
 DEFAULT_PROJECT = "default"
 
+
+def scoped_id(project_id: str, natural_id: str) -> str:
+    """A device summary's or a raw reading's ``_id``: its own id in the default project
+    (as stored before projects, so nothing moves), ``project|id`` in any other, since
+    device ids and event ids are only unique within a project."""
+    return natural_id if project_id == DEFAULT_PROJECT else f"{project_id}|{natural_id}"
+
+
 # Epoch seconds fit 11 digits until the year 5138; padding keeps ids in time order.
 _START_DIGITS = 11
 # Per-metric fields a bucket document holds, in the order rows list them.

@@ -96,7 +96,7 @@ def bucket_documents(readings: list[Reading]) -> list[dict[str, Any]]:
         placed = Placed(i % PARTITIONS, i, reading)
         values = contributions(placed)
         for resolution, start in starts.of(reading.ts):
-            key = BucketKey(reading.device_id, resolution, start)
+            key = BucketKey(reading.project_id, reading.device_id, resolution, start)
             state = states.setdefault(key.doc_id, BucketState(key, placed.partition))
             state.fold(placed.partition, placed.offset, values)
     retention = settings.stored_retention
