@@ -6,7 +6,13 @@ import asyncio
 
 import pytest
 from ingestion_api.dedupe import RecentEventIds
-from ingestion_api.limits import DeviceTurns, RateLimiter, TooManyWaiting, retry_after_header
+from ingestion_api.limits import (
+    DeviceTurns,
+    RateLimiter,
+    ReadingQuotas,
+    TooManyWaiting,
+    retry_after_header,
+)
 
 
 class FakeClock:
@@ -142,3 +148,24 @@ async def test_a_request_that_gives_up_waiting_leaves_the_turn_to_the_next() -> 
     turns.release("dev")
     # Every turn is back: the device can be served again without waiting.
     await asyncio.wait_for(turns.acquire("dev"), timeout=5)
+
+
+def test_a_projects_quota_holds_its_average_even_for_batches_larger_than_a_second() -> None:
+    clock = FakeClock()
+    quotas = ReadingQuotas(clock=clock)
+    assert quotas.take("prj-a", rate=100.0, readings=500) == 0.0  # a full bucket takes it whole
+    # 400 readings in debt: the project waits until a second's worth is back.
+    assert quotas.take("prj-a", rate=100.0, readings=1) == pytest.approx(4.01)
+    clock.now += 4.0
+    assert quotas.take("prj-a", rate=100.0, readings=1) > 0
+    clock.now += 1.0
+    assert quotas.take("prj-a", rate=100.0, readings=100) == 0.0
+    # Over 5 s, 600 readings: the quota's 100/s plus the one second's bucket it started with.
+
+
+def test_projects_have_quotas_of_their_own_and_none_means_no_limit() -> None:
+    quotas = ReadingQuotas(clock=FakeClock())
+    assert quotas.take("prj-a", rate=10.0, readings=10) == 0.0
+    assert quotas.take("prj-a", rate=10.0, readings=1) > 0
+    assert quotas.take("prj-b", rate=10.0, readings=10) == 0.0
+    assert all(quotas.take("default", rate=None, readings=10_000) == 0.0 for _ in range(100))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,8 +12,9 @@ from dashboard_api.app import create_app
 from fastapi.testclient import TestClient
 from integration.ingestion import ingestion_client
 from telemetry_common.api_keys import issue_key
+from telemetry_common.mongo import DEVICES
 from telemetry_common.settings import DashboardSettings, IngestionSettings
-from telemetry_common.tenancy import DEFAULT_ORG
+from telemetry_common.tenancy import DEFAULT_ORG, PROJECTS, ensure_tenancy
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +215,92 @@ async def test_a_keys_scopes_decide_what_it_may_do(service_env: dict[str, Any], 
         for key in (reader, elsewhere):
             refused = client.post("/ingest", json=body, headers={"X-API-Key": key})
             assert refused.status_code == 403, refused.json()
+
+
+def test_a_project_over_its_readings_quota_is_refused_with_429_until_it_is_raised(
+    service_env: dict[str, Any],
+) -> None:
+    admin = {"X-API-Key": ADMIN_KEY}
+    keys = {"api_keys_required": True, "admin_api_key": ADMIN_KEY, "api_keys_refresh_s": 0.2}
+    with TestClient(create_app(DashboardSettings(**service_env, **keys))) as dashboard:
+        until_default_tenant(dashboard, admin)
+        poster = dashboard.post(
+            "/projects/default/api-keys",
+            json={"name": "gateway", "scopes": ["ingest"]},
+            headers=admin,
+        ).json()["key"]
+        capped = dashboard.patch(
+            "/projects/default", json={"quota": {"readings_per_s": 5}}, headers=admin
+        )
+        assert capped.status_code == 200 and capped.json()["quota"] == {
+            "readings_per_s": 5.0,
+            "devices": None,
+        }
+        assert (
+            dashboard.get("/projects/default", headers=admin).json()["quota"]["readings_per_s"] == 5
+        )
+
+        batch = [{"device_id": f"dev-{i}", "temperature_c": 20.0 + i} for i in range(5)]
+        with ingestion_client(IngestionSettings(**service_env, **keys)) as ingestion:
+
+            def post(readings: list[dict[str, Any]]) -> Any:
+                return ingestion.post("/ingest/batch", json=readings, headers={"X-API-Key": poster})
+
+            # The first answers wait for the keys and the quota to load.
+            deadline = time.monotonic() + 30
+            while (first := post(batch)).status_code != 429:
+                assert first.status_code in (200, 503), first.json()
+                assert time.monotonic() < deadline, "the quota was never applied"
+                time.sleep(0.05)
+            assert int(first.headers["Retry-After"]) >= 1, first.json()
+            assert first.json()["errors"][0]["field"] == "project_id", first.json()
+            assert "quota of 5 readings/s" in first.json()["errors"][0]["reason"]
+            metrics = ingestion.get("/metrics").text
+            assert (
+                'ingest_project_readings_total{outcome="over_quota",project="default"} 5.0'
+                in metrics
+            )
+
+            dashboard.patch(
+                "/projects/default", json={"quota": {"readings_per_s": None}}, headers=admin
+            )
+            deadline = time.monotonic() + 30
+            while post(batch).status_code != 200:
+                assert time.monotonic() < deadline, "lifting the quota never took effect"
+                time.sleep(0.1)
+
+
+async def test_a_project_at_its_device_quota_refuses_new_devices_and_takes_its_own(
+    service_env: dict[str, Any], db: Any
+) -> None:
+    # Two devices stored already, one from before projects (no project_id).
+    await db[DEVICES].insert_many(
+        [
+            {"_id": "dev-a", "device_id": "dev-a"},
+            {"_id": "dev-b", "device_id": "dev-b", "project_id": "default"},
+            {"_id": "prj-roof|dev-z", "device_id": "dev-z", "project_id": "prj-roof"},
+        ]
+    )
+    await ensure_tenancy(db)
+    await db[PROJECTS].update_one({"_id": "default"}, {"$set": {"quota": {"devices": 3}}})
+    poster, _ = await issue_key(db, "gateway", scopes=["ingest"])
+    keys = {"api_keys_required": True, "admin_api_key": ADMIN_KEY, "api_keys_refresh_s": 0.2}
+    with ingestion_client(IngestionSettings(**service_env, **keys)) as ingestion:
+
+        def post(*devices: str) -> Any:
+            readings = [{"device_id": d, "temperature_c": 21.0} for d in devices]
+            return ingestion.post("/ingest/batch", json=readings, headers={"X-API-Key": poster})
+
+        # Two new devices beside the two stored would be four: refused once loaded.
+        deadline = time.monotonic() + 30
+        while (refused := post("dev-c", "dev-d")).status_code != 429:
+            assert refused.status_code in (200, 503), refused.json()
+            assert time.monotonic() < deadline, "the device quota was never applied"
+            await asyncio.sleep(0.05)
+        error = refused.json()["errors"][0]
+        assert error["field"] == "device_id" and "quota of 3 devices" in error["reason"]
+        assert "dev-c, dev-d" in error["reason"] and refused.headers["Retry-After"]
+        assert post("dev-a", "dev-b").status_code == 200  # its own devices always pass
+        assert post("dev-c").status_code == 200  # the third
+        assert post("dev-d").status_code == 429
+        assert post("dev-c", "dev-a").status_code == 200

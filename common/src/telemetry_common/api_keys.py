@@ -152,13 +152,6 @@ async def issue_key(
     return key, ApiKey.from_document(doc)
 
 
-def in_project(project_id: str) -> dict[str, Any]:
-    """The filter of a project's keys (those issued before projects are the default's)."""
-    if project_id == DEFAULT_PROJECT:
-        return {"project_id": {"$in": [DEFAULT_PROJECT, None]}}
-    return {"project_id": project_id}
-
-
 async def revoke_key(db: AsyncDatabase, key_id: str) -> ApiKey | None:
     """Mark a key revoked (kept for the record); None when there is no such key."""
     doc = await db[API_KEYS].find_one_and_update(

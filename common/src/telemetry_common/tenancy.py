@@ -14,6 +14,8 @@ import secrets
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
+from telemetry_common.mongo import DEVICES
+from telemetry_common.reloading import Reloading
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import utcnow
 
@@ -53,3 +55,63 @@ async def ensure_tenancy(db: AsyncDatabase) -> None:
         },
         upsert=True,
     )
+
+
+class ProjectQuotas(Reloading):
+    """Each project's quotas (``quota`` on its document; a missing figure: no limit),
+    reloaded every ``refresh_s`` seconds like the keys: readings a second, and
+    devices, with the ids of the devices the project has (for projects with a
+    device quota only), so that only a new device counts against it."""
+
+    what = "project quotas"
+
+    def __init__(self, db: AsyncDatabase, refresh_s: float):
+        super().__init__(refresh_s)
+        self._db = db
+        self.readings_per_s: dict[str, float] = {}
+        self.devices: dict[str, int] = {}
+        # Stored devices, and those this process let in since (not folded yet).
+        self._known: dict[str, set[str]] = {}
+
+    async def reload(self) -> None:
+        readings_per_s, devices = {}, {}
+        async for doc in self._db[PROJECTS].find(
+            {"$or": [{"quota.readings_per_s": {"$gt": 0}}, {"quota.devices": {"$gt": 0}}]},
+            {"quota": 1},
+        ):
+            quota = doc["quota"]
+            if quota.get("readings_per_s"):
+                readings_per_s[doc["_id"]] = float(quota["readings_per_s"])
+            if quota.get("devices"):
+                devices[doc["_id"]] = int(quota["devices"])
+        known = {}
+        for project_id in devices:
+            stored = {
+                doc["device_id"]
+                async for doc in self._db[DEVICES].find(
+                    in_project(project_id), {"device_id": 1, "_id": 0}
+                )
+            }
+            known[project_id] = stored | self._known.get(project_id, set())
+        self.readings_per_s, self.devices, self._known = readings_per_s, devices, known
+
+    def new_devices_over_quota(self, project_id: str, device_ids: list[str]) -> list[str]:
+        """The devices new to the project that its device quota leaves no room for; all of
+        the request's new devices or none (when there is room, they now count)."""
+        limit = self.devices.get(project_id)
+        if limit is None:
+            return []
+        known = self._known.setdefault(project_id, set())
+        new = [d for d in dict.fromkeys(device_ids) if d not in known]
+        if len(known) + len(new) > limit:
+            return new
+        known.update(new)
+        return []
+
+
+def in_project(project_id: str) -> dict[str, object]:
+    """The filter of a project's documents; those written before projects (no
+    ``project_id``) are the default project's."""
+    if project_id == DEFAULT_PROJECT:
+        return {"project_id": {"$in": [DEFAULT_PROJECT, None]}}
+    return {"project_id": project_id}

@@ -242,10 +242,16 @@ class OrgsPage(_Page):
     data: list[OrgOut]
 
 
+class QuotaOut(_Open):
+    readings_per_s: float | None = Field(None, examples=[500.0])
+    devices: int | None = Field(None, examples=[1000])
+
+
 class ProjectOut(_Open):
     project_id: str = Field(examples=["prj-9a0b1c2d3e4f"])
     org_id: str = Field(examples=["org-4f1c2a9b03de"])
     name: str = Field(examples=["Warehouse sensors"])
+    quota: QuotaOut = Field(default_factory=QuotaOut)
     created_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
     created_by: str | None = Field(None, examples=["admin"])
 

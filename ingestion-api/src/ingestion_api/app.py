@@ -16,11 +16,12 @@ from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect
 from telemetry_common.request_id import RequestIdMiddleware
 from telemetry_common.settings import IngestionSettings
+from telemetry_common.tenancy import ProjectQuotas
 
 from ingestion_api import schemas
 from ingestion_api.context import IngestContext
 from ingestion_api.dedupe import RecentEventIds
-from ingestion_api.limits import DeviceTurns, RateLimiter
+from ingestion_api.limits import DeviceTurns, RateLimiter, ReadingQuotas
 from ingestion_api.metrics import IngestMetrics
 from ingestion_api.publish import ReadingPublisher
 from ingestion_api.routes import admin, ingest
@@ -60,6 +61,8 @@ def create_app(
         publisher=publisher,
         db=db,
         keys=KeyCache(db, settings.api_keys_refresh_s) if db is not None else None,
+        quotas=ProjectQuotas(db, settings.api_keys_refresh_s) if db is not None else None,
+        reading_quotas=ReadingQuotas(),
         device_limits=RateLimiter(settings.device_rate_limit, settings.device_rate_burst),
         device_turns=DeviceTurns(
             settings.device_concurrent_requests, settings.device_waiting_requests
@@ -77,7 +80,11 @@ def create_app(
             assert db is not None
             await db[API_KEYS].create_index("hash", unique=True)
             await ctx.keys.start()
+        if ctx.quotas is not None:
+            await ctx.quotas.start()
         yield
+        if ctx.quotas is not None:
+            await ctx.quotas.stop()
         if ctx.keys is not None:
             await ctx.keys.stop()
         await publisher.stop()

@@ -116,6 +116,47 @@ def authorise_devices(ctx: IngestContext, key: ApiKey | None, device_ids: Iterab
         )
 
 
+def charge_quota(ctx: IngestContext, project_id: str, readings: int) -> None:
+    """429 with Retry-After when the project is over its readings/s quota; the whole
+    request or none of it. Counted per project either way."""
+    rate = ctx.quotas.readings_per_s.get(project_id) if ctx.quotas is not None else None
+    wait = ctx.reading_quotas.take(project_id, rate, readings)
+    if wait:
+        ctx.metrics.count_project(project_id, "over_quota", readings)
+        raise refuse(
+            ctx,
+            429,
+            "project_id",
+            f"project {project_id!r} is over its quota of {rate:g} readings/s",
+            outcome="over_quota",
+            readings=readings,
+            headers=retry_after_header(wait),
+        )
+    ctx.metrics.count_project(project_id, "accepted", readings)
+
+
+def admit_new_devices(ctx: IngestContext, project_id: str, device_ids: list[str]) -> None:
+    """429 when the request's devices new to the project would take it past its device
+    quota; Retry-After is when a raised quota would be seen."""
+    quotas = ctx.quotas
+    if quotas is None:
+        return
+    over = quotas.new_devices_over_quota(project_id, device_ids)
+    if over:
+        ctx.metrics.count_project(project_id, "over_device_quota", len(device_ids))
+        shown = ", ".join(over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
+        raise refuse(
+            ctx,
+            429,
+            "device_id",
+            f"project {project_id!r} is at its quota of {quotas.devices[project_id]} devices; "
+            f"{shown} would be more",
+            outcome="over_quota",
+            readings=len(device_ids),
+            headers=retry_after_header(ctx.settings.api_keys_refresh_s),
+        )
+
+
 def limit_devices(ctx: IngestContext, device_ids: Iterable[str]) -> None:
     """429 with Retry-After when a device is over its rate; the whole request or none of it."""
     ids = list(device_ids)

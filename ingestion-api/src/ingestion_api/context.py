@@ -10,9 +10,10 @@ from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_keys import KeyCache
 from telemetry_common.settings import IngestionSettings
+from telemetry_common.tenancy import ProjectQuotas
 
 from ingestion_api.dedupe import RecentEventIds
-from ingestion_api.limits import DeviceTurns, RateLimiter
+from ingestion_api.limits import DeviceTurns, RateLimiter, ReadingQuotas
 from ingestion_api.metrics import IngestMetrics
 from ingestion_api.publish import ReadingPublisher
 
@@ -24,6 +25,9 @@ class IngestContext:
     # MongoDB holds the API keys; None when keys are neither required nor administered here.
     db: AsyncDatabase | None
     keys: KeyCache | None
+    # Each project's readings/s quota, from MongoDB like the keys (None: no MongoDB here).
+    quotas: ProjectQuotas | None
+    reading_quotas: ReadingQuotas
     device_limits: RateLimiter
     device_turns: DeviceTurns
     key_limits: RateLimiter

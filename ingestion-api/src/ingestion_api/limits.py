@@ -84,6 +84,36 @@ class RateLimiter:
         return 0.0
 
 
+class ReadingQuotas:
+    """Readings a second per project, against its quota.
+
+    A project's bucket holds a second's worth. A request may take it below zero
+    (a batch larger than a second's quota is taken whole) and the project then
+    waits until the debt is paid, so its average never exceeds the quota.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, project_id: str, rate: float | None, readings: int) -> float:
+        """Take ``readings`` from the project's quota; 0, or the seconds until they fit."""
+        if rate is None:
+            return 0.0
+        now = self._clock()
+        bucket = self._buckets.get(project_id)
+        if bucket is None:
+            bucket = self._buckets[project_id] = TokenBucket(rate, now)
+        else:
+            bucket.tokens = min(rate, bucket.tokens + (now - bucket.updated) * rate)
+            bucket.updated = now
+        needed = min(float(readings), rate)
+        if bucket.tokens < needed:
+            return (needed - bucket.tokens) / rate
+        bucket.tokens -= readings
+        return 0.0
+
+
 def retry_after_header(wait_s: float) -> dict[str, str]:
     # Retry-After takes whole seconds (RFC 9110 §10.2.3); round up so a client
     # that obeys it is never refused again for the same reason.

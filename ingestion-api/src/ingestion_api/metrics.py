@@ -12,7 +12,7 @@ class IngestMetrics:
         self.readings = Counter(
             "ingest_readings_total",
             "Readings received, by outcome: accepted, duplicate, invalid, unauthorised, "
-            "forbidden, rate_limited, kafka_unavailable, producer_saturated",
+            "forbidden, rate_limited, over_quota, kafka_unavailable, producer_saturated",
             ["outcome"],
             registry=registry,
         )
@@ -22,7 +22,23 @@ class IngestMetrics:
             ["status", "reason"],
             registry=registry,
         )
+        self.project_readings = Counter(
+            "ingest_project_readings_total",
+            "Readings by project: accepted (within its quotas), over_quota (over its readings/s "
+            "quota) or over_device_quota (from devices past its device quota), refused with 429",
+            ["project", "outcome"],
+            registry=registry,
+        )
         self._readings_by_outcome: dict[str, Any] = {}
+        self._readings_by_project: dict[tuple[str, str], Any] = {}
+
+    def count_project(self, project_id: str, outcome: str, readings: int) -> None:
+        child = self._readings_by_project.get((project_id, outcome))
+        if child is None:
+            child = self._readings_by_project[(project_id, outcome)] = self.project_readings.labels(
+                project_id, outcome
+            )
+        child.inc(readings)
 
     def count_readings(self, outcome: str, readings: int = 1) -> None:
         # The child per outcome is kept: labels() locks and builds a key, per request.

@@ -151,7 +151,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     },
     429: {
         "model": ErrorOut,
-        "description": "A device or the key is over its rate, or the device already has "
+        "description": "A device or the key is over its rate, the key's project over its "
+        "readings/s quota (`project_id`), or the device already has "
         "DEVICE_WAITING_REQUESTS requests waiting; retry after Retry-After seconds",
         "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
     },

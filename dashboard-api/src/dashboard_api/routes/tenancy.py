@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field, field_validator
+from pymongo import ReturnDocument
 from telemetry_common.alert_rules import DEVICE_ID_PATTERN
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.api_keys import (
@@ -19,13 +20,13 @@ from telemetry_common.api_keys import (
     INGEST,
     ApiKey,
     Scope,
-    in_project,
     issue_key,
 )
 from telemetry_common.tenancy import (
     NAME_MAX,
     ORGANIZATIONS,
     PROJECTS,
+    in_project,
     new_org_id,
     new_project_id,
 )
@@ -69,8 +70,36 @@ class OrgCreate(_Named):
     name: str = Field(min_length=1, max_length=NAME_MAX, examples=["Acme Facilities"])
 
 
+class Quota(BaseModel):
+    readings_per_s: float | None = Field(
+        None,
+        gt=0,
+        le=10_000_000,
+        description="readings a second the project may post (each ingestion replica counts "
+        "its own); over it the ingestion API answers 429 with Retry-After. None: no limit",
+        examples=[500.0],
+    )
+    devices: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description="devices the project may have; a reading from one more device is "
+        "refused with 429 (each ingestion replica may let a few in before it sees the "
+        "others'). None: no limit",
+        examples=[1000],
+    )
+
+
 class ProjectCreate(_Named):
     name: str = Field(min_length=1, max_length=NAME_MAX, examples=["Warehouse sensors"])
+    quota: Quota = Field(default_factory=Quota)
+
+
+class ProjectChange(BaseModel):
+    quota: Quota = Field(
+        description="replaces the project's quota",
+        examples=[{"readings_per_s": 500.0, "devices": 1000}],
+    )
 
 
 @router.post(
@@ -115,6 +144,7 @@ async def create_project(
         "_id": new_project_id(),
         "org_id": org_id,
         "name": project.name,
+        "quota": project.quota.model_dump(),
         "created_at": utcnow(),
         "created_by": admin,
     }
@@ -141,6 +171,43 @@ async def list_projects(
         descending=False,
     )
     return page([public(doc, "project_id") for doc in docs], next_cursor)
+
+
+NO_PROJECT: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no project has this id", "model": ErrorOut}
+}
+
+
+@router.get(
+    "/projects/{project_id}",
+    response_model=ProjectOut,
+    responses={**NO_PROJECT, **BAD_PARAMETER, **ADMIN_ERRORS},
+)
+async def get_project(db: Db, _admin: Admin, project_id: ProjectId) -> dict[str, Any]:
+    """One project, with its quota."""
+    doc = await db[PROJECTS].find_one({"_id": project_id})
+    if doc is None:
+        raise ApiError(404, "project_id", "no such project")
+    return public(doc, "project_id")
+
+
+@router.patch(
+    "/projects/{project_id}",
+    response_model=ProjectOut,
+    responses={**NO_PROJECT, **BAD_PARAMETER, **ADMIN_ERRORS},
+)
+async def change_project(
+    db: Db, _admin: Admin, project_id: ProjectId, change: ProjectChange
+) -> dict[str, Any]:
+    """Change a project's quota; every ingestion replica applies it within API_KEYS_REFRESH_S."""
+    doc = await db[PROJECTS].find_one_and_update(
+        {"_id": project_id},
+        {"$set": {"quota": change.quota.model_dump()}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if doc is None:
+        raise ApiError(404, "project_id", "no such project")
+    return public(doc, "project_id")
 
 
 KEY_ERRORS: dict[int | str, dict[str, Any]] = {

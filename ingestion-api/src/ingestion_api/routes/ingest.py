@@ -17,8 +17,10 @@ from telemetry_common.timefmt import utcnow
 
 from ingestion_api import schemas
 from ingestion_api.auth import (
+    admit_new_devices,
     authenticate,
     authorise_devices,
+    charge_quota,
     device_turn,
     limit_device_in_turn,
     limit_devices,
@@ -119,12 +121,14 @@ async def ingest(request: Request) -> Response:
         ctx.metrics.count_readings("invalid")
         raise ApiError(422, "", "", errors=exc.errors) from None
     authorise_devices(ctx, key, [reading.device_id])
+    admit_new_devices(ctx, reading.project_id, [reading.device_id])
     async with device_turn(ctx, reading.device_id):
         await limit_device_in_turn(ctx, reading.device_id)
         if reading.event_id in ctx.recent:
             # Kafka acknowledged this very reading lately: a client retry. It is durable.
             ctx.metrics.count_readings("duplicate")
         else:
+            charge_quota(ctx, reading.project_id, 1)
             await publish_or_503(ctx, [reading])
             ctx.metrics.count_readings("accepted")
     return _json(
@@ -179,6 +183,7 @@ async def ingest_batch(request: Request) -> Response:
             }
     device_ids = [r.device_id for _, r in valid]
     authorise_devices(ctx, key, device_ids)
+    admit_new_devices(ctx, project_id, device_ids)
     limit_devices(ctx, device_ids)
 
     to_publish: list[Reading] = []
@@ -197,6 +202,7 @@ async def ingest_batch(request: Request) -> Response:
             "device_id": reading.device_id,
         }
     if to_publish:
+        charge_quota(ctx, project_id, len(to_publish))
         await publish_or_503(ctx, to_publish)
     counts = {
         "stored": len(to_publish),
