@@ -185,7 +185,10 @@ async def test_a_stream_token_opens_a_stream_where_headers_cannot_be_sent(
         await eventually(loaded)
         async with http.post(f"{base}/streams/token", headers={"X-API-Key": reader}) as answer:
             assert answer.status == 201
-            token = (await answer.json())["token"]
+            issued = await answer.json()
+            token = issued["token"]
+        # Timestamps as everywhere in the API: ISO 8601 UTC, milliseconds, Z.
+        assert len(issued["expires_at"]) == 24 and issued["expires_at"].endswith("Z")
         assert token.startswith("st_") and reader not in token
 
         stream = f"{base}/devices/dev-1/stream"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -12,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.timefmt import iso_z
 
 from dashboard_api.alert_feed import AlertFeed
 from dashboard_api.auth import READ_ERRORS, Reader, issue_stream_token, require_stream_reader
@@ -171,7 +171,7 @@ async def alert_stream(
 
 class StreamTokenOut(BaseModel):
     token: str = Field(examples=["st_3q2nT0dZ5kz1H4p1aW9cQeYbRr8fLmXo"])
-    expires_at: datetime = Field(examples=["2025-01-15T10:05:00.000Z"])
+    expires_at: str = Field(examples=["2025-01-15T10:05:00.000Z"])
 
 
 @tokens.post(
@@ -197,4 +197,4 @@ async def stream_token(request: Request, caller: Reader) -> dict[str, Any]:
     `?token=` where headers cannot be set (a browser's EventSource). A stream already
     open stays open; a revoked key's tokens stop working at once."""
     token, expires_at = await issue_stream_token(request.app.state.db, caller)
-    return {"token": token, "expires_at": expires_at}
+    return {"token": token, "expires_at": iso_z(expires_at)}
