@@ -19,10 +19,9 @@ would land in access logs.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Security
@@ -35,6 +34,7 @@ from telemetry_common.api_keys import (
     MANAGE,
     READ,
     ApiKey,
+    hash_key,
     is_admin_key,
     unauthorised_error,
 )
@@ -77,7 +77,6 @@ def _errors(forbidden: str) -> dict[int | str, dict[str, Any]]:
 READ_ERRORS = _errors("the key may not read: bound to devices, or without the read scope")
 WRITE_ERRORS = _errors("the key may not manage: bound to devices, or without the manage scope")
 ADMIN_ERRORS = _errors("an issued key may not manage organizations and projects")
-PROJECT_ERRORS = _errors("needs the admin key or this project's manage key")
 
 
 async def identify(request: Request, presented: str | None) -> Caller:
@@ -158,11 +157,7 @@ async def require_project_manager(
 ) -> str:
     """Who manages a project's keys: the admin key, or a key of that project with ``manage``."""
     caller = await identify(request, presented)
-    key = caller.key
-    if key is not None and (
-        key.project_id != project_id or key.devices is not None or not key.may(MANAGE)
-    ):
-        raise ApiError(403, API_KEY_HEADER, "needs the admin key or this project's manage key")
+    authorize(caller, MANAGE, project_id)
     return caller.name
 
 
@@ -172,24 +167,20 @@ ProjectManager = Annotated[str, Depends(require_project_manager)]
 # --- stream tokens ------------------------------------------------------------------
 
 
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 async def ensure_stream_tokens(db: AsyncDatabase) -> None:
     await db[STREAM_TOKENS].create_indexes(
         [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)]
     )
 
 
-async def issue_stream_token(db: AsyncDatabase, caller: Caller) -> tuple[str, Any]:
+async def issue_stream_token(db: AsyncDatabase, caller: Caller) -> tuple[str, datetime]:
     """A token that opens streams as ``caller`` until it expires; stored hashed, in
     MongoDB so that every replica honours it."""
     token = f"{STREAM_TOKEN_PREFIX}{secrets.token_urlsafe(24)}"
     expires_at = utcnow() + STREAM_TOKEN_TTL
     await db[STREAM_TOKENS].insert_one(
         {
-            "_id": _token_hash(token),
+            "_id": hash_key(token),
             "name": caller.name,
             "key_id": caller.key.key_id if caller.key else None,
             "expires_at": expires_at,
@@ -216,7 +207,7 @@ async def require_stream_reader(
     if token is None or not request.app.state.settings.api_keys_required:
         return await require_reader(request, presented)
     doc = await request.app.state.db[STREAM_TOKENS].find_one(
-        {"_id": _token_hash(token), "expires_at": {"$gt": utcnow()}}
+        {"_id": hash_key(token), "expires_at": {"$gt": utcnow()}}
     )
     if doc is None:
         raise ApiError(401, "token", "missing, expired or not valid; ask POST /streams/token")
@@ -228,9 +219,6 @@ async def require_stream_reader(
     caller = Caller(doc["name"], key)
     authorize(caller, READ)
     return caller
-
-
-StreamReader = Annotated[Caller, Depends(require_stream_reader)]
 
 
 def read_router(**kwargs: Any) -> APIRouter:
