@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -249,3 +250,55 @@ def test_a_late_reading_after_its_incident_closed_opens_no_alert_in_the_past() -
     assert raised.transition.alert["fired_at"] == newest
     resolved_at = first.raised[1].transition.alert["resolved_at"]
     assert raised.transition.alert["fired_at"] >= resolved_at
+
+
+def in_project(project_id: str, items: list[Consumed[Reading]]) -> list[Consumed[Reading]]:
+    return [
+        Consumed(i.partition, i.offset, replace(i.value, project_id=project_id), i.record)
+        for i in items
+    ]
+
+
+def test_a_rule_judges_its_own_projects_readings_only() -> None:
+    p = Partition()
+    # dev-1 of two projects, both hot: only the rule's project fires, named as such.
+    items = in_project("prj-a", p.items({"t": 40})) + p.items({"t": 40})
+    outcome = evaluate_batch(items, RuleIndex([rule(project_id="prj-a")]), {}, [], NOW)
+    [raised] = outcome.raised
+    assert raised.transition.alert["project_id"] == "prj-a"
+    assert raised.transition.alert["event_id"] == items[0].value.event_id
+    # The default project's rules (the built-in ones among them) leave other projects alone.
+    assert fired_devices(in_project("prj-a", p.items({"t": 40})), rule()) == []
+
+
+def test_a_device_id_in_two_projects_is_two_devices() -> None:
+    p = Partition()
+    index = RuleIndex([rule("r-a", project_id="prj-a", clear_threshold=25), rule("r-b")])
+    tracked: dict[str, Tracked] = {}
+    hot = in_project("prj-a", p.items({"t": 40})) + p.items({"t": 40})
+    assert len(evaluate_batch(hot, index, tracked, [], NOW).raised) == 2
+    assert {(t.project_id, t.rule_id) for t in tracked.values()} == {
+        ("prj-a", "r-a"),
+        ("default", "r-b"),
+    }
+    # A cool reading of the default project's dev-1 resolves its own alert only.
+    cool = p.items({"t": 20})
+    [resolved] = evaluate_batch(cool, index, tracked, [], NOW).raised
+    assert (resolved.transition.kind, resolved.transition.alert["rule_id"]) == ("resolved", "r-b")
+    # Stored and read back, a state keeps its project.
+    restored = [Tracked.from_document(t.to_document(1, NOW)) for t in tracked.values()]
+    assert {t.device_key for t in restored} == {"prj-a|dev-1", "dev-1"}
+
+
+def test_a_silence_holds_in_its_own_project_only() -> None:
+    p = Partition()
+    silence = Silence.model_validate(
+        {"_id": "s-1", "project_id": "prj-a", "device_id": "dev-1", "until": NOW + timedelta(1)}
+    )
+    index = RuleIndex([rule("r-a", project_id="prj-a"), rule("r-b")])
+    items = in_project("prj-a", p.items({"t": 40})) + p.items({"t": 40})
+    raised = evaluate_batch(items, index, {}, [silence], NOW).raised
+    assert {r.transition.alert["rule_id"]: r.transition.notify for r in raised} == {
+        "r-a": False,
+        "r-b": True,
+    }

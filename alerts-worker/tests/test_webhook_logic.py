@@ -136,6 +136,7 @@ def notification(**overrides: object) -> Notification:
     fields: dict = {
         "notification_id": "a1:fired",
         "alert_id": "a1",
+        "project_id": "default",
         "device_id": "dev-1",
         "severity": "critical",
         "transition": "fired",
@@ -163,6 +164,14 @@ def notification(**overrides: object) -> Notification:
 def test_webhook_filters_all_have_to_agree(filters: dict, wanted: bool) -> None:
     webhook = {"_id": "wh_1", "created_at": T0 - timedelta(minutes=1), **filters}
     assert matches(webhook, notification()) is wanted
+
+
+def test_a_webhook_gets_only_its_own_projects_transitions() -> None:
+    webhook = {"_id": "wh_1", "created_at": T0 - timedelta(minutes=1), "project_id": "prj-a"}
+    assert matches(webhook, notification(project_id="prj-a"))
+    assert not matches(webhook, notification())
+    # A webhook registered before projects is the default project's.
+    assert matches({"_id": "wh_2", "created_at": T0 - timedelta(minutes=1)}, notification())
 
 
 def test_a_webhook_gets_no_transition_published_before_it_existed() -> None:

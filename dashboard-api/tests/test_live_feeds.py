@@ -18,7 +18,7 @@ class SlowFeeds(DeviceFeeds):
         self.reads_finished = 0
         self.reads_cancelled = 0
 
-    async def _newest(self, device_id: str) -> Position | None:
+    async def _newest(self, project_id: str, device_id: str) -> Position | None:
         return None
 
     async def _new_readings(self, feed: _Feed) -> list[Event]:
@@ -37,7 +37,7 @@ class SlowFeeds(DeviceFeeds):
 
 async def test_the_last_watcher_leaving_mid_read_lets_the_read_finish_then_ends_the_feed() -> None:
     feeds = SlowFeeds()
-    watcher = await feeds.subscribe("dev-1")
+    watcher = await feeds.subscribe("default", "dev-1")
     task = feeds._feeds["dev-1"].task
     assert task is not None
     await asyncio.wait_for(feeds.reading.wait(), 1)
@@ -53,7 +53,7 @@ async def test_the_last_watcher_leaving_mid_read_lets_the_read_finish_then_ends_
 async def test_the_last_watcher_leaving_while_the_feed_sleeps_ends_it_at_once() -> None:
     feeds = SlowFeeds()
     feeds.release.set()
-    watcher = await feeds.subscribe("dev-1")
+    watcher = await feeds.subscribe("default", "dev-1")
     feed = feeds._feeds["dev-1"]
     for _ in range(1000):
         if feed.sleeping:

@@ -178,7 +178,13 @@ def test_pages_serve_the_rows_in_the_order_of_the_layout_before(
 
 def test_a_devices_query_reads_its_id_range_down_from_the_cursors_document() -> None:
     first = rollup_query(
-        "1m", device_id="d-1", metric=None, start=T0, end=T0 + timedelta(hours=1), resume=None
+        "1m",
+        project_id=DEFAULT_PROJECT,
+        device_id="d-1",
+        metric=None,
+        start=T0,
+        end=T0 + timedelta(hours=1),
+        resume=None,
     )
     assert first.filter == {
         "_id": {"$gte": "default|d-1|1m|01736935200", "$lt": "default|d-1|1m|01736938800"}
@@ -187,6 +193,7 @@ def test_a_devices_query_reads_its_id_range_down_from_the_cursors_document() -> 
     row_id = "default|d-1|1m|01736935260|humidity"
     resumed = rollup_query(
         "1m",
+        project_id=DEFAULT_PROJECT,
         device_id="d-1",
         metric="humidity",
         start=T0,
@@ -201,7 +208,15 @@ def test_a_devices_query_reads_its_id_range_down_from_the_cursors_document() -> 
 
 def test_a_fleet_query_reads_the_resolution_newest_first_after_the_cursor() -> None:
     resume = Position(T0, "default|d-1|1m|01736935200|humidity")
-    query = rollup_query("5m", device_id=None, metric=None, start=None, end=None, resume=resume)
+    query = rollup_query(
+        "5m",
+        project_id=DEFAULT_PROJECT,
+        device_id=None,
+        metric=None,
+        start=None,
+        end=None,
+        resume=resume,
+    )
     assert query.sort == [("timestamp", -1), ("_id", -1)]
     assert query.filter == {
         "$and": [
@@ -217,7 +232,13 @@ def test_a_fleet_query_reads_the_resolution_newest_first_after_the_cursor() -> N
 
 def test_with_a_metric_only_its_served_figures_are_read() -> None:
     query = rollup_query(
-        "1m", device_id="d-1", metric="humidity", start=None, end=None, resume=None
+        "1m",
+        project_id=DEFAULT_PROJECT,
+        device_id="d-1",
+        metric="humidity",
+        start=None,
+        end=None,
+        resume=None,
     )
     read = set(query.projection)
     assert {"device_id", "resolution", "timestamp", "updated_at"} <= read

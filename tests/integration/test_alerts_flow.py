@@ -10,7 +10,7 @@ from alerts_worker.worker import run as run_alerts
 from integration.readings import publish, reading
 from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERTS
+from telemetry_common.mongo import ALERT_RULES, ALERTS
 from telemetry_common.settings import AlertsSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually, read_topic
@@ -157,21 +157,34 @@ async def test_a_transition_sent_before_a_crash_is_not_sent_again(
     assert await db[ALERT_OUTBOX].count_documents({"notified": False}) == 0
 
 
-async def test_another_projects_readings_meet_none_of_the_default_projects_rules(
+async def test_each_projects_readings_meet_their_own_projects_rules_only(
     service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
 ) -> None:
-    hot = {"device_id": "hot-8", "ts": "2025-01-15T10:00:00Z", "temperature_c": 75.0}
-    roof = reading({**hot, "event_id": "roof-1"})
+    # A rule of the roof project, stricter than the default project's built-in one.
+    await db[ALERT_RULES].insert_one(
+        {
+            "_id": "r-roof",
+            "project_id": "prj-roof",
+            "name": "Roof warm",
+            "metric": "temperature_c",
+            "operator": ">",
+            "threshold": 40.0,
+        }
+    )
+    # The same device id and event id in both projects: two devices, two readings.
+    hot = {"device_id": "hot-8", "ts": "2025-01-15T10:00:00Z", "event_id": "same-1"}
+    roof = reading({**hot, "temperature_c": 45.0})
     # Same device id, so the same partition: the other project's comes first.
     await producer.send_and_wait(
         topics.telemetry, roof.to_kafka_value(), key=b"hot-8", headers=[("project", b"prj-roof")]
     )
-    await publish(producer, topics.telemetry, [reading({**hot, "event_id": "default-1"})])
+    await publish(producer, topics.telemetry, [reading({**hot, "temperature_c": 75.0})])
     async with running(run_alerts, alerts_settings(service_env)):
 
         async def fired() -> bool:
-            return await db[ALERTS].count_documents({}) >= 1
+            return await db[ALERTS].count_documents({}) >= 2
 
         await eventually(fired)
-    [alert] = [a async for a in db[ALERTS].find({})]
-    assert alert["event_id"] == "default-1"
+    alerts = {(a["project_id"], a["rule_id"], a["event_id"]) async for a in db[ALERTS].find({})}
+    # 45 is above the roof's 40 but below the built-in 50: each project's own rule judged it.
+    assert alerts == {("prj-roof", "r-roof", "same-1"), ("default", "temperature_high", "same-1")}

@@ -11,17 +11,39 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from dashboard_api.app import create_app as create_dashboard
 from ingestion_api.app import create_app as create_ingestion
-from integration.served import serving
+from integration.served import serving, stream
 from pymongo.asynchronous.database import AsyncDatabase
+from telemetry_common.alert_rules import RuleCreate
 from telemetry_common.api_keys import issue_key, revoke_key
+from telemetry_common.mongo import (
+    ALERT_RULES,
+    ALERT_SILENCES,
+    ALERTS,
+    DEVICES,
+    RAW,
+    ROLLUPS,
+    WEBHOOK_DELIVERIES,
+    WEBHOOKS,
+)
+from telemetry_common.resolutions import DEFAULT_PLAN
+from telemetry_common.rollup import Rollup
+from telemetry_common.rollup_layout import (
+    DEFAULT_PROJECT,
+    bucket_document,
+    scoped_id,
+    windows_of,
+)
 from telemetry_common.settings import DashboardSettings, IngestionSettings
-from telemetry_tools.testing import eventually
+from telemetry_tools.testing import Topics, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +58,8 @@ class Holder:
     name: str
     key: str | None
     roles: frozenset[str]
+    # The project a key works in (the admin key: any).
+    project: str = DEFAULT_PROJECT
 
 
 async def holders(db: AsyncDatabase) -> list[Holder]:
@@ -45,8 +69,14 @@ async def holders(db: AsyncDatabase) -> list[Holder]:
     manager, _ = await issue_key(db, "operator", scopes=["manage"])
     return [
         Holder("no key", None, frozenset()),
-        # All scopes, in another project: nothing of the default project's.
-        Holder("another project's key", other, frozenset()),
+        # Every scope of a project's key, in another project: it works in its own
+        # (what it must never see of the default project's is checked below).
+        Holder(
+            "another project's key",
+            other,
+            frozenset({"ingest", "read", "manage"}),
+            project=OTHER_PROJECT,
+        ),
         Holder("a device-bound ingest key", device, frozenset({"ingest"})),
         Holder("a read key", reader, frozenset({"read"})),
         Holder("a manage key", manager, frozenset({"manage"})),
@@ -145,7 +175,12 @@ async def test_every_operation_answers_each_key_as_its_documented_role(
         wrong = []
         for operation in documented:
             for holder in callers:
-                allowed = operation.role == PUBLIC or operation.role in holder.roles
+                allowed = operation.role == PUBLIC or (
+                    operation.role in holder.roles
+                    # A path naming a project (its examples: the default) is that
+                    # project's keys' and the admin's.
+                    and ("{project_id}" not in operation.path or holder.project == DEFAULT_PROJECT)
+                )
                 headers = {"X-API-Key": holder.key} if holder.key else {}
                 body = {} if "requestBody" in operation.spec else None
                 async with http.request(
@@ -207,3 +242,234 @@ async def test_a_stream_token_opens_a_stream_where_headers_cannot_be_sent(
                 return answer.status == 401
 
         await eventually(refused)
+
+
+# In everything the default project holds below, and in nothing another project may see.
+MARKER = "default_only_7f3a"
+OTHER_PROJECT = "prj-other"
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+async def seed_default_project(db: AsyncDatabase) -> None:
+    """One of everything in the default project, under the ids the OpenAPI examples use,
+    so that every path the matrix calls names an object that exists."""
+    default = {"project_id": DEFAULT_PROJECT}
+    await db[RAW].insert_one(
+        {
+            "_id": "e001",
+            **default,
+            "device_id": "dev-1",
+            "ts": NOW,
+            "received_at": NOW,
+            "metrics": {MARKER: 1.0},
+            "tags": [MARKER, "room:101"],
+        }
+    )
+    await db[DEVICES].insert_one(
+        {
+            "_id": "dev-1",
+            **default,
+            "device_id": "dev-1",
+            "first_seen": NOW,
+            "last_seen": NOW,
+            "reading_count": 1,
+            "last_values": {MARKER: 1.0},
+            "tags": [MARKER],
+        }
+    )
+    one = Rollup()
+    one.add(1.0, NOW)
+    await db[ROLLUPS].insert_one(
+        bucket_document(
+            project_id=DEFAULT_PROJECT,
+            device_id="dev-1",
+            resolution="1m",
+            start=NOW.replace(second=0),
+            metrics={MARKER: one.to_fields()},
+            applied={"0": 0},
+            epoch=1,
+            now=NOW,
+            keep_for=None,
+            windows=windows_of(NOW.replace(second=0), DEFAULT_PLAN.derived_from("1m")),
+        )
+    )
+    await db[ALERTS].insert_one(
+        {
+            "_id": "e001:temperature_high",
+            "alert_id": "e001:temperature_high",
+            **default,
+            "device_id": "dev-1",
+            "sensor_type": MARKER,
+            "value": 61.0,
+            "threshold": 50.0,
+            "alert_type": "temperature_c_high",
+            "severity": "critical",
+            "message": MARKER,
+            "rule_id": "r-4f1c2a9b03de",
+            "timestamp": NOW,
+            "created_at": NOW,
+            "status": "active",
+            "acknowledged_at": None,
+        }
+    )
+    rule = RuleCreate.model_validate(
+        {"name": MARKER, "metric": "temperature_c", "operator": ">", "threshold": 30.0}
+    )
+    await db[ALERT_RULES].insert_one(
+        {
+            "_id": "r-4f1c2a9b03de",
+            **default,
+            **rule.model_dump(by_alias=True),
+            "builtin": False,
+            "created_at": NOW,
+            "created_by": "admin",
+            "updated_at": NOW,
+        }
+    )
+    await db[ALERT_SILENCES].insert_one(
+        {
+            "_id": "s-9a0b1c2d3e4f",
+            **default,
+            "rule_id": None,
+            "device_id": "dev-1",
+            "until": NOW + timedelta(days=1),
+            "comment": MARKER,
+            "created_at": NOW,
+            "created_by": "admin",
+        }
+    )
+    await db[WEBHOOKS].insert_one(
+        {
+            "_id": "wh_3f9a1c0e5b7d2468",
+            **default,
+            "url": "https://hooks.example.com/telemetry",
+            "description": MARKER,
+            "secret": f"whsec_{MARKER}",
+            "created_at": NOW,
+            "created_by": "admin",
+        }
+    )
+    await db[WEBHOOK_DELIVERIES].insert_one(
+        {
+            "_id": "wh_3f9a1c0e5b7d2468:e001:temperature_high:fired",
+            **default,
+            "webhook_id": "wh_3f9a1c0e5b7d2468",
+            "notification_id": "e001:temperature_high:fired",
+            "alert_id": "e001:temperature_high",
+            "device_id": "dev-1",
+            "severity": "critical",
+            "transition": "fired",
+            "rule_id": MARKER,
+            "status": "delivered",
+            "attempt_count": 1,
+            "attempts": [],
+            "created_at": NOW,
+        }
+    )
+
+
+async def default_project_as_seeded(db: AsyncDatabase) -> dict[str, Any]:
+    """What another project's key must not have changed."""
+    return {
+        "alert": await db[ALERTS].find_one({"_id": "e001:temperature_high"}),
+        "rule": await db[ALERT_RULES].find_one({"_id": "r-4f1c2a9b03de"}),
+        "silence": await db[ALERT_SILENCES].find_one({"_id": "s-9a0b1c2d3e4f"}),
+        "webhook": await db[WEBHOOKS].find_one({"_id": "wh_3f9a1c0e5b7d2468"}),
+    }
+
+
+async def test_another_projects_key_never_sees_nor_changes_the_default_projects_data(
+    service_env: dict[str, Any], db: AsyncDatabase, topics: Topics, producer: AIOKafkaProducer
+) -> None:
+    await seed_default_project(db)
+    seeded = await default_project_as_seeded(db)
+    assert all(seeded.values())
+    other, _ = await issue_key(db, "another project's", project_id=OTHER_PROJECT)
+    as_other = {"X-API-Key": other}
+    admin = {"X-API-Key": ADMIN_KEY}
+    async with both_apis(service_env) as bases, aiohttp.ClientSession() as http:
+        base = bases["dashboard"]
+
+        async def loaded() -> bool:
+            async with http.get(f"{base}/stats", headers=as_other) as answer:
+                return answer.status == 200
+
+        await eventually(loaded)
+        async with http.get(f"{base}/openapi.json") as answer:
+            documented = operations("dashboard", await answer.json())
+        calls = [
+            o for o in documented if o.role in ("read", "manage") and not o.path.endswith("/stream")
+        ]
+        seen_by_admin = ""
+        for operation in calls:
+            body = {} if "requestBody" in operation.spec else None
+            async with http.request(
+                operation.method,
+                base + operation.url(),
+                params=operation.query(),
+                json=body,
+                headers=as_other,
+            ) as answer:
+                text = await answer.text()
+                assert str(answer.status) in operation.spec["responses"], (operation.path, text)
+            assert MARKER not in text, f"{operation.method} {operation.url()} showed {text}"
+            if operation.method == "GET":
+                # The same call for the default project: the data is there to be leaked.
+                async with http.get(
+                    base + operation.url(), params=operation.query(), headers=admin
+                ) as answer:
+                    seen_by_admin += await answer.text()
+        assert {"/telemetry", "/devices", "/aggregated", "/alerts", "/alerts/rules"} <= {
+            o.path for o in calls
+        }
+        assert MARKER in seen_by_admin
+        # Every write with another project's key missed the default project's objects.
+        assert await default_project_as_seeded(db) == seeded
+
+        async with http.get(f"{base}/stats", headers=as_other) as answer:
+            figures = await answer.json()
+        assert (figures["total_readings"], figures["total_devices"], figures["total_alerts"]) == (
+            0,
+            0,
+            0,
+        )
+        # The admin key names a project it may work in; a project's key only its own.
+        async with http.get(
+            f"{base}/devices", params={"project_id": "default"}, headers=as_other
+        ) as answer:
+            assert answer.status == 403
+            assert (await answer.json())["errors"][0]["field"] == "project_id"
+
+        async with http.post(f"{base}/streams/token", headers=as_other) as answer:
+            token = (await answer.json())["token"]
+        device_url = f"{base}/devices/dev-1/stream?token={token}"
+        alerts_url = f"{base}/alerts/stream?token={token}"
+        async with (
+            stream(http, device_url, "watching dev-1") as readings,
+            stream(http, alerts_url, "watching alerts") as alerts,
+        ):
+            for project_id, mark in ((DEFAULT_PROJECT, MARKER), (OTHER_PROJECT, "mine")):
+                await db[RAW].insert_one(
+                    {
+                        "_id": scoped_id(project_id, f"e-{mark}"),
+                        "event_id": f"e-{mark}",
+                        "project_id": project_id,
+                        "device_id": "dev-1",
+                        "ts": NOW + timedelta(minutes=1),
+                        "received_at": NOW,
+                        "metrics": {"t": 1.0},
+                        "tags": [mark],
+                    }
+                )
+                event = {
+                    "alert_id": f"e-{mark}:r",
+                    "notification_id": f"e-{mark}:r:fired",
+                    "project_id": project_id,
+                    "device_id": "dev-1",
+                    "transition": "fired",
+                    "message": mark,
+                }
+                await producer.send_and_wait(topics.alerts, orjson.dumps(event), key=b"dev-1")
+            pushed = await readings.until(lambda seen: "mine" in str(seen))
+            announced = await alerts.until(lambda seen: "mine" in str(seen))
+        assert MARKER not in str(pushed) and MARKER not in str(announced)

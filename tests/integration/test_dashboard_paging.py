@@ -39,6 +39,7 @@ def raw(event_id: str, device_id: str, seconds: int, tags: list[str] | None = No
     ts = T0 + timedelta(seconds=seconds)
     return {
         "_id": event_id,
+        "project_id": DEFAULT_PROJECT,
         "device_id": device_id,
         "ts": ts,
         "received_at": ts + timedelta(milliseconds=100),
@@ -97,6 +98,7 @@ def alert(alert_id: str, device_id: str, seconds: int, status: str) -> dict:
     return {
         "_id": alert_id,
         "alert_id": alert_id,
+        "project_id": DEFAULT_PROJECT,
         "device_id": device_id,
         "sensor_type": "temperature",
         "value": 61.0,
@@ -114,6 +116,7 @@ def alert(alert_id: str, device_id: str, seconds: int, status: str) -> dict:
 def device(device_id: str, tags: list[str] | None = None) -> dict:
     doc = {
         "_id": device_id,
+        "project_id": DEFAULT_PROJECT,
         "device_id": device_id,
         "first_seen": T0,
         "last_seen": T0,
@@ -549,9 +552,9 @@ def _stages(plan: dict) -> list[str]:
 @pytest.mark.parametrize(
     ("query", "index"),
     [
-        ({}, "ts_id"),
-        ({"device_id": "deep"}, "device_ts_id"),
-        ({"tags": "t:deep"}, "tags_ts_id"),
+        ({"project_id": DEFAULT_PROJECT}, "project_ts_id"),
+        ({"project_id": DEFAULT_PROJECT, "device_id": "deep"}, "project_device_ts_id"),
+        ({"project_id": DEFAULT_PROJECT, "tags": "t:deep"}, "project_tags_ts_id"),
     ],
 )
 async def test_a_deep_page_reads_only_its_own_index_keys(
@@ -589,6 +592,7 @@ async def test_a_deep_rollup_page_reads_only_its_own_index_keys(
     rows, cursor = await rollup_page(
         db[ROLLUPS],
         "1m",
+        project_id=DEFAULT_PROJECT,
         device_id=device_id,
         metric=None,
         start=None,
@@ -599,6 +603,7 @@ async def test_a_deep_rollup_page_reads_only_its_own_index_keys(
     assert len(rows) == 201 and cursor is not None
     query = rollup_query(
         "1m",
+        project_id=DEFAULT_PROJECT,
         device_id=device_id,
         metric=None,
         start=None,
@@ -634,13 +639,19 @@ async def test_rollups_get_the_layouts_indexes_and_the_legacy_collection_is_left
 
 async def test_indexes_without_the_id_tie_break_are_replaced(db: AsyncDatabase) -> None:
     await db[RAW].create_index([("device_id", 1), ("ts", -1)], name="device_ts")
+    await db[RAW].create_index([("device_id", 1), ("ts", -1), ("_id", -1)], name="device_ts_id")
     await db[ALERTS].create_index([("status", 1), ("created_at", -1)], name="status_created")
+    await db[ALERTS].create_index(
+        [("status", 1), ("created_at", -1), ("_id", -1)], name="status_created_id"
+    )
     await ensure_indexes(db, None)
     await ensure_indexes(db, None)  # a second service starting: nothing left to drop
     raw_indexes = {ix["name"] async for ix in await db[RAW].list_indexes()}
     alert_indexes = {ix["name"] async for ix in await db[ALERTS].list_indexes()}
-    assert {"device_ts_id", "tags_ts_id", "ts_id"} <= raw_indexes and "device_ts" not in raw_indexes
-    assert "status_created_id" in alert_indexes and "status_created" not in alert_indexes
+    assert {"project_device_ts_id", "project_tags_ts_id", "project_ts_id"} <= raw_indexes
+    assert "device_ts" not in raw_indexes and "device_ts_id" not in raw_indexes
+    assert "project_status_created_id" in alert_indexes
+    assert "status_created" not in alert_indexes and "status_created_id" not in alert_indexes
 
 
 async def test_stats_count_active_alerts_up_to_a_cap(

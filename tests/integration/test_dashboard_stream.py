@@ -104,6 +104,7 @@ async def test_watchers_of_one_device_share_one_feed_that_stops_with_the_last(
             await db[RAW].insert_one(
                 {
                     "_id": "w-e1",
+                    "project_id": "default",
                     "device_id": "w-1",
                     "ts": datetime(2025, 1, 15, 10, tzinfo=UTC),
                     "received_at": datetime(2025, 1, 15, 10, tzinfo=UTC),
@@ -128,6 +129,7 @@ async def test_watchers_of_one_device_share_one_feed_that_stops_with_the_last(
 def raw_reading(event_id: str, device_id: str, ts: datetime, metrics: dict) -> dict:
     return {
         "_id": event_id,
+        "project_id": "default",
         "device_id": device_id,
         "ts": ts,
         "received_at": ts,

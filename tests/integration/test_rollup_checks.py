@@ -30,6 +30,7 @@ def readings() -> list[dict[str, Any]]:
     return [
         {
             "_id": f"{device}-{i}",
+            "project_id": DEFAULT_PROJECT,
             "device_id": device,
             "ts": T0 + timedelta(seconds=20 * i),
             "received_at": T0,

@@ -144,9 +144,18 @@ async def test_a_projects_keys_are_issued_once_listed_without_secrets_and_revoke
         assert sensor.json()["devices"] == ["roof-1"]
         other = client.get("/projects/default/api-keys", headers=as_manager)
         assert other.status_code == 403
-        # A project's manage key changes nothing of the default project's.
+        # A project's manage key works in its project, and in no other.
         silence = {"device_id": "dev-1", "until": "2999-01-01T00:00:00Z"}
-        assert client.post("/alerts/silences", json=silence, headers=as_manager).status_code == 403
+        made = client.post("/alerts/silences", json=silence, headers=as_manager)
+        assert made.status_code == 201
+        elsewhere = client.post(
+            "/alerts/silences", params={"project_id": "default"}, json=silence, headers=as_manager
+        )
+        assert elsewhere.status_code == 403
+        assert elsewhere.json()["errors"][0]["field"] == "project_id"
+        in_roof = client.get("/alerts/silences", params={"project_id": roof}, headers=admin)
+        assert [x["silence_id"] for x in in_roof.json()["data"]] == [made.json()["silence_id"]]
+        assert client.get("/alerts/silences", headers=admin).json()["data"] == []
 
         listed = client.get(keys, headers=admin).json()["data"]
         assert [k["name"] for k in listed] == ["roof ops", "sensor 1"]
@@ -212,9 +221,12 @@ async def test_a_keys_scopes_decide_what_it_may_do(service_env: dict[str, Any], 
             lambda: client.post("/ingest", json=body, headers={"X-API-Key": poster})
         )
         assert posted.status_code == 202
-        for key in (reader, elsewhere):
-            refused = client.post("/ingest", json=body, headers={"X-API-Key": key})
-            assert refused.status_code == 403, refused.json()
+        refused = client.post("/ingest", json=body, headers={"X-API-Key": reader})
+        assert refused.status_code == 403, refused.json()
+        # Another project's ingest key posts into its own project (the same device id
+        # there is another device).
+        theirs = client.post("/ingest", json=body, headers={"X-API-Key": elsewhere})
+        assert theirs.status_code == 202, theirs.json()
 
 
 def test_a_project_over_its_readings_quota_is_refused_with_429_until_it_is_raised(
@@ -273,10 +285,10 @@ def test_a_project_over_its_readings_quota_is_refused_with_429_until_it_is_raise
 async def test_a_project_at_its_device_quota_refuses_new_devices_and_takes_its_own(
     service_env: dict[str, Any], db: Any
 ) -> None:
-    # Two devices stored already, one from before projects (no project_id).
+    # Two devices stored already (and another project's).
     await db[DEVICES].insert_many(
         [
-            {"_id": "dev-a", "device_id": "dev-a"},
+            {"_id": "dev-a", "device_id": "dev-a", "project_id": "default"},
             {"_id": "dev-b", "device_id": "dev-b", "project_id": "default"},
             {"_id": "prj-roof|dev-z", "device_id": "dev-z", "project_id": "prj-roof"},
         ]

@@ -18,6 +18,7 @@ from typing import Any
 from telemetry_common.alert_rules import Rule, Silence
 from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.reading import Reading
+from telemetry_common.rollup_layout import DEFAULT_PROJECT, scoped_id
 from telemetry_common.versioned import Watermarks
 
 from alerts_worker.rules import Observed, RuleState, Transition, evaluate, resolve
@@ -34,6 +35,9 @@ class Tracked:
 
     rule_id: str
     device_id: str
+    # The rule's project, which is the device's (a rule judges its own project's
+    # readings only, and device ids are unique within a project).
+    project_id: str = DEFAULT_PROJECT
     state: RuleState = field(default_factory=RuleState)
     watermarks: Watermarks = field(default_factory=Watermarks)
     # Whether the store holds a document for it.
@@ -49,7 +53,12 @@ class Tracked:
 
     @property
     def doc_id(self) -> str:
+        # Unique across projects as it is: a rule belongs to one project.
         return state_id(self.rule_id, self.device_id)
+
+    @property
+    def device_key(self) -> str:
+        return scoped_id(self.project_id, self.device_id)
 
     def takes(self, item: Consumed[Reading]) -> bool:
         """Whether this reading is new to the state; marks it taken."""
@@ -64,6 +73,7 @@ class Tracked:
             "_id": self.doc_id,
             "rule_id": self.rule_id,
             "device_id": self.device_id,
+            "project_id": self.project_id,
             **self.state.to_fields(),
             "_applied": self.watermarks.by_partition,
             "idle": self.idle,
@@ -76,6 +86,7 @@ class Tracked:
         return cls(
             rule_id=doc["rule_id"],
             device_id=doc["device_id"],
+            project_id=doc.get("project_id", DEFAULT_PROJECT),
             state=RuleState.from_fields(doc),
             watermarks=Watermarks(dict(doc.get("_applied", {}))),
             stored=True,
@@ -134,21 +145,25 @@ class QuietBand:
 
 
 class RuleIndex:
-    """Enabled rules by the metric names they watch, so a reading meets only its own rules."""
+    """Enabled rules by project and the metric names they watch, so a reading meets only
+    its own project's rules on its own metrics."""
 
     def __init__(self, rules: Iterable[Rule]):
         self.by_id = {rule.rule_id: rule for rule in rules if rule.enabled}
-        self.by_metric: dict[str, list[Rule]] = {}
-        self._quiet: dict[str, QuietBand] = {}
+        self.by_metric: dict[tuple[str, str], list[Rule]] = {}
+        self._quiet: dict[tuple[str, str], QuietBand] = {}
         for rule in self.by_id.values():
             for name in (rule.metric, *rule.metric_aliases):
-                self.by_metric.setdefault(name, []).append(rule)
-                self._quiet.setdefault(name, QuietBand()).add(rule)
+                self.by_metric.setdefault((rule.project_id, name), []).append(rule)
+                self._quiet.setdefault((rule.project_id, name), QuietBand()).add(rule)
 
     def quiet_count(self, reading: Reading) -> int | None:
         """How many rules apply to a reading that concerns none of them; None if one may
         be concerned (or the band cannot tell), and each rule must judge it."""
-        bands = [(self._quiet.get(name), value) for name, value in reading.metrics.items()]
+        project = reading.project_id
+        bands = [
+            (self._quiet.get((project, name)), value) for name, value in reading.metrics.items()
+        ]
         watched = [band for band, value in bands if band is not None]
         if not all(band.holds(value) for band, value in bands if band is not None):
             return None
@@ -159,7 +174,7 @@ class RuleIndex:
     def for_reading(self, reading: Reading) -> list[Rule]:
         seen: dict[str, Rule] = {}
         for metric in reading.metrics:
-            for rule in self.by_metric.get(metric, ()):
+            for rule in self.by_metric.get((reading.project_id, metric), ()):
                 if rule.rule_id not in seen and rule.covers(reading.device_id, reading.tags):
                     seen[rule.rule_id] = rule
         return list(seen.values())
@@ -181,28 +196,32 @@ def evaluate_batch(
 ) -> BatchOutcome:
     """Evaluate every reading in arrival order; updates ``tracked`` in place.
 
-    ``device_clocks``: the newest reading time seen per device, kept by the caller
-    between batches and updated here. A state made for a device starts at its
-    device's clock, so a late reading (a device's retry that arrived after newer
-    readings) whose rule state was already let go opens no incident in the past,
+    ``device_clocks``: the newest reading time seen per device (by its id within its
+    project, ``scoped_id``), kept by the caller between batches and updated here. A
+    state made for a device starts at its device's clock, so a late reading (a
+    device's retry that arrived after newer readings) whose rule state was already
+    let go opens no incident in the past,
     overlapping one that closed since.
     """
     outcome = BatchOutcome()
     clocks = {} if device_clocks is None else device_clocks
     by_device: dict[str, list[Tracked]] = {}
     for t in tracked.values():
-        by_device.setdefault(t.device_id, []).append(t)
+        by_device.setdefault(t.device_key, []).append(t)
 
-    def silenced(rule_id: str, device_id: str) -> bool:
-        return bool(silences) and any(s.matches(rule_id, device_id, now) for s in silences)
+    def silenced(project_id: str, rule_id: str, device_id: str) -> bool:
+        return bool(silences) and any(
+            s.matches(project_id, rule_id, device_id, now) for s in silences
+        )
 
     for item in items:
         reading = item.value
-        device_id = reading.device_id
-        device_clock = clocks.get(device_id)
+        device_id, project_id = reading.device_id, reading.project_id
+        device_key = scoped_id(project_id, device_id)
+        device_clock = clocks.get(device_key)
         if device_clock is None or reading.ts > device_clock:
-            clocks[device_id] = reading.ts
-        if device_id not in by_device:
+            clocks[device_key] = reading.ts
+        if device_key not in by_device:
             # The common case, decided for all rules at once: no state for the
             # device and a value that concerns none of them leaves everything idle.
             quiet = rules.quiet_count(reading)
@@ -221,23 +240,27 @@ def evaluate_batch(
                     # nothing to keep (a replay of it decides nothing either).
                     outcome.evaluations += 1
                     continue
-                t = tracked[key] = Tracked(rule.rule_id, device_id)
+                t = tracked[key] = Tracked(rule.rule_id, device_id, project_id)
                 t.state.clock = device_clock
-                by_device.setdefault(device_id, []).append(t)
+                by_device.setdefault(device_key, []).append(t)
             if not t.takes(item):
                 continue
             outcome.evaluations += 1
             seen = Observed(reading.event_id, device_id, found[0], found[1], reading.ts)
-            transition = evaluate(rule, t.state, seen, now, silenced(rule.rule_id, device_id))
+            transition = evaluate(
+                rule, t.state, seen, now, silenced(project_id, rule.rule_id, device_id)
+            )
             t.idle = t.state.is_idle(rule)
             if transition is not None:
                 outcome.raised.append(Raised(transition, item.partition))
-        for t in by_device.get(device_id, ()):
+        for t in by_device.get(device_key, ()):
             if t.state.alert is None or _still_applies(t.rule_id, rules, reading):
                 continue
             if t.takes(item):
                 at = reading.ts if t.state.clock is None else max(t.state.clock, reading.ts)
-                transition = resolve(t.state, at, "rule_changed", silenced(t.rule_id, device_id))
+                transition = resolve(
+                    t.state, at, "rule_changed", silenced(project_id, t.rule_id, device_id)
+                )
                 # Its rule no longer applies, so a replay cannot fire it again: the
                 # state goes at once instead of lingering for a reading that never comes.
                 t.idle = t.idle_before = True

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.alert_rules import ALERT_RULES, ALERT_SILENCES, Rule, Silence
 from telemetry_common.reloading import Reloading
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import utcnow
 
 from alerts_worker.incidents import RuleIndex
@@ -81,7 +82,8 @@ async def install_builtin_rules(db: AsyncDatabase, builtin: list[dict[str, Any]]
     """Write the built-in rules with this worker's thresholds; keep whether each is enabled."""
     now = utcnow()
     for rule in builtin:
-        definition = {k: v for k, v in rule.items() if k != "_id"}
+        # The installation's thresholds are the default project's rules.
+        definition = {k: v for k, v in rule.items() if k != "_id"} | {"project_id": DEFAULT_PROJECT}
         await db[ALERT_RULES].update_one(
             {"_id": rule["_id"]},
             {

@@ -163,6 +163,7 @@ def evaluate(
         # of the same reading names the same alert.
         "alert_id": f"{seen.event_id}:{rule.rule_id}",
         "event_id": seen.event_id,
+        "project_id": rule.project_id,
         "device_id": seen.device_id,
         # Named as the reading named the metric (`temperature_c` for a flat reading,
         # `temp` for the general form), as the system this one replaces does.

@@ -31,6 +31,7 @@ from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.mongo import ALERTS
 from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, not_newer_than
 from telemetry_common.reading import Reading
+from telemetry_common.rollup_layout import scoped_id
 from telemetry_common.versioned import chunks, insert_first_copies, source, write_fenced
 
 from alerts_worker.incidents import Raised, Tracked
@@ -74,7 +75,8 @@ async def drop_retries(
     an earlier one), so that every reading counts once in every k-of-n window."""
     unique: dict[str, Consumed[Reading]] = {}
     for item in items:
-        unique.setdefault(item.value.event_id, item)
+        # Event ids are unique within a project only.
+        unique.setdefault(scoped_id(item.value.project_id, item.value.event_id), item)
     docs = [
         {"_id": event_id, "_src": source(item.partition, item.offset), "seen_at": now}
         for event_id, item in unique.items()
@@ -127,16 +129,23 @@ async def record_transitions(db: AsyncDatabase, raised: list[Raised], now: datet
     return {raised[index].transition.notification_id for index in result.upserted_ids}
 
 
-async def load_states(db: AsyncDatabase, device_ids: Iterable[str]) -> list[Tracked]:
-    """Every rule's state stored for these devices (also of rules since deleted, to
-    resolve their alerts)."""
+async def load_states(db: AsyncDatabase, device_keys: Iterable[str]) -> list[Tracked]:
+    """Every rule's state stored for these devices (by their ids within their projects,
+    ``scoped_id``; also of rules since deleted, to resolve their alerts)."""
+    wanted = set(device_keys)
+    # Found by device id, which the same device id in another project shares.
+    device_ids = sorted({key.rpartition("|")[2] for key in wanted})
     found = []
-    for chunk in chunks(list(device_ids), LOAD_CHUNK):
-        found += [
-            Tracked.from_document(doc)
-            async for doc in db[ALERT_STATE].find({"device_id": {"$in": chunk}})
-        ]
+    for chunk in chunks(device_ids, LOAD_CHUNK):
+        async for doc in db[ALERT_STATE].find({"device_id": {"$in": chunk}}):
+            tracked = Tracked.from_document(doc)
+            if tracked.device_key in wanted:
+                found.append(tracked)
     return found
+
+
+def device_key(reading: Reading) -> str:
+    return scoped_id(reading.project_id, reading.device_id)
 
 
 @dataclass(slots=True)
@@ -149,7 +158,11 @@ class HeldDevice:
 
 class HeldStates:
     """The (rule, device) states of the partitions this worker owns, least recently
-    seen device first, at most ``device_limit`` devices kept between batches."""
+    seen device first, at most ``device_limit`` devices kept between batches.
+
+    Devices are held by their id within their project (``scoped_id``): two
+    projects' ``dev-1`` are two devices (on one partition: the record key is the
+    device id)."""
 
     def __init__(self, db: AsyncDatabase, ownership: PartitionOwnership, device_limit: int):
         self._db = db
@@ -169,35 +182,35 @@ class HeldStates:
 
     def forget(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
-        for device_id in [d for d, held in self.devices.items() if held.partition in gone]:
-            del self.devices[device_id]
-            self.clocks.pop(device_id, None)
+        for device_key in [d for d, held in self.devices.items() if held.partition in gone]:
+            del self.devices[device_key]
+            self.clocks.pop(device_key, None)
 
-    def forget_devices(self, device_ids: Iterable[str]) -> None:
+    def forget_devices(self, device_keys: Iterable[str]) -> None:
         """Let go of what a failed batch may have changed: read again from the store."""
-        for device_id in device_ids:
-            self.devices.pop(device_id, None)
-            self.clocks.pop(device_id, None)
+        for device_key in device_keys:
+            self.devices.pop(device_key, None)
+            self.clocks.pop(device_key, None)
 
     async def for_batch(self, items: list[Consumed[Reading]]) -> dict[str, Tracked]:
         """Every state of the batch's devices by state id, reading from the store only
         the devices not held yet."""
-        partition_of = {item.value.device_id: item.partition for item in items}
+        partition_of = {device_key(item.value): item.partition for item in items}
         devices = self.devices
         unheld = [
-            device_id
-            for device_id, partition in partition_of.items()
-            if device_id not in devices or devices[device_id].partition != partition
+            key
+            for key, partition in partition_of.items()
+            if key not in devices or devices[key].partition != partition
         ]
         if unheld:
-            for device_id in unheld:
-                devices[device_id] = HeldDevice(partition_of[device_id])
+            for key in unheld:
+                devices[key] = HeldDevice(partition_of[key])
             for tracked in await load_states(self._db, unheld):
-                devices[tracked.device_id].states[tracked.rule_id] = tracked
+                devices[tracked.device_key].states[tracked.rule_id] = tracked
         batch: dict[str, Tracked] = {}
-        for device_id in partition_of:
-            devices.move_to_end(device_id)
-            for tracked in devices[device_id].states.values():
+        for key in partition_of:
+            devices.move_to_end(key)
+            for tracked in devices[key].states.values():
                 tracked.idle_before = tracked.idle
                 batch[tracked.doc_id] = tracked
         return batch
@@ -218,7 +231,7 @@ class HeldStates:
         (their states are let go)."""
         devices = self.devices
         for tracked in batch.values():
-            devices[tracked.device_id].states.setdefault(tracked.rule_id, tracked)
+            devices[tracked.device_key].states.setdefault(tracked.rule_id, tracked)
         changed = [t for t in batch.values() if t.changed]
         lost: set[int] = set()
         rounds = 0
@@ -233,17 +246,17 @@ class HeldStates:
             lost |= await self.owned.lost_or_reclaimed(newer)
         for tracked in changed:
             if tracked.idle and not tracked.stored and not tracked.changed:
-                devices[tracked.device_id].states.pop(tracked.rule_id, None)
+                devices[tracked.device_key].states.pop(tracked.rule_id, None)
         if lost:
             self.forget(lost)
             self.owned.release(lost)
         while len(devices) > self.device_limit:
-            device_id, _ = devices.popitem(last=False)
-            self.clocks.pop(device_id, None)
+            key, _ = devices.popitem(last=False)
+            self.clocks.pop(key, None)
         return lost
 
     def _partition(self, tracked: Tracked) -> int:
-        return self.devices[tracked.device_id].partition
+        return self.devices[tracked.device_key].partition
 
     async def _write_round(
         self, pending: list[Tracked], epochs: dict[int, int], now: datetime

@@ -14,7 +14,6 @@ from telemetry_common.kafka.readings import decode_reading
 from telemetry_common.mongo import connect
 from telemetry_common.ownership import PartitionsLost
 from telemetry_common.reading import Reading
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.settings import AlertsSettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.worker import WorkerContext, run_worker
@@ -22,7 +21,7 @@ from telemetry_common.worker import WorkerContext, run_worker
 from alerts_worker.incidents import BatchOutcome, RuleIndex, evaluate_batch
 from alerts_worker.outbox import Outbox
 from alerts_worker.rule_cache import RuleCache
-from alerts_worker.store import HeldStates, drop_retries, record_transitions
+from alerts_worker.store import HeldStates, device_key, drop_retries, record_transitions
 
 SERVICE = "alerts-worker"
 
@@ -112,9 +111,6 @@ class AlertsHandler:
             # Never evaluate without the rules: a batch would pass unjudged.
             await rules.reload()
         partitions = {item.partition for item in items}
-        # Rules, silences and alert states are all the default project's until they
-        # are scoped by project: another project's readings have no rules to meet.
-        items = [item for item in items if item.value.project_id == DEFAULT_PROJECT]
         with metrics.evaluation_seconds.time():
             first_copies = await drop_retries(self._db, items, utcnow())
             outcome, fresh, lost = await evaluate_and_record(
@@ -155,7 +151,7 @@ async def evaluate_and_record(
     except BaseException:
         # The held states took the batch's readings; what of it reached the store
         # is read back on the retry, and the rest evaluated again.
-        states.forget_devices({item.value.device_id for item in items})
+        states.forget_devices({device_key(item.value) for item in items})
         raise
     return outcome, fresh, lost
 

@@ -18,8 +18,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 
-ALERT_RULES = "alert_rules"
-ALERT_SILENCES = "alert_silences"
+from telemetry_common.mongo import ALERT_RULES as ALERT_RULES
+from telemetry_common.mongo import ALERT_SILENCES as ALERT_SILENCES
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
 Operator = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
@@ -179,6 +180,8 @@ class Rule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     rule_id: str = Field(alias="_id")
+    # A rule judges its own project's readings only.
+    project_id: str = DEFAULT_PROJECT
     name: str
     metric: str
     operator: Operator
@@ -308,13 +311,15 @@ class Silence(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     silence_id: str = Field(alias="_id")
+    project_id: str = DEFAULT_PROJECT
     rule_id: str | None = None
     device_id: str | None = None
     until: datetime
 
-    def matches(self, rule_id: str, device_id: str, at: datetime) -> bool:
+    def matches(self, project_id: str, rule_id: str, device_id: str, at: datetime) -> bool:
         return (
             at < self.until
+            and self.project_id == project_id
             and (self.rule_id is None or self.rule_id == rule_id)
             and (self.device_id is None or self.device_id == device_id)
         )

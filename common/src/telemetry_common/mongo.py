@@ -26,6 +26,8 @@ ALERTS = "alerts"
 DEVICES = "devices"
 WEBHOOKS = "webhooks"
 WEBHOOK_DELIVERIES = "webhook_deliveries"
+ALERT_RULES = "alert_rules"
+ALERT_SILENCES = "alert_silences"
 
 
 def connect(url: str, app_name: str) -> AsyncMongoClient:
@@ -54,11 +56,23 @@ def newest_first(field: str) -> list[tuple[str, int]]:
     return [(field, DESCENDING), ("_id", DESCENDING)]
 
 
-# Indexes the ones ending in ``_id`` replaced (they serve every query these did).
+PROJECT = ("project_id", ASCENDING)
+
+# Indexes replaced by the project-led ones (which serve every query these did,
+# within a project), and those before them, without the ``_id`` tie-break.
 # LEGACY_ROLLUPS is left as it is: telemetry-migrate reads it, and nothing else does.
 SUPERSEDED_INDEXES = {
-    RAW: ("device_ts", "tags_ts", "ts"),
-    ALERTS: ("created_at", "device_created_at", "status_created"),
+    RAW: ("device_ts", "tags_ts", "ts", "device_ts_id", "tags_ts_id", "ts_id"),
+    ALERTS: (
+        "created_at",
+        "device_created_at",
+        "status_created",
+        "created_at_id",
+        "device_created_at_id",
+        "status_created_id",
+        "rule_created_id",
+    ),
+    WEBHOOKS: ("created_at_id",),
 }
 
 
@@ -73,11 +87,18 @@ async def ensure_indexes(
     other services leave the TTL to it, so a changed RAW_RETENTION is not fought
     over by services that still carry the default.
     """
+    # Every listing is one project's: the project leads each index, so one
+    # project's page never walks past another's keys.
     await db[RAW].create_indexes(
         [
-            IndexModel([("device_id", ASCENDING), *newest_first("ts")], name="device_ts_id"),
-            IndexModel([("tags", ASCENDING), *newest_first("ts")], name="tags_ts_id"),
-            IndexModel(newest_first("ts"), name="ts_id"),
+            IndexModel(
+                [PROJECT, ("device_id", ASCENDING), *newest_first("ts")],
+                name="project_device_ts_id",
+            ),
+            IndexModel(
+                [PROJECT, ("tags", ASCENDING), *newest_first("ts")], name="project_tags_ts_id"
+            ),
+            IndexModel([PROJECT, *newest_first("ts")], name="project_ts_id"),
         ]
     )
     if raw_retention is not None:
@@ -113,25 +134,39 @@ async def ensure_indexes(
     )
     await db[ALERTS].create_indexes(
         [
-            IndexModel(newest_first("created_at"), name="created_at_id"),
+            IndexModel([PROJECT, *newest_first("created_at")], name="project_created_at_id"),
             IndexModel(
-                [("device_id", ASCENDING), *newest_first("created_at")], name="device_created_at_id"
+                [PROJECT, ("device_id", ASCENDING), *newest_first("created_at")],
+                name="project_device_created_at_id",
             ),
             IndexModel(
-                [("status", ASCENDING), *newest_first("created_at")], name="status_created_id"
+                [PROJECT, ("status", ASCENDING), *newest_first("created_at")],
+                name="project_status_created_id",
             ),
             # GET /alerts?rule_id=: one rule's history.
             IndexModel(
-                [("rule_id", ASCENDING), *newest_first("created_at")], name="rule_created_id"
+                [PROJECT, ("rule_id", ASCENDING), *newest_first("created_at")],
+                name="project_rule_created_id",
             ),
         ]
     )
+    await db[DEVICES].create_indexes(
+        [
+            IndexModel([("last_seen", DESCENDING)], name="last_seen"),
+            # GET /devices: a project's devices in id order (a device's _id is
+            # scoped by its project, see rollup_layout.scoped_id).
+            IndexModel([PROJECT, ("_id", ASCENDING)], name="project_id_id"),
+        ]
+    )
+    await db[WEBHOOKS].create_indexes(
+        [IndexModel([PROJECT, *newest_first("created_at")], name="project_created_at_id")]
+    )
+    for collection in (ALERT_RULES, ALERT_SILENCES):
+        await db[collection].create_indexes(
+            [IndexModel([PROJECT, *newest_first("created_at")], name="project_created_at_id")]
+        )
     for collection, names in SUPERSEDED_INDEXES.items():
         await _drop_indexes(db, collection, names)
-    await db[DEVICES].create_indexes([IndexModel([("last_seen", DESCENDING)], name="last_seen")])
-    await db[WEBHOOKS].create_indexes(
-        [IndexModel(newest_first("created_at"), name="created_at_id")]
-    )
     await db[WEBHOOK_DELIVERIES].create_indexes(
         [
             # The notifier's queue: pending deliveries whose next attempt is due.

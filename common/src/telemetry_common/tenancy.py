@@ -1,10 +1,11 @@
 """Organizations and their projects: who owns devices, readings, rollups and alerts.
 
-Every project belongs to one organization. Until projects scope the data (keys,
-readings, rollups, alerts), everything belongs to the default project of the
-default organization, which always exists, so an installation without tenants
-(local `make up`) works unchanged. Project ids go into rollup document ids
-(``project|device|...``), so they never contain ``|``.
+Every project belongs to one organization. Keys, readings, rollups, devices,
+alerts, rules, silences and webhooks each belong to one project. The default
+project of the default organization always exists and is everything's when keys
+are off, so an installation without tenants (local `make up`) works unchanged.
+Project ids go into rollup document ids (``project|device|...``), so they never
+contain ``|``.
 """
 
 from __future__ import annotations
@@ -109,9 +110,7 @@ class ProjectQuotas(Reloading):
         return []
 
 
-def in_project(project_id: str) -> dict[str, object]:
-    """The filter of a project's documents; those written before projects (no
-    ``project_id``) are the default project's."""
-    if project_id == DEFAULT_PROJECT:
-        return {"project_id": {"$in": [DEFAULT_PROJECT, None]}}
+def in_project(project_id: str) -> dict[str, str]:
+    """The filter of a project's documents (those stored before projects are given
+    the default project's id by ``telemetry-migrate``)."""
     return {"project_id": project_id}

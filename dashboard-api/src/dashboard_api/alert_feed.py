@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
 from dashboard_api.live import WATCHER_BACKLOG, end_queue, offer
 
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class AlertWatcher:
-    device_id: str | None  # None: every device
+    project_id: str
+    device_id: str | None  # None: every device of the project
     # None in the queue means the feed ended for this watcher.
     queue: asyncio.Queue[dict[str, Any] | None] = field(
         default_factory=lambda: asyncio.Queue(WATCHER_BACKLOG)
@@ -63,8 +65,8 @@ class AlertFeed:
             end_queue(watcher.queue)
         self._watchers.clear()
 
-    def subscribe(self, device_id: str | None) -> AlertWatcher:
-        watcher = AlertWatcher(device_id)
+    def subscribe(self, project_id: str, device_id: str | None) -> AlertWatcher:
+        watcher = AlertWatcher(project_id, device_id)
         self._watchers.add(watcher)
         self._watching.set(len(self._watchers))
         return watcher
@@ -121,8 +123,12 @@ class AlertFeed:
             log.warning("alert feed: a message that is not JSON was skipped")
             return
         self._delivered.inc()
+        # Alerts announced before projects carry none: the default project's.
+        project_id = event.get("project_id", DEFAULT_PROJECT)
         device_id = event.get("device_id")
         for watcher in list(self._watchers):
+            if watcher.project_id != project_id:
+                continue
             if watcher.device_id is not None and watcher.device_id != device_id:
                 continue
             if not offer(watcher.queue, event):

@@ -12,6 +12,12 @@ A key bound to devices only posts readings (a stolen device must not read the
 fleet nor edit its rules). Without API_KEYS_REQUIRED (local ``make up``) every
 caller may do everything, as the admin key does.
 
+Every read and write works in one project: a project's key in its own (naming
+another is refused), the admin key (or anyone, with keys off) in the one its
+``project_id`` parameter names, the default project when it names none. Queries
+filter on that project, so another project's objects answer 404 and lists leave
+them out.
+
 Live streams also take ``?token=``, a short-lived token from ``POST
 /streams/token``: browsers' EventSource cannot send headers, and a key in a URL
 would land in access logs.
@@ -20,7 +26,7 @@ would land in access logs.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -38,7 +44,9 @@ from telemetry_common.api_keys import (
     is_admin_key,
     unauthorised_error,
 )
+from telemetry_common.kafka.readings import PROJECT_ID_RE
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.tenancy import PROJECTS
 from telemetry_common.timefmt import utcnow
 
 ANONYMOUS = "anonymous"
@@ -56,17 +64,32 @@ AdminKey = Annotated[str | None, Security(API_KEY_SCHEME, scopes=[ADMIN])]
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: the admin (or anyone, when keys are off), or an issued key."""
+    """Who is calling: the admin (or anyone, when keys are off), or an issued key;
+    and the project the request works in."""
 
     name: str
     # None: the admin key, or keys are not required.
     key: ApiKey | None
+    project_id: str = DEFAULT_PROJECT
+
+
+ProjectParam = Annotated[
+    str | None,
+    Query(
+        pattern=f"^{PROJECT_ID_RE.pattern}$",
+        description="the project to work in: with the admin key (or with keys off) any "
+        "project, the default project when left out; a project's key works in its own",
+        examples=["default"],
+    ),
+]
 
 
 def _errors(forbidden: str) -> dict[int | str, dict[str, Any]]:
     return {
         401: {"description": "X-API-Key is missing or not valid", "model": ErrorOut},
         403: {"description": forbidden, "model": ErrorOut},
+        # A route's own 404 (an id of its path) replaces this description, not the answer.
+        404: {"description": "no project has this `project_id`", "model": ErrorOut},
         503: {
             "description": "the keys are not loaded yet; retry after Retry-After",
             "model": ErrorOut,
@@ -74,9 +97,17 @@ def _errors(forbidden: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
-READ_ERRORS = _errors("the key may not read: bound to devices, or without the read scope")
-WRITE_ERRORS = _errors("the key may not manage: bound to devices, or without the manage scope")
-ADMIN_ERRORS = _errors("an issued key may not manage organizations and projects")
+READ_ERRORS = _errors(
+    "the key may not read: bound to devices, without the read scope, or of another project"
+)
+WRITE_ERRORS = _errors(
+    "the key may not manage: bound to devices, without the manage scope, or of another project"
+)
+ADMIN_ERRORS = {
+    code: answer
+    for code, answer in _errors("an issued key may not manage organizations and projects").items()
+    if code != 404
+}
 
 
 async def identify(request: Request, presented: str | None) -> Caller:
@@ -102,8 +133,8 @@ async def identify(request: Request, presented: str | None) -> Caller:
     return Caller(key.name or key.key_id, key)
 
 
-def authorize(caller: Caller, scope: str, project_id: str = DEFAULT_PROJECT) -> None:
-    """403 unless the caller's key may use ``scope`` on ``project_id``."""
+def authorize(caller: Caller, scope: str, project_id: str | None = None) -> None:
+    """403 unless the caller's key may use ``scope`` (on ``project_id``, when given)."""
     key = caller.key
     if key is None:
         return
@@ -111,29 +142,48 @@ def authorize(caller: Caller, scope: str, project_id: str = DEFAULT_PROJECT) -> 
         raise ApiError(403, API_KEY_HEADER, "a device-bound key may only post readings")
     if not key.may(scope):
         raise ApiError(403, API_KEY_HEADER, f"this key's scopes leave out {scope}")
-    if key.project_id != project_id:
-        # Every stored reading, rollup, alert, rule and webhook is the default
-        # project's until readings carry their key's project.
+    if project_id is not None and key.project_id != project_id:
         raise ApiError(403, API_KEY_HEADER, f"this key belongs to project {key.project_id!r}")
 
 
-async def require_reader(request: Request, presented: ReadKey) -> Caller:
+async def in_project(request: Request, caller: Caller, project_id: str | None) -> Caller:
+    """The caller working in its project: a key's own, or the one the admin names
+    (404 naming ``project_id`` when there is no such project)."""
+    if caller.key is not None:
+        if project_id is not None and project_id != caller.key.project_id:
+            raise ApiError(
+                403, "project_id", f"this key belongs to project {caller.key.project_id!r}"
+            )
+        return replace(caller, project_id=caller.key.project_id)
+    if project_id is None or project_id == DEFAULT_PROJECT:
+        return caller
+    if await request.app.state.db[PROJECTS].find_one({"_id": project_id}, {"_id": 1}) is None:
+        raise ApiError(404, "project_id", f"no project {project_id!r}")
+    return replace(caller, project_id=project_id)
+
+
+async def require_reader(
+    request: Request, presented: ReadKey, project_id: ProjectParam = None
+) -> Caller:
     caller = await identify(request, presented)
     authorize(caller, READ)
-    return caller
+    return await in_project(request, caller, project_id)
 
 
 Reader = Annotated[Caller, Depends(require_reader)]
 
 
-async def require_writer(request: Request, presented: ManageKey) -> str:
-    """The name of whoever writes: the key's name, "admin", or "anonymous" when keys are off."""
+async def require_writer(
+    request: Request, presented: ManageKey, project_id: ProjectParam = None
+) -> Caller:
+    """Whoever writes (``name``: the key's name, "admin", or "anonymous" when keys are
+    off), in the project the write goes to."""
     caller = await identify(request, presented)
     authorize(caller, MANAGE)
-    return caller.name
+    return await in_project(request, caller, project_id)
 
 
-Writer = Annotated[str, Depends(require_writer)]
+Writer = Annotated[Caller, Depends(require_writer)]
 
 
 async def require_admin(request: Request, presented: AdminKey) -> str:
@@ -192,6 +242,7 @@ async def issue_stream_token(db: AsyncDatabase, caller: Caller) -> tuple[str, da
 async def require_stream_reader(
     request: Request,
     presented: ReadKey,
+    project_id: ProjectParam = None,
     token: Annotated[
         str | None,
         Query(
@@ -205,20 +256,23 @@ async def require_stream_reader(
     """A stream's reader: by X-API-Key as any read, or by a stream token still valid
     whose key is still valid (a revoked key's tokens stop opening streams)."""
     if token is None or not request.app.state.settings.api_keys_required:
-        return await require_reader(request, presented)
+        return await require_reader(request, presented, project_id)
     doc = await request.app.state.db[STREAM_TOKENS].find_one(
         {"_id": hash_key(token), "expires_at": {"$gt": utcnow()}}
     )
     if doc is None:
         raise ApiError(401, "token", "missing, expired or not valid; ask POST /streams/token")
-    if doc["key_id"] is None:
-        return Caller(doc["name"], None)
-    key = request.app.state.keys.by_id(doc["key_id"])
-    if key is None:
-        raise ApiError(401, "token", "its key was revoked")
+    key = None
+    if doc["key_id"] is not None:
+        key = request.app.state.keys.by_id(doc["key_id"])
+        if key is None:
+            raise ApiError(401, "token", "its key was revoked")
     caller = Caller(doc["name"], key)
     authorize(caller, READ)
-    return caller
+    return await in_project(request, caller, project_id)
+
+
+StreamReader = Annotated[Caller, Depends(require_stream_reader)]
 
 
 def read_router(**kwargs: Any) -> APIRouter:

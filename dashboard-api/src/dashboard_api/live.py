@@ -4,7 +4,7 @@ MongoDB is polled, not watched through a change stream: change streams need a
 replica set, and the compose deployment runs a standalone mongod (the wire
 server used in tests has them, which would hide the gap). One poller per
 watched device, however many clients watch it, each poll an index range:
-readings after the newest one pushed on (device_id, ts, _id), and the rollup
+readings after the newest one pushed on (project_id, device_id, ts, _id), and the rollup
 buckets those readings fall in by their ``_id``s. A reading is "new" by its own
 time: a late reading older than one already pushed is not pushed (the listings
 have it), and only the buckets of pushed readings are watched. A bucket holds
@@ -29,12 +29,12 @@ from pymongo.errors import PyMongoError
 from telemetry_common.mongo import RAW, ROLLUPS
 from telemetry_common.resolutions import RollupPlan, bucket_start
 from telemetry_common.rollup_layout import (
-    DEFAULT_PROJECT,
     ROW_FIELDS,
     bucket_id,
     merged_bucket,
     metric_rows,
     parse_bucket_id,
+    scoped_id,
 )
 
 from dashboard_api.paging import Position, after
@@ -60,6 +60,7 @@ class Event:
 
 @dataclass
 class _Feed:
+    project_id: str
     device_id: str
     position: Position | None
     watchers: set[Watcher] = field(default_factory=set)
@@ -76,7 +77,8 @@ class _Feed:
 
 @dataclass(eq=False)
 class Watcher:
-    device_id: str
+    # The device's id within its project (``rollup_layout.scoped_id``).
+    feed_key: str
     # None in the queue means the feed ended for this watcher.
     queue: asyncio.Queue[Event | None] = field(
         default_factory=lambda: asyncio.Queue(WATCHER_BACKLOG)
@@ -90,34 +92,35 @@ class DeviceFeeds:
         self._plan = plan
         self._feeds: dict[str, _Feed] = {}
 
-    async def subscribe(self, device_id: str) -> Watcher:
+    async def subscribe(self, project_id: str, device_id: str) -> Watcher:
         """A watcher of the device's events from now on; pair with ``unsubscribe``."""
-        feed = self._feeds.get(device_id)
+        key = scoped_id(project_id, device_id)
+        feed = self._feeds.get(key)
         if feed is None:
             # Start at the newest reading stored: the stream shows what comes next.
-            position = await self._newest(device_id)
-            feed = self._feeds.get(device_id)  # another watcher may have come meanwhile
+            position = await self._newest(project_id, device_id)
+            feed = self._feeds.get(key)  # another watcher may have come meanwhile
             if feed is None:
-                feed = self._feeds[device_id] = _Feed(device_id, position)
-                feed.task = asyncio.create_task(self._poll(feed), name=f"feed:{device_id}")
+                feed = self._feeds[key] = _Feed(project_id, device_id, position)
+                feed.task = asyncio.create_task(self._poll(feed), name=f"feed:{key}")
                 feed.task.add_done_callback(lambda task, feed=feed: self._ended(feed, task))
-        watcher = Watcher(device_id)
+        watcher = Watcher(key)
         feed.watchers.add(watcher)
         return watcher
 
     def unsubscribe(self, watcher: Watcher) -> None:
-        feed = self._feeds.get(watcher.device_id)
+        feed = self._feeds.get(watcher.feed_key)
         if feed is None:
             return
         feed.watchers.discard(watcher)
         if not feed.watchers:
-            del self._feeds[watcher.device_id]
+            del self._feeds[watcher.feed_key]
             feed.stopping = True
             if feed.sleeping and feed.task is not None:
                 feed.task.cancel()
 
     def watched(self) -> dict[str, int]:
-        """Watchers per watched device."""
+        """Watchers per watched device (by its id within its project)."""
         return {device: len(feed.watchers) for device, feed in self._feeds.items()}
 
     def close(self) -> None:
@@ -134,14 +137,17 @@ class DeviceFeeds:
         # A poller that crashed ends its watchers' streams rather than leave them
         # waiting on heartbeats for events that never come; they reconnect.
         log.error("live feed of %s stopped", feed.device_id, exc_info=task.exception())
-        if self._feeds.get(feed.device_id) is feed:
-            del self._feeds[feed.device_id]
+        key = scoped_id(feed.project_id, feed.device_id)
+        if self._feeds.get(key) is feed:
+            del self._feeds[key]
         for watcher in feed.watchers:
             end_queue(watcher.queue)
 
-    async def _newest(self, device_id: str) -> Position | None:
+    async def _newest(self, project_id: str, device_id: str) -> Position | None:
         newest = await self._db[RAW].find_one(
-            {"device_id": device_id}, sort=[("ts", -1), ("_id", -1)], projection={"ts": 1}
+            {"project_id": project_id, "device_id": device_id},
+            sort=[("ts", -1), ("_id", -1)],
+            projection={"ts": 1},
         )
         return Position(newest["ts"], newest["_id"]) if newest else None
 
@@ -170,7 +176,7 @@ class DeviceFeeds:
                 feed.sleeping = False
 
     async def _new_readings(self, feed: _Feed) -> list[Event]:
-        query: dict[str, Any] = {"device_id": feed.device_id}
+        query: dict[str, Any] = {"project_id": feed.project_id, "device_id": feed.device_id}
         if feed.position is not None:
             query.update(after("ts", feed.position, descending=False))
         cursor = self._db[RAW].find(query).sort([("ts", 1), ("_id", 1)]).limit(POLL_BATCH)
@@ -178,7 +184,7 @@ class DeviceFeeds:
         for doc in docs:
             for resolution, width in self._plan.served.items():
                 start = bucket_start(doc["ts"], width)
-                doc_id = bucket_id(DEFAULT_PROJECT, feed.device_id, resolution, start)
+                doc_id = bucket_id(feed.project_id, feed.device_id, resolution, start)
                 feed.buckets[doc_id] = BUCKET_WATCH_POLLS
         if docs:
             feed.position = Position(docs[-1]["ts"], docs[-1]["_id"])
@@ -187,7 +193,7 @@ class DeviceFeeds:
     async def _buckets(self, feed: _Feed) -> list[dict[str, Any]]:
         """The watched buckets as stored, and those of merged resolutions merged."""
         stored_ids: list[str] = []
-        merged: list[tuple[str, str, datetime, dict[str, str]]] = []
+        merged: list[tuple[str, str, str, datetime, dict[str, str]]] = []
         for doc_id in feed.buckets:
             project_id, device_id, resolution, window = parse_bucket_id(doc_id)
             source = self._plan.derived.get(resolution)
@@ -199,7 +205,7 @@ class DeviceFeeds:
                 "$gte": bucket_id(project_id, device_id, source, window),
                 "$lt": bucket_id(project_id, device_id, source, window + width),
             }
-            merged.append((device_id, resolution, window, source_ids))
+            merged.append((project_id, device_id, resolution, window, source_ids))
         rollups = self._db[ROLLUPS]
         docs = (
             [doc async for doc in rollups.find({"_id": {"$in": stored_ids}})] if stored_ids else []
@@ -207,12 +213,10 @@ class DeviceFeeds:
         if merged:
             ranges = [{"_id": ids} for *_, ids in merged]
             sources = [doc async for doc in rollups.find({"$or": ranges}).sort("_id", 1)]
-            for device_id, resolution, window, ids in merged:
+            for project_id, device_id, resolution, window, ids in merged:
                 parts = [d for d in sources if ids["$gte"] <= d["_id"] < ids["$lt"]]
                 if parts:
-                    docs.append(
-                        merged_bucket(DEFAULT_PROJECT, device_id, resolution, window, parts)
-                    )
+                    docs.append(merged_bucket(project_id, device_id, resolution, window, parts))
         return docs
 
     async def _changed_rollups(self, feed: _Feed) -> list[Event]:

@@ -32,7 +32,6 @@ from pymongo.asynchronous.collection import AsyncCollection
 from telemetry_common.mongo import newest_first
 from telemetry_common.resolutions import bucket_start
 from telemetry_common.rollup_layout import (
-    DEFAULT_PROJECT,
     bucket_filter,
     bucket_id,
     merged_bucket,
@@ -62,6 +61,7 @@ class RollupQuery:
 def rollup_query(
     resolution: str,
     *,
+    project_id: str,
     device_id: str | None,
     metric: str | None,
     start: datetime | None,
@@ -70,7 +70,9 @@ def rollup_query(
 ) -> RollupQuery:
     """The documents holding the rows of a listing, from the one holding the row after
     ``resume`` (from the newest without one), newest first."""
-    query = bucket_filter(resolution, device_id=device_id, metric=metric, start=start, end=end)
+    query = bucket_filter(
+        resolution, project_id=project_id, device_id=device_id, metric=metric, start=start, end=end
+    )
     if device_id is not None:
         sort = [("_id", -1)]
         if resume is not None:
@@ -162,6 +164,7 @@ def merged_query(
     resolution: str,
     merged_from: MergedFrom,
     *,
+    project_id: str,
     device_id: str | None,
     metric: str | None,
     start: datetime | None,
@@ -174,6 +177,7 @@ def merged_query(
         merged_from.source,
         resolution,
         merged_from.width_s,
+        project_id=project_id,
         device_id=device_id,
         metric=metric,
         start=start,
@@ -186,7 +190,9 @@ def merged_query(
             assert resume.key is not None
             after_window = resume.key + timedelta(seconds=merged_from.width_s)
             ids = query["_id"]
-            ids["$lt"] = min(ids["$lt"], _source_id_at(device_id, merged_from.source, after_window))
+            ids["$lt"] = min(
+                ids["$lt"], bucket_id(project_id, device_id, merged_from.source, after_window)
+            )
         return RollupQuery(query, [("_id", -1)], projection)
     window = window_field(resolution)
     if resume is not None:
@@ -195,7 +201,7 @@ def merged_query(
         # ids of its source documents sort just below `project|device|source|;`, and
         # those of the devices after it below that, as their row ids do.
         cursor_device = parse_bucket_id(resume.id).device_id
-        bound = f"{DEFAULT_PROJECT}|{cursor_device}|{merged_from.source}|;"
+        bound = f"{project_id}|{cursor_device}|{merged_from.source}|;"
         query = {
             "$and": [
                 query,
@@ -210,12 +216,8 @@ def merged_query(
     return RollupQuery(query, newest_first(window), projection)
 
 
-def _source_id_at(device_id: str, source: str, start: datetime) -> str:
-    return bucket_id(DEFAULT_PROJECT, device_id, source, start)
-
-
 async def merged_buckets(
-    docs: AsyncIterator[Mapping[str, Any]], resolution: str, width_s: int
+    docs: AsyncIterator[Mapping[str, Any]], project_id: str, resolution: str, width_s: int
 ) -> AsyncIterator[dict[str, Any]]:
     """Merge consecutive source documents of one (device, window) into one bucket each."""
     group: list[Mapping[str, Any]] = []
@@ -224,19 +226,20 @@ async def merged_buckets(
         key = (doc["device_id"], bucket_start(doc["timestamp"], width_s))
         if key != group_key and group:
             assert group_key is not None
-            yield merged_bucket(DEFAULT_PROJECT, group_key[0], resolution, group_key[1], group)
+            yield merged_bucket(project_id, group_key[0], resolution, group_key[1], group)
             group = []
         group_key = key
         group.append(doc)
     if group:
         assert group_key is not None
-        yield merged_bucket(DEFAULT_PROJECT, group_key[0], resolution, group_key[1], group)
+        yield merged_bucket(project_id, group_key[0], resolution, group_key[1], group)
 
 
 async def rollup_page(
     collection: AsyncCollection,
     resolution: str,
     *,
+    project_id: str,
     device_id: str | None,
     metric: str | None,
     start: datetime | None,
@@ -248,7 +251,13 @@ async def rollup_page(
     """One page of rows (stored shape, bookkeeping included) and the next page's cursor."""
     resume = decode_cursor(SORT_KEY, cursor) if cursor is not None else None
     page = RowPage(limit, metric, resume)
-    bounds = {"device_id": device_id, "metric": metric, "start": start, "end": end}
+    bounds = {
+        "project_id": project_id,
+        "device_id": device_id,
+        "metric": metric,
+        "start": start,
+        "end": end,
+    }
     docs: AsyncIterator[Mapping[str, Any]]
     if merged_from is None:
         query = rollup_query(resolution, **bounds, resume=resume)
@@ -265,7 +274,7 @@ async def rollup_page(
         found = (
             collection.find(query.filter, query.projection).sort(query.sort).batch_size(MERGE_BATCH)
         )
-        docs = merged_buckets(found, resolution, merged_from.width_s)
+        docs = merged_buckets(found, project_id, resolution, merged_from.width_s)
     try:
         async for doc in docs:
             if page.add(doc):

@@ -211,7 +211,9 @@ class StatsOut(BaseModel):
     )
     refresh_interval_s: float = Field(examples=[5.0])
     kafka_reachable: bool = Field(
-        description="false: the Kafka figures below are null", examples=[True]
+        description="false: the Kafka figures below are null (always in a project's "
+        "figures: they are the installation's)",
+        examples=[True],
     )
     ingest_rate_per_s: float | None = Field(
         description="readings written to the telemetry topic per second, over the last minute; "

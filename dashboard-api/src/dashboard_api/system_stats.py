@@ -9,6 +9,11 @@ body says how old its figures are (``as_of``). Counters kept by the writers
 would be exact at every instant, but every writer (two workers, their replays
 after a crash, TTL deletions by MongoDB itself) would have to keep them right;
 a few seconds of age is what an operator's overview can afford.
+
+A project's own figures (what its keys see) are counted with its id, so they
+cost a count per collection: gathered the first time a project asks, then
+refreshed with the rest while it keeps asking (``PROJECT_KEPT_S``). The Kafka
+figures are the installation's: a project's answer leaves them out.
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ KAFKA_WAIT_S = 5.0
 # The ingest rate is an average over this long: steadier than one refresh's
 # worth, still quick to show a stop.
 RATE_WINDOW_S = 60.0
+# A project's figures stop being refreshed this long after it last asked.
+PROJECT_KEPT_S = 600.0
+KAFKA_UNKNOWN: dict[str, Any] = {
+    "kafka_reachable": False,
+    "ingest_rate_per_s": None,
+    "consumer_lag": None,
+    "dlq_size": None,
+}
 
 
 class StatsSnapshot:
@@ -65,6 +78,8 @@ class StatsSnapshot:
         )
         self._age.set_function(self._age_s)
         self._gathered_at = 0.0
+        # Project id -> (its latest figures, when it last asked).
+        self._projects: dict[str, tuple[dict[str, Any], float]] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._refresh_forever(), name="stats-snapshot")
@@ -87,6 +102,31 @@ class StatsSnapshot:
             )
         return self._body
 
+    async def for_project(self, project_id: str) -> dict[str, Any]:
+        """One project's figures, the Kafka ones left out; counted now the first time."""
+        kept = self._projects.get(project_id)
+        body = kept[0] if kept is not None else await self._gather_project(project_id)
+        self._projects[project_id] = (body, time.monotonic())
+        return body
+
+    async def _gather_project(self, project_id: str) -> dict[str, Any]:
+        as_of = iso_z(utcnow())
+        return {
+            **await self._stored_figures(project_id),
+            "as_of": as_of,
+            "generated_at": as_of,
+            "refresh_interval_s": self._settings.stats_refresh_s,
+            **KAFKA_UNKNOWN,
+        }
+
+    async def _refresh_projects(self) -> None:
+        now = time.monotonic()
+        for project_id, (_, asked) in list(self._projects.items()):
+            if now - asked > PROJECT_KEPT_S:
+                del self._projects[project_id]
+            else:
+                self._projects[project_id] = (await self._gather_project(project_id), asked)
+
     def _age_s(self) -> float:
         return time.monotonic() - self._gathered_at if self._body is not None else 0.0
 
@@ -97,6 +137,7 @@ class StatsSnapshot:
                 self._body = await self._gather()
                 self._gathered_at = time.monotonic()
                 self._ready.set()
+                await self._refresh_projects()
             except PyMongoError as exc:
                 # The last figures stay served, their as_of saying how old they are.
                 log.warning("stats snapshot: MongoDB unavailable: %s", exc)
@@ -118,7 +159,10 @@ class StatsSnapshot:
             **streamed,
         }
 
-    async def _stored_figures(self) -> dict[str, Any]:
+    async def _stored_figures(self, project_id: str | None = None) -> dict[str, Any]:
+        """The installation's figures, or one project's."""
+        if project_id is not None:
+            return await self._project_figures(project_id)
         active = await self._db[ALERTS].count_documents(
             {"status": "active"}, limit=ACTIVE_ALERTS_CAP
         )
@@ -133,20 +177,28 @@ class StatsSnapshot:
             "active_alerts_capped": active >= ACTIVE_ALERTS_CAP,
         }
 
-    async def _kafka_figures(self) -> dict[str, Any]:
-        unknown = {
-            "kafka_reachable": False,
-            "ingest_rate_per_s": None,
-            "consumer_lag": None,
-            "dlq_size": None,
+    async def _project_figures(self, project_id: str) -> dict[str, Any]:
+        mine = {"project_id": project_id}
+        active = await self._db[ALERTS].count_documents(
+            {**mine, "status": "active"}, limit=ACTIVE_ALERTS_CAP
+        )
+        return {
+            "total_readings": await self._db[RAW].count_documents(mine),
+            "total_aggregates": await self._db[ROLLUPS].count_documents(mine),
+            "total_alerts": await self._db[ALERTS].count_documents(mine),
+            "total_devices": await self._db[DEVICES].count_documents(mine),
+            "active_alerts": active,
+            "active_alerts_capped": active >= ACTIVE_ALERTS_CAP,
         }
+
+    async def _kafka_figures(self) -> dict[str, Any]:
         try:
             written, lag, dlq_size = await asyncio.wait_for(self._offsets_now(), KAFKA_WAIT_S)
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("stats snapshot: Kafka unavailable: %s", exc)
             await self._close_kafka()  # reconnect from scratch next time
             self._written.clear()
-            return unknown
+            return KAFKA_UNKNOWN
         return {
             "kafka_reachable": True,
             "ingest_rate_per_s": self._rate(time.monotonic(), written),

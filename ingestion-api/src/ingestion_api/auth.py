@@ -68,16 +68,6 @@ def authenticate(request: Request, ctx: IngestContext) -> ApiKey | None:
         raise refuse(
             ctx, 403, API_KEY_HEADER, "this key's scopes leave out ingest", outcome="forbidden"
         )
-    if key.project_id != DEFAULT_PROJECT:
-        # Until a reading carries its key's project, it would land in the default
-        # project: refused rather than mixed into another tenant's data.
-        raise refuse(
-            ctx,
-            403,
-            API_KEY_HEADER,
-            f"this key's project {key.project_id!r} does not take readings yet",
-            outcome="forbidden",
-        )
     wait = ctx.key_limits.take([(key.key_id, 1.0)])
     if wait:
         raise refuse(

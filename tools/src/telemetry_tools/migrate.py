@@ -1,10 +1,20 @@
-"""`telemetry-migrate`: move rollups from the layout before to the current one.
+"""`telemetry-migrate`: bring a store written by an earlier version to the current layout.
 
-Before: ``aggregated_data``, one document per (device, metric, resolution,
+Two steps, each recorded in ``migrations`` when done, so a rerun skips it:
+
+1. ``rollups-v2``: rollups from one document per metric to one per bucket (below);
+2. ``projects-v1``: every reading, device, alert, rule, silence, webhook (and
+   delivery) and key stored before projects is given the default project's id (``project_id:
+   "default"``), which every query filters on. Only documents without one are
+   written, so it is idempotent and a rerun continues where it stopped.
+
+Stop the workers and run this before starting the new version (the services
+create the project-led indexes and drop those they replace when they start).
+
+Rollups before: ``aggregated_data``, one document per (device, metric, resolution,
 bucket). Now: ``rollups``, one document per (project, device, resolution,
 bucket) with every metric under ``metrics.<name>`` (see
-:mod:`telemetry_common.rollup_layout`). Stop the aggregator, run this, then
-start the new version.
+:mod:`telemetry_common.rollup_layout`).
 
 Idempotent: a bucket is written from all of its legacy documents at once, with
 ``$setOnInsert`` of its identity, ``$set`` of each ``metrics.<name>`` and
@@ -49,7 +59,18 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, CursorNotFound
-from telemetry_common.mongo import connect, ensure_indexes
+from telemetry_common.api_keys import API_KEYS
+from telemetry_common.mongo import (
+    ALERT_RULES,
+    ALERT_SILENCES,
+    ALERTS,
+    DEVICES,
+    RAW,
+    WEBHOOK_DELIVERIES,
+    WEBHOOKS,
+    connect,
+    ensure_indexes,
+)
 from telemetry_common.resolutions import DEFAULT_PLAN, RollupPlan
 from telemetry_common.rollup import Rollup
 from telemetry_common.rollup_layout import (
@@ -65,6 +86,20 @@ from tqdm import tqdm
 
 MIGRATIONS = "migrations"
 MIGRATION_ID = "rollups-v2"
+PROJECTS_MIGRATION_ID = "projects-v1"
+# What belongs to a project and was stored without one before projects. Rollups
+# are not here: their documents carry the project since rollups-v2.
+OWNED_BY_PROJECTS = (
+    RAW,
+    DEVICES,
+    ALERTS,
+    ALERT_RULES,
+    ALERT_SILENCES,
+    WEBHOOKS,
+    WEBHOOK_DELIVERIES,
+    API_KEYS,
+)
+WITHOUT_PROJECT = {"project_id": {"$exists": False}}
 # Per-metric fields of the current layout: what the aggregator folds from.
 METRIC_FIELDS = tuple(Rollup().to_fields())
 # Below every partition owner's epoch, so the first write of a live owner wins.
@@ -364,6 +399,67 @@ async def migrate(
     return Outcome(moved, written, left, done=done, indexed=indexed)
 
 
+@dataclass
+class Backfill:
+    # Documents given the default project, per collection, in this run.
+    changed: dict[str, int]
+    already_done: bool = False
+
+
+async def backfill_projects(
+    db: AsyncDatabase, *, batch: int = 1000, progress: bool = False
+) -> Backfill:
+    """Give the default project to every document stored before projects."""
+    migrations = db[MIGRATIONS]
+    state = await migrations.find_one({"_id": PROJECTS_MIGRATION_ID})
+    if state is not None and state.get("done"):
+        return Backfill({}, already_done=True)
+    await migrations.update_one(
+        {"_id": PROJECTS_MIGRATION_ID},
+        {"$setOnInsert": {"done": False, "started_at": utcnow()}},
+        upsert=True,
+    )
+    changed: dict[str, int] = {}
+    for name in OWNED_BY_PROJECTS:
+        collection = db[name]
+        total = await collection.count_documents(WITHOUT_PROJECT)
+        with tqdm(total=total, unit="doc", desc=f"{name}: project_id", disable=not progress) as bar:
+            changed[name] = 0
+            async with aclosing(_ids_without_project(collection, batch)) as batches:
+                async for ids in batches:
+                    result = await collection.update_many(
+                        {"_id": {"$in": ids}, **WITHOUT_PROJECT},
+                        {"$set": {"project_id": DEFAULT_PROJECT}},
+                    )
+                    changed[name] += result.modified_count
+                    bar.update(len(ids))
+    await migrations.update_one(
+        {"_id": PROJECTS_MIGRATION_ID},
+        {"$set": {"done": True, "finished_at": utcnow(), "changed": changed}},
+    )
+    return Backfill(changed)
+
+
+async def _ids_without_project(collection: AsyncCollection, size: int) -> AsyncIterator[list[Any]]:
+    """The ids of the documents without a project, ``size`` at a time, through one cursor
+    (see ``_batches_after``); a dropped cursor is opened again on what is left."""
+    while True:
+        cursor = (
+            collection.find(WITHOUT_PROJECT, {"_id": 1}).sort("_id", ASCENDING).batch_size(size)
+        )
+        try:
+            while True:
+                docs = await cursor.to_list(size)
+                if docs:
+                    yield [doc["_id"] for doc in docs]
+                if len(docs) < size:
+                    return
+        except CursorNotFound:
+            continue
+        finally:
+            await cursor.close()
+
+
 async def drop_legacy(db: AsyncDatabase) -> bool:
     """Drop the legacy collection if the migration finished; whether it did."""
     state = await db[MIGRATIONS].find_one({"_id": MIGRATION_ID})
@@ -377,6 +473,10 @@ async def drop_legacy(db: AsyncDatabase) -> bool:
 
 
 async def dry_run(db: AsyncDatabase) -> str:
+    return f"{await _dry_run_rollups(db)}\n{await _dry_run_projects(db)}"
+
+
+async def _dry_run_rollups(db: AsyncDatabase) -> str:
     state = await db[MIGRATIONS].find_one({"_id": MIGRATION_ID}) or {}
     legacy = db[LEGACY_ROLLUPS]
     total = await legacy.count_documents({})
@@ -390,6 +490,15 @@ async def dry_run(db: AsyncDatabase) -> str:
     return (
         f"dry run: {total:,} legacy documents in {LEGACY_ROLLUPS}, {remaining:,} still to move "
         f"into {ROLLUPS}; nothing written"
+    )
+
+
+async def _dry_run_projects(db: AsyncDatabase) -> str:
+    missing = {name: await db[name].count_documents(WITHOUT_PROJECT) for name in OWNED_BY_PROJECTS}
+    listed = ", ".join(f"{name} {count:,}" for name, count in missing.items())
+    return (
+        f"dry run: {sum(missing.values()):,} documents without a project to give the "
+        f"default project ({listed}); nothing written"
     )
 
 
@@ -432,6 +541,17 @@ async def _run(args: argparse.Namespace) -> int:
         if args.drop_legacy:
             dropped = await drop_legacy(db)
             print(f"{LEGACY_ROLLUPS} dropped" if dropped else f"{LEGACY_ROLLUPS} kept: not done")
+        if not outcome.done:
+            return 0
+        backfill = await backfill_projects(db, batch=args.batch, progress=not args.quiet)
+        if backfill.already_done:
+            print(f"telemetry-migrate: {PROJECTS_MIGRATION_ID} already finished; nothing to do")
+        else:
+            listed = ", ".join(f"{name} {count:,}" for name, count in backfill.changed.items())
+            print(
+                f"telemetry-migrate: {sum(backfill.changed.values()):,} documents given the "
+                f"default project ({listed})"
+            )
         return 0
     finally:
         await client.close()
@@ -448,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--db", default=os.environ.get("MONGO_DB", "iotdb"))
     parser.add_argument(
-        "--batch", type=int, default=1000, help="legacy documents per batch and checkpoint"
+        "--batch", type=int, default=1000, help="documents per batch and checkpoint"
     )
     parser.add_argument(
         "--drop-legacy",

@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import to_utc_ms
 
 PENDING = "pending"
@@ -31,6 +32,7 @@ TRANSITIONS = ("fired", "resolved")
 class Notification:
     notification_id: str
     alert_id: str
+    project_id: str
     device_id: str
     severity: str
     transition: str
@@ -56,9 +58,14 @@ def decode_notification(record: ConsumerRecord) -> Notification | None:
     if event["transition"] not in TRANSITIONS:
         raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}")
     rule_id = event.get("rule_id")
+    project_id = event.get("project_id", DEFAULT_PROJECT)
+    if not isinstance(project_id, str) or not project_id:
+        raise ValueError("project_id not a string")
     return Notification(
         notification_id=event["notification_id"],
         alert_id=event["alert_id"],
+        # Alerts announced before projects carry none: the default project's.
+        project_id=project_id,
         device_id=event["device_id"],
         severity=event["severity"],
         transition=event["transition"],
@@ -69,11 +76,14 @@ def decode_notification(record: ConsumerRecord) -> Notification | None:
 
 
 def matches(webhook: dict[str, Any], notification: Notification) -> bool:
-    """Whether the webhook wants this transition: created before it, and every filter agrees.
+    """Whether the webhook wants this transition: of its project, created before it, and
+    every filter agrees.
 
     The creation bound is what keeps a replay (a new consumer group, a reset
     offset) from flooding a webhook registered today with last week's alerts.
     """
+    if webhook.get("project_id", DEFAULT_PROJECT) != notification.project_id:
+        return False
     if webhook["created_at"] > notification.published_at:
         return False
     for field, value in (
@@ -98,6 +108,7 @@ def delivery_document(
         "webhook_id": webhook["_id"],
         "notification_id": notification.notification_id,
         "alert_id": notification.alert_id,
+        "project_id": notification.project_id,
         "device_id": notification.device_id,
         "severity": notification.severity,
         "transition": notification.transition,

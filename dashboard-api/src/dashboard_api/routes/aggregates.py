@@ -9,7 +9,7 @@ from fastapi import Path, Query, Request
 from telemetry_common.mongo import ROLLUPS
 from telemetry_common.timefmt import to_utc_ms
 
-from dashboard_api.auth import read_router
+from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import (
     BAD_PARAMETER,
     DEVICE_ID_PATTERN,
@@ -37,6 +37,7 @@ Resolution = Annotated[
 async def _rollups(
     request: Request,
     db: Db,
+    project_id: str,
     resolution: str,
     *,
     device_id: str | None,
@@ -52,6 +53,7 @@ async def _rollups(
     rows, next_cursor = await rollup_page(
         db[ROLLUPS],
         resolution,
+        project_id=project_id,
         device_id=device_id,
         metric=metric,
         start=to_utc_ms(start) if start is not None else None,
@@ -67,6 +69,7 @@ async def _rollups(
 async def list_aggregated(
     request: Request,
     db: Db,
+    caller: Reader,
     limit: Limit,
     cursor: Cursor = None,
     device_id: DeviceFilter = None,
@@ -79,6 +82,7 @@ async def list_aggregated(
     return await _rollups(
         request,
         db,
+        caller.project_id,
         resolution,
         device_id=device_id,
         metric=metric,
@@ -93,6 +97,7 @@ async def list_aggregated(
 async def device_aggregates(
     request: Request,
     db: Db,
+    caller: Reader,
     limit: Limit,
     cursor: Cursor = None,
     device_id: str = Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"]),
@@ -105,6 +110,7 @@ async def device_aggregates(
     return await _rollups(
         request,
         db,
+        caller.project_id,
         resolution,
         device_id=device_id,
         metric=metric,

@@ -24,7 +24,7 @@ from telemetry_common.alert_rules import (
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.timefmt import utcnow
 
-from dashboard_api.auth import WRITE_ERRORS, Writer, read_router
+from dashboard_api.auth import WRITE_ERRORS, Caller, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import RuleOut, RulesPage
@@ -89,22 +89,23 @@ def _checked(rule: dict[str, Any]) -> None:
         raise ApiError(422, exc.field, exc.reason) from None
 
 
-async def _find(db: AsyncDatabase, rule_id: str) -> dict[str, Any]:
-    doc = await db[ALERT_RULES].find_one({"_id": rule_id})
+async def _find(db: AsyncDatabase, project_id: str, rule_id: str) -> dict[str, Any]:
+    doc = await db[ALERT_RULES].find_one({"_id": rule_id, "project_id": project_id})
     if doc is None:
         raise ApiError(404, "rule_id", "no such rule")
     return doc
 
 
-async def create_rule(db: AsyncDatabase, rule: dict[str, Any], writer: str) -> dict[str, Any]:
+async def create_rule(db: AsyncDatabase, rule: dict[str, Any], writer: Caller) -> dict[str, Any]:
     _checked(rule)
     now = utcnow()
     doc = {
         "_id": f"r-{secrets.token_hex(6)}",
+        "project_id": writer.project_id,
         **rule,
         "builtin": False,
         "created_at": now,
-        "created_by": writer,
+        "created_by": writer.name,
         "updated_at": now,
     }
     await db[ALERT_RULES].insert_one(doc)
@@ -127,6 +128,7 @@ async def post_rule(
 @reads.get("/alerts/rules", response_model=RulesPage, responses=BAD_PARAMETER)
 async def list_rules(
     db: Db,
+    caller: Reader,
     limit: Limit,
     cursor: Cursor = None,
     metric: Annotated[
@@ -142,7 +144,7 @@ async def list_rules(
     ] = None,
 ) -> dict[str, Any]:
     """Rules, newest first, the built-in ones (the environment's thresholds) among them."""
-    query: dict[str, Any] = {}
+    query: dict[str, Any] = {"project_id": caller.project_id}
     if metric:
         query["metric"] = metric
     for field, value in (("enabled", enabled), ("builtin", builtin)):
@@ -155,15 +157,15 @@ async def list_rules(
 
 
 @reads.get("/alerts/rules/{rule_id}", response_model=RuleOut, responses=NOT_FOUND)
-async def get_rule(db: Db, rule_id: RuleId) -> dict[str, Any]:
+async def get_rule(db: Db, caller: Reader, rule_id: RuleId) -> dict[str, Any]:
     """One rule."""
-    return public(await _find(db, rule_id), "rule_id")
+    return public(await _find(db, caller.project_id, rule_id), "rule_id")
 
 
 @router.patch(
     "/alerts/rules/{rule_id}",
     response_model=RuleOut,
-    responses={**NOT_FOUND, **BAD_RULE, **WRITE_ERRORS},
+    responses={**WRITE_ERRORS, **NOT_FOUND, **BAD_RULE},
 )
 async def patch_rule(
     db: Db,
@@ -180,7 +182,7 @@ async def patch_rule(
     ],
 ) -> dict[str, Any]:
     """Change some fields of a rule; the others keep their value."""
-    current = await _find(db, rule_id)
+    current = await _find(db, writer.project_id, rule_id)
     update = changes.model_dump(by_alias=True, exclude_unset=True)
     if current.get("builtin"):
         if fixed := sorted(update.keys() - BUILTIN_CHANGEABLE):
@@ -190,9 +192,9 @@ async def patch_rule(
                 "a built-in rule follows the environment's thresholds; only `enabled` can change",
             )
     _checked({**current, **update})
-    update.update(updated_at=utcnow(), updated_by=writer)
+    update.update(updated_at=utcnow(), updated_by=writer.name)
     doc = await db[ALERT_RULES].find_one_and_update(
-        {"_id": rule_id}, {"$set": update}, return_document=True
+        {"_id": rule_id, "project_id": writer.project_id}, {"$set": update}, return_document=True
     )
     if doc is None:  # deleted meanwhile
         raise ApiError(404, "rule_id", "no such rule")
@@ -204,19 +206,19 @@ async def patch_rule(
     status_code=204,
     response_class=Response,
     responses={
+        **WRITE_ERRORS,
         **NOT_FOUND,
         409: {"description": "a built-in rule cannot be deleted; disable it", "model": ErrorOut},
-        **WRITE_ERRORS,
     },
 )
-async def delete_rule(db: Db, _writer: Writer, rule_id: RuleId) -> Response:
+async def delete_rule(db: Db, writer: Writer, rule_id: RuleId) -> Response:
     """Delete a rule. Its open alerts resolve with their devices' next readings."""
-    current = await _find(db, rule_id)
+    current = await _find(db, writer.project_id, rule_id)
     if current.get("builtin"):
         raise ApiError(
             409, "rule_id", "a built-in rule cannot be deleted; PATCH enabled=false instead"
         )
-    await db[ALERT_RULES].delete_one({"_id": rule_id})
+    await db[ALERT_RULES].delete_one({"_id": rule_id, "project_id": writer.project_id})
     return Response(status_code=204)
 
 

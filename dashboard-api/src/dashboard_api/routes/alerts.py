@@ -9,7 +9,7 @@ from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.mongo import ALERTS
 from telemetry_common.timefmt import utcnow
 
-from dashboard_api.auth import WRITE_ERRORS, Writer, read_router
+from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, DeviceFilter, From, Limit, To, page, time_range
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import AlertOut, AlertsPage
@@ -44,6 +44,7 @@ STATUS_QUERIES: dict[str, dict[str, Any]] = {
 @reads.get("/alerts", response_model=AlertsPage, responses=BAD_PARAMETER)
 async def list_alerts(
     db: Db,
+    caller: Reader,
     limit: Limit,
     cursor: Cursor = None,
     device_id: DeviceFilter = None,
@@ -57,7 +58,10 @@ async def list_alerts(
 
     Resolved alerts stay: this is the history too.
     """
-    query: dict[str, Any] = {**time_range("created_at", start, end)}
+    query: dict[str, Any] = {
+        "project_id": caller.project_id,
+        **time_range("created_at", start, end),
+    }
     if device_id:
         query["device_id"] = device_id
     if severity:
@@ -75,19 +79,25 @@ async def list_alerts(
 @reads.get("/alerts/recent", response_model=AlertsPage)
 async def recent_alerts(
     db: Db,
+    caller: Reader,
     limit: Annotated[
         int, Query(ge=1, le=1000, description="at most this many", examples=[20])
     ] = 20,
 ) -> dict[str, Any]:
     """The most recent alerts across all devices."""
-    cursor = db[ALERTS].find({}).sort("created_at", -1).limit(limit)
+    cursor = (
+        db[ALERTS]
+        .find({"project_id": caller.project_id})
+        .sort([("created_at", -1), ("_id", -1)])
+        .limit(limit)
+    )
     return page([public(doc) async for doc in cursor])
 
 
 @router.post(
     "/alerts/{alert_id}/ack",
     response_model=AlertOut,
-    responses={404: {"description": "no alert has this id", "model": ErrorOut}, **WRITE_ERRORS},
+    responses={**WRITE_ERRORS, 404: {"description": "no alert has this id", "model": ErrorOut}},
 )
 async def acknowledge_alert(
     db: Db,
@@ -95,13 +105,14 @@ async def acknowledge_alert(
     alert_id: Annotated[str, Path(max_length=300, examples=["e001:temperature_high"])],
 ) -> dict[str, Any]:
     """Acknowledge an alert: someone is on it. The first acknowledgement is kept."""
+    mine = {"_id": alert_id, "project_id": writer.project_id}
     doc = await db[ALERTS].find_one_and_update(
-        {"_id": alert_id, "acknowledged_at": None},
-        {"$set": {"acknowledged_at": utcnow(), "acknowledged_by": writer}},
+        {**mine, "acknowledged_at": None},
+        {"$set": {"acknowledged_at": utcnow(), "acknowledged_by": writer.name}},
         return_document=True,
     )
     if doc is None:
-        doc = await db[ALERTS].find_one({"_id": alert_id})
+        doc = await db[ALERTS].find_one(mine)
     if doc is None:
         raise ApiError(404, "alert_id", "no such alert")
     return public(doc)

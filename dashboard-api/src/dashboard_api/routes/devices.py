@@ -8,8 +8,9 @@ from fastapi import Path, Query
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.mongo import ALERTS, DEVICES
+from telemetry_common.rollup_layout import scoped_id
 
-from dashboard_api.auth import read_router
+from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN, Db, Limit, TagFilter, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import DeviceOut, DevicesPage
@@ -29,7 +30,9 @@ IdPrefix = Annotated[
 _AFTER_ID_CHARS = "\x7f"
 
 
-async def open_alert_counts(db: AsyncDatabase, device_ids: list[str]) -> dict[str, int]:
+async def open_alert_counts(
+    db: AsyncDatabase, project_id: str, device_ids: list[str]
+) -> dict[str, int]:
     """Active alerts per device, for one page of devices, in one aggregation.
 
     Counted at read time rather than kept on the device document: an ``$inc`` by
@@ -41,35 +44,56 @@ async def open_alert_counts(db: AsyncDatabase, device_ids: list[str]) -> dict[st
     if not device_ids:
         return {}
     pipeline = [
-        {"$match": {"device_id": {"$in": device_ids}, "status": "active"}},
+        {
+            "$match": {
+                "project_id": project_id,
+                "device_id": {"$in": device_ids},
+                "status": "active",
+            }
+        },
         {"$group": {"_id": "$device_id", "open": {"$sum": 1}}},
     ]
     counts = await (await db[ALERTS].aggregate(pipeline)).to_list()
     return {row["_id"]: row["open"] for row in counts}
 
 
-async def _with_open_alerts(db: AsyncDatabase, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    counts = await open_alert_counts(db, [doc["_id"] for doc in docs])
-    return [{**public(doc, "device_id"), "open_alerts": counts.get(doc["_id"], 0)} for doc in docs]
+async def _with_open_alerts(
+    db: AsyncDatabase, project_id: str, docs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    # A device's _id is its id only in the default project; its device_id field is
+    # its id everywhere (and public() falls back on _id for a summary without one).
+    devices = [public(doc, "device_id") for doc in docs]
+    counts = await open_alert_counts(db, project_id, [device["device_id"] for device in devices])
+    return [{**device, "open_alerts": counts.get(device["device_id"], 0)} for device in devices]
 
 
 @router.get("/devices", response_model=DevicesPage, responses=BAD_PARAMETER)
 async def list_devices(
-    db: Db, limit: Limit, cursor: Cursor = None, tag: TagFilter = None, id_prefix: IdPrefix = None
+    db: Db,
+    caller: Reader,
+    limit: Limit,
+    cursor: Cursor = None,
+    tag: TagFilter = None,
+    id_prefix: IdPrefix = None,
 ) -> dict[str, Any]:
     """Devices with first/last seen, reading count, last values and open alerts, by device id.
 
     Ordered by device id, which never changes: ordered by last seen, a device
     reporting while a client pages would move between pages, seen twice or never.
     """
-    query: dict[str, Any] = {"tags": tag} if tag else {}
+    project_id = caller.project_id
+    query: dict[str, Any] = {"project_id": project_id}
+    if tag:
+        query["tags"] = tag
     if id_prefix:
-        # A range on _id rather than a regex: the _id index serves it, paged like the rest.
-        query["_id"] = {"$gte": id_prefix, "$lt": id_prefix + _AFTER_ID_CHARS}
+        # A range on _id rather than a regex: the (project_id, _id) index serves it,
+        # paged like the rest.
+        low = scoped_id(project_id, id_prefix)
+        query["_id"] = {"$gte": low, "$lt": low + _AFTER_ID_CHARS}
     docs, next_cursor = await keyset_page(
         db[DEVICES], query, sort_key="_id", limit=limit, cursor=cursor, descending=False
     )
-    return page(await _with_open_alerts(db, docs), next_cursor)
+    return page(await _with_open_alerts(db, project_id, docs), next_cursor)
 
 
 @router.get(
@@ -81,11 +105,11 @@ async def list_devices(
     },
 )
 async def get_device(
-    db: Db, device_id: str = Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])
+    db: Db, caller: Reader, device_id: str = Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])
 ) -> dict[str, Any]:
     """One device's summary, with its open (active) alerts."""
-    doc = await db[DEVICES].find_one({"_id": device_id})
+    doc = await db[DEVICES].find_one({"_id": scoped_id(caller.project_id, device_id)})
     if doc is None:
         raise ApiError(404, "device_id", f"no readings from {device_id!r} yet")
-    [device] = await _with_open_alerts(db, [doc])
+    [device] = await _with_open_alerts(db, caller.project_id, [doc])
     return device

@@ -11,7 +11,7 @@ from telemetry_common.mongo import ROLLUPS
 from telemetry_common.rollup_layout import bucket_filter, metric_rows
 from telemetry_common.timefmt import iso_z, utcnow
 
-from dashboard_api.auth import read_router
+from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import DEVICE_ID_PATTERN, METRIC_PATTERN, Db
 from dashboard_api.intervals import choose_resolution, interval_bucket, merge_into_intervals, window
 from dashboard_api.schemas import IntervalAggregateOut
@@ -34,6 +34,7 @@ DEFAULT_SPAN = timedelta(days=1)
 async def metric_aggregate(
     request: Request,
     db: Db,
+    caller: Reader,
     metric: Annotated[
         str, Query(pattern=METRIC_PATTERN, description="metric name", examples=["temperature_c"])
     ],
@@ -77,7 +78,14 @@ async def metric_aggregate(
         span = min(DEFAULT_SPAN, timedelta(seconds=width * (settings.max_page_size - 1)))
         from_time = end - span
     start, end = window(from_time, end, width, settings.max_page_size)
-    query = bucket_filter(source, device_id=device_id, metric=metric, start=start, end=end)
+    query = bucket_filter(
+        source,
+        project_id=caller.project_id,
+        device_id=device_id,
+        metric=metric,
+        start=start,
+        end=end,
+    )
     # The metric's whole fields, merge state included: merging needs it.
     fields = {"device_id": 1, "resolution": 1, "timestamp": 1, f"metrics.{metric}": 1}
     merged = merge_into_intervals(

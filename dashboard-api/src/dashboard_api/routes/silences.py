@@ -18,7 +18,7 @@ from telemetry_common.alert_rules import ALERT_SILENCES, DEVICE_ID_PATTERN
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.timefmt import to_utc_ms, utcnow
 
-from dashboard_api.auth import WRITE_ERRORS, Writer, read_router
+from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import SilenceOut, SilencesPage
@@ -63,10 +63,11 @@ async def create_silence(db: Db, writer: Writer, silence: SilenceCreate) -> dict
         raise ApiError(422, "until", "must be in the future")
     doc = {
         "_id": f"s-{secrets.token_hex(6)}",
+        "project_id": writer.project_id,
         **silence.model_dump(),
         "until": until,
         "created_at": now,
-        "created_by": writer,
+        "created_by": writer.name,
     }
     await db[ALERT_SILENCES].insert_one(doc)
     return public(doc, "silence_id")
@@ -75,6 +76,7 @@ async def create_silence(db: Db, writer: Writer, silence: SilenceCreate) -> dict
 @reads.get("/alerts/silences", response_model=SilencesPage, responses=BAD_PARAMETER)
 async def list_silences(
     db: Db,
+    caller: Reader,
     limit: Limit,
     cursor: Cursor = None,
     expired: Annotated[
@@ -82,7 +84,9 @@ async def list_silences(
     ] = False,
 ) -> dict[str, Any]:
     """Silences, newest first; by default only those still in force."""
-    query = {} if expired else {"until": {"$gt": utcnow()}}
+    query: dict[str, Any] = {"project_id": caller.project_id}
+    if not expired:
+        query["until"] = {"$gt": utcnow()}
     docs, next_cursor = await keyset_page(
         db[ALERT_SILENCES], query, sort_key="created_at", limit=limit, cursor=cursor
     )
@@ -93,15 +97,17 @@ async def list_silences(
     "/alerts/silences/{silence_id}",
     status_code=204,
     response_class=Response,
-    responses={404: {"description": "no silence has this id", "model": ErrorOut}, **WRITE_ERRORS},
+    responses={**WRITE_ERRORS, 404: {"description": "no silence has this id", "model": ErrorOut}},
 )
 async def delete_silence(
     db: Db,
-    _writer: Writer,
+    writer: Writer,
     silence_id: Annotated[str, Path(max_length=64, examples=["s-9a0b1c2d3e4f"])],
 ) -> Response:
     """End a silence now."""
-    result = await db[ALERT_SILENCES].delete_one({"_id": silence_id})
+    result = await db[ALERT_SILENCES].delete_one(
+        {"_id": silence_id, "project_id": writer.project_id}
+    )
     if result.deleted_count == 0:
         raise ApiError(404, "silence_id", "no such silence")
     return Response(status_code=204)

@@ -14,7 +14,13 @@ from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.timefmt import iso_z
 
 from dashboard_api.alert_feed import AlertFeed
-from dashboard_api.auth import READ_ERRORS, Reader, issue_stream_token, require_stream_reader
+from dashboard_api.auth import (
+    READ_ERRORS,
+    Reader,
+    StreamReader,
+    issue_stream_token,
+    require_stream_reader,
+)
 from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN
 from dashboard_api.live import DeviceFeeds, Event
 
@@ -90,13 +96,14 @@ def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
 )
 async def device_stream(
     request: Request,
+    caller: StreamReader,
     device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])],
 ) -> StreamingResponse:
     """Live: the device's new readings and rollup updates, as Server-Sent Events."""
     feeds: DeviceFeeds = request.app.state.feeds
     # Subscribed before answering: a MongoDB failure is still a 503, and every
     # reading stored after the response starts is pushed.
-    watcher = await feeds.subscribe(device_id)
+    watcher = await feeds.subscribe(caller.project_id, device_id)
     return event_stream(
         sse_events(
             f"watching {device_id}",
@@ -142,6 +149,7 @@ def alert_sse(event: dict[str, Any]) -> bytes:
 )
 async def alert_stream(
     request: Request,
+    caller: StreamReader,
     device_id: Annotated[
         str | None,
         Query(pattern=DEVICE_ID_PATTERN, description="only this device's", examples=["dev-1"]),
@@ -157,7 +165,7 @@ async def alert_stream(
         ) from None
     # Subscribed before answering: every transition published after the response
     # starts is pushed.
-    watcher = feed.subscribe(device_id)
+    watcher = feed.subscribe(caller.project_id, device_id)
     return event_stream(
         sse_events(
             f"watching alerts of {device_id}" if device_id else "watching alerts",

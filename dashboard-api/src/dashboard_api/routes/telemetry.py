@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from telemetry_common.mongo import RAW
 
-from dashboard_api.auth import read_router
+from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import (
     BAD_PARAMETER,
     DEVICE_ID_PATTERN,
@@ -54,6 +54,7 @@ async def _readings(
 @router.get("/telemetry", response_model=ReadingsPage, responses=BAD_PARAMETER)
 async def list_telemetry(
     db: Db,
+    caller: Reader,
     limit: Limit,
     cursor: Cursor = None,
     device_id: DeviceFilter = None,
@@ -62,7 +63,7 @@ async def list_telemetry(
     end: To = None,
 ) -> dict[str, Any]:
     """Raw readings across devices, newest first."""
-    query = {**time_range("ts", start, end)}
+    query = {"project_id": caller.project_id, **time_range("ts", start, end)}
     if device_id:
         query["device_id"] = device_id
     if tag:
@@ -73,6 +74,7 @@ async def list_telemetry(
 @router.get("/devices/{device_id}/telemetry", response_model=ReadingsPage, responses=BAD_PARAMETER)
 async def device_telemetry(
     db: Db,
+    caller: Reader,
     limit: Limit,
     device_id: DevicePath,
     cursor: Cursor = None,
@@ -81,7 +83,11 @@ async def device_telemetry(
     end: To = None,
 ) -> dict[str, Any]:
     """One device's raw readings, newest first."""
-    query = {"device_id": device_id, **time_range("ts", start, end)}
+    query = {
+        "project_id": caller.project_id,
+        "device_id": device_id,
+        **time_range("ts", start, end),
+    }
     if tag:
         query["tags"] = tag
     return await _readings(db, query, limit, cursor)
@@ -90,6 +96,7 @@ async def device_telemetry(
 @router.get("/v1/search", response_model=ReadingsPage, responses=BAD_PARAMETER, tags=["v1"])
 async def search_by_tag(
     db: Db,
+    caller: Reader,
     limit: Limit,
     tag: Annotated[
         str,
@@ -100,7 +107,11 @@ async def search_by_tag(
     to_time: ToTime = None,
 ) -> dict[str, Any]:
     """Readings carrying ``tag``, newest first (served by the (tags, ts) index)."""
-    query = {"tags": tag, **time_range("ts", from_time, to_time, names=V1_RANGE)}
+    query = {
+        "project_id": caller.project_id,
+        "tags": tag,
+        **time_range("ts", from_time, to_time, names=V1_RANGE),
+    }
     return await _readings(db, query, limit, cursor)
 
 
@@ -112,6 +123,7 @@ async def search_by_tag(
 )
 async def device_events(
     db: Db,
+    caller: Reader,
     limit: Limit,
     device_id: DevicePath,
     cursor: Cursor = None,
@@ -119,5 +131,9 @@ async def device_events(
     to_time: ToTime = None,
 ) -> dict[str, Any]:
     """One device's recent readings, newest first (served by the (device_id, ts) index)."""
-    query = {"device_id": device_id, **time_range("ts", from_time, to_time, names=V1_RANGE)}
+    query = {
+        "project_id": caller.project_id,
+        "device_id": device_id,
+        **time_range("ts", from_time, to_time, names=V1_RANGE),
+    }
     return await _readings(db, query, limit, cursor)

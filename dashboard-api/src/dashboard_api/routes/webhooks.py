@@ -17,7 +17,7 @@ from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
 from telemetry_common.timefmt import utcnow
 from telemetry_common.webhook_targets import TargetRefused, check_target
 
-from dashboard_api.auth import WRITE_ERRORS, Writer, read_router
+from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.serialize import public
@@ -151,8 +151,8 @@ def webhook_out(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def find_webhook(db: Any, webhook_id: str) -> dict[str, Any]:
-    doc = await db[WEBHOOKS].find_one({"_id": webhook_id})
+async def find_webhook(db: Any, project_id: str, webhook_id: str) -> dict[str, Any]:
+    doc = await db[WEBHOOKS].find_one({"_id": webhook_id, "project_id": project_id})
     if doc is None:
         raise ApiError(404, "webhook_id", "no webhook has this id")
     return doc
@@ -164,7 +164,10 @@ async def find_webhook(db: Any, webhook_id: str) -> dict[str, Any]:
     response_model=WebhookCreatedOut,
     responses={
         **WRITE_ERRORS,
-        409: {"description": f"already {MAX_WEBHOOKS} webhooks", "model": ErrorOut},
+        409: {
+            "description": f"the project has {MAX_WEBHOOKS} webhooks already",
+            "model": ErrorOut,
+        },
         422: {
             "description": "a field is bad; a URL on a refused address names `url`",
             "model": ErrorOut,
@@ -190,16 +193,20 @@ async def create_webhook(body: WebhookIn, db: Db, writer: Writer, request: Reque
         await check_target(body.url, request.app.state.settings.webhook_target_policy)
     except TargetRefused as exc:
         raise ApiError(422, "url", str(exc)) from None
-    if await db[WEBHOOKS].count_documents({}, limit=MAX_WEBHOOKS) >= MAX_WEBHOOKS:
-        raise ApiError(409, "url", f"at most {MAX_WEBHOOKS} webhooks; delete one first")
+    mine = {"project_id": writer.project_id}
+    if await db[WEBHOOKS].count_documents(mine, limit=MAX_WEBHOOKS) >= MAX_WEBHOOKS:
+        raise ApiError(
+            409, "url", f"at most {MAX_WEBHOOKS} webhooks in a project; delete one first"
+        )
     secret = body.secret or f"whsec_{secrets.token_urlsafe(32)}"
     doc = {
         "_id": f"wh_{secrets.token_hex(8)}",
+        **mine,
         **body.model_dump(exclude={"secret"}),
         # Kept as given: the notifier signs with it, so it cannot be stored hashed.
         "secret": secret,
         "created_at": utcnow(),
-        "created_by": writer,
+        "created_by": writer.name,
     }
     await db[WEBHOOKS].insert_one(doc)
     return {
@@ -211,10 +218,16 @@ async def create_webhook(body: WebhookIn, db: Db, writer: Writer, request: Reque
 
 
 @reads.get("/alerts/webhooks", response_model=WebhooksPage, responses=BAD_PARAMETER)
-async def list_webhooks(db: Db, limit: Limit, cursor: Cursor = None) -> dict[str, Any]:
+async def list_webhooks(
+    db: Db, caller: Reader, limit: Limit, cursor: Cursor = None
+) -> dict[str, Any]:
     """Registered webhooks, newest first (without their secrets)."""
     docs, next_cursor = await keyset_page(
-        db[WEBHOOKS], {}, sort_key="created_at", limit=limit, cursor=cursor
+        db[WEBHOOKS],
+        {"project_id": caller.project_id},
+        sort_key="created_at",
+        limit=limit,
+        cursor=cursor,
     )
     return page([webhook_out(doc) for doc in docs], next_cursor)
 
@@ -224,9 +237,9 @@ async def list_webhooks(db: Db, limit: Limit, cursor: Cursor = None) -> dict[str
     response_model=WebhookOut,
     responses={**NOT_FOUND, **BAD_PARAMETER},
 )
-async def get_webhook(webhook_id: WebhookId, db: Db) -> dict[str, Any]:
+async def get_webhook(webhook_id: WebhookId, db: Db, caller: Reader) -> dict[str, Any]:
     """One webhook (without its secret)."""
-    return webhook_out(await find_webhook(db, webhook_id))
+    return webhook_out(await find_webhook(db, caller.project_id, webhook_id))
 
 
 @router.delete(
@@ -234,10 +247,12 @@ async def get_webhook(webhook_id: WebhookId, db: Db) -> dict[str, Any]:
     response_model=WebhookOut,
     responses={**WRITE_ERRORS, **NOT_FOUND, **BAD_PARAMETER},
 )
-async def delete_webhook(webhook_id: WebhookId, db: Db, _: Writer) -> dict[str, Any]:
+async def delete_webhook(webhook_id: WebhookId, db: Db, writer: Writer) -> dict[str, Any]:
     """Delete a webhook and answer what it was; its pending deliveries are cancelled,
     its delivery history is kept."""
-    doc = await db[WEBHOOKS].find_one_and_delete({"_id": webhook_id})
+    doc = await db[WEBHOOKS].find_one_and_delete(
+        {"_id": webhook_id, "project_id": writer.project_id}
+    )
     if doc is None:
         raise ApiError(404, "webhook_id", "no webhook has this id")
     await db[WEBHOOK_DELIVERIES].update_many(
@@ -261,6 +276,7 @@ DeliveryStatus = Annotated[
 async def list_deliveries(
     webhook_id: WebhookId,
     db: Db,
+    caller: Reader,
     limit: Limit,
     cursor: Cursor = None,
     status: DeliveryStatus = None,
@@ -268,14 +284,14 @@ async def list_deliveries(
     """A webhook's deliveries, newest first, each with its attempts and next attempt time.
 
     A deleted webhook's deliveries stay listed (404 only for an id never used)."""
-    query: dict[str, Any] = {"webhook_id": webhook_id}
+    query: dict[str, Any] = {"webhook_id": webhook_id, "project_id": caller.project_id}
     if status:
         query["status"] = status
     docs, next_cursor = await keyset_page(
         db[WEBHOOK_DELIVERIES], query, sort_key="created_at", limit=limit, cursor=cursor
     )
     if not docs and cursor is None and status is None:
-        await find_webhook(db, webhook_id)
+        await find_webhook(db, caller.project_id, webhook_id)
     return page(
         [
             public({k: v for k, v in doc.items() if k not in ("body", "url")}, "delivery_id")

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from telemetry_common.api_errors import ApiError, error_response
 from telemetry_common.api_keys import API_KEY_SCHEME, INGEST
 from telemetry_common.reading import InvalidReading, Reading, parse_reading
+from telemetry_common.rollup_layout import scoped_id
 from telemetry_common.timefmt import utcnow
 
 from ingestion_api import schemas
@@ -97,7 +98,7 @@ async def publish_or_503(ctx: IngestContext, readings: list[Reading]) -> None:
             readings=len(readings),
             headers={"Retry-After": str(ctx.settings.retry_after_s)},
         ) from None
-    ctx.recent.add_all([r.event_id for r in readings])
+    ctx.recent.add_all([scoped_id(r.project_id, r.event_id) for r in readings])
 
 
 @router.post(
@@ -122,9 +123,12 @@ async def ingest(request: Request) -> Response:
         raise ApiError(422, "", "", errors=exc.errors) from None
     authorise_devices(ctx, key, [reading.device_id])
     admit_new_devices(ctx, reading.project_id, [reading.device_id])
-    async with device_turn(ctx, reading.device_id):
-        await limit_device_in_turn(ctx, reading.device_id)
-        if reading.event_id in ctx.recent:
+    # Device and event ids are unique within a project only: another project's
+    # dev-1 neither shares this one's turn and rate nor makes its readings repeats.
+    device = scoped_id(reading.project_id, reading.device_id)
+    async with device_turn(ctx, device):
+        await limit_device_in_turn(ctx, device)
+        if scoped_id(reading.project_id, reading.event_id) in ctx.recent:
             # Kafka acknowledged this very reading lately: a client retry. It is durable.
             ctx.metrics.count_readings("duplicate")
         else:
@@ -184,14 +188,14 @@ async def ingest_batch(request: Request) -> Response:
     device_ids = [r.device_id for _, r in valid]
     authorise_devices(ctx, key, device_ids)
     admit_new_devices(ctx, project_id, device_ids)
-    limit_devices(ctx, device_ids)
+    limit_devices(ctx, [scoped_id(project_id, d) for d in device_ids])
 
     to_publish: list[Reading] = []
     seen: set[str] = set()
     recent = ctx.recent
     for index, reading in valid:
         event_id = reading.event_id
-        duplicate = event_id in seen or event_id in recent
+        duplicate = event_id in seen or scoped_id(project_id, event_id) in recent
         if not duplicate:
             seen.add(event_id)
             to_publish.append(reading)
