@@ -10,8 +10,10 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -19,8 +21,9 @@ import requests
 import uvicorn
 from dashboard_api.app import create_app
 from e2e.helpers import url, wait_for
+from ingestion_api.app import create_app as create_ingestion
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from telemetry_common.settings import DashboardSettings
+from telemetry_common.settings import DashboardSettings, IngestionSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.stack import Stack
 
@@ -220,29 +223,47 @@ def test_system_view_shows_ingest_lag_and_dlq_from_stats(stack: Stack, page: Pag
 ADMIN_KEY = "admin-" + "u5Pw9Zr3Kt7Mx1Qc8Lv2Hn6D"
 
 
-@pytest.fixture
-def keyed_dashboard(stack: Stack) -> Iterator[str]:
-    """A dashboard API on the stack's data that requires keys, as docker-compose runs it."""
-    settings = DashboardSettings(
-        kafka_bootstrap_servers=stack.kafka.bootstrap_servers,
-        mongo_url=stack.mongo.url,
-        host="127.0.0.1",
-        port=free_port(),
-        api_keys_required=True,
-        admin_api_key=ADMIN_KEY,
-        api_keys_refresh_s=0.2,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_config=None)
-    )
+@contextmanager
+def served_in_thread(app: Any, port: int) -> Iterator[str]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        assert wait_for(lambda: server.started, bool), "the keyed dashboard never started"
-        yield f"http://127.0.0.1:{settings.port}"
+        assert wait_for(lambda: server.started, bool), "the keyed API never started"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def keyed(stack: Stack) -> dict[str, Any]:
+    """Settings of an API on the stack's servers that requires keys, as docker-compose runs it."""
+    return {
+        "kafka_bootstrap_servers": stack.kafka.bootstrap_servers,
+        "mongo_url": stack.mongo.url,
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "api_keys_required": True,
+        "admin_api_key": ADMIN_KEY,
+        "api_keys_refresh_s": 0.2,
+    }
+
+
+@pytest.fixture
+def keyed_dashboard(stack: Stack) -> Iterator[str]:
+    """A dashboard API on the stack's data that requires keys."""
+    settings = DashboardSettings(**keyed(stack))
+    with served_in_thread(create_app(settings), settings.port) as base:
+        yield base
+
+
+@pytest.fixture
+def keyed_ingestion(stack: Stack) -> Iterator[str]:
+    """An ingestion API into the stack's topic that requires keys: readings go to the
+    project of the key that posts them."""
+    settings = IngestionSettings(**keyed(stack))
+    with served_in_thread(create_ingestion(settings), settings.port) as base:
+        yield base
 
 
 def test_where_keys_are_required_the_dashboard_asks_for_one_and_reads_with_it(
@@ -278,4 +299,63 @@ def test_where_keys_are_required_the_dashboard_asks_for_one_and_reads_with_it(
     assert page.evaluate("sessionStorage.getItem('telemetry.apiKey')") == key
     assert page.evaluate("localStorage.getItem('telemetry.apiKey')") is None
     screenshot(page, "signed-in")
+    context.close()
+
+
+def test_the_admin_switches_projects_and_sees_each_ones_own_devices(
+    browser: Browser, keyed_dashboard: str, keyed_ingestion: str
+) -> None:
+    admin = {"X-API-Key": ADMIN_KEY}
+
+    def created(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = requests.post(f"{keyed_dashboard}{path}", json=body, headers=admin, timeout=10)
+        assert answer.status_code == 201, answer.text
+        return answer.json()
+
+    org = created("/orgs", {"name": "Acme Facilities"})
+    project = created(f"/orgs/{org['org_id']}/projects", {"name": "Cold rooms"})
+    project_id = project["project_id"]
+    key = created(f"/projects/{project_id}/api-keys", {"name": "gateway", "scopes": ["ingest"]})
+
+    def posted() -> int:
+        reading = {"device_id": "ui-cold-room", "temperature_c": -18.5}
+        headers = {"X-API-Key": key["key"]}
+        answer = requests.post(
+            f"{keyed_ingestion}/ingest", json=reading, headers=headers, timeout=10
+        )
+        return answer.status_code
+
+    assert wait_for(posted, lambda status: status == 202), "the project's key was never loaded"
+
+    def project_devices() -> dict:
+        answer = requests.get(
+            f"{keyed_dashboard}/devices",
+            params={"project_id": project_id},
+            headers=admin,
+            timeout=10,
+        )
+        return answer.json()
+
+    wait_for(project_devices, lambda body: body["count"] == 1)
+
+    context = browser.new_context(base_url=keyed_dashboard, viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    page.goto("/ui/")
+    expect(page.locator("#key-dialog")).to_be_visible()
+    page.locator("#key-input").fill(ADMIN_KEY)
+    page.locator("#key-save").click()
+    switch = page.locator("#project-select")
+    expect(switch).to_be_visible()
+    expect(switch.locator("option", has_text="Acme Facilities / Cold rooms")).to_have_count(1)
+    table = page.locator("#fleet-table tbody")
+    expect(table).not_to_contain_text("ui-cold-room")  # the default project's fleet
+
+    switch.select_option(project_id)
+    expect(table).to_contain_text("ui-cold-room")
+    expect(table.locator("tr")).to_have_count(1)  # and nothing of the default project's
+    screenshot(page, "project-switched")
+    # Kept for the tab's session, like the key.
+    assert page.evaluate("sessionStorage.getItem('telemetry.project')") == project_id
+    switch.select_option("default")
+    expect(table).not_to_contain_text("ui-cold-room")
     context.close()

@@ -3,7 +3,7 @@
  * Each view renders into <main> and returns a function that stops its timers and streams.
  */
 
-import { $, $$, api, config, pollStats, session, store, toast } from "./core.js";
+import { $, $$, api, config, esc, pollStats, session, store, toast } from "./core.js";
 import { alertsView } from "./alerts.js";
 import { deviceView } from "./device.js";
 import { fleetView } from "./fleet.js";
@@ -17,6 +17,38 @@ function applyTheme() {
   const button = $("#theme-button");
   button.textContent = chosen === "auto" ? "◐" : dark ? "☾" : "☀";
   button.title = `Theme: ${chosen === "auto" ? "follows the system" : chosen}`;
+}
+
+/* Projects to switch between, for a caller who may work in more than one (the admin key,
+ * or anyone when keys are off): GET /orgs answers them and no one else. A project's key
+ * works in its own project only, so it sees no switcher. */
+async function setUpProjects() {
+  const label = $("#project-switch");
+  const select = $("#project-select");
+  let projects = [];
+  try {
+    const orgs = (await api("/orgs", { params: { limit: 100 } })).data;
+    for (const org of orgs) {
+      const page = await api(`/orgs/${encodeURIComponent(org.org_id)}/projects`, {
+        params: { limit: 100 },
+      });
+      projects.push(...page.data.map((project) => ({ ...project, org: org.name })));
+    }
+  } catch {
+    projects = [];
+  }
+  label.hidden = projects.length < 2;
+  if (label.hidden) {
+    session.remove("project");
+    return;
+  }
+  const chosen = session.get("project", "default");
+  select.innerHTML = projects
+    .map(
+      (p) => `<option value="${esc(p.project_id)}" ${p.project_id === chosen ? "selected" : ""}>
+        ${esc(p.org)} / ${esc(p.name)}</option>`,
+    )
+    .join("");
 }
 
 function refreshKeyButton() {
@@ -41,16 +73,20 @@ function setUpKeyDialog() {
   $("#key-cancel").addEventListener("click", () => dialog.close());
   $("#key-forget").addEventListener("click", () => {
     session.remove("apiKey");
+    session.remove("project");
     dialog.close();
     refreshKeyButton();
     toast("API key forgotten");
   });
-  $("#key-form").addEventListener("submit", () => {
+  $("#key-form").addEventListener("submit", async () => {
     const key = input.value.trim();
     if (key) session.set("apiKey", key);
     else session.remove("apiKey");
+    // Another key may work in other projects: choose again from what it may see.
+    session.remove("project");
     refreshKeyButton();
     if (key) toast("Signed in with this key until the tab is closed");
+    await setUpProjects();
     route();
     pollStats();
   });
@@ -101,6 +137,14 @@ async function start() {
   }
   setUpKeyDialog();
   refreshKeyButton();
+  $("#project-select").addEventListener("change", (event) => {
+    session.set("project", event.target.value);
+    // A device id names another device in another project: back to the fleet.
+    if (location.hash.startsWith("#/device/")) location.hash = "#/fleet";
+    else route();
+    pollStats();
+  });
+  await setUpProjects();
   window.addEventListener("hashchange", route);
   route();
   pollStats();

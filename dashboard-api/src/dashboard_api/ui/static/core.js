@@ -60,6 +60,15 @@ function keyHeaders(headers) {
   return headers;
 }
 
+/* The project every call works in: the one chosen in the switcher (the admin key, or
+ * any caller when keys are off, may choose); none means the server's default, which for a
+ * project's key is its own project. */
+function inProject(url) {
+  const project = session.get("project");
+  if (project && !url.searchParams.has("project_id")) url.searchParams.set("project_id", project);
+  return url;
+}
+
 // A 401 means the server wants a key this tab has not got (or a revoked one): app.js asks.
 function keyRefused() {
   window.dispatchEvent(new CustomEvent("telemetry:needs-key"));
@@ -81,6 +90,7 @@ export async function api(path, { method = "GET", params = null, signal } = {}) 
   for (const [key, value] of Object.entries(params || {})) {
     if (value !== null && value !== undefined && value !== "") url.searchParams.set(key, value);
   }
+  inProject(url);
   const headers = keyHeaders({ Accept: "application/json" });
   const response = await fetch(url, { method, headers, signal });
   const body = await response.json().catch(() => null);
@@ -100,7 +110,7 @@ export function openStream(path, { onEvent, onState }) {
     while (!stopped) {
       controller = new AbortController();
       try {
-        const response = await fetch(path, {
+        const response = await fetch(inProject(new URL(path, location.origin)), {
           headers: keyHeaders({ Accept: "text/event-stream" }),
           signal: controller.signal,
         });
