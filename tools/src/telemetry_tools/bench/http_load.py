@@ -85,15 +85,17 @@ async def post_all(
     concurrency: int,
     duration_s: float | None = None,
     content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """Post every body once (or, with ``duration_s``, cycle through them until time is up)."""
     result = LoadResult()
     source = itertools.cycle(bodies) if duration_s else iter(bodies)
     url = urlsplit(base_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head_prefix = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-        "Content-Length: "
+        f"{extra}Content-Length: "
     ).encode()
     started = time.perf_counter()
     deadline = started + duration_s if duration_s else None

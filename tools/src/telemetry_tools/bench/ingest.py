@@ -8,12 +8,20 @@ from datetime import UTC, datetime
 
 import orjson
 from ingestion_api.publish import PRODUCER_OPTIONS, send_batches
+from telemetry_common.api_keys import INGEST
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
 from telemetry_common.reading import Reading
 
 from telemetry_tools.bench.http_load import LoadResult, post_all, run_on_uvloop
-from telemetry_tools.bench.processes import Infra, ServiceProcess, running
+from telemetry_tools.bench.processes import (
+    Infra,
+    ServiceProcess,
+    issue_bench_key,
+    keys_required,
+    running,
+    wait_until_keys_loaded,
+)
 from telemetry_tools.bench.report import Figure, Report
 from telemetry_tools.bench.workload import bodies, canonical
 from telemetry_tools.percentiles import percentile
@@ -23,6 +31,8 @@ BATCH_CLIENTS = 4
 SINGLE_CLIENTS = 32
 CALM_CLIENTS = 4
 FLOOD_CLIENTS = 16
+# Requests/s of the bench's one key: far above what one process serves.
+GATEWAY_KEY_RATE = 1_000_000
 
 
 async def bare_producer_rate(bootstrap_servers: str, topic: str, readings: list[Reading]) -> float:
@@ -114,17 +124,47 @@ def run(
         )
     ]
 
-    def post_singles(url: str) -> LoadResult:
+    def post_singles(url: str, headers: dict[str, str] | None = None) -> LoadResult:
         return run_on_uvloop(
-            post_all(url, "/ingest", singles, concurrency=SINGLE_CLIENTS, duration_s=single_seconds)
+            post_all(
+                url,
+                "/ingest",
+                singles,
+                concurrency=SINGLE_CLIENTS,
+                duration_s=single_seconds,
+                headers=headers,
+            )
         )
 
-    with running(api):
-        with report.phase("ingest: the API, batches and single readings"):
-            batch = run_on_uvloop(
-                post_all(api.url, "/ingest/batch", batches, concurrency=BATCH_CLIENTS)
-            )
+    def post_batches(url: str, headers: dict[str, str] | None = None) -> LoadResult:
+        return run_on_uvloop(
+            post_all(url, "/ingest/batch", batches, concurrency=BATCH_CLIENTS, headers=headers)
+        )
+
+    # The same API where keys are required (as docker-compose and Kubernetes run it),
+    # posting with a project's key: what authentication, the project's Kafka header and
+    # its quota bookkeeping cost, beside the run without keys.
+    keys_db = f"bench_keys_{run_id}"
+    project_key = asyncio.run(issue_bench_key(infra.mongo_url, keys_db, [INGEST]))
+    # One key posts everything here: its per-key limit is raised out of the way (still
+    # counted, never refusing), as an operator does for a gateway posting for a fleet.
+    keyed_env = {
+        **env,
+        **keys_required(infra.mongo_url, keys_db),
+        "KEY_RATE_LIMIT": str(GATEWAY_KEY_RATE),
+        "KEY_RATE_BURST": str(GATEWAY_KEY_RATE),
+    }
+    keyed_api = ServiceProcess("ingestion-api-keyed", "ingestion_api", keyed_env, logs)
+    with_key = {"X-API-Key": project_key}
+
+    with running(api, keyed_api):
+        check = {"device_id": f"key-check-{run_id}", "temperature_c": 0.0}
+        wait_until_keys_loaded(keyed_api.url, "/ingest", project_key, json=check)
+        with report.phase("ingest: the API, batches and single readings, without and with keys"):
+            batch = post_batches(api.url)
+            keyed_batch = post_batches(keyed_api.url, with_key)
             single = post_singles(api.url)
+            keyed_single = post_singles(keyed_api.url, with_key)
         with report.phase("ingest: one device flooding beside the others"):
             calm, flooded = run_on_uvloop(flood_effect(api.url, singles, single_seconds))
     null_api = ServiceProcess("ingestion-api-null", "telemetry_tools.bench.null_ingest", env, logs)
@@ -173,6 +213,37 @@ def run(
                         # Against a server that answers at once: the most the client can ask.
                         f"the load generator alone reaches {client.per_second:,.0f} req/s",
                         _failures(single.failures, single.statuses),
+                    ],
+                )
+            ),
+        )
+    )
+    keyed_batch_rate = readings / keyed_batch.elapsed_s
+    report.add(
+        Figure(
+            "/ingest/batch readings/s with a project's key (keys required)",
+            keyed_batch_rate,
+            "readings/s",
+            batch_rate,
+            ceiling_name="the same without keys",
+            goal="ratio >= 0.9",
+            note=_failures(keyed_batch.failures, keyed_batch.statuses),
+        )
+    )
+    report.add(
+        Figure(
+            "/ingest requests/s with a project's key (keys required)",
+            keyed_single.per_second,
+            "req/s",
+            single.per_second,
+            ceiling_name="the same without keys",
+            goal="ratio >= 0.9",
+            note="; ".join(
+                filter(
+                    None,
+                    [
+                        f"one key; KEY_RATE_LIMIT {GATEWAY_KEY_RATE:,}/s",
+                        _failures(keyed_single.failures, keyed_single.statuses),
                     ],
                 )
             ),

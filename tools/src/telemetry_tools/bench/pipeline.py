@@ -9,10 +9,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from telemetry_common.api_keys import READ
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
 from telemetry_tools.bench import latency, queries, sustained
-from telemetry_tools.bench.processes import Infra, ServiceProcess, running
+from telemetry_tools.bench.processes import (
+    Infra,
+    ServiceProcess,
+    issue_bench_key,
+    keys_required,
+    running,
+    wait_until_keys_loaded,
+)
 from telemetry_tools.bench.report import Figure, Report
 
 # Enough devices that each stays well under DEVICE_RATE_LIMIT at the rates used here.
@@ -164,9 +173,32 @@ def run(
                     run_id=run_id,
                 )
             )
-        with report.phase("dashboard queries"), background_load(ingest.url, query_load, run_id):
+        # The dashboard where keys are required, read with a key of the project the
+        # data is in: what identifying the caller and scoping each query costs.
+        read_key = asyncio.run(
+            issue_bench_key(infra.mongo_url, db_name, [READ], project_id=DEFAULT_PROJECT)
+        )
+        keyed_dashboard = ServiceProcess(
+            "dashboard-api-keyed",
+            "dashboard_api",
+            {**env, **keys_required(infra.mongo_url, db_name)},
+            logs,
+        )
+        with (
+            report.phase("dashboard queries, without and with keys"),
+            running(keyed_dashboard),
+            background_load(ingest.url, query_load, run_id),
+        ):
+            wait_until_keys_loaded(keyed_dashboard.url, "/stats", read_key)
             measured = asyncio.run(
-                queries.measure(dashboard.url, infra.mongo_url, db_name, devices, samples)
+                queries.measure(
+                    dashboard.url,
+                    infra.mongo_url,
+                    db_name,
+                    devices,
+                    samples,
+                    keyed=(keyed_dashboard.url, read_key),
+                )
             )
 
     load_note = f"with background ingest at {e2e_load:,.0f} readings/s (70% of the sustained rate)"
@@ -192,7 +224,8 @@ def run(
         f"({topped_up:,} bulk-inserted as older history), background ingest at "
         f"{query_load:,.0f} readings/s (50% of the sustained rate)"
     )
-    for index, (name, (through_api, direct)) in enumerate(measured.items()):
+    for index, (name, latencies) in enumerate(measured.items()):
+        through_api, direct = latencies.through_api, latencies.direct
         api_p50, api_p99 = queries.p50_p99(through_api)
         direct_p50, direct_p99 = queries.p50_p99(direct)
         sampled = f"{len(through_api)} samples"
@@ -215,6 +248,18 @@ def run(
                 ceiling_name="same query, MongoDB directly",
                 goal=goal,
                 note=f"{sampled}; {query_note}" if index == 0 else sampled,
+            )
+        )
+        keyed_p50, _ = queries.p50_p99(latencies.with_key)
+        report.add(
+            Figure(
+                f"dashboard p50 with a read key (keys required): {name}",
+                keyed_p50,
+                "ms",
+                api_p50,
+                ceiling_name="the same without keys",
+                goal="ratio <= 1.1",
+                note=f"{len(latencies.with_key)} samples",
             )
         )
     for service in services:

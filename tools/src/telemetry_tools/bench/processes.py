@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from pymongo import AsyncMongoClient
+from telemetry_common.api_keys import issue_key
 
 from telemetry_tools.servers import KafkaServer, MongoServer, free_port
 
@@ -155,3 +157,51 @@ def running(*services: ServiceProcess) -> Iterator[list[ServiceProcess]]:
         for service in services:
             service.sample_rss()
             service.stop()
+
+
+# The admin key of the bench's keyed services; nothing outside the run sees them.
+BENCH_ADMIN_KEY = "admin-bench-" + "k3Jd8Qw2Zr5Tn9Lx"
+BENCH_PROJECT = "prj-bench"
+
+
+def keys_required(mongo_url: str, db_name: str) -> dict[str, str]:
+    """The environment of a service that requires keys, reading them from ``db_name``."""
+    return {
+        "API_KEYS_REQUIRED": "true",
+        "ADMIN_API_KEY": BENCH_ADMIN_KEY,
+        "MONGO_URL": mongo_url,
+        "MONGO_DB": db_name,
+    }
+
+
+async def issue_bench_key(
+    mongo_url: str, db_name: str, scopes: list[str], project_id: str = BENCH_PROJECT
+) -> str:
+    """A key of ``project_id`` with ``scopes``, issued in ``db_name``."""
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url)
+    try:
+        key, _ = await issue_key(client[db_name], "bench", project_id=project_id, scopes=scopes)
+        return key
+    finally:
+        await client.close()
+
+
+def wait_until_keys_loaded(
+    url: str, path: str, key: str, json: object = None, timeout_s: float = 60.0
+) -> None:
+    """Until the service answers ``key`` with anything but 503 (keys not loaded yet) or
+    401 (loaded before this key was issued): a GET of ``path``, a POST of ``json``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = requests.request(
+            "GET" if json is None else "POST",
+            f"{url}{path}",
+            json=json,
+            headers={"X-API-Key": key},
+            timeout=10,
+        )
+        if answer.status_code not in (401, 503):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} never loaded the bench's key: {answer.status_code}")
+        time.sleep(0.2)

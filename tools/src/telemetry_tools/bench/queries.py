@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,9 +17,15 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
 from telemetry_common.ownership import PARTITION_OWNERS
-from telemetry_common.rollup_layout import bucket_filter, metric_rows, row_projection
+from telemetry_common.rollup_layout import (
+    DEFAULT_PROJECT,
+    bucket_filter,
+    metric_rows,
+    row_projection,
+)
 
 from telemetry_tools.bench.workload import bodies, canonical
+from telemetry_tools.migrate import backfill_projects
 from telemetry_tools.percentiles import percentile
 
 TOP_UP_CHUNK = 5000
@@ -75,7 +82,10 @@ async def forget_earlier_drains(mongo_url: str, db_name: str) -> int:
             await db.drop_collection(collection)
         # History is inserted as if from negative offsets of partition 0 (top_up_raw).
         drained = {"_src": {"$not": {"$regex": "^0:-"}}}
-        return (await db[RAW].delete_many(drained)).deleted_count
+        removed = (await db[RAW].delete_many(drained)).deleted_count
+        # A store kept from before projects: its history is the default project's.
+        await backfill_projects(db, batch=10_000)
+        return removed
     finally:
         await client.close()
 
@@ -101,19 +111,42 @@ async def _sample(query: Query, devices: list[str], samples: int) -> list[float]
     return out
 
 
+@dataclass
+class Latencies:
+    """One dashboard query's latencies in ms."""
+
+    through_api: list[float]
+    direct: list[float]
+    # Through the same API where keys are required, with a read key.
+    with_key: list[float]
+
+
 async def measure(
-    dashboard_url: str, mongo_url: str, db_name: str, devices: int, samples: int
-) -> dict[str, tuple[list[float], list[float]]]:
-    """Per dashboard query: latencies in ms through the API, and of the same query direct."""
+    dashboard_url: str,
+    mongo_url: str,
+    db_name: str,
+    devices: int,
+    samples: int,
+    keyed: tuple[str, str],
+) -> dict[str, Latencies]:
+    """Per dashboard query: latencies through the API, through the API requiring keys
+    (``keyed``: its URL and a read key), and of the same query sent to MongoDB directly."""
     rng = random.Random(5)
     picks = [f"dev-{rng.randrange(devices)}" for _ in range(samples)]
     now = datetime.now(UTC)
     day_ago = now - timedelta(hours=24)
     client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
     db: AsyncDatabase = client[db_name]
-    results: dict[str, tuple[list[float], list[float]]] = {}
+    results: dict[str, Latencies] = {}
+    keyed_url, read_key = keyed
     try:
-        async with aiohttp.ClientSession(base_url=dashboard_url) as http:
+        async with (
+            aiohttp.ClientSession(base_url=dashboard_url) as open_http,
+            aiohttp.ClientSession(
+                base_url=keyed_url, headers={"X-API-Key": read_key}
+            ) as keyed_http,
+        ):
+            http = open_http
 
             async def api(path: str, params: dict[str, Any] | None = None) -> Any:
                 async with http.get(path, params=params) as response:
@@ -136,7 +169,12 @@ async def measure(
                 # As the API reads them (dashboard_api.rollup_pages): the device's _id
                 # range newest first, only the metric's served figures, one row a bucket.
                 query = bucket_filter(
-                    "1m", device_id=device, metric="temperature_c", start=day_ago, end=now
+                    "1m",
+                    project_id=DEFAULT_PROJECT,
+                    device_id=device,
+                    metric="temperature_c",
+                    start=day_ago,
+                    end=now,
                 )
                 found = db[ROLLUPS].find(query, row_projection("temperature_c"))
                 docs = await found.sort("_id", -1).limit(1440 + 2).to_list()
@@ -146,13 +184,16 @@ async def measure(
                 return api(f"/devices/{device}/telemetry", {"limit": "100"})
 
             def readings_direct(device: str) -> Awaitable[Any]:
-                return db[RAW].find({"device_id": device}).sort("ts", -1).limit(100).to_list()
+                mine = {"project_id": DEFAULT_PROJECT, "device_id": device}
+                return db[RAW].find(mine).sort([("ts", -1), ("_id", -1)]).limit(100).to_list()
 
             def fleet_api(_: str) -> Awaitable[Any]:
                 return api("/devices", {"limit": "100"})
 
             def fleet_direct(_: str) -> Awaitable[Any]:
-                return db[DEVICES].find({}).sort("last_seen", -1).limit(100).to_list()
+                # As the API lists them: a project's devices in id order.
+                mine = {"project_id": DEFAULT_PROJECT}
+                return db[DEVICES].find(mine).sort("_id", 1).limit(100).to_list()
 
             def stats_api(_: str) -> Awaitable[Any]:
                 return api("/stats")
@@ -173,12 +214,17 @@ async def measure(
                 "/stats": (stats_api, stats_direct),
             }
             for name, (through_api, direct) in pairs.items():
-                # Warm both paths once so connection set-up is not in the first sample.
+                # Warm every path once so connection set-up is not in the first sample.
                 await through_api(picks[0])
                 await direct(picks[0])
-                results[name] = (
+                http = keyed_http
+                await through_api(picks[0])
+                with_key = await _sample(through_api, picks, samples)
+                http = open_http
+                results[name] = Latencies(
                     await _sample(through_api, picks, samples),
                     await _sample(direct, picks, samples),
+                    with_key,
                 )
     finally:
         await client.close()
