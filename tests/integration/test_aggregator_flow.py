@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+from contextlib import redirect_stdout
 
 import pytest
 from aggregator_worker.worker import run as run_aggregator
@@ -20,6 +23,7 @@ from telemetry_common.kafka import dlq
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
 from telemetry_common.rollup_layout import bucket_filter, metric_rows
 from telemetry_common.settings import AggregatorSettings
+from telemetry_tools import dlq as dlq_cli
 from telemetry_tools.servers import MongoServer, free_port
 from telemetry_tools.testing import Topics, eventually, read_topic
 
@@ -154,6 +158,24 @@ async def test_garbage_record_goes_to_dlq_with_headers_and_the_rest_flows(
     assert b"metrics.t" in dict(dead[1].headers)[dlq.HEADER_REASON]
     [rollup] = await stored_rows(db, "1m", "temperature_c", device_id="dlq-dev")
     assert rollup["count"] == 2 and rollup["sum"] == 44.0
+    # telemetry-dlq tells each record's project (none named: the default project's) and
+    # lists or replays one project's records.
+    out = io.StringIO()
+
+    def list_the_roofs() -> None:
+        with redirect_stdout(out):
+            dlq_cli.main(
+                [
+                    "--bootstrap-servers", service_env["kafka_bootstrap_servers"],
+                    "--topic", topics.dlq,
+                    "list", "--project", "prj-roof",
+                ]
+            )  # fmt: skip
+
+    await asyncio.to_thread(list_the_roofs)
+    [roofs] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (roofs["project_id"], roofs["source"]["offset"]) == ("prj-roof", str(garbage.offset))
+    assert dlq_cli.project_of(dead[1]) == "default"
 
 
 async def test_mongodb_outage_loses_nothing_and_dead_letters_nothing(

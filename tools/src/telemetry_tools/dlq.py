@@ -1,9 +1,10 @@
 """`telemetry-dlq list|replay`: inspect the dead-letter topic and send records back.
 
 `list` prints each dead-lettered record with the headers saying which worker
-failed, why, when, and where the record came from. `replay` produces the
-original bytes back onto their source topic (after the cause is fixed); the
-workers' idempotent writes make a replay of something already applied harmless.
+failed, why, when, where the record came from and which project it belongs to.
+`replay` produces the original bytes back onto their source topic (after the
+cause is fixed); the workers' idempotent writes make a replay of something
+already applied harmless. Both take `--project` to handle one tenant's records.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from telemetry_common import request_id
 from telemetry_common.kafka import dlq
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.readings import PROJECT_HEADER
+from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
 
 async def read_all(bootstrap_servers: str, topic: str, idle_s: float = 2.0) -> list[ConsumerRecord]:
@@ -44,6 +46,14 @@ async def read_all(bootstrap_servers: str, topic: str, idle_s: float = 2.0) -> l
         await consumer.stop()
 
 
+def project_of(record: ConsumerRecord) -> str:
+    """The project a dead-lettered record belongs to (none named: the default project's)."""
+    for key, value in record.headers:
+        if key == PROJECT_HEADER:
+            return value.decode(errors="replace")
+    return DEFAULT_PROJECT
+
+
 def describe(record: ConsumerRecord) -> dict[str, Any]:
     headers = {key: value.decode(errors="replace") for key, value in record.headers}
     return {
@@ -54,7 +64,7 @@ def describe(record: ConsumerRecord) -> dict[str, Any]:
         "failed_at": headers.get(dlq.HEADER_FAILED_AT),
         "attempts": headers.get(dlq.HEADER_ATTEMPTS),
         "request_id": headers.get(request_id.KAFKA_HEADER),
-        "project_id": headers.get(PROJECT_HEADER),
+        "project_id": project_of(record),
         "source": {
             "topic": headers.get(dlq.HEADER_SOURCE_TOPIC),
             "partition": headers.get(dlq.HEADER_SOURCE_PARTITION),
@@ -91,15 +101,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bootstrap-servers", default="localhost:9092")
     parser.add_argument("--topic", default="telemetry.dlq", help="the dead-letter topic")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="print every dead-lettered record as JSON lines")
+    list_cmd = sub.add_parser("list", help="print every dead-lettered record as JSON lines")
     replay_cmd = sub.add_parser(
         "replay", help="produce dead-lettered records to their source topic"
     )
+    for command in (list_cmd, replay_cmd):
+        command.add_argument("--project", help="only this project's records")
     replay_cmd.add_argument("--worker", help="only records this worker dead-lettered")
     replay_cmd.add_argument("--to-topic", help="produce here instead of each record's source topic")
     args = parser.parse_args(argv)
 
     records = asyncio.run(read_all(args.bootstrap_servers, args.topic))
+    if args.project:
+        records = [r for r in records if project_of(r) == args.project]
     if args.command == "list":
         for record in records:
             print(json.dumps(describe(record)))
