@@ -244,18 +244,24 @@ class _BucketReader:
         return buckets_starting_after(found.values(), after)
 
 
-async def _batches_after(
-    legacy: AsyncCollection, after: str | None, size: int
+async def _in_id_order(
+    collection: AsyncCollection,
+    query: Mapping[str, Any],
+    size: int,
+    *,
+    after: Any = None,
+    projection: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """Legacy documents past ``after`` in ``_id`` order, ``size`` at a time, through one cursor.
+    """The documents matching ``query`` past ``after`` in ``_id`` order, ``size`` at a time,
+    through one cursor.
 
     Not a query per batch: on secantusd a range open at its top costs a scan of
     all of it per query (0.3 s with 50,000 documents after the bound, even for a
     limit of 10), which made the migration quadratic.
     """
     while True:
-        query = {} if after is None else {"_id": {"$gt": after}}
-        cursor = legacy.find(query).sort("_id", ASCENDING).batch_size(size)
+        bounded = {**query} if after is None else {**query, "_id": {"$gt": after}}
+        cursor = collection.find(bounded, projection).sort("_id", ASCENDING).batch_size(size)
         try:
             while True:
                 docs = await cursor.to_list(size)
@@ -371,7 +377,7 @@ async def migrate(
         desc=f"{LEGACY_ROLLUPS} -> {ROLLUPS}",
         disable=not progress,
     ) as bar:
-        async with aclosing(_batches_after(legacy, last_id, batch)) as batches:
+        async with aclosing(_in_id_order(legacy, {}, batch, after=last_id)) as batches:
             async for docs in batches:
                 if max_batches is not None and batches_done >= max_batches:
                     break
@@ -425,8 +431,10 @@ async def backfill_projects(
         total = await collection.count_documents(WITHOUT_PROJECT)
         with tqdm(total=total, unit="doc", desc=f"{name}: project_id", disable=not progress) as bar:
             changed[name] = 0
-            async with aclosing(_ids_without_project(collection, batch)) as batches:
-                async for ids in batches:
+            found = _in_id_order(collection, WITHOUT_PROJECT, batch, projection={"_id": 1})
+            async with aclosing(found) as batches:
+                async for docs in batches:
+                    ids = [doc["_id"] for doc in docs]
                     result = await collection.update_many(
                         {"_id": {"$in": ids}, **WITHOUT_PROJECT},
                         {"$set": {"project_id": DEFAULT_PROJECT}},
@@ -438,26 +446,6 @@ async def backfill_projects(
         {"$set": {"done": True, "finished_at": utcnow(), "changed": changed}},
     )
     return Backfill(changed)
-
-
-async def _ids_without_project(collection: AsyncCollection, size: int) -> AsyncIterator[list[Any]]:
-    """The ids of the documents without a project, ``size`` at a time, through one cursor
-    (see ``_batches_after``); a dropped cursor is opened again on what is left."""
-    while True:
-        cursor = (
-            collection.find(WITHOUT_PROJECT, {"_id": 1}).sort("_id", ASCENDING).batch_size(size)
-        )
-        try:
-            while True:
-                docs = await cursor.to_list(size)
-                if docs:
-                    yield [doc["_id"] for doc in docs]
-                if len(docs) < size:
-                    return
-        except CursorNotFound:
-            continue
-        finally:
-            await cursor.close()
 
 
 async def drop_legacy(db: AsyncDatabase) -> bool:
