@@ -10,8 +10,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from dashboard_api.app import create_app
 from fastapi.testclient import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import RAW
+from telemetry_common.mongo import DEVICES, RAW
 from telemetry_common.settings import DashboardSettings
+from telemetry_common.tenancy import PROJECTS
 from telemetry_tools.servers import KafkaServer, free_port
 from telemetry_tools.testing import Topics, eventually
 
@@ -103,3 +104,30 @@ async def test_without_kafka_the_stored_figures_are_still_served(
     assert (stats["total_readings"], stats["kafka_reachable"]) == (1, False)
     assert stats["consumer_lag"] is None and stats["dlq_size"] is None
     assert stats["ingest_rate_per_s"] is None
+
+
+async def test_a_projects_figures_count_its_own_documents_only(
+    api: TestClient, db: AsyncDatabase
+) -> None:
+    await db[PROJECTS].insert_one({"_id": "prj-a", "org_id": "default", "name": "A"})
+    await db[RAW].insert_many(
+        [{"_id": f"e{i}", "project_id": "default", "device_id": "d"} for i in range(3)]
+        + [{"_id": f"prj-a|e{i}", "project_id": "prj-a", "device_id": "d"} for i in range(2)]
+    )
+    await db[DEVICES].insert_one({"_id": "prj-a|d", "project_id": "prj-a", "device_id": "d"})
+    figures: dict[str, Any] = {}
+
+    async def counted() -> bool:
+        # Gathered in the background from the first request on: 503 until then.
+        answer = api.get("/stats", params={"project_id": "prj-a"})
+        assert answer.status_code in (200, 503), answer.text
+        figures.update(answer.json())
+        return answer.status_code == 200 and figures["total_readings"] == 2
+
+    await eventually(counted)
+    assert (figures["total_devices"], figures["total_alerts"]) == (1, 0)
+    # Kafka's figures are the installation's, not the project's.
+    assert figures["kafka_reachable"] is False and figures["consumer_lag"] is None
+    # Without project_id (the admin, or anyone with keys off): the installation's.
+    installation = await stats_when(api, lambda s: s["total_readings"] == 5)
+    assert installation["kafka_reachable"] is True

@@ -11,8 +11,12 @@ after a crash, TTL deletions by MongoDB itself) would have to keep them right;
 a few seconds of age is what an operator's overview can afford.
 
 A project's own figures (what its keys see) are counted with its id, so they
-cost a count per collection: gathered the first time a project asks, then
-refreshed with the rest while it keeps asking (``PROJECT_KEPT_S``). The Kafka
+cost a count per collection (a scan of the project's index keys, seconds for
+millions of readings): gathered in the background from the first time a
+project asks (a request waits at most ``PROJECT_FIRST_WAIT_S`` for them, then
+gets 503 and Retry-After), then refreshed while it keeps asking
+(``PROJECT_KEPT_S``), never spending more than a tenth of the time counting
+(``PROJECT_BUSY_SHARE``): its ``as_of`` says how old they are. The Kafka
 figures are the installation's: a project's answer leaves them out.
 """
 
@@ -51,6 +55,11 @@ KAFKA_WAIT_S = 5.0
 RATE_WINDOW_S = 60.0
 # A project's figures stop being refreshed this long after it last asked.
 PROJECT_KEPT_S = 600.0
+# How long a request waits for a project's first figures before a 503.
+PROJECT_FIRST_WAIT_S = 2.0
+# A project's figures are refreshed no sooner than its last gathering took, divided
+# by this: counting must not take the database from the queries.
+PROJECT_BUSY_SHARE = 0.1
 KAFKA_UNKNOWN: dict[str, Any] = {
     "kafka_reachable": False,
     "ingest_rate_per_s": None,
@@ -78,17 +87,21 @@ class StatsSnapshot:
         )
         self._age.set_function(self._age_s)
         self._gathered_at = 0.0
-        # Project id -> (its latest figures, when it last asked).
-        self._projects: dict[str, tuple[dict[str, Any], float]] = {}
+        # Project id -> (its latest figures, None until gathered; when it last asked).
+        self._projects: dict[str, tuple[dict[str, Any] | None, float]] = {}
+        self._first_gathers: dict[str, asyncio.Task[None]] = {}
+        # Project id -> when its figures are next refreshed (monotonic).
+        self._project_due: dict[str, float] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._refresh_forever(), name="stats-snapshot")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._first_gathers.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._close_kafka()
 
     async def current(self) -> dict[str, Any]:
@@ -103,11 +116,34 @@ class StatsSnapshot:
         return self._body
 
     async def for_project(self, project_id: str) -> dict[str, Any]:
-        """One project's figures, the Kafka ones left out; counted now the first time."""
-        kept = self._projects.get(project_id)
-        body = kept[0] if kept is not None else await self._gather_project(project_id)
+        """One project's figures, the Kafka ones left out; 503 while its first are gathered."""
+        body, _ = self._projects.get(project_id, (None, 0.0))
         self._projects[project_id] = (body, time.monotonic())
+        if body is None:
+            first = self._first_gathers.get(project_id)
+            if first is None:
+                first = asyncio.create_task(self._first_gather(project_id))
+                self._first_gathers[project_id] = first
+            with contextlib.suppress(TimeoutError):
+                # Shielded: a request that stops waiting leaves the gathering running.
+                await asyncio.wait_for(asyncio.shield(first), PROJECT_FIRST_WAIT_S)
+            body, _ = self._projects[project_id]
+        if body is None:
+            raise ApiError(
+                503,
+                "project_id",
+                "the project's figures are being gathered; retry later",
+                headers={"Retry-After": "5"},
+            )
         return body
+
+    async def _first_gather(self, project_id: str) -> None:
+        try:
+            await self._refresh_project(project_id)
+        except PyMongoError as exc:
+            log.warning("stats of project %s: MongoDB unavailable: %s", project_id, exc)
+        finally:
+            self._first_gathers.pop(project_id, None)
 
     async def _gather_project(self, project_id: str) -> dict[str, Any]:
         as_of = iso_z(utcnow())
@@ -120,12 +156,24 @@ class StatsSnapshot:
         }
 
     async def _refresh_projects(self) -> None:
-        now = time.monotonic()
-        for project_id, (_, asked) in list(self._projects.items()):
-            if now - asked > PROJECT_KEPT_S:
+        for project_id, (body, asked) in list(self._projects.items()):
+            if time.monotonic() - asked > PROJECT_KEPT_S:
                 del self._projects[project_id]
-            else:
-                self._projects[project_id] = (await self._gather_project(project_id), asked)
+                self._project_due.pop(project_id, None)
+            elif body is not None and time.monotonic() >= self._project_due.get(project_id, 0):
+                # (A project without figures has its first gathering under way.)
+                await self._refresh_project(project_id)
+
+    async def _refresh_project(self, project_id: str) -> None:
+        started = time.monotonic()
+        body = await self._gather_project(project_id)
+        now = time.monotonic()
+        _, asked = self._projects.get(project_id, (None, now))
+        self._projects[project_id] = (body, asked)
+        took = now - started
+        self._project_due[project_id] = now + max(
+            self._settings.stats_refresh_s, took / PROJECT_BUSY_SHARE
+        )
 
     def _age_s(self) -> float:
         return time.monotonic() - self._gathered_at if self._body is not None else 0.0

@@ -189,7 +189,9 @@ def run(
             running(keyed_dashboard),
             background_load(ingest.url, query_load, run_id),
         ):
-            wait_until_keys_loaded(keyed_dashboard.url, "/stats", read_key)
+            # Until its key is loaded, and the project's first figures are gathered (a
+            # count of each collection: minutes on a large store where counting scans).
+            wait_until_keys_loaded(keyed_dashboard.url, "/stats", read_key, timeout_s=1800)
             measured = asyncio.run(
                 queries.measure(
                     dashboard.url,
