@@ -13,9 +13,11 @@ from typing import Any
 import aiohttp
 from aggregator_worker.fold import Placed
 from aggregator_worker.store import raw_document
+from alerts_worker.store import ALERT_OUTBOX, ALERT_SEEN, ALERT_STATE
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
+from telemetry_common.api_keys import API_KEYS
+from telemetry_common.mongo import ALERT_RULES, ALERTS, DEVICES, RAW, ROLLUPS
 from telemetry_common.ownership import PARTITION_OWNERS
 from telemetry_common.rollup_layout import (
     DEFAULT_PROJECT,
@@ -78,7 +80,18 @@ async def forget_earlier_drains(mongo_url: str, db_name: str) -> int:
     client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         db = client[db_name]
-        for collection in (ROLLUPS, DEVICES, PARTITION_OWNERS):
+        # What the drains, the alerts drain's rules and the keyed services' keys left.
+        for collection in (
+            ROLLUPS,
+            DEVICES,
+            PARTITION_OWNERS,
+            ALERTS,
+            ALERT_RULES,
+            ALERT_STATE,
+            ALERT_OUTBOX,
+            ALERT_SEEN,
+            API_KEYS,
+        ):
             await db.drop_collection(collection)
         # History is inserted as if from negative offsets of partition 0 (top_up_raw).
         drained = {"_src": {"$not": {"$regex": "^0:-"}}}
