@@ -2,9 +2,9 @@
 
 A rule created, changed or deleted through dashboard-api reaches the worker
 within ``RULES_REFRESH_S`` without a restart. Each batch is evaluated with the
-snapshot taken at its start. The built-in rules (the seed's environment
-thresholds) are written at start, so they are listed with the others; a person
-may disable one, never change its thresholds (those are the environment's).
+snapshot taken at its start. The built-in rules (the environment's thresholds,
+TEMP_* and HUMIDITY_*) are written at start, so they are listed with the others;
+a person may disable one, never change its thresholds (those are the environment's).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def severity_of(rule: Rule, value: float) -> str:
 
 
 def message_of(rule: Rule, seen: Observed) -> str:
-    if rule.sensor is not None:  # built-in: the seed's wording
+    if rule.sensor is not None:  # built-in: the wording alert consumers already parse
         relation = BUILTIN_RELATIONS[rule.operator]
         return (
             f"{rule.sensor.capitalize()} {seen.value:g}{rule.unit} on {seen.device_id} "

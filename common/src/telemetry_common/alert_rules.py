@@ -2,13 +2,12 @@
 
 One model for both sides, so a rule the API accepted is a rule the worker can
 evaluate. Validation errors name the field (k, clear_threshold, ...) and why.
-The seed's environment thresholds become the built-in rules (``builtin_rules``).
+The environment's thresholds (TEMP_*, HUMIDITY_*) become the built-in rules (``builtin_rules``).
 """
 
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
@@ -18,8 +17,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 
+from telemetry_common.identifiers import (
+    DEVICE_ID_PATTERN,
+    DURATION_PATTERN,
+    DURATION_RE,
+    METRIC_NAME_PATTERN,
+)
 from telemetry_common.mongo import ALERT_RULES as ALERT_RULES
 from telemetry_common.mongo import ALERT_SILENCES as ALERT_SILENCES
+from telemetry_common.resolutions import UNIT_SECONDS
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
 Operator = Literal[">", ">=", "<", "<=", "==", "!="]
@@ -53,20 +59,15 @@ RELATIONS = {
     "!=": "not equal to",
 }
 
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9\-_.:]{1,128}$"
-METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
-DURATION_PATTERN = r"^\d{1,7}[smhd]$"
-_DURATION_RE = re.compile(r"(\d{1,7})([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 MAX_WINDOW = 100
 
 
 def duration_seconds(text: str) -> int:
     """'30s', '5m', '2h', '1d' (and '0s') -> seconds."""
-    match = _DURATION_RE.fullmatch(text)
+    match = DURATION_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"duration {text!r} is not like 0s, 30s, 5m, 2h or 1d")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return int(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
 class RuleCreate(BaseModel):
@@ -78,7 +79,7 @@ class RuleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str = Field(min_length=1, max_length=100, examples=["Server room too hot"])
-    metric: str = Field(pattern=METRIC_PATTERN, examples=["temperature_c"])
+    metric: str = Field(pattern=METRIC_NAME_PATTERN, examples=["temperature_c"])
     operator: Operator = Field(examples=[">"])
     threshold: float = Field(allow_inf_nan=False, examples=[30.0])
     severity: Severity = Field("warning", examples=["critical"])
@@ -197,7 +198,7 @@ class Rule(BaseModel):
     clear_threshold: float | None = None
     enabled: bool = True
     builtin: bool = False
-    # Built-in rules only: other names of the metric, the seed's sensor name and
+    # Built-in rules only: other names of the metric, the sensor's name and
     # unit for its messages, and how far past the threshold turns it critical.
     metric_aliases: tuple[str, ...] = ()
     sensor: str | None = None
@@ -260,14 +261,14 @@ class Rule(BaseModel):
 
 BUILTIN_RELATIONS = {">": "above maximum", "<": "below minimum"}
 # How far past a built-in threshold an alert turns critical, as a share of the
-# threshold (or of the band, for a threshold of 0): the seed's rule.
+# threshold (or of the band, for a threshold of 0), as the built-in alerts have always been graded.
 CRITICAL_MARGIN = 0.20
 
 
 def builtin_rules(
     temp_min: float, temp_max: float, humidity_min: float, humidity_max: float
 ) -> list[dict[str, Any]]:
-    """The seed's environment thresholds as rule documents (``_id`` = the seed's alert type).
+    """The environment's thresholds as rule documents (``_id`` = the alert type they raise).
 
     Both reading forms name temperature differently (`temperature_c` flat, `temp`
     general), so the temperature rules watch every name.

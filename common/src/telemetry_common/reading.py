@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
+from telemetry_common.identifiers import DEVICE_ID_RE, EVENT_ID_RE, METRIC_NAME_RE
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import iso_z, to_utc_ms
-
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9\-_.:]{1,128}")
-EVENT_ID_RE = re.compile(r"[A-Za-z0-9\-_.:]{1,128}")
-# Metric names become MongoDB field names (a device's last values), so `$` and
-# `.` are refused: they would be read as operators or paths.
-METRIC_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 
 RESERVED_FIELDS = frozenset({"device_id", "ts", "event_id", "metrics", "tags", "lat", "lon"})
 MAX_METRICS = 100
@@ -35,7 +30,6 @@ MAX_TAGS = 64
 MAX_TAG_LENGTH = 128
 EARLIEST_TS = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_REMEMBERED_METRIC_NAMES = 10_000
-_VALID_METRIC_NAMES: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +62,6 @@ class Reading:
     # The project of the key that posted it; on Kafka it travels in a header
     # (telemetry_common.kafka.readings), beside the canonical value.
     project_id: str = DEFAULT_PROJECT
-    # True when the event id was derived or generated here rather than sent.
-    derived_id: bool = field(default=False, compare=False)
 
     def to_kafka_value(self) -> bytes:
         """The canonical form on ``telemetry.raw``: JSON, timestamps ISO 8601 UTC."""
@@ -121,7 +113,6 @@ def parse_reading(
         raise InvalidReading(errors)
     assert isinstance(device_id, str)
 
-    derived = event_id is None
     if event_id is None:
         if ts is not None:
             event_id = derive_event_id(device_id, ts, metrics, tags, lat, lon)
@@ -139,7 +130,6 @@ def parse_reading(
         lat=lat,
         lon=lon,
         project_id=project_id,
-        derived_id=derived,
     )
 
 
@@ -237,15 +227,14 @@ def _parse_metric_value(name: str, raw: Any, errors: list[FieldError]) -> float 
 
 
 def _valid_metric_name(name: Any) -> bool:
-    if name in _VALID_METRIC_NAMES:
-        return True
-    if not isinstance(name, str) or not METRIC_NAME_RE.fullmatch(name):
-        return False
-    # A fleet uses a few metric names over and over; the set is bounded so that
-    # readings with made-up names cannot grow it without end.
-    if len(_VALID_METRIC_NAMES) < MAX_REMEMBERED_METRIC_NAMES:
-        _VALID_METRIC_NAMES.add(name)
-    return True
+    return isinstance(name, str) and _valid_metric_string(name)
+
+
+# A fleet uses a few metric names over and over; bounded, so that readings with
+# made-up names cannot grow it without end.
+@lru_cache(maxsize=MAX_REMEMBERED_METRIC_NAMES)
+def _valid_metric_string(name: str) -> bool:
+    return METRIC_NAME_RE.fullmatch(name) is not None
 
 
 def _parse_metrics(body: Mapping[str, Any], errors: list[FieldError]) -> dict[str, float]:

@@ -6,13 +6,13 @@ Shared by the writer (which buckets to keep, for how long) and the readers
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-_RESOLUTION_RE = re.compile(r"(\d+)([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+from telemetry_common.identifiers import RESOLUTION_RE
+
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 DAY_S = 86_400
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -33,10 +33,10 @@ FOREVER = "forever"
 
 def resolution_seconds(resolution: str) -> int:
     """'1m' -> 60, '1h' -> 3600; the width must divide a day (or be whole days)."""
-    match = _RESOLUTION_RE.fullmatch(resolution)
+    match = RESOLUTION_RE.fullmatch(resolution)
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"resolution {resolution!r} is not like 30s, 1m, 5m, 1h or 1d")
-    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * UNIT_SECONDS[match.group(2)]
     # Buckets aligned to the epoch line up with days only if the width divides one.
     if DAY_S % seconds and seconds % DAY_S:
         raise ValueError(f"resolution {resolution!r} does not divide a day evenly")
@@ -59,10 +59,10 @@ def parse_resolutions(spec: str) -> dict[str, int]:
 
 def parse_duration(text: str) -> timedelta:
     """'7d', '36h', '90m', '30s' -> a timedelta (no zero, no fractions)."""
-    match = _RESOLUTION_RE.fullmatch(text.strip())
+    match = RESOLUTION_RE.fullmatch(text.strip())
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"duration {text!r} is not like 30s, 90m, 36h or 7d")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    return timedelta(seconds=int(match.group(1)) * UNIT_SECONDS[match.group(2)])
 
 
 def parse_retention(spec: str, resolutions: Mapping[str, int]) -> dict[str, timedelta | None]:

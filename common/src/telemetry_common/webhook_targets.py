@@ -1,4 +1,4 @@
-"""Where a webhook may send (issue 9: no SSRF through webhook URLs).
+"""Where a webhook may send: no SSRF through webhook URLs.
 
 A webhook URL is chosen by whoever holds a write key, and the notifier POSTs to
 it from inside the cluster: without a guard, a URL could reach the cloud

@@ -51,7 +51,6 @@ class WorkerContext:
     settings: WorkerSettings
     db: AsyncDatabase
     producer: RenewableProducer
-    registry: CollectorRegistry
     ownership: PartitionOwnership
 
 
@@ -179,7 +178,7 @@ async def run_worker(
         ownership = PartitionOwnership(
             db, name, group_id, settings.telemetry_topic, owner_name(name)
         )
-        context = WorkerContext(settings, db, producer, registry, ownership)
+        context = WorkerContext(settings, db, producer, ownership)
         handle = make_handler(context)
         hooks = (
             getattr(handle, "partitions_assigned", None),

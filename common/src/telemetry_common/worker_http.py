@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,13 +29,20 @@ def worker_app(
     return app
 
 
+class _SignalFreeServer(uvicorn.Server):
+    """uvicorn serving beside a worker, which owns SIGTERM and SIGINT: left to uvicorn,
+    they would stop /health first and reach the worker only once uvicorn is done."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(app: FastAPI, host: str, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(
+    server = _SignalFreeServer(
         uvicorn.Config(
             app, host=host, port=port, log_level="warning", log_config=None, lifespan="off"
         )
     )
-    # The worker owns signal handling; uvicorn must not install its own.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     return server, task

@@ -1,4 +1,4 @@
-"""`python -m dashboard_api` / `ingestion-api`: serve the dashboard API on PORT (8002)."""
+"""`python -m dashboard_api` / `dashboard-api`: serve the dashboard API on PORT (8002)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from dashboard_api.app import create_app
 def main() -> None:
     settings = load_settings(DashboardSettings)
     configure_logging(settings.log_level, "dashboard-api")
-    # On SIGTERM uvicorn stops accepting, finishes in-flight requests, then runs
-    # the lifespan exit, which flushes the producer.
+    # On SIGTERM uvicorn stops accepting, finishes in-flight requests (open streams
+    # end within the grace period), then runs the lifespan exit, which stops the
+    # background tasks (stats, alert feed, live feeds) and closes MongoDB.
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -44,7 +44,7 @@ from telemetry_common.api_keys import (
     is_admin_key,
     unauthorised_error,
 )
-from telemetry_common.kafka.readings import PROJECT_ID_RE
+from telemetry_common.identifiers import PROJECT_ID_PATTERN
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.tenancy import PROJECTS
 from telemetry_common.timefmt import utcnow
@@ -76,7 +76,7 @@ class Caller:
 ProjectParam = Annotated[
     str | None,
     Query(
-        pattern=f"^{PROJECT_ID_RE.pattern}$",
+        pattern=PROJECT_ID_PATTERN,
         description="the project to work in: with the admin key (or with keys off) any "
         "project, the default project when left out; a project's key works in its own",
         examples=["default"],

@@ -8,10 +8,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Query, Request
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
 from telemetry_common.timefmt import to_utc_ms
-
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9\-_.:]{1,128}$"
-METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 
 
 # Dependencies are async on purpose: FastAPI runs a plain `def` dependency in a
@@ -28,7 +26,7 @@ DeviceFilter = Annotated[
 MetricFilter = Annotated[
     str | None,
     Query(
-        pattern=METRIC_PATTERN,
+        pattern=METRIC_NAME_PATTERN,
         description="only this metric (sensor_type)",
         examples=["temperature_c"],
     ),

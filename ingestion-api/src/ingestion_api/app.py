@@ -70,7 +70,6 @@ def create_app(
         key_limits=RateLimiter(settings.key_rate_limit, settings.key_rate_burst),
         recent=RecentEventIds(settings.recent_event_ids),
         metrics=IngestMetrics(registry),
-        registry=registry,
     )
 
     @asynccontextmanager

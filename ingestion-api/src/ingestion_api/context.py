@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from fastapi import Request
-from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_keys import KeyCache
 from telemetry_common.settings import IngestionSettings
@@ -33,7 +32,6 @@ class IngestContext:
     key_limits: RateLimiter
     recent: RecentEventIds
     metrics: IngestMetrics
-    registry: CollectorRegistry
     # Read on every reading: built once, not per call.
     max_future_skew: timedelta = field(init=False)
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
@@ -45,20 +46,19 @@ class ProducerSaturated(KafkaUnavailable):
 QUEUE_FULL = "the producer's queue is full; retry later"
 
 
-# Partitioning hashes of device ids, remembered: aiokafka's murmur2 is pure Python
-# (several microseconds a key) and a fleet posts for the same ids over and over.
-_KEY_HASHES: dict[bytes, int] = {}
 MAX_REMEMBERED_KEYS = 200_000
+
+
+# Remembered: aiokafka's murmur2 is pure Python (several microseconds a key) and a
+# fleet posts for the same device ids over and over.
+@lru_cache(maxsize=MAX_REMEMBERED_KEYS)
+def _key_hash(key: bytes) -> int:
+    return murmur2(key) & 0x7FFFFFFF
 
 
 def partition_for(key: bytes, partitions: list[int]) -> int:
     """The partition aiokafka's default partitioner gives ``key`` (murmur2, as Java's client)."""
-    hashed = _KEY_HASHES.get(key)
-    if hashed is None:
-        if len(_KEY_HASHES) >= MAX_REMEMBERED_KEYS:
-            _KEY_HASHES.clear()
-        hashed = _KEY_HASHES[key] = murmur2(key) & 0x7FFFFFFF
-    return partitions[hashed % len(partitions)]
+    return partitions[_key_hash(key) % len(partitions)]
 
 
 # max_batch_size: large enough that a full request's readings for one partition
@@ -188,10 +188,6 @@ class ReadingPublisher:
     @property
     def connected(self) -> bool:
         return self._producer is not None and not self._failing
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
 
     async def start(self) -> None:
         """Connect in the background so the API serves /health (and 503s) while Kafka is down."""

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from telemetry_common.api_errors import ErrorOut, FieldErrorOut
+from telemetry_common.identifiers import DEVICE_ID_PATTERN
 
 FLAT_EXAMPLE = {
     "device_id": "dev-1",
@@ -36,7 +37,7 @@ class ReadingIn(BaseModel):
         },
     )
 
-    device_id: str = Field(pattern=r"^[A-Za-z0-9\-_.:]{1,128}$", examples=["dev-1"])
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])
     ts: str | None = Field(
         None,
         description="ISO 8601; no offset means UTC; server time when absent",

@@ -22,7 +22,8 @@ class WebhookMetrics:
         )
         self.skipped = Counter(
             "webhook_notifications_skipped_total",
-            "alerts.triggered records with no transition to notify (the seed's alert events)",
+            "alerts.triggered records with no transition to notify "
+            "(alert events of the first version's kind)",
             registry=registry,
         )
         self.attempts = Counter(

@@ -43,7 +43,7 @@ class Notification:
 
 
 def decode_notification(record: ConsumerRecord) -> Notification | None:
-    """The transition a record announces; None for an alert event of the seed's kind
+    """The transition a record announces; None for an alert event of the first version's kind
     (no ``transition``), which has nothing to notify. Anything else malformed raises
     ValueError and goes to the dead-letter topic."""
     event = orjson.loads(record.value)

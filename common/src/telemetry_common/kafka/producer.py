@@ -41,7 +41,6 @@ class RenewableProducer:
     def __init__(self, make: Callable[[], AIOKafkaProducer]):
         self._make = make
         self._current = make()
-        self.renewals = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._current, name)
@@ -61,7 +60,6 @@ class RenewableProducer:
             await fresh.stop()
             raise
         retired, self._current = self._current, fresh
-        self.renewals += 1
         log.warning("Kafka producer started over under a new producer id")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(retired.stop(), RETIRE_TIMEOUT_S)

@@ -8,16 +8,15 @@ default project's.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from aiokafka.structs import ConsumerRecord
 
+from telemetry_common.identifiers import PROJECT_ID_RE
 from telemetry_common.reading import FieldError, InvalidReading, Reading, decode_kafka_value
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
 PROJECT_HEADER = "project"
-PROJECT_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _DEFAULT_HEADER = (PROJECT_HEADER, DEFAULT_PROJECT.encode())
 
 

@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
+from telemetry_common.identifiers import DEVICE_ID_PATTERN, RESOLUTION_PATTERN
 from telemetry_common.mongo import ROLLUPS
 from telemetry_common.timefmt import to_utc_ms
 
 from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import (
     BAD_PARAMETER,
-    DEVICE_ID_PATTERN,
     Db,
     DeviceFilter,
     From,
@@ -30,7 +30,7 @@ from dashboard_api.serialize import public
 router = read_router(tags=["aggregates"])
 
 Resolution = Annotated[
-    str, Query(pattern=r"^\d+[smhd]$", description="bucket width, e.g. 1m", examples=["1m"])
+    str, Query(pattern=RESOLUTION_PATTERN, description="bucket width, e.g. 1m", examples=["1m"])
 ]
 
 

@@ -14,14 +14,13 @@ from pydantic import BaseModel, Field
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.alert_rules import (
     ALERT_RULES,
-    DEVICE_ID_PATTERN,
-    METRIC_PATTERN,
     RuleCreate,
     RuleError,
     RuleUpdate,
     check_rule,
 )
 from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
 from telemetry_common.timefmt import utcnow
 
 from dashboard_api.auth import WRITE_ERRORS, Caller, Reader, Writer, read_router
@@ -133,7 +132,7 @@ async def list_rules(
     cursor: Cursor = None,
     metric: Annotated[
         str | None,
-        Query(pattern=METRIC_PATTERN, description="only rules on this metric", examples=["t"]),
+        Query(pattern=METRIC_NAME_PATTERN, description="only rules on this metric", examples=["t"]),
     ] = None,
     enabled: Annotated[
         bool | None, Query(description="only enabled (or disabled) rules", examples=[True])
@@ -223,10 +222,10 @@ async def delete_rule(db: Db, writer: Writer, rule_id: RuleId) -> Response:
 
 
 class ShorthandRule(BaseModel):
-    """The seed's shorthand: one device, one metric, one threshold."""
+    """The first version's shorthand: one device, one metric, one threshold."""
 
     device_id: str = Field(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])
-    metric: str = Field(pattern=METRIC_PATTERN, examples=["temperature_c"])
+    metric: str = Field(pattern=METRIC_NAME_PATTERN, examples=["temperature_c"])
     op: Literal[">", ">=", "<", "<=", "==", "!="] = Field(examples=[">"])
     threshold: float = Field(allow_inf_nan=False, examples=[30.0])
 
@@ -238,7 +237,8 @@ class ShorthandRule(BaseModel):
     responses={**BAD_RULE, **WRITE_ERRORS},
 )
 async def post_shorthand_rule(db: Db, writer: Writer, body: ShorthandRule) -> dict[str, Any]:
-    """Register a rule the seed's way: fires when the device's metric passes the threshold."""
+    """Register a rule the first version's way: it fires when the device's metric passes
+    the threshold."""
     rule = RuleCreate.model_validate(
         {
             "name": f"{body.metric} {body.op} {body.threshold:g} on {body.device_id}",

@@ -7,11 +7,12 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.mongo import ALERTS, DEVICES
 from telemetry_common.rollup_layout import scoped_id
 
 from dashboard_api.auth import Reader, read_router
-from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN, Db, Limit, TagFilter, page
+from dashboard_api.deps import BAD_PARAMETER, Db, Limit, TagFilter, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import DeviceOut, DevicesPage
 from dashboard_api.serialize import public

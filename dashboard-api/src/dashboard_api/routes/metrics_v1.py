@@ -1,4 +1,4 @@
-"""`GET /v1/metrics/aggregate`: buckets of any servable interval, for the other seed's clients."""
+"""`GET /v1/metrics/aggregate`: buckets of any servable interval, in the shape its clients read."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from typing import Annotated, Any
 
 from fastapi import Query, Request
 from telemetry_common.api_errors import ErrorOut
+from telemetry_common.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, RESOLUTION_PATTERN
 from telemetry_common.mongo import ROLLUPS
 from telemetry_common.rollup_layout import bucket_filter, metric_rows
 from telemetry_common.timefmt import iso_z, utcnow
 
 from dashboard_api.auth import Reader, read_router
-from dashboard_api.deps import DEVICE_ID_PATTERN, METRIC_PATTERN, Db
+from dashboard_api.deps import Db
 from dashboard_api.intervals import choose_resolution, interval_bucket, merge_into_intervals, window
 from dashboard_api.schemas import IntervalAggregateOut
 
@@ -36,7 +37,8 @@ async def metric_aggregate(
     db: Db,
     caller: Reader,
     metric: Annotated[
-        str, Query(pattern=METRIC_PATTERN, description="metric name", examples=["temperature_c"])
+        str,
+        Query(pattern=METRIC_NAME_PATTERN, description="metric name", examples=["temperature_c"]),
     ],
     device_id: Annotated[
         str | None,
@@ -63,7 +65,7 @@ async def metric_aggregate(
     interval: Annotated[
         str,
         Query(
-            pattern=r"^\d+[smhd]$",
+            pattern=RESOLUTION_PATTERN,
             description="bucket width: a stored resolution or a multiple of one (10m from 1m)",
             examples=["10m"],
         ),

@@ -14,8 +14,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
-from telemetry_common.alert_rules import ALERT_SILENCES, DEVICE_ID_PATTERN
+from telemetry_common.alert_rules import ALERT_SILENCES
 from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.timefmt import to_utc_ms, utcnow
 
 from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router

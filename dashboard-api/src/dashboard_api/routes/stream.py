@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.timefmt import iso_z
 
 from dashboard_api.alert_feed import AlertFeed
@@ -21,7 +22,7 @@ from dashboard_api.auth import (
     issue_stream_token,
     require_stream_reader,
 )
-from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN
+from dashboard_api.deps import BAD_PARAMETER
 from dashboard_api.live import DeviceFeeds, Event
 
 # Streams take X-API-Key or a stream token (?token=) from POST /streams/token.
@@ -127,7 +128,7 @@ FEED_READY_S = 5.0
 
 
 def alert_sse(event: dict[str, Any]) -> bytes:
-    # The seed's shape (`data:` only, no event name), so EventSource.onmessage sees it;
+    # The first version's shape (`data:` only, no event name), so EventSource.onmessage sees it;
     # the id lets a client drop a repeat.
     head = f"id: {event.get('notification_id', '')}\ndata: ".encode()
     return head + orjson.dumps(event) + b"\n\n"

@@ -6,12 +6,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query
+from telemetry_common.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.mongo import RAW
 
 from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import (
     BAD_PARAMETER,
-    DEVICE_ID_PATTERN,
     Db,
     DeviceFilter,
     From,

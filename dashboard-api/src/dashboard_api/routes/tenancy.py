@@ -13,7 +13,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field, field_validator
 from pymongo import ReturnDocument
-from telemetry_common.alert_rules import DEVICE_ID_PATTERN
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.api_keys import (
     API_KEYS,
@@ -22,6 +21,7 @@ from telemetry_common.api_keys import (
     Scope,
     issue_key,
 )
+from telemetry_common.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.tenancy import (
     NAME_MAX,
     ORGANIZATIONS,

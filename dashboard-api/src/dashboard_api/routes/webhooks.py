@@ -13,12 +13,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from telemetry_common.api_errors import ApiError, ErrorOut
+from telemetry_common.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
 from telemetry_common.timefmt import utcnow
 from telemetry_common.webhook_targets import TargetRefused, check_target
 
 from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
-from dashboard_api.deps import BAD_PARAMETER, DEVICE_ID_PATTERN, Db, Limit, page
+from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.serialize import public
 

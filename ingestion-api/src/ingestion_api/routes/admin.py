@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Security
 from telemetry_common.api_errors import ApiError
 from telemetry_common.api_keys import API_KEY_SCHEME, ApiKey, issue_key, list_keys, revoke_key
-from telemetry_common.reading import DEVICE_ID_RE
+from telemetry_common.identifiers import DEVICE_ID_RE
 from telemetry_common.timefmt import iso_z
 
 from ingestion_api import schemas
