@@ -28,6 +28,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from telemetry_common.errors import TelemetryError
 from telemetry_common.timefmt import utcnow
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,11 @@ log = logging.getLogger(__name__)
 PARTITION_OWNERS = "partition_owners"
 
 
-class PartitionsLost(Exception):
-    """Some of a batch's partitions are owned by a newer claim: their writes were refused."""
+class PartitionsLost(TelemetryError):
+    """Some of a batch's partitions are owned by a newer claim: their writes were refused.
+
+    Not transient: the batch is not retried as it is, the consumer lets the
+    partitions go (the new owner replays them)."""
 
     def __init__(self, partitions: Iterable[int]):
         self.partitions = frozenset(partitions)

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry, Gauge, Histogram
+from telemetry_common.errors import TelemetryError
 from telemetry_common.kafka.producer import RenewableProducer, build_producer
 from telemetry_common.kafka.readings import project_header
 from telemetry_common.reading import Reading
@@ -30,9 +31,10 @@ log = logging.getLogger(__name__)
 PROBE_INTERVAL_S = 1.0
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(TelemetryError):
     """Kafka cannot take readings now: the caller must answer 503, never 2xx."""
 
+    transient = True
     reason = "kafka_unavailable"
 
 

@@ -25,6 +25,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from pymongo.errors import ConnectionFailure, PyMongoError
 
+from telemetry_common.errors import TelemetryError
 from telemetry_common.kafka.dlq import DeadLetterPublisher
 from telemetry_common.kafka.producer import RenewableProducer, is_stale_producer
 from telemetry_common.metrics import ConsumerMetrics
@@ -46,14 +47,10 @@ class Consumed(Generic[T]):
     record: ConsumerRecord
 
 
-class PermanentError(Exception):
-    """Raised by a handler for input it can never process (it goes to the DLQ)."""
-
-
 def is_transient(exc: BaseException) -> bool:
     """Whether waiting could help: an unreachable or overloaded dependency, not bad data."""
-    if isinstance(exc, PermanentError | PartitionsLost):
-        return False
+    if isinstance(exc, TelemetryError):
+        return exc.transient
     if is_stale_producer(exc):
         return True  # once the producer is renewed (ConsumerLoop does)
     if isinstance(exc, ConnectionFailure | asyncio.TimeoutError | OSError):
@@ -61,7 +58,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, PyMongoError):
         return exc.has_error_label("RetryableWriteError") or exc.timeout
     if isinstance(exc, KafkaError):
-        return bool(getattr(exc, "retriable", False)) or "Connection" in type(exc).__name__
+        return exc.retriable
     return False
 
 
