@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from telemetry_common.logs import configure_logging
 from telemetry_common.metrics import new_registry
 from telemetry_common.settings import AggregatorSettings, load_settings
+from telemetry_common.worker import run_process
 
 from aggregator_worker.worker import SERVICE, run
 
@@ -14,7 +13,7 @@ from aggregator_worker.worker import SERVICE, run
 def main() -> None:
     settings = load_settings(AggregatorSettings)
     configure_logging(settings.log_level, SERVICE)
-    asyncio.run(run(settings, new_registry()))
+    run_process(run(settings, new_registry()))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from telemetry_common.logs import configure_logging
 from telemetry_common.metrics import new_registry
 from telemetry_common.settings import AlertsSettings, load_settings
-from telemetry_common.worker import stop_on_signals
+from telemetry_common.worker import run_process, stop_on_signals
 
 from alerts_worker.webhooks.notifier import run_notifier
 from alerts_worker.worker import SERVICE, run
@@ -31,7 +31,7 @@ async def run_with_notifier(settings: AlertsSettings, registry: CollectorRegistr
 def main() -> None:
     settings = load_settings(AlertsSettings)
     configure_logging(settings.log_level, SERVICE)
-    asyncio.run(run_with_notifier(settings, new_registry()))
+    run_process(run_with_notifier(settings, new_registry()))
 
 
 if __name__ == "__main__":

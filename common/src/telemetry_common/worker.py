@@ -13,11 +13,12 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import uvloop
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
@@ -215,3 +216,9 @@ async def run_worker(
         await mongo.close()
         server.should_exit = True
         await server_task
+
+
+def run_process(main: Coroutine[Any, Any, None]) -> None:
+    """Run a worker process on uvloop, as uvicorn runs the APIs: one event loop
+    everywhere, and the cheaper one for a consume loop's many small awaits."""
+    uvloop.run(main)
