@@ -12,60 +12,96 @@ from alerts_worker.webhooks.backoff import retry_delay
 from alerts_worker.webhooks.circuit import Breakers, Circuit, CircuitState
 from alerts_worker.webhooks.delivery import NETWORK_ERROR, REFUSED, attempt, new_client, pinned
 from alerts_worker.webhooks.records import Notification, matches
-from alerts_worker.webhooks.signature import (
+from hypothesis import given
+from hypothesis import strategies as st
+from telemetry_common.webhook_signature import (
+    ID_HEADER,
     IDEMPOTENCY_HEADER,
+    LEGACY_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     delivery_headers,
+    legacy_signature,
+    new_secret,
     sign,
     verify,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 from telemetry_common.webhook_targets import TargetPolicy, check_target
 
-SECRET = "whsec_test-secret-of-some-length"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BODY = b'{"alert_id":"e1:temperature_high","transition":"fired"}'
 
 
-def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
-    # Independently computed: printf '1736935200.{"a":1}' | openssl dgst -sha256 -hmac key
-    assert sign("key", 1736935200, b'{"a":1}') == (
-        "9dbe35646f3d3f053bd449d5c3de0078fc88f1c46bd71cedcc528c6ec89ab0ad"
+def received(headers: dict[str, str]) -> dict[str, str]:
+    """Headers as a receiver's framework hands them over: names in lower case."""
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def test_the_signature_is_the_standard_webhooks_one() -> None:
+    # The Standard Webhooks specification's own example: this secret, id, timestamp and
+    # body sign to this value (standardwebhooks.com, "Verifying signatures").
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    assert sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == (
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
     )
 
 
-def test_headers_carry_idempotency_key_timestamp_and_a_verifiable_signature() -> None:
+def test_headers_carry_the_id_timestamp_and_a_verifiable_signature() -> None:
     headers = delivery_headers(SECRET, BODY, "e1:temperature_high:fired", "wh_1", 2, 1736935200)
-    assert headers[IDEMPOTENCY_HEADER] == "e1:temperature_high:fired"
+    assert headers[IDEMPOTENCY_HEADER] == headers[ID_HEADER] == "e1:temperature_high:fired"
     assert headers[TIMESTAMP_HEADER] == "1736935200"
-    assert headers[SIGNATURE_HEADER].startswith("t=1736935200,v1=")
-    assert verify(SECRET, headers[SIGNATURE_HEADER], BODY, now=1736935260)
+    assert headers[SIGNATURE_HEADER].startswith("v1,")
+    assert verify(SECRET, received(headers), BODY, now=1736935260)
+    # The earlier versions' signature rides along, for receivers written against it.
+    assert headers[LEGACY_SIGNATURE_HEADER] == legacy_signature(SECRET, 1736935200, BODY)
+
+
+def test_the_legacy_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    # Independently computed: printf '1736935200.{"a":1}' | openssl dgst -sha256 -hmac key
+    assert legacy_signature("key", 1736935200, b'{"a":1}') == (
+        "t=1736935200,v1=9dbe35646f3d3f053bd449d5c3de0078fc88f1c46bd71cedcc528c6ec89ab0ad"
+    )
 
 
 @pytest.mark.parametrize(
     ("secret", "body", "now", "why"),
     [
-        ("another-secret-entirely", BODY, 1736935200, "wrong secret"),
+        (new_secret(), BODY, 1736935200, "wrong secret"),
         (SECRET, BODY + b" ", 1736935200, "body changed"),
         (SECRET, BODY, 1736935200 + 301, "too old: a replayed capture"),
         (SECRET, BODY, 1736935200 - 301, "from the future"),
     ],
 )
 def test_verification_refuses(secret: str, body: bytes, now: int, why: str) -> None:
-    header = delivery_headers(SECRET, BODY, "n", "wh_1", 1, 1736935200)[SIGNATURE_HEADER]
-    assert not verify(secret, header, body, now=now), why
+    headers = received(delivery_headers(SECRET, BODY, "n", "wh_1", 1, 1736935200))
+    assert not verify(secret, headers, body, now=now), why
 
 
-@pytest.mark.parametrize("header", ["", "v1=abc", "t=x,v1=abc", "t=1736935200"])
-def test_malformed_signature_headers_do_not_verify(header: str) -> None:
-    assert not verify(SECRET, header, BODY, now=1736935200)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"webhook-id": "n", "webhook-timestamp": "x", "webhook-signature": "v1,abc"},
+        {"webhook-id": "n", "webhook-timestamp": "1736935200"},
+        {"webhook-timestamp": "1736935200", "webhook-signature": "v1,abc"},
+    ],
+)
+def test_malformed_signature_headers_do_not_verify(headers: dict[str, str]) -> None:
+    assert not verify(SECRET, headers, BODY, now=1736935200)
 
 
-def test_a_second_v1_lets_a_receiver_accept_during_secret_rotation() -> None:
-    old, new = sign("old-secret", 1736935200, BODY), sign(SECRET, 1736935200, BODY)
-    header = f"t=1736935200,v1={old},v1={new}"
-    assert verify(SECRET, header, BODY, now=1736935200)
+def test_a_second_signature_lets_a_receiver_accept_during_secret_rotation() -> None:
+    old = sign(new_secret(), "n", 1736935200, BODY)
+    new = sign(SECRET, "n", 1736935200, BODY)
+    headers = {"webhook-id": "n", "webhook-timestamp": "1736935200"}
+    assert verify(SECRET, {**headers, "webhook-signature": f"{old} {new}"}, BODY, now=1736935200)
+
+
+def test_a_secret_from_before_standard_webhooks_still_gets_the_legacy_signature() -> None:
+    headers = delivery_headers("a-long-random-shared-secret", BODY, "n", "wh_1", 1, 1736935200)
+    assert SIGNATURE_HEADER not in headers
+    assert headers[LEGACY_SIGNATURE_HEADER].startswith("t=1736935200,v1=")
 
 
 def test_backoff_doubles_from_initial_to_the_cap_with_equal_jitter() -> None:

@@ -7,6 +7,7 @@ are registered and their deliveries read through the dashboard API.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 import uuid
@@ -20,15 +21,16 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from alerts_worker.webhooks.notifier import run_notifier
-from alerts_worker.webhooks.signature import SIGNATURE_HEADER, verify
 from dashboard_api.app import create_app
 from fastapi import FastAPI, Request, Response
 from integration.served import serving
 from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
+from standardwebhooks.webhooks import Webhook
 from telemetry_common.mongo import WEBHOOK_DELIVERIES
 from telemetry_common.settings import AlertsSettings, DashboardSettings
 from telemetry_common.timefmt import utcnow
+from telemetry_common.webhook_signature import verify
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually
 
@@ -183,10 +185,12 @@ async def test_transitions_arrive_signed_once_per_webhook_and_are_queryable(
         assert orjson.loads(request.body) == event
         assert request.headers["content-type"] == "application/json"
         assert request.headers["x-telemetry-webhook-id"] == everything["webhook_id"]
-        signature = request.headers[SIGNATURE_HEADER.lower()]
-        assert signature.startswith(f"t={request.headers['x-telemetry-timestamp']},v1=")
-        assert verify(everything["secret"], signature, request.body, now=time.time())
-        assert not verify(only_warnings["secret"], signature, request.body, now=time.time())
+        # Standard Webhooks: the receiver's own library checks it (standardwebhooks).
+        received = {name.lower(): value for name, value in request.headers.items()}
+        assert received["webhook-id"] == event["notification_id"]
+        Webhook(everything["secret"]).verify(request.body, received)
+        assert verify(everything["secret"], received, request.body, now=time.time())
+        assert not verify(only_warnings["secret"], received, request.body, now=time.time())
 
     listed = await deliveries(api, everything["webhook_id"])
     assert {d["notification_id"] for d in listed} == {"a1:fired", "a1:resolved", "b2:fired"}
@@ -418,8 +422,9 @@ async def test_webhook_api_needs_a_key_and_refuses_internal_urls(
         refused = await anonymous.post("/alerts/webhooks", json={"url": "https://1.1.1.1/x"})
         assert refused.status_code == 401
         assert (await anonymous.delete("/alerts/webhooks/wh_0123456789abcdef")).status_code == 401
-    created = await register(api, "https://1.1.1.1/hook", secret="a-secret-of-sixteen+")
-    assert created["secret"] == "a-secret-of-sixteen+"
+    chosen = "whsec_" + base64.b64encode(b"a secret of 24 bytes....").decode()
+    created = await register(api, "https://1.1.1.1/hook", secret=chosen)
+    assert created["secret"] == chosen
     listed = (await api.get("/alerts/webhooks")).json()["data"]
     assert [w["webhook_id"] for w in listed] == [created["webhook_id"]]
     assert all("secret" not in w for w in listed)
@@ -444,6 +449,14 @@ async def test_webhook_api_needs_a_key_and_refuses_internal_urls(
             answer = await client.post("/alerts/webhooks", json={"url": bad})
             assert answer.status_code == 422, bad
             assert answer.json()["errors"] == [{"field": "url", "reason": reason}]
-        short_secret = {"url": "https://1.1.1.1/", "secret": "x"}
-        short = await client.post("/alerts/webhooks", json=short_secret)
-        assert short.status_code == 422 and short.json()["errors"][0]["field"] == "secret"
+        for secret, reason in [
+            ("a-long-random-shared-secret", "must start with whsec_"),
+            ("whsec_not base64!", "must be whsec_ followed by base64"),
+            ("whsec_" + base64.b64encode(b"short").decode(), "must hold 24 to 64 bytes, not 5"),
+        ]:
+            answer = await client.post(
+                "/alerts/webhooks", json={"url": "https://1.1.1.1/", "secret": secret}
+            )
+            assert answer.status_code == 422
+            [error] = answer.json()["errors"]
+            assert error["field"] == "secret" and reason in error["reason"], error

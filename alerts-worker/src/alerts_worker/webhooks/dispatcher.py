@@ -25,13 +25,13 @@ from pymongo.errors import PyMongoError
 from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
 from telemetry_common.settings import WebhookDeliverySettings
 from telemetry_common.timefmt import utcnow
+from telemetry_common.webhook_signature import delivery_headers
 
 from alerts_worker.webhooks.backoff import retry_delay
 from alerts_worker.webhooks.circuit import Breakers, CircuitState
 from alerts_worker.webhooks.delivery import AttemptResult, attempt
 from alerts_worker.webhooks.metrics import WebhookMetrics, url_label
 from alerts_worker.webhooks.records import CANCELLED, DELIVERED, FAILED, PENDING
-from alerts_worker.webhooks.signature import delivery_headers
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,12 @@ import secrets
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
 from telemetry_common.timefmt import utcnow
+from telemetry_common.webhook_signature import SECRET_PREFIX, new_secret, signing_key
 from telemetry_common.webhook_targets import TargetRefused, check_target
 
 from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
@@ -30,6 +31,12 @@ reads = read_router(tags=["webhooks"])
 WEBHOOK_ID_PATTERN = r"^wh_[0-9a-f]{16}$"
 MAX_WEBHOOKS = 100
 EXAMPLE_ID = "wh_3f9a1c0e5b7d2468"
+MIN_SECRET_BYTES, MAX_SECRET_BYTES = 24, 64
+SIGNATURE_SCHEME = (
+    "Standard Webhooks (standardwebhooks.com): webhook-id, webhook-timestamp and "
+    "webhook-signature: v1,<base64 HMAC-SHA256(key, id + '.' + timestamp + '.' + body)>, "
+    "key = the base64 after whsec_, decoded"
+)
 
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 RuleId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -46,10 +53,10 @@ class WebhookIn(BaseModel):
     )
     secret: str | None = Field(
         None,
-        min_length=16,
         max_length=256,
-        description="the HMAC-SHA256 signing secret; one is generated when absent",
-        examples=["a-long-random-shared-secret"],
+        description="the signing secret, as Standard Webhooks has it: `whsec_` and the base64 "
+        "of 24 to 64 random bytes; one is generated when absent",
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
     )
     description: str | None = Field(None, max_length=200, examples=["on-call pager"])
     severity: list[Literal["warning", "critical"]] | None = Field(
@@ -61,6 +68,24 @@ class WebhookIn(BaseModel):
     rule_ids: list[RuleId] | None = Field(
         None, max_length=1000, description="only alerts of these rules", examples=[["rule-1"]]
     )
+
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_secret(cls, secret: str | None) -> str | None:
+        if secret is None:
+            return None
+        if not secret.startswith(SECRET_PREFIX):
+            raise ValueError(f"must start with {SECRET_PREFIX} (Standard Webhooks)")
+        try:
+            key = signing_key(secret)
+        except ValueError:
+            raise ValueError(f"must be {SECRET_PREFIX} followed by base64") from None
+        if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
+            raise ValueError(
+                f"must hold {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, not {len(key)}"
+            )
+        return secret
 
 
 class WebhookOut(BaseModel):
@@ -77,13 +102,11 @@ class WebhookOut(BaseModel):
 class WebhookCreatedOut(WebhookOut):
     secret: str = Field(
         description="the signing secret; shown in this answer only, store it now",
-        examples=["whsec_q3Jz8m1XrW0pC5e9tYbV2nHkLs4uGdAa7fTiO6yMxRc"],
+        examples=["whsec_q3Jz8m1XrW0pC5e9tYbV2nHkLs4uGdAa7fTiO6yMxRc="],
     )
     signature: str = Field(
-        description="how each delivery is signed",
-        examples=[
-            "X-Telemetry-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t + '.' + body)>"
-        ],
+        description="how each delivery is signed: Standard Webhooks",
+        examples=[SIGNATURE_SCHEME],
     )
 
 
@@ -199,7 +222,7 @@ async def create_webhook(body: WebhookIn, db: Db, writer: Writer, request: Reque
         raise ApiError(
             409, "url", f"at most {MAX_WEBHOOKS} webhooks in a project; delete one first"
         )
-    secret = body.secret or f"whsec_{secrets.token_urlsafe(32)}"
+    secret = body.secret or new_secret()
     doc = {
         "_id": f"wh_{secrets.token_hex(8)}",
         **mine,
@@ -213,8 +236,7 @@ async def create_webhook(body: WebhookIn, db: Db, writer: Writer, request: Reque
     return {
         **webhook_out(doc),
         "secret": secret,
-        "signature": "X-Telemetry-Signature: t=<unix seconds>,"
-        "v1=<hex HMAC-SHA256(secret, t + '.' + body)>",
+        "signature": SIGNATURE_SCHEME,
     }
 
 
