@@ -69,7 +69,6 @@ class WebhookIn(BaseModel):
         None, max_length=1000, description="only alerts of these rules", examples=[["rule-1"]]
     )
 
-
     @field_validator("secret")
     @classmethod
     def _standard_secret(cls, secret: str | None) -> str | None:
