@@ -16,7 +16,7 @@ dozen int counts crosses BSON with no conversion step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -65,9 +65,6 @@ class QuantileSketch:
     def add_key(self, key: int, count: int = 1) -> None:
         self.bins[key] = self.bins.get(key, 0) + count
 
-    def add(self, value: float) -> None:
-        self.add_key(bin_key(value))
-
     def merge(self, other: QuantileSketch) -> None:
         bins = self.bins
         for key, count in other.bins.items():
@@ -76,21 +73,6 @@ class QuantileSketch:
     @property
     def count(self) -> int:
         return sum(self.bins.values())
-
-    def quantile(self, q: float) -> float | None:
-        """The value at rank ``floor(q * (n - 1))``, within the relative accuracy; None if empty."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile {q} is not between 0 and 1")
-        total = self.count
-        if total == 0:
-            return None
-        rank = q * (total - 1)
-        seen = 0
-        for key in sorted(self.bins):
-            seen += self.bins[key]
-            if seen > rank:
-                return bin_value(key)
-        return bin_value(max(self.bins))
 
     def quantiles(self, qs: Mapping[str, float] = PERCENTILES) -> dict[str, float | None]:
         """Several quantiles in one pass over the sorted bins."""
@@ -136,10 +118,3 @@ class QuantileSketch:
                 f"this build uses {RELATIVE_ACCURACY}"
             )
         return cls({int(k): int(n) for k, n in doc.get("bins", {}).items()})
-
-    @classmethod
-    def of(cls, values: Iterable[float]) -> QuantileSketch:
-        sketch = cls()
-        for value in values:
-            sketch.add(value)
-        return sketch
