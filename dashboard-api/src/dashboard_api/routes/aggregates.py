@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
@@ -34,37 +33,6 @@ Resolution = Annotated[
 ]
 
 
-async def _rollups(
-    request: Request,
-    db: Db,
-    project_id: str,
-    resolution: str,
-    *,
-    device_id: str | None,
-    metric: str | None,
-    start: datetime | None,
-    end: datetime | None,
-    limit: int,
-    cursor: str | None,
-) -> dict[str, Any]:
-    time_range("timestamp", start, end)  # refuses an empty or inverted range
-    plan = request.app.state.settings.rollup_plan
-    source = plan.derived.get(resolution)
-    rows, next_cursor = await rollup_page(
-        db[ROLLUPS],
-        resolution,
-        project_id=project_id,
-        device_id=device_id,
-        metric=metric,
-        start=to_utc_ms(start) if start is not None else None,
-        end=to_utc_ms(end) if end is not None else None,
-        limit=limit,
-        cursor=cursor,
-        merged_from=MergedFrom(source, plan.served[resolution]) if source else None,
-    )
-    return page([public(row) for row in rows], next_cursor)
-
-
 @router.get("/aggregated", response_model=RollupsPage, responses=BAD_PARAMETER)
 async def list_aggregated(
     request: Request,
@@ -79,18 +47,22 @@ async def list_aggregated(
     end: To = None,
 ) -> dict[str, Any]:
     """Rollup buckets across devices, newest first."""
-    return await _rollups(
-        request,
-        db,
-        caller.project_id,
+    time_range("timestamp", start, end)  # refuses an empty or inverted range
+    plan = request.app.state.settings.rollup_plan
+    source = plan.derived.get(resolution)
+    rows, next_cursor = await rollup_page(
+        db[ROLLUPS],
         resolution,
+        project_id=caller.project_id,
         device_id=device_id,
         metric=metric,
-        start=start,
-        end=end,
+        start=to_utc_ms(start) if start is not None else None,
+        end=to_utc_ms(end) if end is not None else None,
         limit=limit,
         cursor=cursor,
+        merged_from=MergedFrom(source, plan.served[resolution]) if source else None,
     )
+    return page([public(row) for row in rows], next_cursor)
 
 
 @router.get("/devices/{device_id}/aggregates", response_model=RollupsPage, responses=BAD_PARAMETER)
@@ -106,16 +78,7 @@ async def device_aggregates(
     start: From = None,
     end: To = None,
 ) -> dict[str, Any]:
-    """One device's rollup buckets, newest first."""
-    return await _rollups(
-        request,
-        db,
-        caller.project_id,
-        resolution,
-        device_id=device_id,
-        metric=metric,
-        start=start,
-        end=end,
-        limit=limit,
-        cursor=cursor,
+    """One device's rollup buckets, newest first: /aggregated for one device."""
+    return await list_aggregated(
+        request, db, caller, limit, cursor, device_id, metric, resolution, start, end
     )

@@ -9,7 +9,7 @@ from fastapi import Path, Query
 from telemetry_common.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.mongo import RAW
 
-from dashboard_api.auth import Reader, read_router
+from dashboard_api.auth import Caller, Reader, read_router
 from dashboard_api.deps import (
     BAD_PARAMETER,
     Db,
@@ -45,8 +45,22 @@ V1_RANGE = ("from_time", "to_time")
 
 
 async def _readings(
-    db: Db, query: dict[str, Any], limit: int, cursor: str | None
+    db: Db,
+    caller: Caller,
+    limit: int,
+    cursor: str | None,
+    *,
+    device_id: str | None = None,
+    tag: str | None = None,
+    window: dict[str, Any],
 ) -> dict[str, Any]:
+    """One page of the caller's project's readings, newest first (``window``: a
+    ``time_range`` on ``ts``)."""
+    query: dict[str, Any] = {"project_id": caller.project_id, **window}
+    if device_id:
+        query["device_id"] = device_id
+    if tag:
+        query["tags"] = tag
     docs, next_cursor = await keyset_page(db[RAW], query, sort_key="ts", limit=limit, cursor=cursor)
     return page([public(doc, "event_id") for doc in docs], next_cursor)
 
@@ -63,12 +77,8 @@ async def list_telemetry(
     end: To = None,
 ) -> dict[str, Any]:
     """Raw readings across devices, newest first."""
-    query = {"project_id": caller.project_id, **time_range("ts", start, end)}
-    if device_id:
-        query["device_id"] = device_id
-    if tag:
-        query["tags"] = tag
-    return await _readings(db, query, limit, cursor)
+    window = time_range("ts", start, end)
+    return await _readings(db, caller, limit, cursor, device_id=device_id, tag=tag, window=window)
 
 
 @router.get("/devices/{device_id}/telemetry", response_model=ReadingsPage, responses=BAD_PARAMETER)
@@ -83,14 +93,8 @@ async def device_telemetry(
     end: To = None,
 ) -> dict[str, Any]:
     """One device's raw readings, newest first."""
-    query = {
-        "project_id": caller.project_id,
-        "device_id": device_id,
-        **time_range("ts", start, end),
-    }
-    if tag:
-        query["tags"] = tag
-    return await _readings(db, query, limit, cursor)
+    window = time_range("ts", start, end)
+    return await _readings(db, caller, limit, cursor, device_id=device_id, tag=tag, window=window)
 
 
 @router.get("/v1/search", response_model=ReadingsPage, responses=BAD_PARAMETER, tags=["v1"])
@@ -106,13 +110,9 @@ async def search_by_tag(
     from_time: FromTime = None,
     to_time: ToTime = None,
 ) -> dict[str, Any]:
-    """Readings carrying ``tag``, newest first (served by the (tags, ts) index)."""
-    query = {
-        "project_id": caller.project_id,
-        "tags": tag,
-        **time_range("ts", from_time, to_time, names=V1_RANGE),
-    }
-    return await _readings(db, query, limit, cursor)
+    """Readings carrying ``tag``, newest first (served by the (project_id, tags, ts) index)."""
+    window = time_range("ts", from_time, to_time, names=V1_RANGE)
+    return await _readings(db, caller, limit, cursor, tag=tag, window=window)
 
 
 @router.get(
@@ -130,10 +130,7 @@ async def device_events(
     from_time: FromTime = None,
     to_time: ToTime = None,
 ) -> dict[str, Any]:
-    """One device's recent readings, newest first (served by the (device_id, ts) index)."""
-    query = {
-        "project_id": caller.project_id,
-        "device_id": device_id,
-        **time_range("ts", from_time, to_time, names=V1_RANGE),
-    }
-    return await _readings(db, query, limit, cursor)
+    """One device's recent readings, newest first (served by the (project_id, device_id, ts)
+    index)."""
+    window = time_range("ts", from_time, to_time, names=V1_RANGE)
+    return await _readings(db, caller, limit, cursor, device_id=device_id, window=window)
