@@ -40,6 +40,17 @@ class LoadResult:
         return sum(n for status, n in self.statuses.items() if status // 100 != 2)
 
 
+def combined(results: list[LoadResult]) -> LoadResult:
+    """Several runs' requests, time, latencies and statuses as one."""
+    total = LoadResult()
+    for result in results:
+        total.requests += result.requests
+        total.elapsed_s += result.elapsed_s
+        total.latencies_s += result.latencies_s
+        total.statuses.update(result.statuses)
+    return total
+
+
 def run_on_uvloop(main: Coroutine[object, object, T]) -> T:
     """asyncio.run on uvloop: the load generator's own CPU is kept as small as it can be."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -13,7 +13,7 @@ from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
 from telemetry_common.reading import Reading
 
-from telemetry_tools.bench.http_load import LoadResult, post_all, run_on_uvloop
+from telemetry_tools.bench.http_load import LoadResult, combined, post_all, run_on_uvloop
 from telemetry_tools.bench.processes import (
     Infra,
     ServiceProcess,
@@ -31,6 +31,8 @@ BATCH_CLIENTS = 4
 SINGLE_CLIENTS = 32
 CALM_CLIENTS = 4
 FLOOD_CLIENTS = 16
+# Turns of single requests with and without keys, each half the single run's time.
+SINGLE_TURNS = 4
 # Requests/s of the bench's one key: far above what one process serves.
 GATEWAY_KEY_RATE = 1_000_000
 
@@ -124,14 +126,16 @@ def run(
         )
     ]
 
-    def post_singles(url: str, headers: dict[str, str] | None = None) -> LoadResult:
+    def post_singles(
+        url: str, headers: dict[str, str] | None = None, seconds: float = single_seconds
+    ) -> LoadResult:
         return run_on_uvloop(
             post_all(
                 url,
                 "/ingest",
                 singles,
                 concurrency=SINGLE_CLIENTS,
-                duration_s=single_seconds,
+                duration_s=seconds,
                 headers=headers,
             )
         )
@@ -161,12 +165,19 @@ def run(
         check = {"device_id": f"key-check-{run_id}", "temperature_c": 0.0}
         wait_until_keys_loaded(keyed_api.url, "/ingest", project_key, json=check)
         with report.phase("ingest: the API, batches and single readings, without and with keys"):
-            # In turns (without, with, with, without): neither is always the one
-            # measured on a warmer or a fuller broker.
+            # In turns (without, with, then with, without, ...): neither is always
+            # the one measured on a warmer or a fuller broker. Single requests, whose
+            # figures move most from one run to the next, take several turns.
             batch = post_batches(api.url)
             keyed_batch = post_batches(keyed_api.url, with_key)
-            keyed_single = post_singles(keyed_api.url, with_key)
-            single = post_singles(api.url)
+            open_runs: list[LoadResult] = []
+            keyed_runs: list[LoadResult] = []
+            turn = single_seconds / 2
+            for i in range(SINGLE_TURNS):
+                pair = [(api.url, None, open_runs), (keyed_api.url, with_key, keyed_runs)]
+                for url, headers, runs in pair if i % 2 else reversed(pair):
+                    runs.append(post_singles(url, headers, turn))
+            single, keyed_single = combined(open_runs), combined(keyed_runs)
         with report.phase("ingest: one device flooding beside the others"):
             calm, flooded = run_on_uvloop(flood_effect(api.url, singles, single_seconds))
     null_api = ServiceProcess("ingestion-api-null", "telemetry_tools.bench.null_ingest", env, logs)
