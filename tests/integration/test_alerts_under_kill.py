@@ -103,7 +103,9 @@ async def run_scenario(
             for r in readings[start : start + DEVICES * 4]:
                 await producer.send(topics.telemetry, r.to_kafka_value(), key=r.device_id.encode())
             await producer.flush()
-            await asyncio.sleep(0.1)
+            # Slow enough that the stream outlasts every kill and the rebalance after
+            # it (a restart and a rejoin take seconds on a busy machine).
+            await asyncio.sleep(0.2)
 
     publishing = asyncio.create_task(publish_slowly())
     try:
