@@ -157,9 +157,14 @@ async def in_project(request: Request, caller: Caller, project_id: str | None) -
         return replace(caller, project_id=caller.key.project_id)
     if project_id is None or project_id == DEFAULT_PROJECT:
         return caller
-    if await request.app.state.db[PROJECTS].find_one({"_id": project_id}, {"_id": 1}) is None:
-        raise ApiError(404, "project_id", f"no project {project_id!r}")
+    await require_project(request.app.state.db, project_id)
     return replace(caller, project_id=project_id)
+
+
+async def require_project(db: AsyncDatabase, project_id: str) -> None:
+    """404 naming ``project_id`` unless the project exists."""
+    if await db[PROJECTS].find_one({"_id": project_id}, {"_id": 1}) is None:
+        raise ApiError(404, "project_id", f"no project {project_id!r}")
 
 
 async def require_reader(

@@ -32,7 +32,7 @@ from telemetry_common.tenancy import (
 )
 from telemetry_common.timefmt import utcnow
 
-from dashboard_api.auth import ADMIN_ERRORS, Admin, ProjectId, ProjectManager
+from dashboard_api.auth import ADMIN_ERRORS, Admin, ProjectId, ProjectManager, require_project
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import (
@@ -233,11 +233,6 @@ class KeyCreate(BaseModel):
     )
 
 
-async def _existing_project(db: Db, project_id: str) -> None:
-    if await db[PROJECTS].find_one({"_id": project_id}, {"_id": 1}) is None:
-        raise ApiError(404, "project_id", "no such project")
-
-
 def _key_out(key: ApiKey) -> dict[str, Any]:
     return public(key.public())
 
@@ -253,7 +248,7 @@ async def create_key(
 ) -> dict[str, Any]:
     """Issue a key of the project. The answer carries the key itself, this once: only
     its hash is stored."""
-    await _existing_project(db, project_id)
+    await require_project(db, project_id)
     if body.devices is not None and set(body.scopes) != {INGEST}:
         raise ApiError(422, "devices", "only a key whose only scope is ingest is bound to devices")
     key, record = await issue_key(
@@ -271,7 +266,7 @@ async def list_project_keys(
     db: Db, _manager: ProjectManager, project_id: ProjectId, limit: Limit, cursor: Cursor = None
 ) -> dict[str, Any]:
     """The project's keys, oldest first, revoked ones included (never the key itself)."""
-    await _existing_project(db, project_id)
+    await require_project(db, project_id)
     docs, next_cursor = await keyset_page(
         db[API_KEYS],
         in_project(project_id),
