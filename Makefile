@@ -48,7 +48,7 @@ deploy-tools: $(VENV)/.deploy-synced $(KUSTOMIZE) $(CHECKOV_VENV)/.synced $(CRD_
 dockerfiles: $(VENV)/.synced ## Rewrite the five Dockerfiles from their one template
 	$(VENV)/bin/python -m telemetry_tools.dockerfiles
 
-test: install deploy-tools $(CHROMIUM) ## Run the whole test suite against its own Kafka and MongoDB
+test: install deploy-tools $(CHROMIUM) lint ## Lint, then run the whole test suite against its own Kafka and MongoDB
 	$(VENV)/bin/pytest
 
 test-unit: $(VENV)/.synced ## Run the tests that need no server
@@ -60,8 +60,9 @@ bench: install ## Measure every speed figure beside its ceiling (20 min; the fir
 chaos: install ## Break things under load (kills, Kafka and MongoDB outages, poison) and check nothing is lost; writes RELIABILITY.md
 	$(VENV)/bin/telemetry-chaos
 
-lint: $(VENV)/.synced ## ruff over the whole tree
+lint: $(VENV)/.synced ## ruff over the whole tree, mypy (strict) over the product's packages
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean: ## Delete local data (Kafka and MongoDB state, the bench's store) and logs; installs are kept
 	rm -rf $(LOCAL)/data $(LOCAL)/bench

@@ -143,10 +143,10 @@ class BucketState:
                 held = metrics.get(metric)
                 if held is None:
                     metrics[metric] = c
-                elif type(held) is Contribution:
+                elif isinstance(held, Contribution):
                     metrics[metric] = _rollup_of(held, c)
                 else:
-                    held.add(c.value, c.ts, c.key)  # type: ignore[union-attr]
+                    held.add(c.value, c.ts, c.key)
             added = True
         if added:
             self.dirty = True
@@ -166,10 +166,10 @@ class BucketState:
             held = self.metrics.get(metric)
             if held is None:
                 self.metrics[metric] = c
-            elif type(held) is Contribution:
+            elif isinstance(held, Contribution):
                 self.metrics[metric] = _rollup_of(held, c)
             else:
-                held.add(c.value, c.ts, c.key)  # type: ignore[union-attr]
+                held.add(c.value, c.ts, c.key)
             added = True
         # A lagging metric that caught up with the others needs no watermark of its own.
         for metric, own in list(self.metric_applied.items()):
@@ -180,11 +180,11 @@ class BucketState:
     def rollup(self, metric: str) -> Rollup:
         """The metric's figures so far."""
         held = self.metrics[metric]
-        if type(held) is Contribution:
+        if isinstance(held, Contribution):
             single = Rollup()
             single.add(held.value, held.ts, held.key)
             return single
-        return held  # type: ignore[return-value]
+        return held
 
     def merge_stored(self, doc: Mapping[str, Any]) -> Merged:
         """Start from the stored bucket and fold again what this worker added that it
@@ -220,10 +220,10 @@ class BucketState:
     ) -> dict[str, Any]:
         metrics = {}
         for metric, held in self.metrics.items():
-            if type(held) is Contribution:
+            if isinstance(held, Contribution):
                 fields: dict[str, Any] = {"value": held.value, "ts": held.ts}
             else:
-                fields = stored_fields(held)  # type: ignore[arg-type]
+                fields = stored_fields(held)
             own = self.metric_applied.get(metric) if self.metric_applied else None
             if own is not None:
                 # This metric lags the others (a bucket migrated mid-replay): its

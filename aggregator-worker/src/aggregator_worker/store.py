@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import DEVICES, RAW
+from telemetry_common.mongo import DEVICES, RAW, Database
 from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, PartitionsLost
 from telemetry_common.resolutions import RollupPlan
 from telemetry_common.rollup_layout import DEFAULT_PROJECT, ROLLUPS, scoped_id, windows_of
@@ -36,6 +35,7 @@ from aggregator_worker.fold import (
     BucketStarts,
     BucketState,
     DeviceState,
+    Merged,
     Placed,
     contributions,
 )
@@ -76,7 +76,7 @@ class RawInsertResult:
     duplicates: int
 
 
-async def insert_raw(db: AsyncDatabase, batch: list[Placed]) -> RawInsertResult:
+async def insert_raw(db: Database, batch: list[Placed]) -> RawInsertResult:
     """Store each reading once; return those whose rollups this batch is responsible for."""
     unique: dict[str, Placed] = {}
     for placed in batch:
@@ -90,8 +90,11 @@ class _State(Protocol):
     partition: int
     stored: bool
     dirty: bool
+    # What was folded since the last write, folded again if the write finds the
+    # document stored after all (a bucket's values, a device's readings).
+    pending: list[Any]
 
-    def merge_stored(self, doc: Mapping[str, Any]) -> int: ...
+    def merge_stored(self, doc: Mapping[str, Any]) -> Merged: ...
 
 
 S = TypeVar("S", bound=_State)
@@ -153,7 +156,7 @@ class PartitionState:
 
     def __init__(
         self,
-        db: AsyncDatabase,
+        db: Database,
         ownership: PartitionOwnership,
         plan: RollupPlan,
         retention: Mapping[str, timedelta | None],
@@ -273,7 +276,11 @@ class PartitionState:
             del by_id[doc_id]
 
     async def _write(
-        self, collection: str, held: Held[Any], build: Any, outcome: FlushOutcome
+        self,
+        collection: str,
+        held: Held[S],
+        build: Callable[[str, S, int], dict[str, Any]],
+        outcome: FlushOutcome,
     ) -> set[int]:
         lost: set[int] = set()
         for _ in range(MAX_ROUNDS):
@@ -287,9 +294,9 @@ class PartitionState:
             new = [(i, s) for i, s in dirty if not s.stored]
             replaced = [(i, s) for i, s in dirty if s.stored]
 
-            def document(item: tuple[str, Any], epochs: dict[int, int] = epochs) -> dict[str, Any]:
+            def document(item: tuple[str, S], epochs: dict[int, int] = epochs) -> dict[str, Any]:
                 doc_id, state = item
-                return build(doc_id, state, epochs[state.partition])  # type: ignore[no-any-return]
+                return build(doc_id, state, epochs[state.partition])
 
             result = await write_fenced(self._db[collection], new, replaced, document, _epoch_of)
             states = dict(dirty)

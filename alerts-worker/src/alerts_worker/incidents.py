@@ -206,8 +206,8 @@ def evaluate_batch(
     outcome = BatchOutcome()
     clocks = {} if device_clocks is None else device_clocks
     by_device: dict[str, list[Tracked]] = {}
-    for t in tracked.values():
-        by_device.setdefault(t.device_key, []).append(t)
+    for held in tracked.values():
+        by_device.setdefault(held.device_key, []).append(held)
 
     def silenced(project_id: str, rule_id: str, device_id: str) -> bool:
         return bool(silences) and any(

@@ -19,9 +19,8 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka.producer import RenewableProducer
-from telemetry_common.mongo import ALERTS
+from telemetry_common.mongo import ALERTS, Database
 from telemetry_common.timefmt import iso_z
 
 from alerts_worker.store import ACK_FIELDS, ALERT_OUTBOX
@@ -80,7 +79,7 @@ async def published_since(bootstrap_servers: str, topic: str, since: datetime) -
 
 class Outbox:
     def __init__(
-        self, db: AsyncDatabase, producer: RenewableProducer, topic: str, bootstrap_servers: str
+        self, db: Database, producer: RenewableProducer, topic: str, bootstrap_servers: str
     ):
         self._db = db
         self._producer = producer

@@ -14,8 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.alert_rules import ALERT_RULES, ALERT_SILENCES, Rule, Silence
+from telemetry_common.mongo import Database
 from telemetry_common.reloading import Reloading
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import utcnow
@@ -31,7 +31,7 @@ class RuleCache(Reloading):
 
     def __init__(
         self,
-        db: AsyncDatabase,
+        db: Database,
         refresh_s: float,
         registry: CollectorRegistry,
         builtin: list[dict[str, Any]],
@@ -78,7 +78,7 @@ class RuleCache(Reloading):
         super().reload_failed(exc)
 
 
-async def install_builtin_rules(db: AsyncDatabase, builtin: list[dict[str, Any]]) -> None:
+async def install_builtin_rules(db: Database, builtin: list[dict[str, Any]]) -> None:
     """Write the built-in rules with this worker's thresholds; keep whether each is enabled."""
     now = utcnow()
     for rule in builtin:

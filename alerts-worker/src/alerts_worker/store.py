@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pymongo import ASCENDING, DeleteOne, IndexModel, UpdateOne
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka.consumer import Consumed
-from telemetry_common.mongo import ALERTS
+from telemetry_common.mongo import ALERTS, Database
 from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, not_newer_than
 from telemetry_common.reading import Reading
 from telemetry_common.rollup_layout import scoped_id
@@ -53,7 +52,7 @@ MAX_ROUNDS = 5
 ACK_FIELDS = {"acknowledged_at": None, "acknowledged_by": None}
 
 
-async def ensure_alert_indexes(db: AsyncDatabase) -> None:
+async def ensure_alert_indexes(db: Database) -> None:
     await db[ALERT_STATE].create_indexes([IndexModel([("device_id", ASCENDING)], name="device")])
     await db[ALERT_OUTBOX].create_indexes(
         [
@@ -69,7 +68,7 @@ async def ensure_alert_indexes(db: AsyncDatabase) -> None:
 
 
 async def drop_retries(
-    db: AsyncDatabase, items: list[Consumed[Reading]], now: datetime
+    db: Database, items: list[Consumed[Reading]], now: datetime
 ) -> list[Consumed[Reading]]:
     """The batch without second copies of a reading (a device retry, in this batch or
     an earlier one), so that every reading counts once in every k-of-n window."""
@@ -113,7 +112,7 @@ def _outbox_write(raised: Raised, now: datetime) -> UpdateOne:
     return UpdateOne({"_id": transition.notification_id}, {"$setOnInsert": doc}, upsert=True)
 
 
-async def record_transitions(db: AsyncDatabase, raised: list[Raised], now: datetime) -> set[str]:
+async def record_transitions(db: Database, raised: list[Raised], now: datetime) -> set[str]:
     """Record the transitions; return the notification ids recorded for the first time.
 
     A transition computed again (a replay of readings whose state was not kept)
@@ -126,10 +125,12 @@ async def record_transitions(db: AsyncDatabase, raised: list[Raised], now: datet
     result = await db[ALERT_OUTBOX].bulk_write(
         [_outbox_write(r, now) for r in raised], ordered=False
     )
-    return {raised[index].transition.notification_id for index in result.upserted_ids}
+    # Acknowledged writes (the default) always report what they upserted.
+    upserted = result.upserted_ids or {}
+    return {raised[index].transition.notification_id for index in upserted}
 
 
-async def load_states(db: AsyncDatabase, device_keys: Iterable[str]) -> list[Tracked]:
+async def load_states(db: Database, device_keys: Iterable[str]) -> list[Tracked]:
     """Every rule's state stored for these devices (by their ids within their projects,
     ``scoped_id``; also of rules since deleted, to resolve their alerts)."""
     wanted = set(device_keys)
@@ -164,7 +165,7 @@ class HeldStates:
     projects' ``dev-1`` are two devices (on one partition: the record key is the
     device id)."""
 
-    def __init__(self, db: AsyncDatabase, ownership: PartitionOwnership, device_limit: int):
+    def __init__(self, db: Database, ownership: PartitionOwnership, device_limit: int):
         self._db = db
         self.owned = OwnedPartitions(ownership)
         self.device_limit = device_limit

@@ -7,11 +7,10 @@ import contextlib
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.alert_rules import Silence, builtin_rules
 from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.kafka.readings import decode_reading
-from telemetry_common.mongo import connect
+from telemetry_common.mongo import Database, connect
 from telemetry_common.ownership import PartitionsLost
 from telemetry_common.reading import Reading
 from telemetry_common.settings import AlertsSettings
@@ -127,7 +126,7 @@ class AlertsHandler:
 
 
 async def evaluate_and_record(
-    db: AsyncDatabase,
+    db: Database,
     states: HeldStates,
     items: list[Consumed[Reading]],
     rules: RuleIndex,

@@ -128,7 +128,9 @@ class RuleCreate(BaseModel):
 def _optional(info: FieldInfo) -> tuple[Any, FieldInfo]:
     optional = copy.copy(info)
     optional.default = None
-    return info.annotation | None, optional
+    annotation = info.annotation
+    assert annotation is not None, "every field of a rule is annotated"
+    return annotation | None, optional
 
 
 # A PATCH: any subset of the fields, each checked as on creation; the fields

@@ -6,6 +6,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.applications import Starlette
 
 from telemetry_common.reading import FieldError
 
@@ -63,7 +64,7 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(errors), status_code=422)
 
 
-def install_error_handlers(app: object) -> None:
+def install_error_handlers(app: Starlette) -> None:
     """Every refusal, ours or FastAPI's own validation, answers with the same body."""
-    app.add_exception_handler(ApiError, api_error_handler)  # type: ignore[attr-defined]
-    app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[attr-defined]
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
-from pymongo.asynchronous.database import AsyncDatabase
 
 from telemetry_common.api_errors import ApiError
+from telemetry_common.mongo import Database
 from telemetry_common.reloading import Reloading
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import utcnow
@@ -35,8 +35,10 @@ API_KEY_HEADER = "X-API-Key"
 # What a key may do: post readings (``ingest``, optionally for some devices only),
 # read its project's data (``read``), change its rules, silences, webhooks and
 # acknowledgements (``manage``). The admin key may do everything everywhere.
-INGEST, READ, MANAGE = "ingest", "read", "manage"
 Scope = Literal["ingest", "read", "manage"]
+INGEST: Scope = "ingest"
+READ: Scope = "read"
+MANAGE: Scope = "manage"
 SCOPES: tuple[Scope, ...] = (INGEST, READ, MANAGE)
 ALL_SCOPES = frozenset(SCOPES)
 # Both APIs declare it as their security scheme, so the OpenAPI documents (and
@@ -128,7 +130,7 @@ def default_scopes(devices: Iterable[str] | None) -> frozenset[str]:
 
 
 async def issue_key(
-    db: AsyncDatabase,
+    db: Database,
     name: str,
     devices: list[str] | None = None,
     *,
@@ -152,7 +154,7 @@ async def issue_key(
     return key, ApiKey.from_document(doc)
 
 
-async def revoke_key(db: AsyncDatabase, key_id: str) -> ApiKey | None:
+async def revoke_key(db: Database, key_id: str) -> ApiKey | None:
     """Mark a key revoked (kept for the record); None when there is no such key."""
     doc = await db[API_KEYS].find_one_and_update(
         {"_id": key_id, "revoked_at": None},
@@ -164,7 +166,7 @@ async def revoke_key(db: AsyncDatabase, key_id: str) -> ApiKey | None:
     return ApiKey.from_document(doc) if doc else None
 
 
-async def list_keys(db: AsyncDatabase) -> list[ApiKey]:
+async def list_keys(db: Database) -> list[ApiKey]:
     return [ApiKey.from_document(d) async for d in db[API_KEYS].find({}).sort("created_at", 1)]
 
 
@@ -177,7 +179,7 @@ class KeyCache(Reloading):
 
     what = "API keys"
 
-    def __init__(self, db: AsyncDatabase, refresh_s: float):
+    def __init__(self, db: Database, refresh_s: float):
         super().__init__(refresh_s)
         self._db = db
         self._by_hash: dict[str, ApiKey] = {}

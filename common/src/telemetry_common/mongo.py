@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
@@ -21,6 +23,13 @@ from telemetry_common.rollup_layout import window_field, window_index_name
 
 log = logging.getLogger(__name__)
 
+# Every collection is read and written as plain dicts (BSON documents decoded by
+# PyMongo's default codec); these name that once for the type checker.
+Document = dict[str, Any]
+Client = AsyncMongoClient[Document]
+Database = AsyncDatabase[Document]
+Collection = AsyncCollection[Document]
+
 RAW = "telemetry_raw"
 ALERTS = "alerts"
 DEVICES = "devices"
@@ -30,7 +39,7 @@ ALERT_RULES = "alert_rules"
 ALERT_SILENCES = "alert_silences"
 
 
-def connect(url: str, app_name: str) -> AsyncMongoClient:
+def connect(url: str, app_name: str) -> Client:
     # tz_aware: dates come back as aware UTC datetimes, never naive ones that a
     # later .isoformat() would print without an offset.
     return AsyncMongoClient(
@@ -77,7 +86,7 @@ SUPERSEDED_INDEXES = {
 
 
 async def ensure_indexes(
-    db: AsyncDatabase,
+    db: Database,
     raw_retention: timedelta | None,
     merged_resolutions: Iterable[str] = (),
 ) -> None:
@@ -179,7 +188,7 @@ async def ensure_indexes(
     )
 
 
-async def _drop_indexes(db: AsyncDatabase, collection: str, names: tuple[str, ...]) -> None:
+async def _drop_indexes(db: Database, collection: str, names: tuple[str, ...]) -> None:
     existing = {index["name"] async for index in await db[collection].list_indexes()}
     for name in names:
         if name not in existing:
@@ -192,7 +201,7 @@ async def _drop_indexes(db: AsyncDatabase, collection: str, names: tuple[str, ..
 
 
 async def _ensure_ttl(
-    db: AsyncDatabase, collection: str, field: str, name: str, keep: timedelta
+    db: Database, collection: str, field: str, name: str, keep: timedelta
 ) -> None:
     seconds = int(keep.total_seconds())
     try:

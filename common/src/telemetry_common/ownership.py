@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.asynchronous.database import AsyncDatabase
 
 from telemetry_common.errors import TelemetryError
+from telemetry_common.mongo import Database
 from telemetry_common.timefmt import utcnow
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Claim:
 class PartitionOwnership:
     """The epochs under which this worker holds its partitions of one topic."""
 
-    def __init__(self, db: AsyncDatabase, service: str, group: str, topic: str, owner: str):
+    def __init__(self, db: Database, service: str, group: str, topic: str, owner: str):
         self._owners = db[PARTITION_OWNERS]
         # One counter for every group of the service: they write the same state
         # documents, so a new group (or a reset one) must claim above them all.
@@ -91,6 +91,7 @@ class PartitionOwnership:
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
+        assert counter is not None, "an upsert returning the document after always has one"
         epoch = int(counter["epoch"])
         previous = await self._owners.find_one_and_update(
             {"_id": f"{self._prefix}|{partition}"},

@@ -144,7 +144,8 @@ class RollupPlan:
         kept: dict[str, timedelta | None] = {}
         for name in self.stored:
             spans = [retention.get(name)] + [retention.get(d) for d in self.derived_from(name)]
-            kept[name] = None if any(s is None for s in spans) else max(spans)  # type: ignore[type-var]
+            known = [span for span in spans if span is not None]
+            kept[name] = max(known) if len(known) == len(spans) else None
         return kept
 
 

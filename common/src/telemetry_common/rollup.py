@@ -23,11 +23,11 @@ from telemetry_common.sketch import PERCENTILES, QuantileSketch, bin_key, bin_va
 
 
 def _earlier(ts: datetime, value: float, than_ts: datetime | None, than: float | None) -> bool:
-    return than_ts is None or (ts, value) < (than_ts, than)  # type: ignore[operator]
+    return than_ts is None or (ts, value) < (than_ts, than)
 
 
 def _later(ts: datetime, value: float, than_ts: datetime | None, than: float | None) -> bool:
-    return than_ts is None or (ts, value) > (than_ts, than)  # type: ignore[operator]
+    return than_ts is None or (ts, value) > (than_ts, than)
 
 
 @dataclass(slots=True)

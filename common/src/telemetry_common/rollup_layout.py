@@ -28,7 +28,7 @@ and ``_e`` (the epoch of the partition owner that wrote it, see
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -318,7 +318,7 @@ def merged_bucket(
     device_id: str,
     resolution: str,
     window: datetime,
-    docs: list[Mapping[str, Any]],
+    docs: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """The bucket of ``resolution`` starting at ``window``, shaped as if stored, from the
     stored documents of one device that lie in it."""
@@ -342,5 +342,5 @@ def merged_bucket(
     expiries = [d.get("expire_at") for d in docs]
     if expiries and all(e is not None for e in expiries):
         # Served until its last part expires.
-        merged["expire_at"] = max(expiries)  # type: ignore[type-var]
+        merged["expire_at"] = max(e for e in expiries if e is not None)
     return merged

@@ -13,9 +13,8 @@ from __future__ import annotations
 import secrets
 
 from pymongo import ASCENDING, IndexModel
-from pymongo.asynchronous.database import AsyncDatabase
 
-from telemetry_common.mongo import DEVICES
+from telemetry_common.mongo import DEVICES, Database
 from telemetry_common.reloading import Reloading
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import utcnow
@@ -34,7 +33,7 @@ def new_project_id() -> str:
     return f"prj-{secrets.token_hex(6)}"
 
 
-async def ensure_tenancy(db: AsyncDatabase) -> None:
+async def ensure_tenancy(db: Database) -> None:
     """The indexes, and the default organization and project (idempotent)."""
     await db[PROJECTS].create_indexes(
         [IndexModel([("org_id", ASCENDING), ("created_at", ASCENDING)], name="org_created_at")]
@@ -66,7 +65,7 @@ class ProjectQuotas(Reloading):
 
     what = "project quotas"
 
-    def __init__(self, db: AsyncDatabase, refresh_s: float):
+    def __init__(self, db: Database, refresh_s: float):
         super().__init__(refresh_s)
         self._db = db
         self.readings_per_s: dict[str, float] = {}

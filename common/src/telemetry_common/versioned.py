@@ -15,13 +15,15 @@ briefly owning one partition during a rebalance only one writes a given version.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pymongo import ReplaceOne
 from pymongo.errors import BulkWriteError
+from pymongo.results import BulkWriteResult
 
+from telemetry_common.mongo import Collection
 from telemetry_common.ownership import not_newer_than
 
 DUPLICATE_KEY = 11000
@@ -33,7 +35,7 @@ def source(partition: int, offset: int) -> str:
     return f"{partition}:{offset}"
 
 
-async def insert_first_copies(collection: Any, docs: Iterable[dict[str, Any]]) -> set[str]:
+async def insert_first_copies(collection: Collection, docs: Iterable[dict[str, Any]]) -> set[str]:
     """Insert documents keyed by event id, each with its ``_src``; return the ids that are
     second copies: stored already from another position.
 
@@ -87,7 +89,7 @@ WRITE_CHUNK = 1000
 IN_FLIGHT = 4
 
 
-async def _bounded(calls: list[Awaitable[T]]) -> list[T]:
+async def _bounded(calls: Sequence[Awaitable[T]]) -> list[T]:
     """Await ``calls`` with at most IN_FLIGHT of them running at once."""
     gate = asyncio.Semaphore(IN_FLIGHT)
 
@@ -136,7 +138,7 @@ def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-async def find_by_id(collection: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+async def find_by_id(collection: Collection, ids: list[str]) -> dict[str, dict[str, Any]]:
     async def find(chunk: list[str]) -> list[dict[str, Any]]:
         return [doc async for doc in collection.find({"_id": {"$in": chunk}})]
 
@@ -162,7 +164,9 @@ async def _duplicate_ids(write: Awaitable[Any], ids: list[str]) -> set[str]:
 Write = tuple[dict[str, Any], int | None]
 
 
-def _replace_if_unchanged(collection: Any, chunk: list[Write]) -> Awaitable[Any]:
+def _replace_if_unchanged(
+    collection: Collection, chunk: list[Write]
+) -> Awaitable[BulkWriteResult]:
     ops = [
         ReplaceOne(
             {"_id": doc["_id"], "_v": version if version is not None else {"$exists": False}},
@@ -174,7 +178,7 @@ def _replace_if_unchanged(collection: Any, chunk: list[Write]) -> Awaitable[Any]
     return collection.bulk_write(ops, ordered=False)
 
 
-async def write_versioned(collection: Any, writes: Iterable[Write]) -> set[str]:
+async def write_versioned(collection: Collection, writes: Iterable[Write]) -> set[str]:
     """Write each (document, version read); return the ids that conflicted.
 
     A document nobody had stored is inserted: a plain insert costs the server a
@@ -214,7 +218,7 @@ class FencedWrites:
 
 
 async def write_fenced(
-    collection: Any,
+    collection: Collection,
     new: list[T],
     replacements: list[T],
     build: Callable[[T], dict[str, Any]],

@@ -148,7 +148,8 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address ``host`` resolves to (the system resolver, off the event loop)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     # Drop an IPv6 zone ("fe80::1%eth0"): the address alone says what it is.
-    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+    addresses = (str(info[4][0]).split("%")[0] for info in infos)
+    return list(dict.fromkeys(ipaddress.ip_address(address) for address in addresses))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import uvloop
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
-from pymongo.asynchronous.database import AsyncDatabase
 
 from telemetry_common.kafka.consumer import (
     ConsumerLoop,
@@ -33,7 +32,7 @@ from telemetry_common.kafka.consumer import (
 from telemetry_common.kafka.dlq import DeadLetterPublisher
 from telemetry_common.kafka.producer import RenewableProducer, build_producer
 from telemetry_common.metrics import ConsumerMetrics
-from telemetry_common.mongo import connect, ensure_indexes
+from telemetry_common.mongo import Database, connect, ensure_indexes
 from telemetry_common.ownership import PartitionOwnership
 from telemetry_common.settings import WorkerSettings
 from telemetry_common.worker_http import serve, worker_app
@@ -50,7 +49,7 @@ SHUTDOWN_GRACE_S = 10.0
 @dataclass
 class WorkerContext:
     settings: WorkerSettings
-    db: AsyncDatabase
+    db: Database
     producer: RenewableProducer
     ownership: PartitionOwnership
 
@@ -181,12 +180,10 @@ async def run_worker(
         )
         context = WorkerContext(settings, db, producer, ownership)
         handle = make_handler(context)
-        hooks = (
-            getattr(handle, "partitions_assigned", None),
-            getattr(handle, "partitions_revoked", None),
-        )
+        assigned = getattr(handle, "partitions_assigned", None)
+        revoked = getattr(handle, "partitions_revoked", None)
         handling = asyncio.Lock()
-        listener = RebalanceHooks(*hooks, handling) if all(hooks) else None  # type: ignore[arg-type]
+        listener = RebalanceHooks(assigned, revoked, handling) if assigned and revoked else None
         consumer = subscribe(settings, settings.telemetry_topic, group_id, name, listener)
         await start_with_retry("Kafka consumer", consumer.start, stop)
         started["kafka"] = True

@@ -10,13 +10,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from telemetry_common.api_errors import install_error_handlers
 from telemetry_common.api_keys import KeyCache
 from telemetry_common.http_metrics import RequestMetricsMiddleware
 from telemetry_common.metrics import add_metrics_route, new_registry
-from telemetry_common.mongo import connect, ensure_indexes
+from telemetry_common.mongo import Database, connect, ensure_indexes
 from telemetry_common.settings import DashboardSettings
 from telemetry_common.tenancy import ensure_tenancy
 
@@ -41,7 +40,7 @@ from dashboard_api.system_stats import StatsSnapshot
 from dashboard_api.ui import install_ui, redirect_to_ui, wants_page
 
 
-async def _ensure_indexes_when_reachable(db: AsyncDatabase, merged: list[str]) -> None:
+async def _ensure_indexes_when_reachable(db: Database, merged: list[str]) -> None:
     backoff = 1.0
     while True:
         try:

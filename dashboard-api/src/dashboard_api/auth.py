@@ -32,7 +32,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Security
 from pymongo import ASCENDING, IndexModel
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.api_keys import (
     API_KEY_HEADER,
@@ -45,6 +44,7 @@ from telemetry_common.api_keys import (
     unauthorised_error,
 )
 from telemetry_common.identifiers import PROJECT_ID_PATTERN
+from telemetry_common.mongo import Database
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.tenancy import PROJECTS
 from telemetry_common.timefmt import utcnow
@@ -161,7 +161,7 @@ async def in_project(request: Request, caller: Caller, project_id: str | None) -
     return replace(caller, project_id=project_id)
 
 
-async def require_project(db: AsyncDatabase, project_id: str) -> None:
+async def require_project(db: Database, project_id: str) -> None:
     """404 naming ``project_id`` unless the project exists."""
     if await db[PROJECTS].find_one({"_id": project_id}, {"_id": 1}) is None:
         raise ApiError(404, "project_id", f"no project {project_id!r}")
@@ -222,13 +222,13 @@ ProjectManager = Annotated[str, Depends(require_project_manager)]
 # --- stream tokens ------------------------------------------------------------------
 
 
-async def ensure_stream_tokens(db: AsyncDatabase) -> None:
+async def ensure_stream_tokens(db: Database) -> None:
     await db[STREAM_TOKENS].create_indexes(
         [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)]
     )
 
 
-async def issue_stream_token(db: AsyncDatabase, caller: Caller) -> tuple[str, datetime]:
+async def issue_stream_token(db: Database, caller: Caller) -> tuple[str, datetime]:
     """A token that opens streams as ``caller`` until it expires; stored hashed, in
     MongoDB so that every replica honours it."""
     token = f"{STREAM_TOKEN_PREFIX}{secrets.token_urlsafe(24)}"

@@ -6,19 +6,20 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from telemetry_common.mongo import Database
 from telemetry_common.timefmt import to_utc_ms
 
 
 # Dependencies are async on purpose: FastAPI runs a plain `def` dependency in a
 # thread pool, a thread hand-off per request that cost more than the query.
-async def get_db(request: Request) -> AsyncDatabase:
-    return request.app.state.db
+async def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
 
 
-Db = Annotated[AsyncDatabase, Depends(get_db)]
+Db = Annotated[Database, Depends(get_db)]
 
 DeviceFilter = Annotated[
     str | None, Query(pattern=DEVICE_ID_PATTERN, description="only this device", examples=["dev-1"])
@@ -74,7 +75,7 @@ async def limit_param(
         examples=[100],
     ),
 ) -> int:
-    maximum = request.app.state.settings.max_page_size
+    maximum: int = request.app.state.settings.max_page_size
     if limit is None:
         return min(DEFAULT_LIMIT, maximum)
     if limit > maximum:

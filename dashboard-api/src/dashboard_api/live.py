@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
-from telemetry_common.mongo import RAW, ROLLUPS
+from telemetry_common.mongo import RAW, ROLLUPS, Database
 from telemetry_common.resolutions import RollupPlan, bucket_start
 from telemetry_common.rollup_layout import (
     ROW_FIELDS,
@@ -86,7 +86,7 @@ class Watcher:
 
 
 class DeviceFeeds:
-    def __init__(self, db: AsyncDatabase, interval_s: float, plan: RollupPlan):
+    def __init__(self, db: Database, interval_s: float, plan: RollupPlan):
         self._db = db
         self._interval_s = interval_s
         self._plan = plan
@@ -103,7 +103,7 @@ class DeviceFeeds:
             if feed is None:
                 feed = self._feeds[key] = _Feed(project_id, device_id, position)
                 feed.task = asyncio.create_task(self._poll(feed), name=f"feed:{key}")
-                feed.task.add_done_callback(lambda task, feed=feed: self._ended(feed, task))
+                feed.task.add_done_callback(functools.partial(self._ended, feed))
         watcher = Watcher(key)
         feed.watchers.add(watcher)
         return watcher
@@ -152,7 +152,7 @@ class DeviceFeeds:
         return Position(newest["ts"], newest["_id"]) if newest else None
 
     async def _poll(self, feed: _Feed) -> None:
-        while not feed.stopping:
+        while True:
             events: list[Event] = []
             # Readings, then rollups: a failure of the second keeps the readings
             # read (their position has moved on). MongoDB away: keep the

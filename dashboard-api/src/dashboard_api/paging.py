@@ -18,8 +18,8 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Query
-from pymongo.asynchronous.collection import AsyncCollection
 from telemetry_common.api_errors import ApiError
+from telemetry_common.mongo import Collection
 from telemetry_common.timefmt import iso_z, to_utc_ms
 
 Cursor = Annotated[
@@ -93,7 +93,7 @@ def keyset_query(
 
 
 async def keyset_page(
-    collection: AsyncCollection,
+    collection: Collection,
     query: dict[str, Any],
     *,
     sort_key: str,

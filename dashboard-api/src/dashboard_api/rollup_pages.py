@@ -23,13 +23,12 @@ the id it would have, so rows, their order and cursors behave as if stored.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo.asynchronous.collection import AsyncCollection
-from telemetry_common.mongo import newest_first
+from telemetry_common.mongo import Collection, newest_first
 from telemetry_common.resolutions import bucket_start
 from telemetry_common.rollup_layout import (
     bucket_filter,
@@ -218,7 +217,7 @@ def merged_query(
 
 async def merged_buckets(
     docs: AsyncIterator[Mapping[str, Any]], project_id: str, resolution: str, width_s: int
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any]]:
     """Merge consecutive source documents of one (device, window) into one bucket each."""
     group: list[Mapping[str, Any]] = []
     group_key: tuple[str, datetime] | None = None
@@ -236,7 +235,7 @@ async def merged_buckets(
 
 
 async def rollup_page(
-    collection: AsyncCollection,
+    collection: Collection,
     resolution: str,
     *,
     project_id: str,
@@ -251,7 +250,7 @@ async def rollup_page(
     """One page of rows (stored shape, bookkeeping included) and the next page's cursor."""
     resume = decode_cursor(SORT_KEY, cursor) if cursor is not None else None
     page = RowPage(limit, metric, resume)
-    bounds = {
+    bounds: dict[str, Any] = {
         "project_id": project_id,
         "device_id": device_id,
         "metric": metric,
@@ -259,6 +258,7 @@ async def rollup_page(
         "end": end,
     }
     docs: AsyncIterator[Mapping[str, Any]]
+    merging: AsyncGenerator[dict[str, Any]] | None = None
     if merged_from is None:
         query = rollup_query(resolution, **bounds, resume=resume)
         found = (
@@ -274,14 +274,14 @@ async def rollup_page(
         found = (
             collection.find(query.filter, query.projection).sort(query.sort).batch_size(MERGE_BATCH)
         )
-        docs = merged_buckets(found, project_id, resolution, merged_from.width_s)
+        docs = merging = merged_buckets(found, project_id, resolution, merged_from.width_s)
     try:
         async for doc in docs:
             if page.add(doc):
                 break
     finally:
-        if docs is not found:
-            await docs.aclose()  # type: ignore[attr-defined]
+        if merging is not None:
+            await merging.aclose()
         await found.close()
     position = page.next_position()
     return page.rows(), encode_cursor(SORT_KEY, position) if position is not None else None

@@ -31,11 +31,10 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Gauge
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from telemetry_common.api_errors import ApiError
 from telemetry_common.kafka.offsets import KafkaOffsets
-from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
+from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS, Database
 from telemetry_common.settings import DashboardSettings
 from telemetry_common.timefmt import iso_z, utcnow
 
@@ -69,7 +68,7 @@ KAFKA_UNKNOWN: dict[str, Any] = {
 
 
 class StatsSnapshot:
-    def __init__(self, db: AsyncDatabase, settings: DashboardSettings, registry: CollectorRegistry):
+    def __init__(self, db: Database, settings: DashboardSettings, registry: CollectorRegistry):
         self._db = db
         self._settings = settings
         self._groups = [g for g in settings.stats_consumer_groups.split(",") if g]

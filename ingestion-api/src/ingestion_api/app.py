@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
-from pymongo import AsyncMongoClient
 from telemetry_common.api_errors import install_error_handlers
 from telemetry_common.api_keys import API_KEYS, KeyCache
 from telemetry_common.http_metrics import RequestMetricsMiddleware
 from telemetry_common.metrics import add_metrics_route, new_registry
-from telemetry_common.mongo import connect
+from telemetry_common.mongo import Client, connect
 from telemetry_common.request_id import RequestIdMiddleware
 from telemetry_common.settings import IngestionSettings
 from telemetry_common.tenancy import ProjectQuotas
@@ -52,7 +51,7 @@ def create_app(
         registry=registry,
     )
     # MongoDB only when keys are in play: an open ingestion API depends on Kafka alone.
-    mongo: AsyncMongoClient | None = None
+    mongo: Client | None = None
     if settings.api_keys_required or settings.admin_api_key is not None:
         mongo = connect(settings.mongo_url, "ingestion-api")
     db = mongo[settings.mongo_db] if mongo is not None else None

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from fastapi import Request
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_keys import KeyCache
+from telemetry_common.mongo import Database
 from telemetry_common.settings import IngestionSettings
 from telemetry_common.tenancy import ProjectQuotas
 
@@ -22,7 +22,7 @@ class IngestContext:
     settings: IngestionSettings
     publisher: ReadingPublisher
     # MongoDB holds the API keys; None when keys are neither required nor administered here.
-    db: AsyncDatabase | None
+    db: Database | None
     keys: KeyCache | None
     # Each project's readings/s quota, from MongoDB like the keys (None: no MongoDB here).
     quotas: ProjectQuotas | None
@@ -42,4 +42,5 @@ class IngestContext:
 # Async on purpose: FastAPI runs a plain `def` dependency in a thread pool, a
 # thread hand-off on every request.
 async def get_context(request: Request) -> IngestContext:
-    return request.app.state.ingest
+    context: IngestContext = request.app.state.ingest
+    return context

@@ -55,7 +55,8 @@ MAX_REMEMBERED_KEYS = 200_000
 # fleet posts for the same device ids over and over.
 @lru_cache(maxsize=MAX_REMEMBERED_KEYS)
 def _key_hash(key: bytes) -> int:
-    return murmur2(key) & 0x7FFFFFFF
+    hashed: int = murmur2(key)
+    return hashed & 0x7FFFFFFF
 
 
 def partition_for(key: bytes, partitions: list[int]) -> int:
@@ -294,7 +295,7 @@ class ReadingPublisher:
             await asyncio.sleep(PROBE_INTERVAL_S)
             try:
                 async with asyncio.timeout(self._send_timeout_s):
-                    await self._producer.client.fetch_all_metadata()
+                    await self._producer.refresh_metadata()
                     # Sends that failed may have left gaps in the producer's
                     # sequence numbers, which the broker would refuse from now
                     # on: go on under a new producer id (every refused request

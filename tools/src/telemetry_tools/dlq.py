@@ -50,7 +50,7 @@ def project_of(record: ConsumerRecord) -> str:
     """The project a dead-lettered record belongs to (none named: the default project's)."""
     for key, value in record.headers:
         if key == PROJECT_HEADER:
-            return value.decode(errors="replace")
+            return bytes(value).decode(errors="replace")
     return DEFAULT_PROJECT
 
 

@@ -219,7 +219,8 @@ async def run(args: argparse.Namespace) -> Stats:
                 )
             task = asyncio.create_task(coro)
             in_flight.add(task)
-            task.add_done_callback(lambda t: (in_flight.discard(t), semaphore.release()))
+            task.add_done_callback(in_flight.discard)
+            task.add_done_callback(lambda _: semaphore.release())
 
     async def progress() -> None:
         seen = 0

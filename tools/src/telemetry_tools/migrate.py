@@ -49,15 +49,13 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, CursorNotFound
 from telemetry_common.api_keys import API_KEYS
 from telemetry_common.mongo import (
@@ -68,6 +66,8 @@ from telemetry_common.mongo import (
     RAW,
     WEBHOOK_DELIVERIES,
     WEBHOOKS,
+    Collection,
+    Database,
     connect,
     ensure_indexes,
 )
@@ -205,7 +205,7 @@ def buckets_starting_after(
 class _BucketReader:
     """Reads the legacy documents of every metric of the buckets a batch touches."""
 
-    def __init__(self, legacy: AsyncCollection):
+    def __init__(self, legacy: Collection):
         self._legacy = legacy
         self._metrics_of: dict[str, list[str]] = {}
 
@@ -245,13 +245,13 @@ class _BucketReader:
 
 
 async def _in_id_order(
-    collection: AsyncCollection,
+    collection: Collection,
     query: Mapping[str, Any],
     size: int,
     *,
     after: Any = None,
     projection: Mapping[str, Any] | None = None,
-) -> AsyncIterator[list[dict[str, Any]]]:
+) -> AsyncGenerator[list[dict[str, Any]]]:
     """The documents matching ``query`` past ``after`` in ``_id`` order, ``size`` at a time,
     through one cursor.
 
@@ -279,7 +279,7 @@ async def _in_id_order(
 
 
 async def _write_buckets(
-    rollups: AsyncCollection, buckets: list[list[Mapping[str, Any]]], plan: RollupPlan
+    rollups: Collection, buckets: list[list[Mapping[str, Any]]], plan: RollupPlan
 ) -> tuple[int, int]:
     """(written, left as a live owner wrote them)."""
     # A resolution now merged at read time (5m from 1m) is served from its source's
@@ -325,7 +325,7 @@ class Outcome:
 
 
 async def migrate(
-    db: AsyncDatabase,
+    db: Database,
     *,
     batch: int = 1000,
     progress: bool = False,
@@ -413,7 +413,7 @@ class Backfill:
 
 
 async def backfill_projects(
-    db: AsyncDatabase, *, batch: int = 1000, progress: bool = False
+    db: Database, *, batch: int = 1000, progress: bool = False
 ) -> Backfill:
     """Give the default project to every document stored before projects."""
     migrations = db[MIGRATIONS]
@@ -448,7 +448,7 @@ async def backfill_projects(
     return Backfill(changed)
 
 
-async def drop_legacy(db: AsyncDatabase) -> bool:
+async def drop_legacy(db: Database) -> bool:
     """Drop the legacy collection if the migration finished; whether it did."""
     state = await db[MIGRATIONS].find_one({"_id": MIGRATION_ID})
     if not state or not state.get("done"):
@@ -460,11 +460,11 @@ async def drop_legacy(db: AsyncDatabase) -> bool:
     return True
 
 
-async def dry_run(db: AsyncDatabase) -> str:
+async def dry_run(db: Database) -> str:
     return f"{await _dry_run_rollups(db)}\n{await _dry_run_projects(db)}"
 
 
-async def _dry_run_rollups(db: AsyncDatabase) -> str:
+async def _dry_run_rollups(db: Database) -> str:
     state = await db[MIGRATIONS].find_one({"_id": MIGRATION_ID}) or {}
     legacy = db[LEGACY_ROLLUPS]
     total = await legacy.count_documents({})
@@ -481,7 +481,7 @@ async def _dry_run_rollups(db: AsyncDatabase) -> str:
     )
 
 
-async def _dry_run_projects(db: AsyncDatabase) -> str:
+async def _dry_run_projects(db: Database) -> str:
     missing = {name: await db[name].count_documents(WITHOUT_PROJECT) for name in OWNED_BY_PROJECTS}
     listed = ", ".join(f"{name} {count:,}" for name, count in missing.items())
     return (

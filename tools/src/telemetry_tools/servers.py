@@ -54,7 +54,8 @@ def secantusd() -> Path:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -70,7 +71,7 @@ def _wait_for_line(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{tail}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{tail}")
         if log_path.exists() and needle in log_path.read_text(errors="replace"):
             return
         time.sleep(0.1)

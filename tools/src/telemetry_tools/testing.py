@@ -16,8 +16,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
+from telemetry_common.mongo import Client, Database
 
 from telemetry_tools.servers import KafkaServer, MongoServer, free_port
 
@@ -69,8 +69,8 @@ def db_name() -> str:
 
 
 @pytest.fixture
-async def db(mongo_server: MongoServer, db_name: str) -> AsyncIterator[AsyncDatabase]:
-    client: AsyncMongoClient = AsyncMongoClient(mongo_server.url, tz_aware=True)
+async def db(mongo_server: MongoServer, db_name: str) -> AsyncIterator[Database]:
+    client: Client = AsyncMongoClient(mongo_server.url, tz_aware=True)
     yield client[db_name]
     await client.close()
 

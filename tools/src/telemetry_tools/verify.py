@@ -22,8 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
-from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERTS, RAW, ROLLUPS
+from telemetry_common.mongo import ALERTS, RAW, ROLLUPS, Database
 from telemetry_common.resolutions import bucket_start
 from telemetry_common.rollup_layout import (
     DEFAULT_PROJECT,
@@ -53,7 +52,7 @@ def _bucket_id_filter(device_prefix: str | None) -> dict[str, Any]:
     return {"_id": device_prefix_range(DEFAULT_PROJECT, device_prefix)}
 
 
-async def missing_event_ids(db: AsyncDatabase, acknowledged: Iterable[str]) -> list[str]:
+async def missing_event_ids(db: Database, acknowledged: Iterable[str]) -> list[str]:
     """The acknowledged event ids that are not in telemetry_raw."""
     ids = list(dict.fromkeys(acknowledged))
     missing: list[str] = []
@@ -65,7 +64,7 @@ async def missing_event_ids(db: AsyncDatabase, acknowledged: Iterable[str]) -> l
 
 
 async def recompute_all_rollups(
-    db: AsyncDatabase, resolutions: dict[str, int], device_prefix: str | None = None
+    db: Database, resolutions: dict[str, int], device_prefix: str | None = None
 ) -> dict[BucketId, list[float]]:
     """Every bucket's values, straight from telemetry_raw."""
     values: dict[BucketId, list[float]] = defaultdict(list)
@@ -83,7 +82,7 @@ def _exact_quantile(sorted_values: list[float], q: float) -> float:
 
 
 async def rollup_mismatches(
-    db: AsyncDatabase, resolutions: dict[str, int], device_prefix: str | None = None
+    db: Database, resolutions: dict[str, int], device_prefix: str | None = None
 ) -> list[str]:
     """Where stored buckets differ from a recomputation; empty when every bucket is right."""
     expected = await recompute_all_rollups(db, resolutions, device_prefix)
@@ -109,7 +108,7 @@ async def rollup_mismatches(
 
 
 async def value_counts(
-    db: AsyncDatabase, resolution: str, device_prefix: str | None = None
+    db: Database, resolution: str, device_prefix: str | None = None
 ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
     """Values stored in raw readings and values counted in ``resolution``'s rollups,
     each per (device, metric)."""
@@ -126,7 +125,7 @@ async def value_counts(
 
 
 async def double_counted(
-    db: AsyncDatabase, resolution: str, device_prefix: str | None = None
+    db: Database, resolution: str, device_prefix: str | None = None
 ) -> int:
     """Readings the rollups count more than once: rollup counts above the raw count,
     per (device, metric), summed. 0 when nothing was applied twice."""
@@ -157,7 +156,7 @@ def incident_violations(alerts: Iterable[dict[str, Any]]) -> list[str]:
     return violations
 
 
-async def alerts_of(db: AsyncDatabase, device_prefix: str) -> list[dict[str, Any]]:
+async def alerts_of(db: Database, device_prefix: str) -> list[dict[str, Any]]:
     fields = {"alert_id": 1, "rule_id": 1, "device_id": 1, "fired_at": 1, "resolved_at": 1}
     return [doc async for doc in db[ALERTS].find(_device_filter(device_prefix), fields)]
 

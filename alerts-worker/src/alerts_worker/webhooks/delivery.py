@@ -72,7 +72,9 @@ async def attempt(
 ) -> AttemptResult:
     started = time.perf_counter()
 
-    def result(outcome: str, status_code: int | None = None, error: str | None = None):
+    def result(
+        outcome: str, status_code: int | None = None, error: str | None = None
+    ) -> AttemptResult:
         return AttemptResult(outcome, status_code, error, time.perf_counter() - started)
 
     try:

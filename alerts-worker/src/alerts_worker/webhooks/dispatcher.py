@@ -20,9 +20,8 @@ from typing import Any
 
 import httpx2
 from pymongo import ReturnDocument
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
-from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
+from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
 from telemetry_common.settings import WebhookDeliverySettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.webhook_signature import delivery_headers
@@ -44,7 +43,7 @@ DUE_REPORT_INTERVAL_S = 1.0
 class Dispatcher:
     def __init__(
         self,
-        db: AsyncDatabase,
+        db: Database,
         settings: WebhookDeliverySettings,
         metrics: WebhookMetrics,
         client: httpx2.AsyncClient,

@@ -14,11 +14,10 @@ import contextlib
 import logging
 
 from prometheus_client import CollectorRegistry
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka.consumer import Consumed, Handler
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.metrics import ConsumerMetrics
-from telemetry_common.mongo import connect, ensure_indexes
+from telemetry_common.mongo import Database, connect, ensure_indexes
 from telemetry_common.settings import AlertsSettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.worker import consume_loop, start_with_retry, subscribe
@@ -34,7 +33,7 @@ NAME = "alert-notifier"
 
 
 def bind_handler(
-    db: AsyncDatabase, metrics: WebhookMetrics, wake: asyncio.Event
+    db: Database, metrics: WebhookMetrics, wake: asyncio.Event
 ) -> Handler[Notification | None]:
     async def handle(items: list[Consumed[Notification | None]]) -> None:
         notifications = [item.value for item in items if item.value is not None]

@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 from aiokafka.structs import ConsumerRecord
 from pymongo import UpdateOne
-from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
+from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import to_utc_ms
 
@@ -126,7 +125,7 @@ def delivery_document(
 
 
 async def record_deliveries(
-    db: AsyncDatabase, notifications: list[Notification], now: datetime
+    db: Database, notifications: list[Notification], now: datetime
 ) -> int:
     """Record a delivery for each matching (webhook, notification); return how many are new."""
     if not notifications:

@@ -58,7 +58,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, PyMongoError):
         return exc.has_error_label("RetryableWriteError") or exc.timeout
     if isinstance(exc, KafkaError):
-        return exc.retriable
+        return bool(exc.retriable)
     return False
 
 
@@ -67,7 +67,7 @@ Handler = Callable[[list[Consumed[T]]], Awaitable[None]]
 PartitionsChanged = Callable[[set[int]], Awaitable[None]]
 
 
-class RebalanceHooks(ConsumerRebalanceListener):
+class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     """Tells a handler that keeps per-partition state which partitions it gained or lost.
 
     aiokafka runs these in its coordinator task, beside the consume loop, and

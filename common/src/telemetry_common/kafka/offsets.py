@@ -43,7 +43,10 @@ class KafkaOffsets:
 
     async def next_offsets(self, topic: str) -> dict[TopicPartition, int]:
         """Per partition, the offset the next record will get: records ever written."""
-        return await self._consumer.end_offsets(await self.partitions(topic))
+        offsets: dict[TopicPartition, int] = await self._consumer.end_offsets(
+            await self.partitions(topic)
+        )
+        return offsets
 
     async def size(self, topic: str) -> int:
         """Records the topic holds now (written, less those retention deleted)."""

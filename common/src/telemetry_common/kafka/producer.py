@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, OutOfOrderSequenceNumber, UnknownProducerId
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import RecordMetadata
 
 log = logging.getLogger(__name__)
+
+Headers = Sequence[tuple[str, bytes]]
 
 # The broker no longer accepts this producer's sequence numbers: a batch expired
 # unsent while the broker was away, or the broker lost the producer's state in a
@@ -33,20 +36,60 @@ class RenewableProducer:
     """An AIOKafkaProducer that ``renew()`` replaces with a fresh one (a new producer id).
 
     Everyone holding it keeps the same object, so a renewal reaches the API's
-    publisher, the alerts outbox and the DLQ publisher at once. Every other
-    attribute (send, send_and_wait, create_batch, client, ...) is the current
-    producer's.
+    publisher, the alerts outbox and the DLQ publisher at once: each call below
+    goes to the producer current at the time of the call.
     """
 
     def __init__(self, make: Callable[[], AIOKafkaProducer]):
         self._make = make
         self._current = make()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._current, name)
-
     async def start(self) -> None:
         await self._current.start()
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        partition: int | None = None,
+        headers: Headers | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Queue one record; the future resolves once the broker has acknowledged it."""
+        delivery: asyncio.Future[RecordMetadata] = await self._current.send(
+            topic, value, key, partition=partition, headers=headers
+        )
+        return delivery
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: Headers | None = None,
+    ) -> RecordMetadata:
+        return await (await self.send(topic, value, key, headers=headers))
+
+    def create_batch(self) -> BatchBuilder:
+        return self._current.create_batch()
+
+    async def send_batch(
+        self, batch: BatchBuilder, topic: str, *, partition: int
+    ) -> asyncio.Future[RecordMetadata]:
+        delivery: asyncio.Future[RecordMetadata] = await self._current.send_batch(
+            batch, topic, partition=partition
+        )
+        return delivery
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        partitions: set[int] = await self._current.partitions_for(topic)
+        return partitions
+
+    async def refresh_metadata(self) -> None:
+        """Ask the cluster for every topic's partitions and leaders again."""
+        await self._current.client.fetch_all_metadata()
 
     async def stop(self) -> None:
         await self._current.stop()

@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import BaseModel, Field
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.alert_rules import (
     ALERT_RULES,
     RuleCreate,
@@ -21,6 +20,7 @@ from telemetry_common.alert_rules import (
 )
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from telemetry_common.mongo import Database
 from telemetry_common.timefmt import utcnow
 
 from dashboard_api.auth import WRITE_ERRORS, Caller, Reader, Writer, read_router
@@ -88,14 +88,14 @@ def _checked(rule: dict[str, Any]) -> None:
         raise ApiError(422, exc.field, exc.reason) from None
 
 
-async def _find(db: AsyncDatabase, project_id: str, rule_id: str) -> dict[str, Any]:
+async def _find(db: Database, project_id: str, rule_id: str) -> dict[str, Any]:
     doc = await db[ALERT_RULES].find_one({"_id": rule_id, "project_id": project_id})
     if doc is None:
         raise ApiError(404, "rule_id", "no such rule")
     return doc
 
 
-async def create_rule(db: AsyncDatabase, rule: dict[str, Any], writer: Caller) -> dict[str, Any]:
+async def create_rule(db: Database, rule: dict[str, Any], writer: Caller) -> dict[str, Any]:
     _checked(rule)
     now = utcnow()
     doc = {
@@ -171,7 +171,7 @@ async def patch_rule(
     writer: Writer,
     rule_id: RuleId,
     changes: Annotated[
-        RuleUpdate,  # type: ignore[valid-type]
+        RuleUpdate,
         Body(
             openapi_examples={
                 "raise the threshold": {"value": {"threshold": 32, "clear_threshold": 30}},

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.identifiers import DEVICE_ID_PATTERN
-from telemetry_common.mongo import ALERTS, DEVICES
+from telemetry_common.mongo import ALERTS, DEVICES, Database
 from telemetry_common.rollup_layout import scoped_id
 
 from dashboard_api.auth import Reader, read_router
@@ -32,7 +31,7 @@ _AFTER_ID_CHARS = "\x7f"
 
 
 async def open_alert_counts(
-    db: AsyncDatabase, project_id: str, device_ids: list[str]
+    db: Database, project_id: str, device_ids: list[str]
 ) -> dict[str, int]:
     """Active alerts per device, for one page of devices, in one aggregation.
 
@@ -59,7 +58,7 @@ async def open_alert_counts(
 
 
 async def _with_open_alerts(
-    db: AsyncDatabase, project_id: str, docs: list[dict[str, Any]]
+    db: Database, project_id: str, docs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     # A device's _id is its id only in the default project; its device_id field is
     # its id everywhere (and public() falls back on _id for a summary without one).

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.identifiers import DEVICE_ID_PATTERN
-from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS
+from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
 from telemetry_common.timefmt import utcnow
 from telemetry_common.webhook_signature import SECRET_PREFIX, new_secret, signing_key
 from telemetry_common.webhook_targets import TargetRefused, check_target
@@ -174,7 +174,7 @@ def webhook_out(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def find_webhook(db: Any, project_id: str, webhook_id: str) -> dict[str, Any]:
+async def find_webhook(db: Database, project_id: str, webhook_id: str) -> dict[str, Any]:
     doc = await db[WEBHOOKS].find_one({"_id": webhook_id, "project_id": project_id})
     if doc is None:
         raise ApiError(404, "webhook_id", "no webhook has this id")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Security
-from telemetry_common.api_errors import ApiError
+from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.api_keys import API_KEY_SCHEME, ApiKey, issue_key, list_keys, revoke_key
 from telemetry_common.identifiers import DEVICE_ID_RE
 from telemetry_common.timefmt import iso_z
@@ -30,9 +30,9 @@ router = APIRouter(
     tags=["admin"],
     responses={
         401: schemas.ERROR_RESPONSES[401],
-        403: {"model": schemas.ErrorOut, "description": "an issued key, not the admin key"},
-        422: {"model": schemas.ErrorOut, "description": "a field is wrong; `errors` names it"},
-        503: {"model": schemas.ErrorOut, "description": "key storage is not configured"},
+        403: {"model": ErrorOut, "description": "an issued key, not the admin key"},
+        422: {"model": ErrorOut, "description": "a field is wrong; `errors` names it"},
+        503: {"model": ErrorOut, "description": "key storage is not configured"},
     },
 )
 
@@ -68,7 +68,7 @@ async def get_keys(ctx: Admin) -> dict[str, Any]:
 @router.delete(
     "/{key_id}",
     response_model=schemas.KeyOut,
-    responses={404: {"model": schemas.ErrorOut, "description": "No such key"}},
+    responses={404: {"model": ErrorOut, "description": "No such key"}},
 )
 async def delete_key(
     ctx: Admin, key_id: str = Path(pattern=r"^[0-9a-f]{12}$", examples=["3f9c2a1b7d4e"])

@@ -63,7 +63,7 @@ class DirectIngestRoutes:
             (route.path, method): route
             for route in routes
             if isinstance(route, APIRoute)
-            for method in route.methods
+            for method in route.methods or ()
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

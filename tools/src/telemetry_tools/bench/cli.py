@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
+from telemetry_common.mongo import Client
 
 from telemetry_tools.bench import drain, ingest, pipeline, queries
 from telemetry_tools.bench.processes import Infra, infrastructure
@@ -88,7 +89,7 @@ RUN_DATABASE = re.compile(r"^bench_.+_[0-9a-f]{8}$")
 async def remove_interrupted_runs(mongo_url: str) -> list[str]:
     """On the bench's own MongoDB, drop what runs that never finished left behind
     (killed, or stopped with Ctrl-C): a larger store is a slower one."""
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url)
+    client: Client = AsyncMongoClient(mongo_url)
     try:
         stale = [n for n in await client.list_database_names() if RUN_DATABASE.match(n)]
         for name in stale:
@@ -100,7 +101,7 @@ async def remove_interrupted_runs(mongo_url: str) -> list[str]:
 
 async def remove_run_data(infra: Infra, run_id: str) -> None:
     """Leave servers that were running before as they were: drop this run's topics and databases."""
-    client: AsyncMongoClient = AsyncMongoClient(infra.mongo_url)
+    client: Client = AsyncMongoClient(infra.mongo_url)
     try:
         for name in await client.list_database_names():
             # The bench's own store ("bench_store_<layout>", no run id) is kept on purpose.

@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 from telemetry_common.alert_rules import ALERT_RULES, builtin_rules
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.mongo import RAW, ensure_indexes
+from telemetry_common.mongo import RAW, Client, ensure_indexes
 from telemetry_common.reading import Reading, decode_kafka_value
 from telemetry_common.rollup_layout import ROLLUPS, windows_of
 from telemetry_common.settings import AggregatorSettings
@@ -73,7 +73,7 @@ async def bare_consumer_rate(bootstrap_servers: str, topic: str, expected: int) 
 async def bare_insert_rate(mongo_url: str, db_name: str, readings: list[Reading]) -> float:
     """Readings/s MongoDB takes the aggregator's raw documents in unordered bulk inserts."""
     docs = [raw_document(Placed(i % PARTITIONS, i, r)) for i, r in enumerate(readings)]
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    client: Client = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         db = client[db_name]
         await ensure_indexes(db, timedelta(days=7))
@@ -119,7 +119,7 @@ async def bare_bucket_insert_rate(mongo_url: str, db_name: str, readings: list[R
     the aggregator's document design.
     """
     docs = bucket_documents(readings)
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    client: Client = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         db = client[db_name]
         await ensure_indexes(db, timedelta(days=7), AggregatorSettings().rollup_plan.derived)
@@ -165,7 +165,7 @@ def custom_rules() -> list[dict[str, Any]]:
 
 
 async def add_rules(mongo_url: str, db_name: str, rules: list[dict[str, Any]]) -> None:
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    client: Client = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         await client[db_name][ALERT_RULES].insert_many(rules)
     finally:

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from pymongo import AsyncMongoClient
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.mongo import ROLLUPS
+from telemetry_common.mongo import ROLLUPS, Client
 from telemetry_common.rollup_layout import DEFAULT_PROJECT, device_id_range
 from telemetry_common.timefmt import iso_z
 
@@ -151,7 +151,7 @@ async def pipeline_latencies_ms(
     rollup_ms: list[float] = []
     alert_ms: list[float] = []
     sse_ms: list[float] = []
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    client: Client = AsyncMongoClient(mongo_url, tz_aware=True)
     rollups = client[db_name][ROLLUPS]
 
     async def rollup_visible(device: str, sent: float) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 from pymongo import AsyncMongoClient
 from telemetry_common.api_keys import issue_key
+from telemetry_common.mongo import Client
 
 from telemetry_tools.servers import KafkaServer, MongoServer, free_port
 
@@ -178,7 +179,7 @@ async def issue_bench_key(
     mongo_url: str, db_name: str, scopes: list[str], project_id: str = BENCH_PROJECT
 ) -> str:
     """A key of ``project_id`` with ``scopes``, issued in ``db_name``."""
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url)
+    client: Client = AsyncMongoClient(mongo_url)
     try:
         key, _ = await issue_key(client[db_name], "bench", project_id=project_id, scopes=scopes)
         return key

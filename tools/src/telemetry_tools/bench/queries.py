@@ -15,9 +15,8 @@ from aggregator_worker.fold import Placed
 from aggregator_worker.store import raw_document
 from alerts_worker.store import ALERT_OUTBOX, ALERT_SEEN, ALERT_STATE
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.api_keys import API_KEYS
-from telemetry_common.mongo import ALERT_RULES, ALERTS, DEVICES, RAW, ROLLUPS
+from telemetry_common.mongo import ALERT_RULES, ALERTS, DEVICES, RAW, ROLLUPS, Client, Database
 from telemetry_common.ownership import PARTITION_OWNERS
 from telemetry_common.rollup_layout import (
     DEFAULT_PROJECT,
@@ -36,7 +35,7 @@ TOP_UP_IN_FLIGHT = 2
 
 async def top_up_raw(mongo_url: str, db_name: str, total: int, devices: int) -> int:
     """Bulk-insert older raw readings until ``telemetry_raw`` holds ``total``; return how many."""
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    client: Client = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         raw = client[db_name][RAW]
         missing = total - await raw.estimated_document_count()
@@ -77,7 +76,7 @@ async def forget_earlier_drains(mongo_url: str, db_name: str) -> int:
     larger store is a slower one), so no two runs' figures would compare. The
     older history ``top_up_raw`` inserted is kept: it is what takes long to fill.
     """
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    client: Client = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         db = client[db_name]
         # What the drains, the alerts drain's rules and the keyed services' keys left.
@@ -167,8 +166,8 @@ async def measure(
     picks = [f"dev-{rng.randrange(devices)}" for _ in range(samples)]
     now = datetime.now(UTC)
     day_ago = now - timedelta(hours=24)
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
-    db: AsyncDatabase = client[db_name]
+    client: Client = AsyncMongoClient(mongo_url, tz_aware=True)
+    db: Database = client[db_name]
     results: dict[str, Latencies] = {}
     keyed_url, read_key = keyed
     try:
@@ -246,7 +245,7 @@ async def measure(
                 "/stats": (stats_api, stats_direct),
             }
 
-            async def keyed(device: str) -> Any:
+            async def through_keyed_api(device: str) -> Any:
                 nonlocal http
                 http = keyed_http
                 try:
@@ -258,11 +257,11 @@ async def measure(
                 # Warm every path once so connection set-up is not in the first sample.
                 await through_api(picks[0])
                 await direct(picks[0])
-                await keyed(picks[0])
+                await through_keyed_api(picks[0])
                 # Without and with keys sample by sample, in turns: the store grows under
                 # the background load, so one after the other would favour the first.
                 open_samples, keyed_samples = await _sample_in_turns(
-                    through_api, keyed, picks, samples
+                    through_api, through_keyed_api, picks, samples
                 )
                 results[name] = Latencies(
                     open_samples, await _sample(direct, picks, samples), keyed_samples
