@@ -13,7 +13,7 @@ whose send timed out, yet landed, is the one case left).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from telemetry_common.kafka.producer import RenewableProducer
 from telemetry_common.mongo import ALERTS, Database
 from telemetry_common.timefmt import iso_z
 
+from alerts_worker.documents import Acknowledgement
 from alerts_worker.store import ACK_FIELDS, ALERT_OUTBOX
 
 # How far before a left-over transition was recorded its message is looked for:
@@ -37,7 +38,7 @@ def _iso(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def notification(doc: dict[str, Any], acknowledged: dict[str, Any]) -> bytes:
+def notification(doc: Mapping[str, Any], acknowledged: Acknowledgement) -> bytes:
     """The alerts.triggered message: the alert's fields and the transition."""
     body = {
         **doc["alert"],
@@ -112,8 +113,11 @@ class Outbox:
         # One device's transitions in the order they happened (one partition keeps it).
         pending.sort(key=lambda d: (d["transition_at"], d["transition"] == "resolved"))
         # Acknowledgements are the person's, made after the transition was recorded.
-        acks = {
-            doc["_id"]: {field: doc.get(field) for field in ACK_FIELDS}
+        acks: dict[str, Acknowledgement] = {
+            doc["_id"]: {
+                "acknowledged_at": doc.get("acknowledged_at"),
+                "acknowledged_by": doc.get("acknowledged_by"),
+            }
             async for doc in self._db[ALERTS].find(
                 {"_id": {"$in": list({d["alert_id"] for d in pending})}},
                 dict.fromkeys(ACK_FIELDS, 1),

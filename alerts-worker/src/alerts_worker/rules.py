@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from telemetry_common.alert_rules import BUILTIN_RELATIONS, OPERATORS, RELATIONS, Rule
 
-Kind = Literal["fired", "resolved"]
+from alerts_worker.documents import AlertFields, TransitionKind
 
 
 @dataclass
@@ -35,7 +35,7 @@ class RuleState:
     clock: datetime | None = None
     last_fired_at: datetime | None = None
     # The open alert's fields; None when no alert is active.
-    alert: dict[str, Any] | None = None
+    alert: AlertFields | None = None
 
     def to_fields(self) -> dict[str, Any]:
         return {
@@ -75,9 +75,9 @@ class RuleState:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    kind: Kind
+    kind: TransitionKind
     # The alert's fields after the transition.
-    alert: dict[str, Any]
+    alert: AlertFields
     at: datetime
     # False when a silence covers it: recorded, not announced.
     notify: bool = True
@@ -183,7 +183,7 @@ def evaluate(
         "resolved_at": None,
         "silenced": silenced,
     }
-    return Transition("fired", dict(state.alert), clock, notify=not silenced)
+    return Transition("fired", state.alert.copy(), clock, notify=not silenced)
 
 
 def resolve(state: RuleState, at: datetime, reason: str, silenced: bool = False) -> Transition:
@@ -192,7 +192,12 @@ def resolve(state: RuleState, at: datetime, reason: str, silenced: bool = False)
     An alert whose firing was silenced resolves silently too: nobody was told it began.
     """
     assert state.alert is not None
-    alert = {**state.alert, "status": "resolved", "resolved_at": at, "resolved_reason": reason}
+    alert: AlertFields = {
+        **state.alert,
+        "status": "resolved",
+        "resolved_at": at,
+        "resolved_reason": reason,
+    }
     state.alert = None
     state.pending_since = None
     return Transition("resolved", alert, at, notify=not (silenced or alert["silenced"]))

@@ -33,6 +33,7 @@ from telemetry_common.reading import Reading
 from telemetry_common.rollup_layout import scoped_id
 from telemetry_common.versioned import chunks, insert_first_copies, source, write_fenced
 
+from alerts_worker.documents import Acknowledgement, OutboxEntry
 from alerts_worker.incidents import Raised, Tracked
 
 ALERT_STATE = "alert_state"
@@ -49,7 +50,7 @@ LOAD_CHUNK = 500
 # then written once more); anything past that is not settling.
 MAX_ROUNDS = 5
 # Fields a person sets on an alert (acknowledging it); the worker never writes them.
-ACK_FIELDS = {"acknowledged_at": None, "acknowledged_by": None}
+ACK_FIELDS: Acknowledgement = {"acknowledged_at": None, "acknowledged_by": None}
 
 
 async def ensure_alert_indexes(db: Database) -> None:
@@ -91,13 +92,17 @@ def _alert_write(raised: Raised) -> UpdateOne:
         return UpdateOne(
             {"_id": alert["alert_id"]}, {"$setOnInsert": {**alert, **ACK_FIELDS}}, upsert=True
         )
-    resolved = {k: alert[k] for k in ("status", "resolved_at", "resolved_reason")}
+    resolved = {
+        "status": alert["status"],
+        "resolved_at": alert["resolved_at"],
+        "resolved_reason": alert.get("resolved_reason"),
+    }
     return UpdateOne({"_id": alert["alert_id"]}, {"$set": resolved})
 
 
 def _outbox_write(raised: Raised, now: datetime) -> UpdateOne:
     transition = raised.transition
-    doc = {
+    doc: OutboxEntry = {
         "alert_id": transition.alert["alert_id"],
         "device_id": transition.alert["device_id"],
         "transition": transition.kind,

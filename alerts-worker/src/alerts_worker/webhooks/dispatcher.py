@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -26,6 +26,7 @@ from telemetry_common.settings import WebhookDeliverySettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.webhook_signature import delivery_headers
 
+from alerts_worker.documents import DeliveryAttempt
 from alerts_worker.webhooks.backoff import retry_delay
 from alerts_worker.webhooks.circuit import Breakers, CircuitState
 from alerts_worker.webhooks.delivery import AttemptResult, attempt
@@ -177,9 +178,9 @@ class Dispatcher:
         await self._record(delivery, number, started_at, result)
 
     async def _record(
-        self, delivery: dict[str, Any], number: int, started_at: Any, result: AttemptResult
+        self, delivery: dict[str, Any], number: int, started_at: datetime, result: AttemptResult
     ) -> None:
-        entry = {
+        entry: DeliveryAttempt = {
             "attempt": number,
             "at": started_at,
             "outcome": result.outcome,

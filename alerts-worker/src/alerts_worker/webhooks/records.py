@@ -9,6 +9,7 @@ retry sends (and signs) the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,10 +21,12 @@ from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import to_utc_ms
 
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
-CANCELLED = "cancelled"
+from alerts_worker.documents import DeliveryDocument, DeliveryStatus
+
+PENDING: DeliveryStatus = "pending"
+DELIVERED: DeliveryStatus = "delivered"
+FAILED: DeliveryStatus = "failed"
+CANCELLED: DeliveryStatus = "cancelled"
 TRANSITIONS = ("fired", "resolved")
 
 
@@ -101,8 +104,8 @@ def delivery_id(webhook_id: str, notification_id: str) -> str:
 
 
 def delivery_document(
-    webhook: dict[str, Any], notification: Notification, now: datetime
-) -> dict[str, Any]:
+    webhook: Mapping[str, Any], notification: Notification, now: datetime
+) -> DeliveryDocument:
     return {
         "webhook_id": webhook["_id"],
         "notification_id": notification.notification_id,
