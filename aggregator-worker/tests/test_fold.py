@@ -15,7 +15,7 @@ from aggregator_worker.fold import (
     BucketState,
     Contribution,
     DeviceState,
-    Placed,
+    PositionedReading,
     contributions,
 )
 from hypothesis import given, settings
@@ -101,7 +101,9 @@ def test_doc_ids_differ_for_every_key_part_and_sort_in_time_order() -> None:
 # --- folding readings into buckets ----------------------------------------------------
 
 
-def fold_all(batch: list[Placed], resolutions: dict[str, int]) -> dict[BucketKey, BucketState]:
+def fold_all(
+    batch: list[PositionedReading], resolutions: dict[str, int]
+) -> dict[BucketKey, BucketState]:
     starts, held = BucketStarts(resolutions), {}
     for placed in batch:
         values = contributions(placed)
@@ -115,7 +117,7 @@ def fold_all(batch: list[Placed], resolutions: dict[str, int]) -> dict[BucketKey
 def test_two_readings_in_one_minute_share_a_bucket() -> None:
     a = reading(ts="2025-01-15T10:00:05Z", temperature_c=20.0)
     b = reading(ts="2025-01-15T10:00:40Z", temperature_c=22.0)
-    held = fold_all([Placed(0, 7, a), Placed(1, 3, b)], {"1m": 60})
+    held = fold_all([PositionedReading(0, 7, a), PositionedReading(1, 3, b)], {"1m": 60})
     [state] = held.values()
     assert state.key == BucketKey("default", "dev-1", "1m", T0)
     assert state.pending == [
@@ -127,7 +129,7 @@ def test_two_readings_in_one_minute_share_a_bucket() -> None:
 
 def test_every_metric_of_a_reading_shares_each_resolutions_bucket() -> None:
     r = reading(ts="2025-01-15T10:30:15Z", temperature_c=25.5, humidity=60.0)
-    held = fold_all([Placed(0, 0, r)], RESOLUTIONS)
+    held = fold_all([PositionedReading(0, 0, r)], RESOLUTIONS)
     day = datetime(2025, 1, 15, tzinfo=UTC)
     assert set(held) == {
         BucketKey("default", "dev-1", res, start)
@@ -140,9 +142,9 @@ def test_every_metric_of_a_reading_shares_each_resolutions_bucket() -> None:
 
 def test_readings_of_different_devices_or_minutes_stay_apart() -> None:
     batch = [
-        Placed(0, 0, reading(ts="2025-01-15T10:00:59.999Z", temp=1.0)),
-        Placed(0, 1, reading(ts="2025-01-15T10:01:00Z", temp=2.0)),
-        Placed(0, 2, reading(device_id="dev-2", ts="2025-01-15T10:00:10Z", temp=3.0)),
+        PositionedReading(0, 0, reading(ts="2025-01-15T10:00:59.999Z", temp=1.0)),
+        PositionedReading(0, 1, reading(ts="2025-01-15T10:01:00Z", temp=2.0)),
+        PositionedReading(0, 2, reading(device_id="dev-2", ts="2025-01-15T10:00:10Z", temp=3.0)),
     ]
     assert len(fold_all(batch, {"1m": 60})) == 3
 
@@ -150,7 +152,7 @@ def test_readings_of_different_devices_or_minutes_stay_apart() -> None:
 def test_late_reading_lands_in_its_own_timestamps_bucket() -> None:
     late = reading(ts="2025-01-10T03:17:42Z", temperature_c=18.0)
     fresh = reading(ts="2025-01-15T11:59:00Z", temperature_c=21.0)
-    held = fold_all([Placed(0, 0, fresh), Placed(0, 1, late)], RESOLUTIONS)
+    held = fold_all([PositionedReading(0, 0, fresh), PositionedReading(0, 1, late)], RESOLUTIONS)
     old = datetime(2025, 1, 10, 3, 17, tzinfo=UTC)
     assert held[BucketKey("default", "dev-1", "1m", old)].rollup("temperature_c").sum == 18.0
     assert BucketKey("default", "dev-1", "1h", old.replace(minute=0)) in held
@@ -250,7 +252,7 @@ def test_a_lagging_metric_keeps_its_watermark_until_it_catches_up() -> None:
 
 def test_the_document_holds_every_metric_and_the_writers_epoch() -> None:
     r = reading(ts="2025-01-15T10:00:05Z", temperature_c=20.0, humidity=55.0)
-    [state] = fold_all([Placed(2, 9, r)], {"1m": 60}).values()
+    [state] = fold_all([PositionedReading(2, 9, r)], {"1m": 60}).values()
     doc = state.document(7, NOW, timedelta(days=7))
     assert doc["_id"] == "default|dev-1|1m|01736935200"
     assert (doc["project_id"], doc["device_id"], doc["resolution"]) == ("default", "dev-1", "1m")
@@ -263,8 +265,8 @@ def test_the_document_holds_every_metric_and_the_writers_epoch() -> None:
 
 def test_a_device_summary_folds_each_reading_once() -> None:
     device = DeviceState("dev-1", 0)
-    a = Placed(0, 1, reading(ts="2025-01-15T10:00:05Z", temp=1.0, tags=["room:1"]))
-    b = Placed(0, 2, reading(ts="2025-01-15T09:00:00Z", temp=2.0))
+    a = PositionedReading(0, 1, reading(ts="2025-01-15T10:00:05Z", temp=1.0, tags=["room:1"]))
+    b = PositionedReading(0, 2, reading(ts="2025-01-15T09:00:00Z", temp=2.0))
     assert device.fold(a) and device.fold(b) and not device.fold(a)
     doc = device.document(3, NOW)
     assert doc["reading_count"] == 2
@@ -300,7 +302,9 @@ class DictStore:
             state.pending.clear()
 
 
-def _fold_into(held: dict[str, BucketState], batch: list[Placed], starts: BucketStarts) -> None:
+def _fold_into(
+    held: dict[str, BucketState], batch: list[PositionedReading], starts: BucketStarts
+) -> None:
     for placed in batch:
         values = contributions(placed)
         for resolution, start in starts.of(placed.reading.ts):
@@ -339,16 +343,16 @@ def test_any_batching_interleaving_and_replay_gives_the_buckets_of_one_pass(
 ) -> None:
     partitions = 3
     # Kafka keeps each partition's order; readings within it may be in any time order.
-    logs: list[list[Placed]] = [[] for _ in range(partitions)]
+    logs: list[list[PositionedReading]] = [[] for _ in range(partitions)]
     for r in readings:
         p = data.draw(st.integers(0, partitions - 1))
-        logs[p].append(Placed(p, len(logs[p]), r))
+        logs[p].append(PositionedReading(p, len(logs[p]), r))
     committed = [0] * partitions
     store = DictStore()
     starts = BucketStarts(RESOLUTIONS)
     held: dict[str, BucketState] = {}
     while any(committed[p] < len(logs[p]) for p in range(partitions)):
-        batch: list[Placed] = []
+        batch: list[PositionedReading] = []
         fetched = {}
         for p in range(partitions):
             size = data.draw(st.integers(1, 6))

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from alerts_worker.incidents import RuleIndex, Tracked, evaluate_batch
+from alerts_worker.incidents import RuleDeviceState, RuleIndex, evaluate_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from telemetry_common.alert_rules import Rule, Silence
@@ -69,7 +69,7 @@ def test_disabled_rules_and_other_metrics_are_not_evaluated() -> None:
 def test_a_replayed_reading_is_skipped_by_the_state_that_took_it() -> None:
     p = Partition()
     items = p.items({"t": 40})
-    tracked: dict[str, Tracked] = {}
+    tracked: dict[str, RuleDeviceState] = {}
     index = RuleIndex([rule()])
     first = evaluate_batch(items, index, tracked, [], NOW)
     assert [r.transition.kind for r in first.raised] == ["fired"]
@@ -77,7 +77,7 @@ def test_a_replayed_reading_is_skipped_by_the_state_that_took_it() -> None:
     again = evaluate_batch(items, index, tracked, [], NOW)
     assert again.raised == [] and again.evaluations == 0
     # Stored and read back, as after a restart: still nothing new.
-    restored = {k: Tracked.from_document(t.to_document(1, NOW)) for k, t in tracked.items()}
+    restored = {k: RuleDeviceState.from_document(t.to_document(1, NOW)) for k, t in tracked.items()}
     assert evaluate_batch(items, index, restored, [], NOW).raised == []
     assert [
         r.transition.kind
@@ -87,7 +87,7 @@ def test_a_replayed_reading_is_skipped_by_the_state_that_took_it() -> None:
 
 def test_an_open_alert_of_a_removed_rule_resolves_with_the_next_reading() -> None:
     p = Partition()
-    tracked: dict[str, Tracked] = {}
+    tracked: dict[str, RuleDeviceState] = {}
     evaluate_batch(p.items({"t": 40}), RuleIndex([rule()]), tracked, [], NOW)
     outcome = evaluate_batch(p.items({"humidity": 1}), RuleIndex([]), tracked, [], NOW)
     [raised] = outcome.raised
@@ -97,7 +97,7 @@ def test_an_open_alert_of_a_removed_rule_resolves_with_the_next_reading() -> Non
 
 def test_a_reading_without_the_metric_leaves_the_alert_open() -> None:
     p = Partition()
-    tracked: dict[str, Tracked] = {}
+    tracked: dict[str, RuleDeviceState] = {}
     index = RuleIndex([rule()])
     evaluate_batch(p.items({"t": 40}), index, tracked, [], NOW)
     assert evaluate_batch(p.items({"humidity": 1}), index, tracked, [], NOW).raised == []
@@ -128,7 +128,7 @@ def test_a_silence_of_the_rule_or_the_device_mutes_the_transition() -> None:
 def test_states_that_decide_nothing_are_not_kept() -> None:
     p = Partition()
     index = RuleIndex([rule(k=2, n=3, clear_threshold=25.0, cooldown="1m")])
-    tracked: dict[str, Tracked] = {}
+    tracked: dict[str, RuleDeviceState] = {}
     outcome = evaluate_batch(p.items({"t": 10}, {"t": 20}), index, tracked, [], NOW)
     assert (outcome.evaluations, tracked) == (2, {})  # nothing past 25 or 30: nothing kept
     evaluate_batch(p.items({"t": 27}), index, tracked, [], NOW)
@@ -179,8 +179,8 @@ def test_readings_that_concern_no_rule_are_decided_as_if_each_rule_judged_them(
         for i, shape in enumerate(shapes)
     ]
     items = Partition().items(*({"device_id": d, "t": v, "humidity": v} for d, v in values))
-    fast_states: dict[str, Tracked] = {}
-    judged_states: dict[str, Tracked] = {}
+    fast_states: dict[str, RuleDeviceState] = {}
+    judged_states: dict[str, RuleDeviceState] = {}
     fast = evaluate_batch(items, RuleIndex(rules), fast_states, [], NOW)
     judged = evaluate_batch(items, EveryRuleJudges(rules), judged_states, [], NOW)
     assert {i: t.to_document(1, NOW) for i, t in fast_states.items()} == {
@@ -213,8 +213,8 @@ def test_a_value_just_past_a_limit_meets_its_rule(
     ]
     # First a device that only ever sends values its rules leave idle, then one past.
     items = Partition().items({"t": 20.0, "humidity": 50.0}, {"t": past, "humidity": 50.0})
-    fast_states: dict[str, Tracked] = {}
-    judged_states: dict[str, Tracked] = {}
+    fast_states: dict[str, RuleDeviceState] = {}
+    judged_states: dict[str, RuleDeviceState] = {}
     fast = evaluate_batch(items, RuleIndex(rules), fast_states, [], NOW)
     judged = evaluate_batch(items, EveryRuleJudges(rules), judged_states, [], NOW)
     assert judged_states, "the value past the limit should have met its rule"
@@ -232,7 +232,7 @@ def test_a_late_reading_after_its_incident_closed_opens_no_alert_in_the_past() -
     p = Partition()
     index = RuleIndex([rule()])
     clocks: dict[str, datetime] = {}
-    tracked: dict[str, Tracked] = {}
+    tracked: dict[str, RuleDeviceState] = {}
     first = evaluate_batch(p.items({"t": 40}, {"t": 20}), index, tracked, [], NOW, clocks)
     assert [r.transition.kind for r in first.raised] == ["fired", "resolved"]
     calm = p.items(*({"t": 20} for _ in range(20)))
@@ -274,7 +274,7 @@ def test_a_rule_judges_its_own_projects_readings_only() -> None:
 def test_a_device_id_in_two_projects_is_two_devices() -> None:
     p = Partition()
     index = RuleIndex([rule("r-a", project_id="prj-a", clear_threshold=25), rule("r-b")])
-    tracked: dict[str, Tracked] = {}
+    tracked: dict[str, RuleDeviceState] = {}
     hot = in_project("prj-a", p.items({"t": 40})) + p.items({"t": 40})
     assert len(evaluate_batch(hot, index, tracked, [], NOW).raised) == 2
     assert {(t.project_id, t.rule_id) for t in tracked.values()} == {
@@ -286,7 +286,7 @@ def test_a_device_id_in_two_projects_is_two_devices() -> None:
     [resolved] = evaluate_batch(cool, index, tracked, [], NOW).raised
     assert (resolved.transition.kind, resolved.transition.alert["rule_id"]) == ("resolved", "r-b")
     # Stored and read back, a state keeps its project.
-    restored = [Tracked.from_document(t.to_document(1, NOW)) for t in tracked.values()]
+    restored = [RuleDeviceState.from_document(t.to_document(1, NOW)) for t in tracked.values()]
     assert {t.device_key for t in restored} == {"prj-a|dev-1", "dev-1"}
 
 

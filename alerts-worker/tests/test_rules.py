@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from alerts_worker.rules import Observed, RuleState, Transition, evaluate
+from alerts_worker.rules import MetricValue, RuleState, Transition, evaluate
 from hypothesis import given
 from hypothesis import strategies as st
 from telemetry_common.alert_rules import OPERATORS, Rule, builtin_rules
@@ -36,7 +36,7 @@ class Device:
         kinds = []
         for value in values:
             at = ts or T0 + self.count * self.step
-            seen = Observed(f"e{self.count}", "dev-1", self.rule.metric, value, at)
+            seen = MetricValue(f"e{self.count}", "dev-1", self.rule.metric, value, at)
             self.count += 1
             transition = evaluate(self.rule, self.state, seen, NOW)
             if transition is not None:
@@ -155,7 +155,7 @@ def test_hysteresis_of_a_low_rule_is_above_the_threshold() -> None:
 def test_a_repeated_reading_is_counted_once() -> None:
     r = rule(k=2, n=2)
     state = RuleState()
-    same = Observed("e-1", "dev-1", "t", 99, T0)
+    same = MetricValue("e-1", "dev-1", "t", 99, T0)
     assert evaluate(r, state, same, NOW) is None
     assert evaluate(r, state, same, NOW) is None  # a retry, not a second breach
     assert state.alert is None
@@ -173,10 +173,10 @@ def test_a_late_reading_counts_in_the_window_but_does_not_move_the_clock_back() 
 def test_silenced_transitions_are_recorded_but_not_announced() -> None:
     r = rule()
     state = RuleState()
-    fired = evaluate(r, state, Observed("e1", "dev-1", "t", 31, T0), NOW, silenced=True)
+    fired = evaluate(r, state, MetricValue("e1", "dev-1", "t", 31, T0), NOW, silenced=True)
     assert fired is not None and fired.kind == "fired" and not fired.notify
     # The silence is over by the time it resolves; nobody heard it fire, so it stays quiet.
-    resolved = evaluate(r, state, Observed("e2", "dev-1", "t", 0, T0), NOW, silenced=False)
+    resolved = evaluate(r, state, MetricValue("e2", "dev-1", "t", 0, T0), NOW, silenced=False)
     assert resolved is not None and resolved.kind == "resolved" and not resolved.notify
 
 

@@ -26,4 +26,4 @@ def test_a_value_concerns_a_rule_when_past_its_threshold_or_its_clear_threshold(
     )
     limits = [threshold] if clear is None else [threshold, clear]
     check = OPERATORS[operator]
-    assert rule.concerns(value) == any(check(value, limit) for limit in limits)
+    assert rule.may_matter(value) == any(check(value, limit) for limit in limits)

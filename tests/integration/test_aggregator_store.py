@@ -5,7 +5,7 @@ exactly once."""
 from __future__ import annotations
 
 import pytest
-from aggregator_worker.fold import Placed
+from aggregator_worker.fold import PositionedReading
 from aggregator_worker.store import PartitionState, raw_document
 from integration.readings import fleet_readings
 from pymongo.asynchronous.database import AsyncDatabase
@@ -21,11 +21,13 @@ pytestmark = pytest.mark.integration
 SETTINGS = AggregatorSettings()
 
 
-def placed(readings: list[Reading], partition: int, first_offset: int = 0) -> list[Placed]:
-    return [Placed(partition, first_offset + i, r) for i, r in enumerate(readings)]
+def placed(
+    readings: list[Reading], partition: int, first_offset: int = 0
+) -> list[PositionedReading]:
+    return [PositionedReading(partition, first_offset + i, r) for i, r in enumerate(readings)]
 
 
-async def store_raw(db: AsyncDatabase, batch: list[Placed]) -> None:
+async def store_raw(db: AsyncDatabase, batch: list[PositionedReading]) -> None:
     await db[RAW].insert_many([raw_document(p) for p in batch])
 
 
@@ -39,7 +41,7 @@ async def owner(db: AsyncDatabase, partitions: set[int], name: str) -> Partition
     return state
 
 
-async def fold(state: PartitionState, batch: list[Placed]) -> int:
+async def fold(state: PartitionState, batch: list[PositionedReading]) -> int:
     """Readings that added to a bucket or summary (not held already by a stored one)."""
     added = await state.fold(batch)
     outcome = await state.flush()

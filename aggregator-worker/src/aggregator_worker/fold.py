@@ -50,7 +50,7 @@ class Contribution(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class Placed:
+class PositionedReading:
     """A reading with the Kafka coordinates the watermarks are kept in."""
 
     partition: int
@@ -79,7 +79,7 @@ class BucketStarts:
             yield resolution, start
 
 
-def contributions(placed: Placed) -> list[tuple[str, Contribution]]:
+def contributions(placed: PositionedReading) -> list[tuple[str, Contribution]]:
     reading = placed.reading
     return [
         (metric, Contribution(placed.partition, placed.offset, reading.ts, value, bin_key(value)))
@@ -122,7 +122,7 @@ class BucketState:
     partition: int
     # A metric's only value so far stays the contribution itself: most fine
     # buckets never get a second, and a Rollup (with its sketch and sum partials)
-    # per value cost a tenth of the worker's time and most of its memory.
+    # per value was most of the worker's memory (BENCHMARKS.md, design choices).
     metrics: dict[str, Rollup | Contribution] = field(default_factory=dict)
     applied: dict[int, int] = field(default_factory=dict)
     metric_applied: dict[str, dict[int, int]] | None = None
@@ -276,9 +276,9 @@ class DeviceState:
     applied: dict[int, int] = field(default_factory=dict)
     stored: bool = False
     dirty: bool = False
-    pending: list[Placed] = field(default_factory=list)
+    pending: list[PositionedReading] = field(default_factory=list)
 
-    def fold(self, placed: Placed) -> bool:
+    def fold(self, placed: PositionedReading) -> bool:
         if placed.offset <= self.applied.get(placed.partition, -1):
             return False
         self.applied[placed.partition] = placed.offset

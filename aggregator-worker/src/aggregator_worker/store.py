@@ -28,7 +28,12 @@ from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, Part
 from telemetry_common.resolutions import RollupPlan
 from telemetry_common.rollup_layout import DEFAULT_PROJECT, ROLLUPS, scoped_id, windows_of
 from telemetry_common.timefmt import utcnow
-from telemetry_common.versioned import find_by_id, insert_first_copies, source, write_fenced
+from telemetry_common.versioned import (
+    find_by_id,
+    insert_first_copies,
+    source_position,
+    write_fenced,
+)
 
 from aggregator_worker.fold import (
     BucketKey,
@@ -36,7 +41,7 @@ from aggregator_worker.fold import (
     BucketState,
     DeviceState,
     Merged,
-    Placed,
+    PositionedReading,
     contributions,
 )
 
@@ -49,7 +54,7 @@ MAX_ROUNDS = 5
 FOLD_SLICE = 1000
 
 
-def raw_document(placed: Placed) -> dict[str, Any]:
+def raw_document(placed: PositionedReading) -> dict[str, Any]:
     r = placed.reading
     doc: dict[str, Any] = {
         "_id": scoped_id(r.project_id, r.event_id),
@@ -59,7 +64,7 @@ def raw_document(placed: Placed) -> dict[str, Any]:
         "received_at": r.received_at,
         "metrics": r.metrics,
         "tags": list(r.tags),
-        "_src": source(placed.partition, placed.offset),
+        "_src": source_position(placed.partition, placed.offset),
     }
     if r.project_id != DEFAULT_PROJECT:
         doc["event_id"] = r.event_id  # the _id carries the project too
@@ -72,13 +77,13 @@ def raw_document(placed: Placed) -> dict[str, Any]:
 
 @dataclass
 class RawInsertResult:
-    to_fold: list[Placed]
+    to_fold: list[PositionedReading]
     duplicates: int
 
 
-async def insert_raw(db: Database, batch: list[Placed]) -> RawInsertResult:
+async def insert_raw(db: Database, batch: list[PositionedReading]) -> RawInsertResult:
     """Store each reading once; return those whose rollups this batch is responsible for."""
-    unique: dict[str, Placed] = {}
+    unique: dict[str, PositionedReading] = {}
     for placed in batch:
         unique.setdefault(scoped_id(placed.reading.project_id, placed.reading.event_id), placed)
     retried = await insert_first_copies(db[RAW], (raw_document(p) for p in unique.values()))
@@ -194,7 +199,7 @@ class PartitionState:
 
     # --- a batch ----------------------------------------------------------------------
 
-    async def fold(self, batch: list[Placed]) -> set[tuple[int, int]]:
+    async def fold(self, batch: list[PositionedReading]) -> set[tuple[int, int]]:
         """Fold readings into held state; return the positions of those that added to it."""
         buckets, devices = self.buckets, self.devices
         added: set[tuple[int, int]] = set()

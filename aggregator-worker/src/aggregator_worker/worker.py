@@ -13,7 +13,7 @@ from telemetry_common.reading import Reading
 from telemetry_common.settings import AggregatorSettings
 from telemetry_common.worker import WorkerContext, run_worker
 
-from aggregator_worker.fold import Placed
+from aggregator_worker.fold import PositionedReading
 from aggregator_worker.store import PartitionState, insert_raw
 
 SERVICE = "aggregator-worker"
@@ -123,7 +123,7 @@ class AggregatorHandler:
     async def __call__(self, items: list[Consumed[Reading]]) -> None:
         metrics = self._metrics
         started = time.perf_counter()
-        batch = [Placed(i.partition, i.offset, i.value) for i in items]
+        batch = [PositionedReading(i.partition, i.offset, i.value) for i in items]
         raw = await insert_raw(self._db, batch)
         added = await self.state.fold(raw.to_fold)
         with metrics.rollup_write_seconds.time():
@@ -151,7 +151,7 @@ async def run(
         port=settings.port,
         registry=registry,
         decode=decode_reading,
-        make_handler=lambda context: AggregatorHandler(
+        handler_for=lambda context: AggregatorHandler(
             context, settings, AggregatorMetrics(registry)
         ),
         stop=stop,

@@ -21,7 +21,7 @@ from telemetry_common.reading import Reading
 from telemetry_common.rollup_layout import DEFAULT_PROJECT, scoped_id
 from telemetry_common.versioned import Watermarks
 
-from alerts_worker.rules import Observed, RuleState, Transition, evaluate, resolve
+from alerts_worker.rules import MetricValue, RuleState, Transition, evaluate, resolve
 
 
 def state_id(rule_id: str, device_id: str) -> str:
@@ -30,7 +30,7 @@ def state_id(rule_id: str, device_id: str) -> str:
 
 
 @dataclass
-class Tracked:
+class RuleDeviceState:
     """One (rule, device) state held for an owned partition, and what this batch did to it."""
 
     rule_id: str
@@ -60,7 +60,7 @@ class Tracked:
     def device_key(self) -> str:
         return scoped_id(self.project_id, self.device_id)
 
-    def takes(self, item: Consumed[Reading]) -> bool:
+    def take_if_new(self, item: Consumed[Reading]) -> bool:
         """Whether this reading is new to the state; marks it taken."""
         if not self.watermarks.is_new(item.partition, item.offset):
             return False
@@ -82,7 +82,7 @@ class Tracked:
         }
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> Tracked:
+    def from_document(cls, doc: dict[str, Any]) -> RuleDeviceState:
         return cls(
             rule_id=doc["rule_id"],
             device_id=doc["device_id"],
@@ -96,7 +96,7 @@ class Tracked:
 
 
 @dataclass(frozen=True, slots=True)
-class Raised:
+class TransitionToRecord:
     """A transition and the partition of the reading that caused it."""
 
     transition: Transition
@@ -105,7 +105,7 @@ class Raised:
 
 @dataclass(slots=True)
 class QuietBand:
-    """The values of one metric that concern none of its rules (``Rule.concerns``).
+    """The values of one metric that concern none of its rules (``Rule.may_matter``).
 
     Only when every rule on the metric covers all devices and compares with
     >, >=, < or <= is the band exact (``usable``); otherwise each rule is asked.
@@ -182,14 +182,14 @@ class RuleIndex:
 
 @dataclass
 class BatchOutcome:
-    raised: list[Raised] = field(default_factory=list)
+    raised: list[TransitionToRecord] = field(default_factory=list)
     evaluations: int = 0
 
 
 def evaluate_batch(
     items: Sequence[Consumed[Reading]],
     rules: RuleIndex,
-    tracked: dict[str, Tracked],
+    tracked: dict[str, RuleDeviceState],
     silences: Sequence[Silence],
     now: datetime,
     device_clocks: dict[str, datetime] | None = None,
@@ -205,7 +205,7 @@ def evaluate_batch(
     """
     outcome = BatchOutcome()
     clocks = {} if device_clocks is None else device_clocks
-    by_device: dict[str, list[Tracked]] = {}
+    by_device: dict[str, list[RuleDeviceState]] = {}
     for held in tracked.values():
         by_device.setdefault(held.device_key, []).append(held)
 
@@ -235,28 +235,28 @@ def evaluate_batch(
             key = state_id(rule.rule_id, device_id)
             t = tracked.get(key)
             if t is None:
-                if not rule.concerns(found[1]):
+                if not rule.may_matter(found[1]):
                     # No state and a value that leaves it idle: the common case, and
                     # nothing to keep (a replay of it decides nothing either).
                     outcome.evaluations += 1
                     continue
-                t = tracked[key] = Tracked(rule.rule_id, device_id, project_id)
+                t = tracked[key] = RuleDeviceState(rule.rule_id, device_id, project_id)
                 t.state.clock = device_clock
                 by_device.setdefault(device_key, []).append(t)
-            if not t.takes(item):
+            if not t.take_if_new(item):
                 continue
             outcome.evaluations += 1
-            seen = Observed(reading.event_id, device_id, found[0], found[1], reading.ts)
+            seen = MetricValue(reading.event_id, device_id, found[0], found[1], reading.ts)
             transition = evaluate(
                 rule, t.state, seen, now, silenced(project_id, rule.rule_id, device_id)
             )
             t.idle = t.state.is_idle(rule)
             if transition is not None:
-                outcome.raised.append(Raised(transition, item.partition))
+                outcome.raised.append(TransitionToRecord(transition, item.partition))
         for t in by_device.get(device_key, ()):
             if t.state.alert is None or _still_applies(t.rule_id, rules, reading):
                 continue
-            if t.takes(item):
+            if t.take_if_new(item):
                 at = reading.ts if t.state.clock is None else max(t.state.clock, reading.ts)
                 transition = resolve(
                     t.state, at, "rule_changed", silenced(project_id, t.rule_id, device_id)
@@ -264,7 +264,7 @@ def evaluate_batch(
                 # Its rule no longer applies, so a replay cannot fire it again: the
                 # state goes at once instead of lingering for a reading that never comes.
                 t.idle = t.idle_before = True
-                outcome.raised.append(Raised(transition, item.partition))
+                outcome.raised.append(TransitionToRecord(transition, item.partition))
     return outcome
 
 

@@ -87,10 +87,12 @@ class Outbox:
         self._topic = topic
         self._bootstrap_servers = bootstrap_servers
 
-    async def publish_pending(self, partitions: Collection[int], fresh: Collection[str]) -> int:
+    async def publish_pending(
+        self, partitions: Collection[int], newly_recorded: Collection[str]
+    ) -> int:
         """Publish the unannounced transitions of these partitions, then mark them.
 
-        ``fresh``: notification ids the batch at hand recorded first (surely not sent yet).
+        ``newly_recorded``: notification ids the batch at hand recorded first (surely not sent yet).
         """
         outbox = self._db[ALERT_OUTBOX]
         pending = [
@@ -99,7 +101,7 @@ class Outbox:
                 {"notified": False, "partition": {"$in": list(partitions)}}
             )
         ]
-        leftovers = [doc for doc in pending if doc["_id"] not in fresh]
+        leftovers = [doc for doc in pending if doc["_id"] not in newly_recorded]
         if leftovers:
             since = min(doc["created_at"] for doc in leftovers) - CLOCK_SLACK
             sent = await published_since(self._bootstrap_servers, self._topic, since)

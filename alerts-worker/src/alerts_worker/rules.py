@@ -60,7 +60,7 @@ class RuleState:
                 seconds=rule.cooldown_s
             ):
                 return False
-        return not any(rule.concerns(value) for _, value in self.recent)
+        return not any(rule.may_matter(value) for _, value in self.recent)
 
     @classmethod
     def from_fields(cls, doc: dict[str, Any]) -> RuleState:
@@ -88,7 +88,7 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
-class Observed:
+class MetricValue:
     """One reading's value of a rule's metric."""
 
     event_id: str
@@ -104,7 +104,7 @@ def severity_of(rule: Rule, value: float) -> str:
     return rule.severity
 
 
-def message_of(rule: Rule, seen: Observed) -> str:
+def message_of(rule: Rule, seen: MetricValue) -> str:
     if rule.sensor is not None:  # built-in: the wording alert consumers already parse
         relation = BUILTIN_RELATIONS[rule.operator]
         return (
@@ -124,7 +124,7 @@ def _breaches(rule: Rule, values: list[float], limit: float) -> bool:
 
 
 def evaluate(
-    rule: Rule, state: RuleState, seen: Observed, now: datetime, silenced: bool = False
+    rule: Rule, state: RuleState, seen: MetricValue, now: datetime, silenced: bool = False
 ) -> Transition | None:
     """Fold one reading into ``state``; the transition it causes, if any.
 

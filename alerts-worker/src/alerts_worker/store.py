@@ -31,10 +31,10 @@ from telemetry_common.mongo import ALERTS, Database
 from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, not_newer_than
 from telemetry_common.reading import Reading
 from telemetry_common.rollup_layout import scoped_id
-from telemetry_common.versioned import chunks, insert_first_copies, source, write_fenced
+from telemetry_common.versioned import chunks, insert_first_copies, source_position, write_fenced
 
 from alerts_worker.documents import Acknowledgement, OutboxEntry
-from alerts_worker.incidents import Raised, Tracked
+from alerts_worker.incidents import RuleDeviceState, TransitionToRecord
 
 ALERT_STATE = "alert_state"
 ALERT_OUTBOX = "alert_outbox"
@@ -78,14 +78,14 @@ async def drop_retries(
         # Event ids are unique within a project only.
         unique.setdefault(scoped_id(item.value.project_id, item.value.event_id), item)
     docs = [
-        {"_id": event_id, "_src": source(item.partition, item.offset), "seen_at": now}
+        {"_id": event_id, "_src": source_position(item.partition, item.offset), "seen_at": now}
         for event_id, item in unique.items()
     ]
     retried = await insert_first_copies(db[ALERT_SEEN], docs)
     return [item for event_id, item in unique.items() if event_id not in retried]
 
 
-def _alert_write(raised: Raised) -> UpdateOne:
+def _alert_write(raised: TransitionToRecord) -> UpdateOne:
     transition = raised.transition
     alert = transition.alert
     if transition.kind == "fired":
@@ -100,7 +100,7 @@ def _alert_write(raised: Raised) -> UpdateOne:
     return UpdateOne({"_id": alert["alert_id"]}, {"$set": resolved})
 
 
-def _outbox_write(raised: Raised, now: datetime) -> UpdateOne:
+def _outbox_write(raised: TransitionToRecord, now: datetime) -> UpdateOne:
     transition = raised.transition
     doc: OutboxEntry = {
         "alert_id": transition.alert["alert_id"],
@@ -117,7 +117,9 @@ def _outbox_write(raised: Raised, now: datetime) -> UpdateOne:
     return UpdateOne({"_id": transition.notification_id}, {"$setOnInsert": doc}, upsert=True)
 
 
-async def record_transitions(db: Database, raised: list[Raised], now: datetime) -> set[str]:
+async def record_transitions(
+    db: Database, raised: list[TransitionToRecord], now: datetime
+) -> set[str]:
     """Record the transitions; return the notification ids recorded for the first time.
 
     A transition computed again (a replay of readings whose state was not kept)
@@ -135,7 +137,7 @@ async def record_transitions(db: Database, raised: list[Raised], now: datetime) 
     return {raised[index].transition.notification_id for index in upserted}
 
 
-async def load_states(db: Database, device_keys: Iterable[str]) -> list[Tracked]:
+async def load_states(db: Database, device_keys: Iterable[str]) -> list[RuleDeviceState]:
     """Every rule's state stored for these devices (by their ids within their projects,
     ``scoped_id``; also of rules since deleted, to resolve their alerts)."""
     wanted = set(device_keys)
@@ -144,7 +146,7 @@ async def load_states(db: Database, device_keys: Iterable[str]) -> list[Tracked]
     found = []
     for chunk in chunks(device_ids, LOAD_CHUNK):
         async for doc in db[ALERT_STATE].find({"device_id": {"$in": chunk}}):
-            tracked = Tracked.from_document(doc)
+            tracked = RuleDeviceState.from_document(doc)
             if tracked.device_key in wanted:
                 found.append(tracked)
     return found
@@ -159,7 +161,7 @@ class HeldDevice:
     """A device's states with something to keep; none when all its rules are idle."""
 
     partition: int
-    states: dict[str, Tracked] = field(default_factory=dict)
+    states: dict[str, RuleDeviceState] = field(default_factory=dict)
 
 
 class HeldStates:
@@ -198,7 +200,7 @@ class HeldStates:
             self.devices.pop(device_key, None)
             self.clocks.pop(device_key, None)
 
-    async def for_batch(self, items: list[Consumed[Reading]]) -> dict[str, Tracked]:
+    async def for_batch(self, items: list[Consumed[Reading]]) -> dict[str, RuleDeviceState]:
         """Every state of the batch's devices by state id, reading from the store only
         the devices not held yet."""
         partition_of = {device_key(item.value): item.partition for item in items}
@@ -213,7 +215,7 @@ class HeldStates:
                 devices[key] = HeldDevice(partition_of[key])
             for tracked in await load_states(self._db, unheld):
                 devices[tracked.device_key].states[tracked.rule_id] = tracked
-        batch: dict[str, Tracked] = {}
+        batch: dict[str, RuleDeviceState] = {}
         for key in partition_of:
             devices.move_to_end(key)
             for tracked in devices[key].states.values():
@@ -230,7 +232,7 @@ class HeldStates:
             self.owned.release(lost)
         return lost
 
-    async def write(self, batch: dict[str, Tracked], now: datetime) -> set[int]:
+    async def write(self, batch: dict[str, RuleDeviceState], now: datetime) -> set[int]:
         """Hold the states the batch created, write those it changed, delete those
         that were idle before it and still are, let go of the least recently seen
         devices past the limit; return the partitions found claimed by a newer owner
@@ -261,17 +263,17 @@ class HeldStates:
             self.clocks.pop(key, None)
         return lost
 
-    def _partition(self, tracked: Tracked) -> int:
+    def _partition(self, tracked: RuleDeviceState) -> int:
         return self.devices[tracked.device_key].partition
 
     async def _write_round(
-        self, pending: list[Tracked], epochs: dict[int, int], now: datetime
+        self, pending: list[RuleDeviceState], epochs: dict[int, int], now: datetime
     ) -> dict[int, int]:
         """Write or delete each pending state under its partition's epoch; the newer
         epochs found on the documents that refused."""
         collection = self._db[ALERT_STATE]
         # A state the batch made idle is written as idle and deleted by a later batch
-        # (``Tracked.idle_before``); one never stored is just let go.
+        # (``RuleDeviceState.idle_before``); one never stored is just let go.
         kept = [t for t in pending if not t.idle or (t.stored and not t.idle_before)]
         result = await write_fenced(
             collection,

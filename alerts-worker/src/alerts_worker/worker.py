@@ -66,12 +66,12 @@ class AlertMetrics:
             registry=registry,
         )
 
-    def count(self, outcome: BatchOutcome, fresh: set[str]) -> None:
+    def count(self, outcome: BatchOutcome, newly_recorded: set[str]) -> None:
         """Count the transitions recorded for the first time (not those a replay computed again)."""
         self.rule_evaluations.inc(outcome.evaluations)
         for raised in outcome.raised:
             transition = raised.transition
-            if transition.notification_id not in fresh:
+            if transition.notification_id not in newly_recorded:
                 continue
             counter = self.fired if transition.kind == "fired" else self.resolved
             counter.labels(transition.alert["severity"]).inc()
@@ -112,13 +112,13 @@ class AlertsHandler:
         partitions = {item.partition for item in items}
         with metrics.evaluation_seconds.time():
             first_copies = await drop_retries(self._db, items, utcnow())
-            outcome, fresh, lost = await evaluate_and_record(
+            outcome, newly_recorded, lost = await evaluate_and_record(
                 self._db, self.states, first_copies, rules.rules, rules.silences
             )
-        published = await self._outbox.publish_pending(partitions - lost, fresh)
+        published = await self._outbox.publish_pending(partitions - lost, newly_recorded)
         metrics.readings_evaluated.inc(len(items))
         metrics.duplicates.inc(len(items) - len(first_copies))
-        metrics.count(outcome, fresh)
+        metrics.count(outcome, newly_recorded)
         metrics.published.inc(published)
         metrics.held_devices.set(len(self.states.devices))
         if lost:
@@ -145,14 +145,14 @@ async def evaluate_and_record(
         if lost:
             outcome.raised = [r for r in outcome.raised if r.partition not in lost]
             tracked = {i: t for i, t in tracked.items() if t.device_id in states.devices}
-        fresh = await record_transitions(db, outcome.raised, now)
+        newly_recorded = await record_transitions(db, outcome.raised, now)
         lost |= await states.write(tracked, now)
     except BaseException:
         # The held states took the batch's readings; what of it reached the store
         # is read back on the retry, and the rest evaluated again.
         states.forget_devices({device_key(item.value) for item in items})
         raise
-    return outcome, fresh, lost
+    return outcome, newly_recorded, lost
 
 
 async def run(
@@ -177,7 +177,7 @@ async def run(
             port=settings.port,
             registry=registry,
             decode=decode_reading,
-            make_handler=lambda context: AlertsHandler(
+            handler_for=lambda context: AlertsHandler(
                 context, settings, rules, AlertMetrics(registry)
             ),
             stop=stop,

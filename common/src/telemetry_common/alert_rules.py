@@ -233,7 +233,7 @@ class Rule(BaseModel):
             return max(self.limits)
         return None
 
-    def concerns(self, value: float) -> bool:
+    def may_matter(self, value: float) -> bool:
         """Whether a value is past the threshold or the clear threshold (it may matter)."""
         # Asked of every rule on most readings: one comparison where one suffices.
         check, limit = OPERATORS[self.operator], self._concern_limit

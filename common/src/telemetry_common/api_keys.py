@@ -96,7 +96,7 @@ class ApiKey:
     def may(self, scope: str) -> bool:
         return scope in self.scopes
 
-    def public(self) -> dict[str, Any]:
+    def shown_fields(self) -> dict[str, Any]:
         """What lists and responses show: never the key nor its hash."""
         return {
             "key_id": self.key_id,

@@ -15,6 +15,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from telemetry_common.retry import RETRIES
+
 
 def new_registry() -> CollectorRegistry:
     """A fresh registry with the process, platform and GC collectors a dashboard expects."""
@@ -22,6 +24,7 @@ def new_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    registry.register(RETRIES)
     return registry
 
 

@@ -20,7 +20,14 @@ from typing import Any
 
 import orjson
 
-from telemetry_common.identifiers import DEVICE_ID_RE, EVENT_ID_RE, METRIC_NAME_RE
+from telemetry_common.identifiers import (
+    DEVICE_ID_PATTERN,
+    DEVICE_ID_RE,
+    EVENT_ID_PATTERN,
+    EVENT_ID_RE,
+    METRIC_NAME_PATTERN,
+    METRIC_NAME_RE,
+)
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import iso_z, to_utc_ms
 
@@ -166,6 +173,56 @@ def decode_kafka_value(raw: bytes | None, project_id: str = DEFAULT_PROJECT) -> 
     if "event_id" not in doc:
         raise InvalidReading([FieldError("event_id", "is required in the canonical form")])
     return parse_reading(doc, now=received_at, max_future_skew=None, project_id=project_id)
+
+
+def reading_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a reading in either form, for the API's OpenAPI document.
+
+    Built from the limits the parser enforces, so the two cannot drift apart. It
+    describes each field; rules across fields (at least one metric, at most
+    MAX_METRICS of them over both forms, ``ts`` not too far ahead) are the
+    parser's alone, and their refusals name the field.
+    """
+    metric = {"type": "number", "description": "a finite number"}
+    return {
+        "title": "Reading",
+        "description": "A reading in the flat form (each metric a top-level number) or the "
+        "general form (`metrics`); at least one metric either way.",
+        "type": "object",
+        "required": ["device_id"],
+        "propertyNames": {"pattern": METRIC_NAME_PATTERN},
+        "properties": {
+            "device_id": {"type": "string", "pattern": DEVICE_ID_PATTERN, "examples": ["dev-1"]},
+            "ts": {
+                "type": "string",
+                "description": "ISO 8601, not before 1970; no offset means UTC; "
+                "server time when absent",
+                "examples": ["2025-01-15T10:00:00Z"],
+            },
+            "event_id": {
+                "type": "string",
+                "pattern": EVENT_ID_PATTERN,
+                "description": "makes the reading idempotent; derived from device_id, ts and "
+                "values when absent and ts is given",
+            },
+            "metrics": {
+                "type": "object",
+                "description": "general form: metric name -> number",
+                "maxProperties": MAX_METRICS,
+                "propertyNames": {"pattern": METRIC_NAME_PATTERN},
+                "additionalProperties": metric,
+            },
+            "tags": {
+                "type": "array",
+                "maxItems": MAX_TAGS,
+                "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH},
+                "description": "printable strings; repeats are kept once",
+            },
+            "lat": {"type": "number", "minimum": -90, "maximum": 90},
+            "lon": {"type": "number", "minimum": -180, "maximum": 180},
+        },
+        "additionalProperties": {**metric, "description": "a metric (flat form)"},
+    }
 
 
 def _parse_ts(

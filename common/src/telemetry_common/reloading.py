@@ -9,8 +9,9 @@ need a replica set, and the compose deployment runs a standalone mongod.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+
+from telemetry_common.background import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ class Reloading:
 
     def __init__(self, refresh_s: float):
         self._refresh_s = refresh_s
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundTasks()
         self.loaded = False
 
     async def reload(self) -> None:
@@ -32,13 +33,10 @@ class Reloading:
         log.warning("could not reload %s (%s); keeping the last known", self.what, exc)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._refresh_forever())
+        self._background.start(self._refresh_forever(), name=f"reload {self.what}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._background.stop()
 
     async def _refresh_forever(self) -> None:
         while True:

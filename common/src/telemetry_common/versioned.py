@@ -31,7 +31,7 @@ DUPLICATE_KEY = 11000
 T = TypeVar("T")
 
 
-def source(partition: int, offset: int) -> str:
+def source_position(partition: int, offset: int) -> str:
     return f"{partition}:{offset}"
 
 

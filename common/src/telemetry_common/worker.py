@@ -34,6 +34,7 @@ from telemetry_common.kafka.producer import RenewableProducer, build_producer
 from telemetry_common.metrics import ConsumerMetrics
 from telemetry_common.mongo import Database, connect, ensure_indexes
 from telemetry_common.ownership import PartitionOwnership
+from telemetry_common.retry import retrying
 from telemetry_common.settings import WorkerSettings
 from telemetry_common.worker_http import serve, worker_app
 
@@ -62,17 +63,10 @@ def owner_name(service: str) -> str:
 async def start_with_retry(
     what: str, start: Callable[[], Awaitable[Any]], stop: asyncio.Event
 ) -> None:
-    backoff = 0.5
-    while True:
-        try:
+    # Anything: a client that cannot start yet is retried until the process is told to stop.
+    async for attempt in retrying(f"start {what}", retry_on=lambda _: not stop.is_set()):
+        with attempt:
             await start()
-            return
-        except Exception as exc:
-            if stop.is_set():
-                raise
-            log.warning("%s not reachable yet (%s); retrying in %.1fs", what, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -147,7 +141,7 @@ async def run_worker(
     port: int,
     registry: CollectorRegistry,
     decode: Decode[T],
-    make_handler: Callable[[WorkerContext], Handler[T]],
+    handler_for: Callable[[WorkerContext], Handler[T]],
     stop: asyncio.Event | None = None,
     raw_retention: timedelta | None = None,
     merged_resolutions: Iterable[str] = (),
@@ -179,7 +173,7 @@ async def run_worker(
             db, name, group_id, settings.telemetry_topic, owner_name(name)
         )
         context = WorkerContext(settings, db, producer, ownership)
-        handle = make_handler(context)
+        handle = handler_for(context)
         assigned = getattr(handle, "partitions_assigned", None)
         revoked = getattr(handle, "partitions_revoked", None)
         handling = asyncio.Lock()

@@ -12,7 +12,6 @@ the end: a stream shows what happens from now on; GET /alerts has the past.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from telemetry_common.background import BackgroundTasks
+from telemetry_common.retry import retrying
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
 from dashboard_api.live import WATCHER_BACKLOG, end_queue, offer
@@ -42,7 +43,7 @@ class AlertFeed:
         self._bootstrap_servers = bootstrap_servers
         self._topic = topic
         self._watchers: set[AlertWatcher] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundTasks()
         self.ready = asyncio.Event()
         self._delivered = Counter(
             "dashboard_alert_events_total",
@@ -54,13 +55,10 @@ class AlertFeed:
         )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="alert-feed")
+        self._background.start(self._run(), name="alert feed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._background.stop()
         for watcher in self._watchers:
             end_queue(watcher.queue)
         self._watchers.clear()
@@ -76,17 +74,13 @@ class AlertFeed:
         self._watching.set(len(self._watchers))
 
     async def _run(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
+        # Whatever broke the feed, it reconnects for as long as the API runs.
+        def anything(exc: BaseException) -> bool:
+            return isinstance(exc, Exception)  # not a cancellation
+
+        async for attempt in retrying("alert feed", retry_on=anything):
+            with attempt:
                 await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.ready.clear()
-                log.warning("alert feed: %s; reconnecting in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
 
     async def _consume(self) -> None:
         # Subscribed without a group: every partition is this consumer's, and a

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,9 +12,11 @@ from prometheus_client import CollectorRegistry
 from pymongo.errors import PyMongoError
 from telemetry_common.api_errors import install_error_handlers
 from telemetry_common.api_keys import KeyCache
+from telemetry_common.background import BackgroundTasks
 from telemetry_common.http_metrics import RequestMetricsMiddleware
 from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import Database, connect, ensure_indexes
+from telemetry_common.retry import retrying
 from telemetry_common.settings import DashboardSettings
 from telemetry_common.tenancy import ensure_tenancy
 
@@ -41,16 +42,13 @@ from dashboard_api.ui import install_ui, redirect_to_ui, wants_page
 
 
 async def _ensure_indexes_when_reachable(db: Database, merged: list[str]) -> None:
-    backoff = 1.0
-    while True:
-        try:
+    async for attempt in retrying(
+        "create indexes", retry_on=lambda exc: isinstance(exc, PyMongoError), max_s=30.0
+    ):
+        with attempt:
             await ensure_indexes(db, raw_retention=None, merged_resolutions=merged)
             await ensure_tenancy(db)
             await ensure_stream_tokens(db)
-            return
-        except PyMongoError:
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
 
 
 def create_app(settings: DashboardSettings, registry: CollectorRegistry | None = None) -> FastAPI:
@@ -67,8 +65,10 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         # The queries lean on these indexes; creating them is idempotent and lets the
         # dashboard start before either worker ran. In the background, so the API
         # starts (and /health says why it is degraded) while MongoDB is down.
-        index_task = asyncio.create_task(
-            _ensure_indexes_when_reachable(app.state.db, list(settings.rollup_plan.derived))
+        background = BackgroundTasks()
+        background.start(
+            _ensure_indexes_when_reachable(app.state.db, list(settings.rollup_plan.derived)),
+            name="create indexes",
         )
         app.state.keys = KeyCache(app.state.db, settings.api_keys_refresh_s)
         if settings.api_keys_required:
@@ -84,7 +84,7 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
         await app.state.alert_feed.stop()
         await app.state.keys.stop()
         app.state.feeds.close()
-        index_task.cancel()
+        await background.stop()
         await client.close()
 
     app = FastAPI(

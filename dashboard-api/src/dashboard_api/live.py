@@ -38,7 +38,7 @@ from telemetry_common.rollup_layout import (
 )
 
 from dashboard_api.paging import Position, after
-from dashboard_api.serialize import public
+from dashboard_api.serialize import as_served
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class DeviceFeeds:
                 feed.buckets[doc_id] = BUCKET_WATCH_POLLS
         if docs:
             feed.position = Position(docs[-1]["ts"], docs[-1]["_id"])
-        return [Event("reading", public(doc, "event_id")) for doc in docs]
+        return [Event("reading", as_served(doc, "event_id")) for doc in docs]
 
     async def _buckets(self, feed: _Feed) -> list[dict[str, Any]]:
         """The watched buckets as stored, and those of merged resolutions merged."""
@@ -229,7 +229,7 @@ class DeviceFeeds:
             pushed = (doc_id, tuple(row.get(name) for name in ROW_FIELDS))
             if feed.versions.get(row["_id"]) != pushed:
                 feed.versions[row["_id"]] = pushed
-                events.append(Event("rollup", public(row)))
+                events.append(Event("rollup", as_served(row)))
         for doc_id, polls_left in list(feed.buckets.items()):
             if polls_left <= 1:
                 del feed.buckets[doc_id]

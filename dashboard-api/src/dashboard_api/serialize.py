@@ -25,7 +25,7 @@ INTERNAL_FIELDS = frozenset(
 )
 
 
-def public(doc: dict[str, Any], id_name: str | None = None) -> dict[str, Any]:
+def as_served(doc: dict[str, Any], id_name: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in doc.items():
         if key in INTERNAL_FIELDS:

@@ -2,7 +2,7 @@
 
 Why a snapshot rather than counting per request: collection sizes are metadata
 on a real mongod, but the wire server used locally scans for
-``estimated_document_count`` (3.8 s at 5,000,000 readings), and consumer lag
+``estimated_document_count`` (seconds at millions of readings), and consumer lag
 and the DLQ size are round trips to Kafka. Gathered every STATS_REFRESH_S by
 one task, however many dashboards poll, a request costs a dict copy, and the
 body says how old its figures are (``as_of``). Counters kept by the writers
@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Gauge
 from pymongo.errors import PyMongoError
 from telemetry_common.api_errors import ApiError
+from telemetry_common.background import BackgroundTasks
 from telemetry_common.kafka.offsets import KafkaOffsets
 from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS, Database
 from telemetry_common.settings import DashboardSettings
@@ -75,7 +76,7 @@ class StatsSnapshot:
         self._offsets: KafkaOffsets | None = None
         self._body: dict[str, Any] | None = None
         self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundTasks()
         # (when, records ever written to the telemetry topic), oldest first, for
         # RATE_WINDOW_S: the ingest rate is their growth over that window.
         self._written: deque[tuple[float, int]] = deque()
@@ -93,14 +94,10 @@ class StatsSnapshot:
         self._project_due: dict[str, float] = {}
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._refresh_forever(), name="stats-snapshot")
+        self._background.start(self._refresh_forever(), name="stats snapshot")
 
     async def stop(self) -> None:
-        for task in [self._task, *self._first_gathers.values()]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._background.stop()
         await self._close_kafka()
 
     async def current(self) -> dict[str, Any]:
@@ -121,7 +118,9 @@ class StatsSnapshot:
         if body is None:
             first = self._first_gathers.get(project_id)
             if first is None:
-                first = asyncio.create_task(self._first_gather(project_id))
+                first = self._background.start(
+                    self._first_gather(project_id), name=f"stats of {project_id}"
+                )
                 self._first_gathers[project_id] = first
             with contextlib.suppress(TimeoutError):
                 # Shielded: a request that stops waiting leaves the gathering running.

@@ -16,8 +16,8 @@ def serve(app: FastAPI, settings: IngestionSettings) -> None:
     """One uvicorn process, as in production; the benchmark serves its variant through this too."""
     # Everything built so far (FastAPI, pydantic, the app) lives as long as the
     # process: moved out of the collector's sight, so a full collection scans only
-    # what requests create. Unfrozen, each took up to 90 ms under /ingest load,
-    # every 0.7 s: most of the p99.
+    # what requests create. Unfrozen, those collections were most of the p99
+    # under /ingest load (BENCHMARKS.md, design choices).
     gc.collect()
     gc.freeze()
     # On SIGTERM uvicorn stops accepting, finishes in-flight requests, then runs

@@ -23,7 +23,7 @@ from ingestion_api.limits import TooManyWaiting, retry_after_header
 RATE_LIMIT_HOLD_S = 0.25
 
 
-def refuse(
+def refusal(
     ctx: IngestContext,
     status: int,
     field: str,
@@ -50,7 +50,7 @@ def authenticate(request: Request, ctx: IngestContext) -> ApiKey | None:
     if not ctx.settings.api_keys_required:
         return None
     if ctx.keys is None or not ctx.keys.loaded:
-        raise refuse(
+        raise refusal(
             ctx,
             503,
             API_KEY_HEADER,
@@ -65,12 +65,12 @@ def authenticate(request: Request, ctx: IngestContext) -> ApiKey | None:
             return None  # the admin key may do everything, posting for any device too
         raise unauthorised(ctx, readings=1)
     if not key.may(INGEST):
-        raise refuse(
+        raise refusal(
             ctx, 403, API_KEY_HEADER, "this key's scopes leave out ingest", outcome="forbidden"
         )
     wait = ctx.key_limits.take([(key.key_id, 1.0)])
     if wait:
-        raise refuse(
+        raise refusal(
             ctx,
             429,
             API_KEY_HEADER,
@@ -96,7 +96,7 @@ def authorise_devices(ctx: IngestContext, key: ApiKey | None, device_ids: Iterab
         shown = ", ".join(foreign[:5]) + (
             f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         )
-        raise refuse(
+        raise refusal(
             ctx,
             403,
             "device_id",
@@ -113,7 +113,7 @@ def charge_quota(ctx: IngestContext, project_id: str, readings: int) -> None:
     wait = ctx.reading_quotas.take(project_id, rate, readings)
     if wait:
         ctx.metrics.count_project(project_id, "over_quota", readings)
-        raise refuse(
+        raise refusal(
             ctx,
             429,
             "project_id",
@@ -135,7 +135,7 @@ def admit_new_devices(ctx: IngestContext, project_id: str, device_ids: list[str]
     if over:
         ctx.metrics.count_project(project_id, "over_device_quota", len(device_ids))
         shown = ", ".join(over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
-        raise refuse(
+        raise refusal(
             ctx,
             429,
             "device_id",
@@ -170,7 +170,7 @@ async def limit_device_in_turn(ctx: IngestContext, device_id: str) -> None:
 
 
 def _over_rate(ctx: IngestContext, wait: float, readings: int) -> ApiError:
-    return refuse(
+    return refusal(
         ctx,
         429,
         "device_id",
@@ -191,7 +191,7 @@ async def device_turn(ctx: IngestContext, device_id: str) -> AsyncIterator[None]
     try:
         await turns.acquire(device_id)
     except TooManyWaiting:
-        raise refuse(
+        raise refusal(
             ctx,
             429,
             "device_id",
@@ -211,7 +211,7 @@ def require_admin(request: Request, ctx: IngestContext) -> None:
     if is_admin_key(presented, ctx.settings.admin_api_key):
         return
     if ctx.keys is not None and ctx.keys.lookup(presented) is not None:
-        raise refuse(
+        raise refusal(
             ctx, 403, API_KEY_HEADER, "needs the admin key", outcome="forbidden", readings=0
         )
     raise unauthorised(ctx, readings=0)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from ingestion_api.lru import LeastRecentlyUsed
 
 
 @dataclass(slots=True)
@@ -38,9 +40,8 @@ class RateLimiter:
     ):
         self.rate = rate
         self.burst = burst
-        self._max_keys = max_keys
         self._clock = clock
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._buckets: LeastRecentlyUsed[str, TokenBucket] = LeastRecentlyUsed(max_keys)
 
     @property
     def enabled(self) -> bool:
@@ -50,11 +51,8 @@ class RateLimiter:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = TokenBucket(self.burst, now)
-            self._buckets[key] = bucket
-            if len(self._buckets) > self._max_keys:
-                self._buckets.popitem(last=False)
+            self._buckets.put(key, bucket)
         else:
-            self._buckets.move_to_end(key)
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
         return bucket

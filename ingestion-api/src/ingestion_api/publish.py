@@ -10,7 +10,6 @@ itself; the probe notices and the API takes readings again without a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -20,11 +19,13 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry, Gauge, Histogram
+from telemetry_common.background import BackgroundTasks
 from telemetry_common.errors import TelemetryError
 from telemetry_common.kafka.producer import RenewableProducer, build_producer
 from telemetry_common.kafka.readings import project_header
 from telemetry_common.reading import Reading
 from telemetry_common.request_id import kafka_headers
+from telemetry_common.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ QUEUE_FULL = "the producer's queue is full; retry later"
 MAX_REMEMBERED_KEYS = 200_000
 
 
-# Remembered: aiokafka's murmur2 is pure Python (several microseconds a key) and a
-# fleet posts for the same device ids over and over.
+# Remembered: aiokafka's murmur2 is pure Python, slow per key, and a fleet posts
+# for the same device ids over and over.
 @lru_cache(maxsize=MAX_REMEMBERED_KEYS)
 def _key_hash(key: bytes) -> int:
     hashed: int = murmur2(key)
@@ -70,8 +71,8 @@ def partition_for(key: bytes, partitions: list[int]) -> int:
 # below the broker's default 1 MiB message.max.bytes.
 # linger_ms 0: aiokafka keeps one produce request in flight per broker, so the
 # readings of concurrent requests gather into one batch while it is out anyway;
-# lingering on top only added to every request's latency (5 ms halved /ingest's
-# requests/s under 32 clients).
+# lingering on top only added to every request's latency (BENCHMARKS.md, design
+# choices).
 PRODUCER_OPTIONS: dict[str, object] = {"max_batch_size": 256 * 1024, "linger_ms": 0}
 ENQUEUE_RETRY_S = 0.01
 
@@ -101,8 +102,8 @@ async def _enqueue_batches(
 ) -> list[asyncio.Future[object]]:
     """Hand the readings to the producer; the futures resolve on Kafka's acknowledgement.
 
-    ``producer.send`` costs about 15 us a record (a coroutine, a future and a
-    lookup each); appending to a batch builder costs a few. The partition is the
+    ``producer.send`` costs a coroutine, a future and a lookup per record;
+    appending to a batch builder costs a fraction of that. The partition is the
     one ``send`` picks for the same key (partition_for), so a device's readings stay in one
     partition, in order, whichever endpoint they came through.
     """
@@ -180,7 +181,7 @@ class ReadingPublisher:
         self._bootstrap_servers = bootstrap_servers
         self._max_in_flight = max_in_flight
         self._producer: RenewableProducer | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._background = BackgroundTasks()
         self._in_flight = 0
         self._failing = False
         self._metrics = PublisherMetrics(registry or CollectorRegistry())
@@ -194,35 +195,30 @@ class ReadingPublisher:
 
     async def start(self) -> None:
         """Connect in the background so the API serves /health (and 503s) while Kafka is down."""
-        self._tasks.append(asyncio.create_task(self._connect_forever()))
+        self._background.start(self._connect_forever(), name="connect to Kafka")
 
     async def _connect_forever(self) -> None:
-        backoff = 0.5
-        while True:
-            producer = build_producer(
-                self._bootstrap_servers,
-                client_id="ingestion-api",
-                request_timeout_ms=int(self._send_timeout_s * 1000),
-                **PRODUCER_OPTIONS,
-            )
-            try:
-                await producer.start()
-            except KafkaError as exc:
-                await producer.stop()
-                log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            self._producer = producer
-            self._metrics.kafka_up.set(1)
-            log.info("connected to Kafka at %s", self._bootstrap_servers)
-            return
+        async for attempt in retrying(
+            "connect to Kafka", retry_on=lambda exc: isinstance(exc, KafkaError)
+        ):
+            with attempt:
+                producer = build_producer(
+                    self._bootstrap_servers,
+                    client_id="ingestion-api",
+                    request_timeout_ms=int(self._send_timeout_s * 1000),
+                    **PRODUCER_OPTIONS,
+                )
+                try:
+                    await producer.start()
+                except KafkaError:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+        self._metrics.kafka_up.set(1)
+        log.info("connected to Kafka at %s", self._bootstrap_servers)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._background.stop()
         if self._producer is not None:
             # stop() flushes what is buffered: nothing acknowledged is left behind.
             await self._producer.stop()
@@ -287,7 +283,7 @@ class ReadingPublisher:
         log.warning("Kafka did not acknowledge (%r); refusing readings until it answers", exc)
         self._failing = True
         self._metrics.kafka_up.set(0)
-        self._tasks.append(asyncio.create_task(self._probe_until_back()))
+        self._background.start(self._probe_until_back(), name="probe Kafka")
 
     async def _probe_until_back(self) -> None:
         assert self._producer is not None

@@ -1,6 +1,6 @@
-"""Request and response shapes, for OpenAPI: the readings themselves are parsed in
-telemetry_common.reading, which gives field-by-field errors pydantic alone could not
-(any numeric top-level field is a metric)."""
+"""Request and response shapes, for OpenAPI. A reading's schema comes from the parser
+(telemetry_common.reading), which gives field-by-field errors pydantic alone could
+not (any numeric top-level field is a metric)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from telemetry_common.api_errors import ErrorOut, FieldErrorOut
-from telemetry_common.identifiers import DEVICE_ID_PATTERN
+from telemetry_common.reading import reading_json_schema
 
 FLAT_EXAMPLE = {
     "device_id": "dev-1",
@@ -25,33 +25,6 @@ GENERAL_EXAMPLE = {
     "metrics": {"temp": 34.2, "cpu": 0.44},
     "tags": ["room:101"],
 }
-
-
-class ReadingIn(BaseModel):
-    """A reading in the flat form (metrics as top-level numbers) or the general form."""
-
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "additionalProperties": {"type": "number", "description": "a metric (flat form)"}
-        },
-    )
-
-    device_id: str = Field(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])
-    ts: str | None = Field(
-        None,
-        description="ISO 8601; no offset means UTC; server time when absent",
-        examples=["2025-01-15T10:00:00Z"],
-    )
-    event_id: str | None = Field(
-        None,
-        description="makes the reading idempotent; derived from device_id, ts and values "
-        "when absent and ts is given",
-    )
-    metrics: dict[str, float] | None = Field(None, description="general form: metric -> number")
-    tags: list[str] | None = Field(None, max_length=64)
-    lat: float | None = Field(None, ge=-90, le=90)
-    lon: float | None = Field(None, ge=-180, le=180)
 
 
 class QueuedOut(BaseModel):
@@ -176,7 +149,7 @@ def single_request_body() -> dict[str, object]:
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": ReadingIn.model_json_schema(),
+                    "schema": reading_json_schema(),
                     "examples": {
                         "flat": {"summary": "Flat form", "value": FLAT_EXAMPLE},
                         "general": {"summary": "General form", "value": GENERAL_EXAMPLE},
@@ -194,7 +167,7 @@ def batch_request_body() -> dict[str, object]:
             "description": "A JSON array or NDJSON; `Content-Encoding: gzip` is accepted",
             "content": {
                 "application/json": {
-                    "schema": {"type": "array", "items": ReadingIn.model_json_schema()},
+                    "schema": {"type": "array", "items": reading_json_schema()},
                     "example": [FLAT_EXAMPLE, GENERAL_EXAMPLE],
                 },
                 "application/x-ndjson": {"schema": {"type": "string"}, "example": NDJSON_EXAMPLE},

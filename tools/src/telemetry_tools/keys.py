@@ -30,7 +30,7 @@ from telemetry_common.timefmt import iso_z
 
 
 def _public(key: ApiKey) -> dict[str, Any]:
-    out = key.public()
+    out = key.shown_fields()
     out["created_at"] = iso_z(out["created_at"])
     out["revoked_at"] = iso_z(out["revoked_at"]) if out["revoked_at"] else None
     return out

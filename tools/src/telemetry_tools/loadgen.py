@@ -243,8 +243,8 @@ async def run(args: argparse.Namespace) -> Stats:
                 flush=True,
             )
 
-    # aiohttp rather than httpx: on this 2-core box httpx tops out near 450 req/s,
-    # which would make the client, not the API, the thing measured.
+    # aiohttp rather than httpx: httpx tops out far below what the API serves,
+    # which would make the client, not the API, the thing measured (BENCHMARKS.md).
     async with aiohttp.ClientSession(
         base_url=args.base_url,
         headers=headers,

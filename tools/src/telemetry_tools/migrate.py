@@ -256,8 +256,8 @@ async def _in_id_order(
     through one cursor.
 
     Not a query per batch: on secantusd a range open at its top costs a scan of
-    all of it per query (0.3 s with 50,000 documents after the bound, even for a
-    limit of 10), which made the migration quadratic.
+    all of it per query, even for a small limit (BENCHMARKS.md, design choices),
+    which made the migration quadratic.
     """
     while True:
         bounded = {**query} if after is None else {**query, "_id": {"$gt": after}}

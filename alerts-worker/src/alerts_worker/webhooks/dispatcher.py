@@ -22,6 +22,7 @@ import httpx2
 from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
+from telemetry_common.retry import retrying
 from telemetry_common.settings import WebhookDeliverySettings
 from telemetry_common.timefmt import utcnow
 from telemetry_common.webhook_signature import delivery_headers
@@ -72,21 +73,27 @@ class Dispatcher:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                await self._fill()
-                await self._report_due()
-                backoff = 0.5
-                timeout = self._settings.webhook_poll_interval_s
-            except PyMongoError as exc:
-                log.warning("webhook queue unavailable (%s); retrying in %.1fs", exc, backoff)
-                timeout, backoff = backoff, min(backoff * 2, 30.0)
+        async def until_woken(seconds: float) -> None:
+            # A new delivery (wake) or stopping ends the wait early; a wake that
+            # comes while the queue is read is kept for the next wait.
             waits = [asyncio.ensure_future(e.wait()) for e in (self._wake, stop)]
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()
+            self._wake.clear()
+
+        def worth_another(exc: BaseException) -> bool:
+            return isinstance(exc, PyMongoError) and not stop.is_set()
+
+        while not stop.is_set():
+            with contextlib.suppress(PyMongoError):  # only once stopping
+                async for attempt in retrying(
+                    "poll webhook queue", retry_on=worth_another, max_s=30.0, sleep=until_woken
+                ):
+                    with attempt:
+                        await self._fill()
+                        await self._report_due()
+            await until_woken(self._settings.webhook_poll_interval_s)
         await self._drain()
 
     async def _drain(self) -> None:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 NAME = "alert-notifier"
 
 
-def bind_handler(
+def notification_handler(
     db: Database, metrics: WebhookMetrics, wake: asyncio.Event
 ) -> Handler[Notification | None]:
     async def handle(items: list[Consumed[Notification | None]]) -> None:
@@ -66,7 +66,7 @@ async def run_notifier(
             consumer,
             producer,
             decode_notification,
-            bind_handler(db, metrics, wake),
+            notification_handler(db, metrics, wake),
             ConsumerMetrics(registry, namespace="notifier"),
         )
         dispatcher = Dispatcher(db, settings, metrics, client, wake)

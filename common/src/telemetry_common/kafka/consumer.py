@@ -21,16 +21,17 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
-from pymongo.errors import ConnectionFailure, PyMongoError
+from tenacity import AsyncRetrying
 
-from telemetry_common.errors import TelemetryError
+from telemetry_common.errors import is_transient
 from telemetry_common.kafka.dlq import DeadLetterPublisher
 from telemetry_common.kafka.producer import RenewableProducer, is_stale_producer
 from telemetry_common.metrics import ConsumerMetrics
 from telemetry_common.ownership import PartitionsLost
 from telemetry_common.request_id import from_kafka_headers
+from telemetry_common.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +46,6 @@ class Consumed(Generic[T]):
     offset: int
     value: T
     record: ConsumerRecord
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether waiting could help: an unreachable or overloaded dependency, not bad data."""
-    if isinstance(exc, TelemetryError):
-        return exc.transient
-    if is_stale_producer(exc):
-        return True  # once the producer is renewed (ConsumerLoop does)
-    if isinstance(exc, ConnectionFailure | asyncio.TimeoutError | OSError):
-        return True
-    if isinstance(exc, PyMongoError):
-        return exc.has_error_label("RetryableWriteError") or exc.timeout
-    if isinstance(exc, KafkaError):
-        return bool(exc.retriable)
-    return False
 
 
 Decode = Callable[[ConsumerRecord], T]
@@ -203,56 +189,63 @@ class ConsumerLoop(Generic[T]):
             if tp.partition in lost and tp in assigned:
                 self._consumer.seek(tp, records[0].offset)
 
+    def _retrying(self, operation: str, retry_on: Callable[[BaseException], bool]) -> AsyncRetrying:
+        return retrying(
+            operation,
+            retry_on=retry_on,
+            initial_s=self._retry.initial_backoff_s,
+            max_s=self._retry.max_backoff_s,
+            sleep=self._paused_wait,
+        )
+
     async def _handle_with_retries(self, items: list[Consumed[T]]) -> None:
-        attempts = 0
-        backoff = self._retry.initial_backoff_s
-        while True:
-            try:
-                # Held per attempt, not across the waits between them: a rebalance
-                # may happen while a failing batch waits (see _paused_wait).
-                async with self._handling:
-                    await self._handle(items)
-                self.healthy = True
-                return
-            except PartitionsLost:
-                raise
-            except Exception as exc:
-                await self._renew_if_stale(exc)
-                if is_transient(exc):
-                    self.healthy = False
-                    self._metrics.transient_failures.inc()
-                    log.warning("dependency unavailable (%s); retrying in %.1fs", exc, backoff)
-                    await self._paused_wait(backoff)
-                    backoff = min(backoff * 2, self._retry.max_backoff_s)
-                    continue
-                attempts += 1
-                if attempts < self._retry.max_retries:
-                    log.warning("batch failed (attempt %d): %r", attempts, exc, exc_info=exc)
-                    await self._paused_wait(backoff)
-                    backoff = min(backoff * 2, self._retry.max_backoff_s)
-                    continue
-                if len(items) > 1:
-                    # Find the records at fault instead of dead-lettering good ones.
-                    log.warning("batch failed %d times; isolating records: %r", attempts, exc)
-                    for item in items:
-                        await self._handle_with_retries([item])
-                    return
-                await self._dead_letter(items[0].record, f"{type(exc).__name__}: {exc}", attempts)
-                return
+        # Waiting helps a transient failure, however long it lasts; any other is
+        # given max_retries attempts in case it was not what it seemed.
+        failures = 0
+
+        def worth_another(exc: BaseException) -> bool:
+            if isinstance(exc, PartitionsLost):
+                return False
+            return is_transient(exc) or failures < self._retry.max_retries
+
+        try:
+            async for attempt in self._retrying("handle batch", worth_another):
+                with attempt:
+                    try:
+                        # Held per attempt, not across the waits between them: a
+                        # rebalance may happen while a failing batch waits (_paused_wait).
+                        async with self._handling:
+                            await self._handle(items)
+                    except Exception as exc:
+                        await self._renew_if_stale(exc)
+                        if is_transient(exc):
+                            self.healthy = False
+                            self._metrics.transient_failures.inc()
+                        else:
+                            failures += 1
+                        raise
+            self.healthy = True
+            return
+        except PartitionsLost:
+            raise
+        except Exception as exc:
+            failed = exc
+        if len(items) > 1:
+            # Find the records at fault instead of dead-lettering good ones.
+            log.warning("batch failed %d times; isolating records: %r", failures, failed)
+            for item in items:
+                await self._handle_with_retries([item])
+            return
+        await self._dead_letter(items[0].record, f"{type(failed).__name__}: {failed}", failures)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str, attempts: int) -> None:
-        backoff = self._retry.initial_backoff_s
-        while True:
-            try:
-                await self._dead_letters.publish(record, reason, attempts)
-                break
-            except Exception as exc:
-                await self._renew_if_stale(exc)
-                if not is_transient(exc):
+        async for attempt in self._retrying("publish dead letter", is_transient):
+            with attempt:
+                try:
+                    await self._dead_letters.publish(record, reason, attempts)
+                except Exception as exc:
+                    await self._renew_if_stale(exc)
                     raise
-                log.warning("DLQ publish failed (%s); retrying in %.1fs", exc, backoff)
-                await self._paused_wait(backoff)
-                backoff = min(backoff * 2, self._retry.max_backoff_s)
         short_reason = reason.split(":", 1)[0][:40]
         self._metrics.records_dead_lettered.labels(short_reason).inc()
         log.error(
@@ -298,24 +291,23 @@ class ConsumerLoop(Generic[T]):
         offsets = {
             tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()
         }
-        backoff = self._retry.initial_backoff_s
-        while True:
-            try:
-                await self._consumer.commit(offsets)
-                self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
-                return
-            except (CommitFailedError, IllegalStateError) as exc:
-                # The group rebalanced: the new owner replays from the last commit,
-                # and every write is idempotent, so nothing is lost or counted twice.
-                self._metrics.commit_failures.inc()
-                log.warning("commit refused after rebalance: %s", exc)
-                return
-            except KafkaError as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("commit failed (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._retry.max_backoff_s)
+        try:
+            async for attempt in retrying(
+                "commit offsets",
+                retry_on=lambda exc: not isinstance(exc, CommitFailedError | IllegalStateError)
+                and is_transient(exc),
+                initial_s=self._retry.initial_backoff_s,
+                max_s=self._retry.max_backoff_s,
+            ):
+                with attempt:
+                    await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced: the new owner replays from the last commit,
+            # and every write is idempotent, so nothing is lost or counted twice.
+            self._metrics.commit_failures.inc()
+            log.warning("commit refused after rebalance: %s", exc)
+            return
+        self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
 
     def _report_lag(self) -> None:
         for tp in self._consumer.assignment():

@@ -96,13 +96,13 @@ class RenewableProducer:
 
     async def renew(self) -> None:
         """Start a fresh producer and retire the current one; raises if Kafka is unreachable."""
-        fresh = self._make()
+        replacement = self._make()
         try:
-            await fresh.start()
+            await replacement.start()
         except BaseException:
-            await fresh.stop()
+            await replacement.stop()
             raise
-        retired, self._current = self._current, fresh
+        retired, self._current = self._current, replacement
         log.warning("Kafka producer started over under a new producer id")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(retired.stop(), RETIRE_TIMEOUT_S)

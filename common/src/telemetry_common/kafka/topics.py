@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from telemetry_common.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,19 @@ async def ensure_topics(
     bootstrap_servers: str, topics: list[TopicSpec], timeout_s: float = 60.0
 ) -> None:
     """Create missing topics; existing ones are left as they are."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-        try:
-            await admin.start()
-            break
-        except KafkaConnectionError:
-            await admin.close()
-            if asyncio.get_running_loop().time() > deadline:
+    async for attempt in retrying(
+        "connect to Kafka",
+        retry_on=lambda exc: isinstance(exc, KafkaConnectionError),
+        max_s=2.0,
+        give_up_after_s=timeout_s,
+    ):
+        with attempt:
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+            try:
+                await admin.start()
+            except KafkaConnectionError:
+                await admin.close()
                 raise
-            await asyncio.sleep(0.5)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t.name not in existing]

@@ -24,7 +24,7 @@ from dashboard_api.deps import (
 from dashboard_api.paging import Cursor
 from dashboard_api.rollup_pages import MergedFrom, rollup_page
 from dashboard_api.schemas import RollupsPage
-from dashboard_api.serialize import public
+from dashboard_api.serialize import as_served
 
 router = read_router(tags=["aggregates"])
 
@@ -62,7 +62,7 @@ async def list_aggregated(
         cursor=cursor,
         merged_from=MergedFrom(source, plan.served[resolution]) if source else None,
     )
-    return page([public(row) for row in rows], next_cursor)
+    return page([as_served(row) for row in rows], next_cursor)
 
 
 @router.get("/devices/{device_id}/aggregates", response_model=RollupsPage, responses=BAD_PARAMETER)

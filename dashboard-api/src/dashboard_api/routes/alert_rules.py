@@ -27,7 +27,7 @@ from dashboard_api.auth import WRITE_ERRORS, Caller, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import RuleOut, RulesPage
-from dashboard_api.serialize import public
+from dashboard_api.serialize import as_served
 
 router = APIRouter(tags=["alert rules"])
 # What a read key may see; the writes below need a manage key.
@@ -108,7 +108,7 @@ async def create_rule(db: Database, rule: dict[str, Any], writer: Caller) -> dic
         "updated_at": now,
     }
     await db[ALERT_RULES].insert_one(doc)
-    return public(doc, "rule_id")
+    return as_served(doc, "rule_id")
 
 
 @router.post(
@@ -152,13 +152,13 @@ async def list_rules(
     docs, next_cursor = await keyset_page(
         db[ALERT_RULES], query, sort_key="created_at", limit=limit, cursor=cursor
     )
-    return page([public(doc, "rule_id") for doc in docs], next_cursor)
+    return page([as_served(doc, "rule_id") for doc in docs], next_cursor)
 
 
 @reads.get("/alerts/rules/{rule_id}", response_model=RuleOut, responses=NOT_FOUND)
 async def get_rule(db: Db, caller: Reader, rule_id: RuleId) -> dict[str, Any]:
     """One rule."""
-    return public(await _find(db, caller.project_id, rule_id), "rule_id")
+    return as_served(await _find(db, caller.project_id, rule_id), "rule_id")
 
 
 @router.patch(
@@ -197,7 +197,7 @@ async def patch_rule(
     )
     if doc is None:  # deleted meanwhile
         raise ApiError(404, "rule_id", "no such rule")
-    return public(doc, "rule_id")
+    return as_served(doc, "rule_id")
 
 
 @router.delete(

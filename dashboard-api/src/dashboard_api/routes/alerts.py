@@ -13,7 +13,7 @@ from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, DeviceFilter, From, Limit, To, page, time_range
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import AlertOut, AlertsPage
-from dashboard_api.serialize import public
+from dashboard_api.serialize import as_served
 
 router = APIRouter(tags=["alerts"])
 # What a read key may see; the writes below need a manage key.
@@ -73,7 +73,7 @@ async def list_alerts(
     docs, next_cursor = await keyset_page(
         db[ALERTS], query, sort_key="created_at", limit=limit, cursor=cursor
     )
-    return page([public(doc) for doc in docs], next_cursor)
+    return page([as_served(doc) for doc in docs], next_cursor)
 
 
 @reads.get("/alerts/recent", response_model=AlertsPage)
@@ -91,7 +91,7 @@ async def recent_alerts(
         .sort([("created_at", -1), ("_id", -1)])
         .limit(limit)
     )
-    return page([public(doc) async for doc in cursor])
+    return page([as_served(doc) async for doc in cursor])
 
 
 @router.post(
@@ -115,4 +115,4 @@ async def acknowledge_alert(
         doc = await db[ALERTS].find_one(mine)
     if doc is None:
         raise ApiError(404, "alert_id", "no such alert")
-    return public(doc)
+    return as_served(doc)

@@ -14,7 +14,7 @@ from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, TagFilter, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import DeviceOut, DevicesPage
-from dashboard_api.serialize import public
+from dashboard_api.serialize import as_served
 
 router = read_router(tags=["devices"])
 
@@ -61,8 +61,8 @@ async def _with_open_alerts(
     db: Database, project_id: str, docs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     # A device's _id is its id only in the default project; its device_id field is
-    # its id everywhere (and public() falls back on _id for a summary without one).
-    devices = [public(doc, "device_id") for doc in docs]
+    # its id everywhere (and as_served() falls back on _id for a summary without one).
+    devices = [as_served(doc, "device_id") for doc in docs]
     counts = await open_alert_counts(db, project_id, [device["device_id"] for device in devices])
     return [{**device, "open_alerts": counts.get(device["device_id"], 0)} for device in devices]
 

@@ -23,7 +23,7 @@ from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import SilenceOut, SilencesPage
-from dashboard_api.serialize import public
+from dashboard_api.serialize import as_served
 
 router = APIRouter(tags=["alerts"])
 # What a read key may see; the writes below need a manage key.
@@ -71,7 +71,7 @@ async def create_silence(db: Db, writer: Writer, silence: SilenceCreate) -> dict
         "created_by": writer.name,
     }
     await db[ALERT_SILENCES].insert_one(doc)
-    return public(doc, "silence_id")
+    return as_served(doc, "silence_id")
 
 
 @reads.get("/alerts/silences", response_model=SilencesPage, responses=BAD_PARAMETER)
@@ -91,7 +91,7 @@ async def list_silences(
     docs, next_cursor = await keyset_page(
         db[ALERT_SILENCES], query, sort_key="created_at", limit=limit, cursor=cursor
     )
-    return page([public(doc, "silence_id") for doc in docs], next_cursor)
+    return page([as_served(doc, "silence_id") for doc in docs], next_cursor)
 
 
 @router.delete(

@@ -23,7 +23,7 @@ from dashboard_api.deps import (
 )
 from dashboard_api.paging import Cursor, keyset_page
 from dashboard_api.schemas import ReadingsPage
-from dashboard_api.serialize import public
+from dashboard_api.serialize import as_served
 
 router = read_router(tags=["telemetry"])
 
@@ -62,7 +62,7 @@ async def _readings(
     if tag:
         query["tags"] = tag
     docs, next_cursor = await keyset_page(db[RAW], query, sort_key="ts", limit=limit, cursor=cursor)
-    return page([public(doc, "event_id") for doc in docs], next_cursor)
+    return page([as_served(doc, "event_id") for doc in docs], next_cursor)
 
 
 @router.get("/telemetry", response_model=ReadingsPage, responses=BAD_PARAMETER)

@@ -43,7 +43,7 @@ from dashboard_api.schemas import (
     ProjectOut,
     ProjectsPage,
 )
-from dashboard_api.serialize import public
+from dashboard_api.serialize import as_served
 
 router = APIRouter(tags=["tenancy"])
 
@@ -112,7 +112,7 @@ async def create_org(db: Db, admin: Admin, org: OrgCreate) -> dict[str, Any]:
     """Create an organization."""
     doc = {"_id": new_org_id(), "name": org.name, "created_at": utcnow(), "created_by": admin}
     await db[ORGANIZATIONS].insert_one(doc)
-    return public(doc, "org_id")
+    return as_served(doc, "org_id")
 
 
 @router.get("/orgs", response_model=OrgsPage, responses={**BAD_PARAMETER, **ADMIN_ERRORS})
@@ -121,7 +121,7 @@ async def list_orgs(db: Db, _admin: Admin, limit: Limit, cursor: Cursor = None) 
     docs, next_cursor = await keyset_page(
         db[ORGANIZATIONS], {}, sort_key="created_at", limit=limit, cursor=cursor, descending=False
     )
-    return page([public(doc, "org_id") for doc in docs], next_cursor)
+    return page([as_served(doc, "org_id") for doc in docs], next_cursor)
 
 
 async def _existing_org(db: Db, org_id: str) -> None:
@@ -149,7 +149,7 @@ async def create_project(
         "created_by": admin,
     }
     await db[PROJECTS].insert_one(doc)
-    return public(doc, "project_id")
+    return as_served(doc, "project_id")
 
 
 @router.get(
@@ -170,7 +170,7 @@ async def list_projects(
         cursor=cursor,
         descending=False,
     )
-    return page([public(doc, "project_id") for doc in docs], next_cursor)
+    return page([as_served(doc, "project_id") for doc in docs], next_cursor)
 
 
 NO_PROJECT: dict[int | str, dict[str, Any]] = {
@@ -188,7 +188,7 @@ async def get_project(db: Db, _admin: Admin, project_id: ProjectId) -> dict[str,
     doc = await db[PROJECTS].find_one({"_id": project_id})
     if doc is None:
         raise ApiError(404, "project_id", "no such project")
-    return public(doc, "project_id")
+    return as_served(doc, "project_id")
 
 
 @router.patch(
@@ -207,7 +207,7 @@ async def change_project(
     )
     if doc is None:
         raise ApiError(404, "project_id", "no such project")
-    return public(doc, "project_id")
+    return as_served(doc, "project_id")
 
 
 KEY_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -234,7 +234,7 @@ class KeyCreate(BaseModel):
 
 
 def _key_out(key: ApiKey) -> dict[str, Any]:
-    return public(key.public())
+    return as_served(key.shown_fields())
 
 
 @router.post(

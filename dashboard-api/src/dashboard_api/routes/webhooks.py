@@ -22,7 +22,7 @@ from telemetry_common.webhook_targets import TargetRefused, check_target
 from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
 from dashboard_api.paging import Cursor, keyset_page
-from dashboard_api.serialize import public
+from dashboard_api.serialize import as_served
 
 router = APIRouter(tags=["webhooks"])
 # What a read key may see; the writes below need a manage key.
@@ -168,7 +168,7 @@ WebhookId = Annotated[
 
 
 def webhook_out(doc: dict[str, Any]) -> dict[str, Any]:
-    out = public({k: v for k, v in doc.items() if k != "secret"}, id_name="webhook_id")
+    out = as_served({k: v for k, v in doc.items() if k != "secret"}, id_name="webhook_id")
     for field in ("description", "severity", "device_ids", "rule_ids"):
         out.setdefault(field, None)
     return out
@@ -316,7 +316,7 @@ async def list_deliveries(
         await find_webhook(db, caller.project_id, webhook_id)
     return page(
         [
-            public({k: v for k, v in doc.items() if k not in ("body", "url")}, "delivery_id")
+            as_served({k: v for k, v in doc.items() if k not in ("body", "url")}, "delivery_id")
             for doc in docs
         ],
         next_cursor,

@@ -38,7 +38,7 @@ router = APIRouter(
 
 
 def key_out(key: ApiKey) -> dict[str, Any]:
-    public = key.public()
+    public = key.shown_fields()
     public["created_at"] = iso_z(public["created_at"])
     public["revoked_at"] = iso_z(public["revoked_at"]) if public["revoked_at"] else None
     return public

@@ -26,7 +26,7 @@ from ingestion_api.auth import (
     limit_device_in_turn,
     limit_devices,
     project_of_key,
-    refuse,
+    refusal,
 )
 from ingestion_api.body import parse_json, parse_ndjson, read_limited, require_json_content_type
 from ingestion_api.context import IngestContext
@@ -52,7 +52,7 @@ class DirectIngestRoutes:
     Response and raise only ApiError, so they are called from here; their
     declared bodies and responses still document them in OpenAPI, and the tests
     check the answers against those models. Other methods, and these paths under
-    a root_path, go down the usual stack. Placed inside the request-id and
+    a root_path, go down the usual stack. PositionedReading inside the request-id and
     metrics middlewares, so answers carry X-Request-ID and are counted under
     the route's template.
     """
@@ -89,7 +89,7 @@ async def publish_or_503(ctx: IngestContext, readings: list[Reading]) -> None:
     try:
         await ctx.publisher.publish(readings)
     except KafkaUnavailable as exc:
-        raise refuse(
+        raise refusal(
             ctx,
             503,
             "kafka",
@@ -160,7 +160,7 @@ async def ingest_batch(request: Request) -> Response:
         raise ApiError(422, "body", "must be a JSON array of readings")
     limit = ctx.settings.max_batch_readings
     if len(items) > limit:
-        raise refuse(
+        raise refusal(
             ctx,
             413,
             "body",

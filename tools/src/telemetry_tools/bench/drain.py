@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aggregator_worker.fold import BucketKey, BucketStarts, BucketState, Placed, contributions
+from aggregator_worker.fold import (
+    BucketKey,
+    BucketStarts,
+    BucketState,
+    PositionedReading,
+    contributions,
+)
 from aggregator_worker.store import raw_document
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo import AsyncMongoClient
@@ -72,7 +78,7 @@ async def bare_consumer_rate(bootstrap_servers: str, topic: str, expected: int) 
 
 async def bare_insert_rate(mongo_url: str, db_name: str, readings: list[Reading]) -> float:
     """Readings/s MongoDB takes the aggregator's raw documents in unordered bulk inserts."""
-    docs = [raw_document(Placed(i % PARTITIONS, i, r)) for i, r in enumerate(readings)]
+    docs = [raw_document(PositionedReading(i % PARTITIONS, i, r)) for i, r in enumerate(readings)]
     client: Client = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         db = client[db_name]
@@ -93,7 +99,7 @@ def bucket_documents(readings: list[Reading]) -> list[dict[str, Any]]:
     starts = BucketStarts(plan.stored)
     states: dict[str, BucketState] = {}
     for i, reading in enumerate(readings):
-        placed = Placed(i % PARTITIONS, i, reading)
+        placed = PositionedReading(i % PARTITIONS, i, reading)
         values = contributions(placed)
         for resolution, start in starts.of(reading.ts):
             key = BucketKey(reading.project_id, reading.device_id, resolution, start)

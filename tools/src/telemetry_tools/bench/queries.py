@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-from aggregator_worker.fold import Placed
+from aggregator_worker.fold import PositionedReading
 from aggregator_worker.store import raw_document
 from alerts_worker.store import ALERT_OUTBOX, ALERT_SEEN, ALERT_STATE
 from pymongo import AsyncMongoClient
@@ -49,7 +49,7 @@ async def top_up_raw(mongo_url: str, db_name: str, total: int, devices: int) -> 
         for i, body in enumerate(
             bodies(missing, devices, end=end, span=timedelta(days=6), prefix="dev-", seed=4)
         ):
-            chunk.append(raw_document(Placed(0, -1 - i, canonical(body))))
+            chunk.append(raw_document(PositionedReading(0, -1 - i, canonical(body))))
             if len(chunk) == TOP_UP_CHUNK:
                 # Build the next chunk while MongoDB writes this one.
                 if len(in_flight) >= TOP_UP_IN_FLIGHT:
