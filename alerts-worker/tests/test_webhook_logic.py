@@ -168,8 +168,8 @@ def test_breakers_are_per_url_and_report_each_change() -> None:
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
 
 
-def notification(**overrides: object) -> Notification:
-    fields: dict = {
+def notification(published_at: datetime = T0, **overrides: object) -> Notification:
+    announced: dict = {
         "notification_id": "a1:fired",
         "alert_id": "a1",
         "project_id": "default",
@@ -177,10 +177,8 @@ def notification(**overrides: object) -> Notification:
         "severity": "critical",
         "transition": "fired",
         "rule_id": "rule-1",
-        "body": b"{}",
-        "published_at": T0,
     }
-    return Notification(**{**fields, **overrides})
+    return Notification({**announced, **overrides}, b"{}", published_at)
 
 
 @pytest.mark.parametrize(

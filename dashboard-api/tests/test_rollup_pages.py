@@ -17,7 +17,12 @@ from dashboard_api.rollup_pages import SORT_KEY, RowPage, rollup_query
 from hypothesis import given
 from hypothesis import strategies as st
 from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document, metric_rows
+from telemetry_common.rollup_layout import (
+    DEFAULT_PROJECT,
+    RowSelection,
+    bucket_document,
+    metric_rows,
+)
 
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
 
@@ -178,13 +183,7 @@ def test_pages_serve_the_rows_in_the_order_of_the_layout_before(
 
 def test_a_devices_query_reads_its_id_range_down_from_the_cursors_document() -> None:
     first = rollup_query(
-        "1m",
-        project_id=DEFAULT_PROJECT,
-        device_id="d-1",
-        metric=None,
-        start=T0,
-        end=T0 + timedelta(hours=1),
-        resume=None,
+        "1m", RowSelection(device_id="d-1", start=T0, end=T0 + timedelta(hours=1)), None
     )
     assert first.filter == {
         "_id": {"$gte": "default|d-1|1m|01736935200", "$lt": "default|d-1|1m|01736938800"}
@@ -193,12 +192,8 @@ def test_a_devices_query_reads_its_id_range_down_from_the_cursors_document() -> 
     row_id = "default|d-1|1m|01736935260|humidity"
     resumed = rollup_query(
         "1m",
-        project_id=DEFAULT_PROJECT,
-        device_id="d-1",
-        metric="humidity",
-        start=T0,
-        end=T0 + timedelta(hours=1),
-        resume=Position(T0 + timedelta(minutes=1), row_id),
+        RowSelection(device_id="d-1", metric="humidity", start=T0, end=T0 + timedelta(hours=1)),
+        Position(T0 + timedelta(minutes=1), row_id),
     )
     assert resumed.filter == {
         "_id": {"$gte": "default|d-1|1m|01736935200", "$lt": row_id},
@@ -208,15 +203,7 @@ def test_a_devices_query_reads_its_id_range_down_from_the_cursors_document() -> 
 
 def test_a_fleet_query_reads_the_resolution_newest_first_after_the_cursor() -> None:
     resume = Position(T0, "default|d-1|1m|01736935200|humidity")
-    query = rollup_query(
-        "5m",
-        project_id=DEFAULT_PROJECT,
-        device_id=None,
-        metric=None,
-        start=None,
-        end=None,
-        resume=resume,
-    )
+    query = rollup_query("5m", RowSelection(), resume)
     assert query.sort == [("timestamp", -1), ("_id", -1)]
     assert query.filter == {
         "$and": [
@@ -231,15 +218,7 @@ def test_a_fleet_query_reads_the_resolution_newest_first_after_the_cursor() -> N
 
 
 def test_with_a_metric_only_its_served_figures_are_read() -> None:
-    query = rollup_query(
-        "1m",
-        project_id=DEFAULT_PROJECT,
-        device_id="d-1",
-        metric="humidity",
-        start=None,
-        end=None,
-        resume=None,
-    )
+    query = rollup_query("1m", RowSelection(device_id="d-1", metric="humidity"), None)
     read = set(query.projection)
     assert {"device_id", "resolution", "timestamp", "updated_at"} <= read
     assert {"metrics.humidity.count", "metrics.humidity.p99", "metrics.humidity.last_ts"} <= read

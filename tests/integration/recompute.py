@@ -11,7 +11,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import RAW, ROLLUPS
-from telemetry_common.rollup_layout import bucket_filter, metric_rows
+from telemetry_common.rollup_layout import RowSelection, bucket_filter, metric_rows
 
 
 async def recompute_minute_rollups(
@@ -38,7 +38,7 @@ async def stored_rows(
     db: AsyncDatabase, resolution: str, metric: str | None = None, device_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Stored rollups of ``resolution`` as the API serves them: a row per metric and bucket."""
-    query = bucket_filter(resolution, metric=metric, device_id=device_id)
+    query = bucket_filter(resolution, RowSelection(device_id=device_id, metric=metric))
     return [row async for doc in db[ROLLUPS].find(query) for row in metric_rows(doc, metric)]
 
 

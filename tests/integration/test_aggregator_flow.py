@@ -21,7 +21,7 @@ from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.kafka import dlq
 from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
-from telemetry_common.rollup_layout import bucket_filter, metric_rows
+from telemetry_common.rollup_layout import RowSelection, bucket_filter, metric_rows
 from telemetry_common.settings import AggregatorSettings
 from telemetry_tools import dlq as dlq_cli
 from telemetry_tools.servers import MongoServer, free_port
@@ -334,7 +334,7 @@ async def test_a_device_id_in_two_projects_is_two_devices(
         [minute] = [
             row
             async for doc in db[ROLLUPS].find(
-                bucket_filter("1m", project_id=project_id, device_id="dev-1")
+                bucket_filter("1m", RowSelection(project_id, "dev-1"))
             )
             for row in metric_rows(doc, "temperature_c")
         ]

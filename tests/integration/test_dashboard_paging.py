@@ -24,7 +24,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, DEVICES, LEGACY_ROLLUPS, RAW, ROLLUPS, ensure_indexes
 from telemetry_common.resolutions import DEFAULT_PLAN
 from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document, windows_of
+from telemetry_common.rollup_layout import (
+    DEFAULT_PROJECT,
+    RowSelection,
+    bucket_document,
+    windows_of,
+)
 from telemetry_common.settings import DashboardSettings
 from telemetry_common.timefmt import iso_z, utcnow
 from telemetry_tools.servers import MongoServer
@@ -590,26 +595,10 @@ async def test_a_deep_rollup_page_reads_only_its_own_index_keys(
         ]
     )
     rows, cursor = await rollup_page(
-        db[ROLLUPS],
-        "1m",
-        project_id=DEFAULT_PROJECT,
-        device_id=device_id,
-        metric=None,
-        start=None,
-        end=None,
-        limit=201,
-        cursor=None,
+        db[ROLLUPS], "1m", RowSelection(device_id=device_id), limit=201, cursor=None
     )
     assert len(rows) == 201 and cursor is not None
-    query = rollup_query(
-        "1m",
-        project_id=DEFAULT_PROJECT,
-        device_id=device_id,
-        metric=None,
-        start=None,
-        end=None,
-        resume=decode_cursor(SORT_KEY, cursor),
-    )
+    query = rollup_query("1m", RowSelection(device_id=device_id), decode_cursor(SORT_KEY, cursor))
     explained = await db[ROLLUPS].find(query.filter).sort(query.sort).limit(12).explain()
     stages = _stages(explained["queryPlanner"]["winningPlan"])
     assert "SORT" not in stages and "IXSCAN" in stages, explained["queryPlanner"]

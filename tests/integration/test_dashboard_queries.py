@@ -16,7 +16,7 @@ from integration.readings import publish, reading
 from integration.workers import running
 from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
-from telemetry_common.rollup_layout import bucket_filter
+from telemetry_common.rollup_layout import RowSelection, bucket_filter
 from telemetry_common.settings import AggregatorSettings, AlertsSettings, DashboardSettings
 from telemetry_common.timefmt import iso_z
 from telemetry_tools.servers import free_port
@@ -258,7 +258,11 @@ async def test_each_resolution_keeps_its_own_retention(seeded: dict, db: AsyncDa
     for resolution in ("5m", "15m"):
         assert not await db[ROLLUPS].find_one({"resolution": resolution}), resolution
     for resolution in ("1m", "1h", "1d"):
-        docs = await db[ROLLUPS].find(bucket_filter(resolution, device_id="q-1")).to_list()
+        docs = (
+            await db[ROLLUPS]
+            .find(bucket_filter(resolution, RowSelection(device_id="q-1")))
+            .to_list()
+        )
         assert docs, resolution
         for doc in docs:
             if resolution == "1d":

@@ -6,9 +6,10 @@ import asyncio
 import gc
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.kafka.readings import decode_reading
+from telemetry_common.metrics import WRITE_BUCKETS, Instruments
 from telemetry_common.reading import Reading
 from telemetry_common.settings import AggregatorSettings
 from telemetry_common.worker import WorkerContext, run_worker
@@ -22,51 +23,40 @@ SERVICE = "aggregator-worker"
 class AggregatorMetrics:
     # Consumer lag per partition is the shared consumer_lag_records gauge.
     def __init__(self, registry: CollectorRegistry):
-        self.readings_folded = Counter(
-            "aggregator_readings_folded_total", "Readings folded into rollups", registry=registry
+        on = Instruments(registry)
+        self.readings_folded = on.counter(
+            "aggregator_readings_folded_total", "Readings folded into rollups"
         )
-        self.duplicates = Counter(
+        self.duplicates = on.counter(
             "aggregator_duplicate_readings_total",
             "Readings skipped because the same event_id was already stored from another record",
-            registry=registry,
         )
-        self.replayed_readings = Counter(
+        self.replayed_readings = on.counter(
             "aggregator_replayed_readings_skipped_total",
             "Readings consumed again (crash, rebalance) that every bucket had already applied",
-            registry=registry,
         )
-        self.replayed_values = Counter(
+        self.replayed_values = on.counter(
             "aggregator_replayed_values_skipped_total",
             "Values a stored bucket already held when this worker merged with it",
-            registry=registry,
         )
-        self.bucket_writes = Counter(
-            "aggregator_bucket_writes_total",
-            "Rollup bucket documents written",
-            ["resolution"],
-            registry=registry,
+        self.bucket_writes = on.counter(
+            "aggregator_bucket_writes_total", "Rollup bucket documents written", ["resolution"]
         )
-        self.write_seconds = Histogram(
+        self.write_seconds = on.histogram(
             "aggregator_write_duration_seconds",
             "Time to write one batch to MongoDB (raw, rollups, devices)",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=registry,
+            buckets=WRITE_BUCKETS,
         )
-        self.held_buckets = Gauge(
-            "aggregator_held_buckets",
-            "Rollup buckets held in memory for the owned partitions",
-            registry=registry,
+        self.held_buckets = on.gauge(
+            "aggregator_held_buckets", "Rollup buckets held in memory for the owned partitions"
         )
-        self.held_devices = Gauge(
-            "aggregator_held_devices",
-            "Device summaries held in memory for the owned partitions",
-            registry=registry,
+        self.held_devices = on.gauge(
+            "aggregator_held_devices", "Device summaries held in memory for the owned partitions"
         )
-        self.rollup_write_seconds = Histogram(
+        self.rollup_write_seconds = on.histogram(
             "aggregator_rollup_write_duration_seconds",
             "Time to write one batch's rollup buckets and device summaries",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=registry,
+            buckets=WRITE_BUCKETS,
         )
 
 

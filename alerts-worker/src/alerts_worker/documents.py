@@ -80,17 +80,22 @@ class DeliveryAttempt(TypedDict):
     duration_ms: float
 
 
-class DeliveryDocument(TypedDict):
-    """One transition owed to one webhook (``_id``: ``<webhook_id>:<notification_id>``)."""
+class Announced(TypedDict):
+    """What an ``alerts.triggered`` message says of its transition, as webhooks match it."""
 
-    webhook_id: str
     notification_id: str
     alert_id: str
     project_id: str
     device_id: str
     severity: str
-    transition: str
+    transition: TransitionKind
     rule_id: str | None
+
+
+class DeliveryDocument(Announced):
+    """One transition owed to one webhook (``_id``: ``<webhook_id>:<notification_id>``)."""
+
+    webhook_id: str
     url: str
     # The exact bytes signed and sent, kept so every retry sends the same.
     body: str

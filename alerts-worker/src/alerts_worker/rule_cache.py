@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from telemetry_common.alert_rules import ALERT_RULES, ALERT_SILENCES, Rule, Silence
+from telemetry_common.metrics import Instruments
 from telemetry_common.mongo import Database
 from telemetry_common.reloading import Reloading
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
@@ -36,19 +37,19 @@ class RuleCache(Reloading):
         registry: CollectorRegistry,
         builtin: list[dict[str, Any]],
     ):
+        on = Instruments(registry)
         super().__init__(refresh_s)
         self._db = db
         self._builtin = builtin
         self._installed = False
         self.rules = RuleIndex([])
         self.silences: list[Silence] = []
-        self._rules_loaded = Gauge(
-            "alerts_rules_loaded", "Enabled alert rules the worker evaluates", registry=registry
+        self._rules_loaded = on.gauge(
+            "alerts_rules_loaded", "Enabled alert rules the worker evaluates"
         )
-        self._reload_errors = Counter(
+        self._reload_errors = on.counter(
             "alerts_rule_reload_errors_total",
             "Failed reloads of the rules and silences (the last known are kept)",
-            registry=registry,
         )
 
     async def reload(self) -> None:

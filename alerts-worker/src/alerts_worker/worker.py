@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from telemetry_common.alert_rules import Silence, builtin_rules
 from telemetry_common.kafka.consumer import Consumed
 from telemetry_common.kafka.readings import decode_reading
+from telemetry_common.metrics import Instruments
 from telemetry_common.mongo import Database, connect
 from telemetry_common.ownership import PartitionsLost
 from telemetry_common.reading import Reading
@@ -27,43 +28,35 @@ SERVICE = "alerts-worker"
 
 class AlertMetrics:
     def __init__(self, registry: CollectorRegistry):
-        self.readings_evaluated = Counter(
-            "alerts_readings_evaluated_total",
-            "Readings evaluated against the rules",
-            registry=registry,
+        on = Instruments(registry)
+        self.readings_evaluated = on.counter(
+            "alerts_readings_evaluated_total", "Readings evaluated against the rules"
         )
-        self.duplicates = Counter(
+        self.duplicates = on.counter(
             "alerts_duplicate_readings_total",
             "Readings skipped because their device sent them before (same event_id)",
-            registry=registry,
         )
-        self.rule_evaluations = Counter(
+        self.rule_evaluations = on.counter(
             "alerts_rule_evaluations_total",
             "Rules evaluated, one per rule and reading it applies to",
-            registry=registry,
         )
-        self.fired = Counter("alerts_fired_total", "Alerts fired", ["severity"], registry=registry)
-        self.resolved = Counter(
-            "alerts_resolved_total", "Alerts resolved", ["severity"], registry=registry
-        )
-        self.silenced = Counter(
+        self.fired = on.counter("alerts_fired_total", "Alerts fired", ["severity"])
+        self.resolved = on.counter("alerts_resolved_total", "Alerts resolved", ["severity"])
+        self.silenced = on.counter(
             "alerts_silenced_total",
             "Transitions recorded but not announced because a silence covered them",
-            registry=registry,
         )
-        self.published = Counter(
-            "alerts_published_total", "Transitions published to alerts.triggered", registry=registry
+        self.published = on.counter(
+            "alerts_published_total", "Transitions published to alerts.triggered"
         )
-        self.held_devices = Gauge(
+        self.held_devices = on.gauge(
             "alerts_held_devices",
             "Devices whose rule states are held in memory for the owned partitions",
-            registry=registry,
         )
-        self.evaluation_seconds = Histogram(
+        self.evaluation_seconds = on.histogram(
             "alerts_evaluation_seconds",
             "Time to evaluate a batch and record its transitions (before publishing)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=registry,
         )
 
     def count(self, outcome: BatchOutcome, newly_recorded: set[str]) -> None:

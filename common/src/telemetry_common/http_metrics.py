@@ -5,25 +5,24 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from telemetry_common.metrics import REQUEST_BUCKETS, Instruments
 
 
 class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, registry: CollectorRegistry):
+        on = Instruments(registry)
         self.app = app
-        self.requests = Counter(
-            "http_requests_total",
-            "HTTP requests answered",
-            ["method", "route", "status"],
-            registry=registry,
+        self.requests = on.counter(
+            "http_requests_total", "HTTP requests answered", ["method", "route", "status"]
         )
-        self.duration = Histogram(
+        self.duration = on.histogram(
             "http_request_duration_seconds",
             "Time from request to the end of the response",
             ["method", "route", "status"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=registry,
+            buckets=REQUEST_BUCKETS,
         )
         # labels() takes a lock and builds a key on each call; the children are few
         # (method x route x status) and looked up on every request.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,6 +18,45 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from telemetry_common.retry import RETRIES
+
+# Histogram buckets (seconds): a request or a send, a batch's writes.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+WRITE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Instruments:
+    """Declares metrics in one registry (under one ``namespace``, if any), one call each."""
+
+    def __init__(self, registry: CollectorRegistry, namespace: str = ""):
+        self._registry = registry
+        self._namespace = namespace
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(
+            name, documentation, labels, registry=self._registry, namespace=self._namespace
+        )
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(
+            name, documentation, labels, registry=self._registry, namespace=self._namespace
+        )
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+    ) -> Histogram:
+        return Histogram(
+            name,
+            documentation,
+            labels,
+            buckets=buckets,
+            registry=self._registry,
+            namespace=self._namespace,
+        )
 
 
 def new_registry() -> CollectorRegistry:
@@ -52,61 +93,40 @@ class ConsumerMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry, namespace: str = ""):
-        self.records_consumed = Counter(
-            "consumer_records_total",
-            "Records fetched from Kafka",
-            registry=registry,
-            namespace=namespace,
-        )
-        self.records_dead_lettered = Counter(
+        on = Instruments(registry, namespace)
+        self.records_consumed = on.counter("consumer_records_total", "Records fetched from Kafka")
+        self.records_dead_lettered = on.counter(
             "consumer_records_dead_lettered_total",
             "Records sent to the dead-letter topic",
             ["reason"],
-            registry=registry,
-            namespace=namespace,
         )
-        self.batch_seconds = Histogram(
+        self.batch_seconds = on.histogram(
             "consumer_batch_duration_seconds",
             "Time to process and commit one polled batch",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=registry,
-            namespace=namespace,
         )
-        self.end_to_end_seconds = Histogram(
+        self.end_to_end_seconds = on.histogram(
             "consumer_end_to_end_latency_seconds",
             "Time from ingestion-api publishing a record to this worker committing it",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-            registry=registry,
-            namespace=namespace,
         )
-        self.transient_failures = Counter(
+        self.transient_failures = on.counter(
             "consumer_transient_failures_total",
             "Batch attempts that failed on an unavailable dependency and were retried",
-            registry=registry,
-            namespace=namespace,
         )
-        self.commit_failures = Counter(
+        self.commit_failures = on.counter(
             "consumer_commit_failures_total",
             "Offset commits refused after a rebalance (the batch is replayed idempotently)",
-            registry=registry,
-            namespace=namespace,
         )
-        self.partitions_lost = Counter(
+        self.partitions_lost = on.counter(
             "consumer_partitions_lost_total",
             "Partitions whose writes were refused because a newer owner had claimed them",
-            registry=registry,
-            namespace=namespace,
         )
-        self.lag = Gauge(
+        self.lag = on.gauge(
             "consumer_lag_records",
             "Records between the committed position and the partition's high watermark",
             ["partition"],
-            registry=registry,
-            namespace=namespace,
         )
-        self.paused = Gauge(
-            "consumer_paused",
-            "1 while consumption is paused waiting for a dependency to recover",
-            registry=registry,
-            namespace=namespace,
+        self.paused = on.gauge(
+            "consumer_paused", "1 while consumption is paused waiting for a dependency to recover"
         )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -198,30 +199,28 @@ def metric_rows(doc: Mapping[str, Any], metric: str | None = None) -> Iterator[d
         yield row
 
 
-def bucket_filter(
-    resolution: str,
-    *,
-    project_id: str = DEFAULT_PROJECT,
-    device_id: str | None = None,
-    metric: str | None = None,
-    start: datetime | None = None,
-    end: datetime | None = None,
-) -> dict[str, Any]:
-    """A find() filter for bucket documents of ``resolution`` starting in [start, end)."""
-    return _stored_filter(resolution, "timestamp", project_id, device_id, metric, start, end)
+@dataclass(frozen=True, slots=True)
+class RowSelection:
+    """Which rollup rows a listing wants: one project's, of one device or all, of one
+    metric or all, of the buckets starting in [start, end) (either bound open)."""
+
+    project_id: str = DEFAULT_PROJECT
+    device_id: str | None = None
+    metric: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
 
 
-def _stored_filter(
-    resolution: str,
-    time_field: str,
-    project_id: str,
-    device_id: str | None,
-    metric: str | None,
-    start: datetime | None,
-    end: datetime | None,
-) -> dict[str, Any]:
+def bucket_filter(resolution: str, selection: RowSelection = RowSelection()) -> dict[str, Any]:
+    """A find() filter for the bucket documents of ``resolution`` holding ``selection``."""
+    return _stored_filter(resolution, "timestamp", selection)
+
+
+def _stored_filter(resolution: str, time_field: str, selection: RowSelection) -> dict[str, Any]:
     """Stored buckets of ``resolution`` whose start (for one device) or ``time_field``
     (across devices) is in [start, end)."""
+    project_id, device_id, metric = selection.project_id, selection.device_id, selection.metric
+    start, end = selection.start, selection.end
     query: dict[str, Any]
     if device_id is not None:
         query = {"_id": device_id_range(project_id, device_id, resolution, start, end)}
@@ -281,25 +280,19 @@ def _window_at_or_after(moment: datetime, width_s: int) -> datetime:
 
 
 def merged_filter(
-    source: str,
-    resolution: str,
-    width_s: int,
-    *,
-    project_id: str = DEFAULT_PROJECT,
-    device_id: str | None = None,
-    metric: str | None = None,
-    start: datetime | None = None,
-    end: datetime | None = None,
+    source: str, resolution: str, width_s: int, selection: RowSelection
 ) -> dict[str, Any]:
     """A find() filter for the ``source`` documents of the ``resolution`` buckets (merged
     from ``source``) that start in [start, end)."""
     # A merged bucket starting in [start, end) is the source buckets starting from
     # its window's start on: from the first window starting at or after ``start``.
-    first = _window_at_or_after(start, width_s) if start is not None else None
-    last = _window_at_or_after(end, width_s) if end is not None else None
-    return _stored_filter(
-        source, window_field(resolution), project_id, device_id, metric, first, last
+    start, end = selection.start, selection.end
+    windows = replace(
+        selection,
+        start=_window_at_or_after(start, width_s) if start is not None else None,
+        end=_window_at_or_after(end, width_s) if end is not None else None,
     )
+    return _stored_filter(source, window_field(resolution), windows)
 
 
 def merged_projection(metric: str) -> dict[str, int]:

@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from telemetry_common.background import BackgroundTasks
+from telemetry_common.metrics import Instruments
 from telemetry_common.retry import retrying
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
@@ -40,18 +41,18 @@ class AlertWatcher:
 
 class AlertFeed:
     def __init__(self, bootstrap_servers: str, topic: str, registry: CollectorRegistry):
+        on = Instruments(registry)
         self._bootstrap_servers = bootstrap_servers
         self._topic = topic
         self._watchers: set[AlertWatcher] = set()
         self._background = BackgroundTasks()
         self.ready = asyncio.Event()
-        self._delivered = Counter(
+        self._delivered = on.counter(
             "dashboard_alert_events_total",
             "Alert transitions read from alerts.triggered by the alert stream",
-            registry=registry,
         )
-        self._watching = Gauge(
-            "dashboard_alert_stream_clients", "Connected alert-stream clients", registry=registry
+        self._watching = on.gauge(
+            "dashboard_alert_stream_clients", "Connected alert-stream clients"
         )
 
     def start(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 from telemetry_common.mongo import Collection, newest_first
 from telemetry_common.resolutions import bucket_start
 from telemetry_common.rollup_layout import (
+    RowSelection,
     bucket_filter,
     bucket_id,
     merged_bucket,
@@ -57,22 +58,12 @@ class RollupQuery:
     projection: dict[str, int] | None
 
 
-def rollup_query(
-    resolution: str,
-    *,
-    project_id: str,
-    device_id: str | None,
-    metric: str | None,
-    start: datetime | None,
-    end: datetime | None,
-    resume: Position | None,
-) -> RollupQuery:
+def rollup_query(resolution: str, selection: RowSelection, resume: Position | None) -> RollupQuery:
     """The documents holding the rows of a listing, from the one holding the row after
     ``resume`` (from the newest without one), newest first."""
-    query = bucket_filter(
-        resolution, project_id=project_id, device_id=device_id, metric=metric, start=start, end=end
-    )
-    if device_id is not None:
+    query = bucket_filter(resolution, selection)
+    metric = selection.metric
+    if selection.device_id is not None:
         sort = [("_id", -1)]
         if resume is not None:
             # The cursor's own document sorts just below its row's id, so it is read
@@ -160,28 +151,12 @@ MERGE_BATCH = 300
 
 
 def merged_query(
-    resolution: str,
-    merged_from: MergedFrom,
-    *,
-    project_id: str,
-    device_id: str | None,
-    metric: str | None,
-    start: datetime | None,
-    end: datetime | None,
-    resume: Position | None,
+    resolution: str, merged_from: MergedFrom, selection: RowSelection, resume: Position | None
 ) -> RollupQuery:
     """The source documents of a merged listing, from the window of the row after
     ``resume`` on, newest window first; across devices grouped by device in a window."""
-    query = merged_filter(
-        merged_from.source,
-        resolution,
-        merged_from.width_s,
-        project_id=project_id,
-        device_id=device_id,
-        metric=metric,
-        start=start,
-        end=end,
-    )
+    query = merged_filter(merged_from.source, resolution, merged_from.width_s, selection)
+    project_id, device_id, metric = selection.project_id, selection.device_id, selection.metric
     projection = merged_projection(metric) if metric is not None else None
     if device_id is not None:
         if resume is not None:
@@ -237,30 +212,19 @@ async def merged_buckets(
 async def rollup_page(
     collection: Collection,
     resolution: str,
+    selection: RowSelection,
     *,
-    project_id: str,
-    device_id: str | None,
-    metric: str | None,
-    start: datetime | None,
-    end: datetime | None,
     limit: int,
     cursor: str | None,
     merged_from: MergedFrom | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of rows (stored shape, bookkeeping included) and the next page's cursor."""
     resume = decode_cursor(SORT_KEY, cursor) if cursor is not None else None
-    page = RowPage(limit, metric, resume)
-    bounds: dict[str, Any] = {
-        "project_id": project_id,
-        "device_id": device_id,
-        "metric": metric,
-        "start": start,
-        "end": end,
-    }
+    page = RowPage(limit, selection.metric, resume)
     docs: AsyncIterator[Mapping[str, Any]]
     merging: AsyncGenerator[dict[str, Any]] | None = None
     if merged_from is None:
-        query = rollup_query(resolution, **bounds, resume=resume)
+        query = rollup_query(resolution, selection, resume)
         found = (
             collection.find(query.filter, query.projection)
             .sort(query.sort)
@@ -268,13 +232,15 @@ async def rollup_page(
         )
         docs = found
     else:
-        query = merged_query(resolution, merged_from, **bounds, resume=resume)
+        query = merged_query(resolution, merged_from, selection, resume)
         # No hint naming the window index: until the service has created it (in
         # the background at start) a hint would fail the query, not slow it.
         found = (
             collection.find(query.filter, query.projection).sort(query.sort).batch_size(MERGE_BATCH)
         )
-        docs = merging = merged_buckets(found, project_id, resolution, merged_from.width_s)
+        docs = merging = merged_buckets(
+            found, selection.project_id, resolution, merged_from.width_s
+        )
     try:
         async for doc in docs:
             if page.add(doc):

@@ -30,11 +30,12 @@ from collections import deque
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 from pymongo.errors import PyMongoError
 from telemetry_common.api_errors import ApiError
 from telemetry_common.background import BackgroundTasks
 from telemetry_common.kafka.offsets import KafkaOffsets
+from telemetry_common.metrics import Instruments
 from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS, Database
 from telemetry_common.settings import DashboardSettings
 from telemetry_common.timefmt import iso_z, utcnow
@@ -70,6 +71,7 @@ KAFKA_UNKNOWN: dict[str, Any] = {
 
 class StatsSnapshot:
     def __init__(self, db: Database, settings: DashboardSettings, registry: CollectorRegistry):
+        on = Instruments(registry)
         self._db = db
         self._settings = settings
         self._groups = [g for g in settings.stats_consumer_groups.split(",") if g]
@@ -80,10 +82,8 @@ class StatsSnapshot:
         # (when, records ever written to the telemetry topic), oldest first, for
         # RATE_WINDOW_S: the ingest rate is their growth over that window.
         self._written: deque[tuple[float, int]] = deque()
-        self._age = Gauge(
-            "dashboard_stats_snapshot_age_seconds",
-            "Age of the figures /stats serves",
-            registry=registry,
+        self._age = on.gauge(
+            "dashboard_stats_snapshot_age_seconds", "Age of the figures /stats serves"
         )
         self._age.set_function(self._age_s)
         self._gathered_at = 0.0

@@ -4,30 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
+from telemetry_common.metrics import Instruments
 
 
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry):
-        self.readings = Counter(
+        on = Instruments(registry)
+        self.readings = on.counter(
             "ingest_readings_total",
             "Readings received, by outcome: accepted, duplicate, invalid, unauthorised, "
             "forbidden, rate_limited, over_quota, kafka_unavailable, producer_saturated",
             ["outcome"],
-            registry=registry,
         )
-        self.refused = Counter(
+        self.refused = on.counter(
             "ingest_refused_requests_total",
             "Requests refused before publishing, by status and reason",
             ["status", "reason"],
-            registry=registry,
         )
-        self.project_readings = Counter(
+        self.project_readings = on.counter(
             "ingest_project_readings_total",
             "Readings by project: accepted (within its quotas), over_quota (over its readings/s "
             "quota) or over_device_quota (from devices past its device quota), refused with 429",
             ["project", "outcome"],
-            registry=registry,
         )
         self._readings_by_outcome: dict[str, Any] = {}
         self._readings_by_project: dict[tuple[str, str], Any] = {}

@@ -18,11 +18,12 @@ from functools import lru_cache
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from telemetry_common.background import BackgroundTasks
 from telemetry_common.errors import TelemetryError
 from telemetry_common.kafka.producer import RenewableProducer, build_producer
 from telemetry_common.kafka.readings import project_header
+from telemetry_common.metrics import REQUEST_BUCKETS, Instruments
 from telemetry_common.reading import Reading
 from telemetry_common.request_id import kafka_headers
 from telemetry_common.retry import retrying
@@ -146,25 +147,21 @@ async def _enqueue_batches(
 
 class PublisherMetrics:
     def __init__(self, registry: CollectorRegistry):
-        self.send_seconds = Histogram(
+        on = Instruments(registry)
+        self.send_seconds = on.histogram(
             "ingest_kafka_send_duration_seconds",
             "Time from handing a request's readings to the producer to Kafka's acknowledgement",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=registry,
+            buckets=REQUEST_BUCKETS,
         )
-        self.in_flight = Gauge(
+        self.in_flight = on.gauge(
             "ingest_producer_in_flight_readings",
             "Readings handed to the producer and not yet acknowledged by Kafka",
-            registry=registry,
         )
-        self.buffer_use = Gauge(
+        self.buffer_use = on.gauge(
             "ingest_producer_buffer_use_ratio",
             "In-flight readings as a share of MAX_IN_FLIGHT_READINGS",
-            registry=registry,
         )
-        self.kafka_up = Gauge(
-            "ingest_kafka_up", "1 while the producer can reach Kafka", registry=registry
-        )
+        self.kafka_up = on.gauge("ingest_kafka_up", "1 while the producer can reach Kafka")
 
 
 class ReadingPublisher:

@@ -21,7 +21,7 @@ from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 from telemetry_common.timefmt import to_utc_ms
 
-from alerts_worker.documents import DeliveryDocument, DeliveryStatus
+from alerts_worker.documents import Announced, DeliveryDocument, DeliveryStatus
 
 PENDING: DeliveryStatus = "pending"
 DELIVERED: DeliveryStatus = "delivered"
@@ -32,13 +32,8 @@ TRANSITIONS = ("fired", "resolved")
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    notification_id: str
-    alert_id: str
-    project_id: str
-    device_id: str
-    severity: str
-    transition: str
-    rule_id: str | None
+    announced: Announced
+    # The message as published: a delivery sends these bytes, signed.
     body: bytes
     # When alerts.triggered got it: a webhook gets transitions published after it was created.
     published_at: datetime
@@ -63,15 +58,18 @@ def decode_notification(record: ConsumerRecord) -> Notification | None:
     project_id = event.get("project_id", DEFAULT_PROJECT)
     if not isinstance(project_id, str) or not project_id:
         raise ValueError("project_id not a string")
-    return Notification(
-        notification_id=event["notification_id"],
-        alert_id=event["alert_id"],
+    announced: Announced = {
+        "notification_id": event["notification_id"],
+        "alert_id": event["alert_id"],
         # Alerts announced before projects carry none: the default project's.
-        project_id=project_id,
-        device_id=event["device_id"],
-        severity=event["severity"],
-        transition=event["transition"],
-        rule_id=rule_id if isinstance(rule_id, str) else None,
+        "project_id": project_id,
+        "device_id": event["device_id"],
+        "severity": event["severity"],
+        "transition": event["transition"],
+        "rule_id": rule_id if isinstance(rule_id, str) else None,
+    }
+    return Notification(
+        announced=announced,
         body=record.value,
         published_at=to_utc_ms(datetime.fromtimestamp(record.timestamp / 1000, UTC)),
     )
@@ -84,14 +82,15 @@ def matches(webhook: dict[str, Any], notification: Notification) -> bool:
     The creation bound is what keeps a replay (a new consumer group, a reset
     offset) from flooding a webhook registered today with last week's alerts.
     """
-    if webhook.get("project_id", DEFAULT_PROJECT) != notification.project_id:
+    announced = notification.announced
+    if webhook.get("project_id", DEFAULT_PROJECT) != announced["project_id"]:
         return False
     if webhook["created_at"] > notification.published_at:
         return False
     for field, value in (
-        ("severity", notification.severity),
-        ("device_ids", notification.device_id),
-        ("rule_ids", notification.rule_id),
+        ("severity", announced["severity"]),
+        ("device_ids", announced["device_id"]),
+        ("rule_ids", announced["rule_id"]),
     ):
         wanted = webhook.get(field)
         if wanted and value not in wanted:
@@ -108,13 +107,7 @@ def delivery_document(
 ) -> DeliveryDocument:
     return {
         "webhook_id": webhook["_id"],
-        "notification_id": notification.notification_id,
-        "alert_id": notification.alert_id,
-        "project_id": notification.project_id,
-        "device_id": notification.device_id,
-        "severity": notification.severity,
-        "transition": notification.transition,
-        "rule_id": notification.rule_id,
+        **notification.announced,
         "url": webhook["url"],
         "body": notification.body.decode(),
         "status": PENDING,
@@ -136,7 +129,7 @@ async def record_deliveries(
     webhooks = [w async for w in db[WEBHOOKS].find({}, {"secret": 0})]
     writes = [
         UpdateOne(
-            {"_id": delivery_id(webhook["_id"], n.notification_id)},
+            {"_id": delivery_id(webhook["_id"], n.announced["notification_id"])},
             {"$setOnInsert": delivery_document(webhook, n, now)},
             upsert=True,
         )

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query, Request
 from telemetry_common.identifiers import DEVICE_ID_PATTERN, RESOLUTION_PATTERN
 from telemetry_common.mongo import ROLLUPS
+from telemetry_common.rollup_layout import RowSelection
 from telemetry_common.timefmt import to_utc_ms
 
 from dashboard_api.auth import Reader, read_router
@@ -53,11 +54,13 @@ async def list_aggregated(
     rows, next_cursor = await rollup_page(
         db[ROLLUPS],
         resolution,
-        project_id=caller.project_id,
-        device_id=device_id,
-        metric=metric,
-        start=to_utc_ms(start) if start is not None else None,
-        end=to_utc_ms(end) if end is not None else None,
+        RowSelection(
+            caller.project_id,
+            device_id,
+            metric,
+            to_utc_ms(start) if start is not None else None,
+            to_utc_ms(end) if end is not None else None,
+        ),
         limit=limit,
         cursor=cursor,
         merged_from=MergedFrom(source, plan.served[resolution]) if source else None,

@@ -9,7 +9,7 @@ from fastapi import Query, Request
 from telemetry_common.api_errors import ErrorOut
 from telemetry_common.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, RESOLUTION_PATTERN
 from telemetry_common.mongo import ROLLUPS
-from telemetry_common.rollup_layout import bucket_filter, metric_rows
+from telemetry_common.rollup_layout import RowSelection, bucket_filter, metric_rows
 from telemetry_common.timefmt import iso_z, utcnow
 
 from dashboard_api.auth import Reader, read_router
@@ -80,14 +80,7 @@ async def metric_aggregate(
         span = min(DEFAULT_SPAN, timedelta(seconds=width * (settings.max_page_size - 1)))
         from_time = end - span
     start, end = window(from_time, end, width, settings.max_page_size)
-    query = bucket_filter(
-        source,
-        project_id=caller.project_id,
-        device_id=device_id,
-        metric=metric,
-        start=start,
-        end=end,
-    )
+    query = bucket_filter(source, RowSelection(caller.project_id, device_id, metric, start, end))
     # The metric's whole fields, merge state included: merging needs it.
     fields = {"device_id": 1, "resolution": 1, "timestamp": 1, f"metrics.{metric}": 1}
     merged = merge_into_intervals(

@@ -92,9 +92,8 @@ async def device_telemetry(
     start: From = None,
     end: To = None,
 ) -> dict[str, Any]:
-    """One device's raw readings, newest first."""
-    window = time_range("ts", start, end)
-    return await _readings(db, caller, limit, cursor, device_id=device_id, tag=tag, window=window)
+    """One device's raw readings, newest first: /telemetry for one device."""
+    return await list_telemetry(db, caller, limit, cursor, device_id, tag, start, end)
 
 
 @router.get("/v1/search", response_model=ReadingsPage, responses=BAD_PARAMETER, tags=["v1"])

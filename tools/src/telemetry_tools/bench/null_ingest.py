@@ -7,11 +7,11 @@ between the two is what Kafka's acknowledgement costs.
 
 from __future__ import annotations
 
-from ingestion_api.__main__ import serve
 from ingestion_api.app import create_app
 from ingestion_api.publish import ReadingPublisher
 from telemetry_common.logs import configure_logging
 from telemetry_common.reading import Reading
+from telemetry_common.serving import serve_api
 from telemetry_common.settings import IngestionSettings, load_settings
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     publisher = AcknowledgeAtOnce(
         settings.kafka_bootstrap_servers, settings.telemetry_topic, settings.kafka_send_timeout_s
     )
-    serve(create_app(settings, publisher=publisher), settings)
+    serve_api(create_app(settings, publisher=publisher), settings)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from telemetry_common.mongo import ALERT_RULES, ALERTS, DEVICES, RAW, ROLLUPS, C
 from telemetry_common.ownership import PARTITION_OWNERS
 from telemetry_common.rollup_layout import (
     DEFAULT_PROJECT,
+    RowSelection,
     bucket_filter,
     metric_rows,
     row_projection,
@@ -200,12 +201,7 @@ async def measure(
                 # As the API reads them (dashboard_api.rollup_pages): the device's _id
                 # range newest first, only the metric's served figures, one row a bucket.
                 query = bucket_filter(
-                    "1m",
-                    project_id=DEFAULT_PROJECT,
-                    device_id=device,
-                    metric="temperature_c",
-                    start=day_ago,
-                    end=now,
+                    "1m", RowSelection(DEFAULT_PROJECT, device, "temperature_c", day_ago, now)
                 )
                 found = db[ROLLUPS].find(query, row_projection("temperature_c"))
                 docs = await found.sort("_id", -1).limit(1440 + 2).to_list()
