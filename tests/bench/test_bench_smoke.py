@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
-from telemetry_tools.bench import cli
+from telemetry_bench import cli
 from telemetry_tools.servers import KafkaServer, MongoServer
 
 pytestmark = pytest.mark.integration

@@ -21,6 +21,7 @@ MEMBERS = (
     "alerts-worker",
     "dashboard-api",
     "tools",
+    "bench",
 )
 
 

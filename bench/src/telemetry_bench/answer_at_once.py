@@ -1,7 +1,7 @@
 """A server that answers every HTTP request with 202 at once: the load generator's ceiling.
 
 Whatever requests/s the bench's client reaches against it is the most the client can
-make on this machine; `python -m telemetry_tools.bench.answer_at_once` serves on PORT.
+make on this machine; `python -m telemetry_bench.answer_at_once` serves on PORT.
 """
 
 from __future__ import annotations

@@ -25,11 +25,11 @@ from telemetry_common.mongo import RAW, Client, ensure_indexes
 from telemetry_common.reading import Reading, decode_kafka_value
 from telemetry_common.rollup_layout import ROLLUPS, windows_of
 from telemetry_common.settings import AggregatorSettings
-
-from telemetry_tools.bench.processes import Infra, ServiceProcess, running
-from telemetry_tools.bench.report import Figure, Report
-from telemetry_tools.bench.workload import bodies, canonical
 from telemetry_tools.verify import committed_offsets
+
+from telemetry_bench.processes import Infra, ServiceProcess, running
+from telemetry_bench.report import Figure, Report
+from telemetry_bench.workload import bodies, canonical
 
 PARTITIONS = 6
 # The workers' default CONSUMER_MAX_RECORDS, as in every run so far, so that

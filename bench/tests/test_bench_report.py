@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from telemetry_tools.bench.report import Figure, Report
+from telemetry_bench.report import Figure, Report
 from telemetry_tools.percentiles import percentile
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
 from telemetry_common.mongo import Client
-
-from telemetry_tools.bench import drain, ingest, pipeline, queries
-from telemetry_tools.bench.processes import Infra, infrastructure
-from telemetry_tools.bench.report import BENCHMARKS_MD, RESULTS_DIR, Report, machine, versions
 from telemetry_tools.servers import REPO_ROOT, secantusd
+
+from telemetry_bench import drain, ingest, pipeline, queries
+from telemetry_bench.processes import Infra, infrastructure
+from telemetry_bench.report import BENCHMARKS_MD, RESULTS_DIR, Report, machine, versions
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from telemetry_common.api_keys import READ
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
 from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
-from telemetry_tools.bench import latency, queries, sustained
-from telemetry_tools.bench.processes import (
+from telemetry_bench import latency, queries, sustained
+from telemetry_bench.processes import (
     Infra,
     ServiceProcess,
     issue_bench_key,
@@ -22,7 +22,7 @@ from telemetry_tools.bench.processes import (
     running,
     wait_until_keys_loaded,
 )
-from telemetry_tools.bench.report import Figure, Report
+from telemetry_bench.report import Figure, Report
 
 # Enough devices that each stays well under DEVICE_RATE_LIMIT at the rates used here.
 BACKGROUND_DEVICES = 1000

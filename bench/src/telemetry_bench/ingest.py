@@ -12,9 +12,10 @@ from telemetry_common.api_keys import INGEST
 from telemetry_common.kafka.producer import build_producer
 from telemetry_common.kafka.topics import TopicSpec, ensure_topics
 from telemetry_common.reading import Reading
+from telemetry_tools.percentiles import percentile
 
-from telemetry_tools.bench.http_load import LoadResult, combined, post_all, run_on_uvloop
-from telemetry_tools.bench.processes import (
+from telemetry_bench.http_load import LoadResult, combined, post_all, run_on_uvloop
+from telemetry_bench.processes import (
     Infra,
     ServiceProcess,
     issue_bench_key,
@@ -22,9 +23,8 @@ from telemetry_tools.bench.processes import (
     running,
     wait_until_keys_loaded,
 )
-from telemetry_tools.bench.report import Figure, Report
-from telemetry_tools.bench.workload import bodies, canonical
-from telemetry_tools.percentiles import percentile
+from telemetry_bench.report import Figure, Report
+from telemetry_bench.workload import bodies, canonical
 
 BATCH_SIZE = 500
 BATCH_CLIENTS = 4
@@ -180,10 +180,10 @@ def run(
             single, keyed_single = combined(open_runs), combined(keyed_runs)
         with report.phase("ingest: one device flooding beside the others"):
             calm, flooded = run_on_uvloop(flood_effect(api.url, singles, single_seconds))
-    null_api = ServiceProcess("ingestion-api-null", "telemetry_tools.bench.null_ingest", env, logs)
+    null_api = ServiceProcess("ingestion-api-null", "telemetry_bench.null_ingest", env, logs)
     with report.phase("ingest: the API without Kafka"), running(null_api):
         bare = post_singles(null_api.url)
-    answer = ServiceProcess("answer-at-once", "telemetry_tools.bench.answer_at_once", {}, logs)
+    answer = ServiceProcess("answer-at-once", "telemetry_bench.answer_at_once", {}, logs)
     with report.phase("ingest: the load generator alone"), running(answer):
         client = post_singles(answer.url)
 

@@ -25,10 +25,10 @@ from telemetry_common.rollup_layout import (
     metric_rows,
     row_projection,
 )
-
-from telemetry_tools.bench.workload import bodies, canonical
 from telemetry_tools.migrate import backfill_projects
 from telemetry_tools.percentiles import percentile
+
+from telemetry_bench.workload import bodies, canonical
 
 TOP_UP_CHUNK = 5000
 TOP_UP_IN_FLIGHT = 2

@@ -18,7 +18,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from telemetry_tools.verify import group_lag
 
 # Lag may rise by this many seconds of readings over the hold and still count as

@@ -165,7 +165,7 @@ class Report:
         """Put this run's section first under the page's introduction, newest on top."""
         intro = (
             "# Benchmarks\n\n"
-            "Written by `make bench` (see `tools/src/telemetry_tools/bench/`). Each figure\n"
+            "Written by `make bench` (see `bench/src/telemetry_bench/`). Each figure\n"
             "stands beside a ceiling measured in the same run on the same machine: the\n"
             "same work done by the bare library underneath. `ratio` is value / ceiling:\n"
             "for rates higher is better, for latencies lower is better. Raw results are in\n"

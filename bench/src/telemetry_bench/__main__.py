@@ -1,0 +1,3 @@
+from telemetry_bench.cli import main
+
+main()

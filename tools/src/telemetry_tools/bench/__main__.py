@@ -1,3 +1,0 @@
-from telemetry_tools.bench.cli import main
-
-main()
