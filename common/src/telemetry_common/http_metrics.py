@@ -1,11 +1,12 @@
-"""Request metrics for the two HTTP APIs, labelled by route template (bounded cardinality)."""
+"""The two HTTP APIs' metrics: requests by route template (bounded cardinality), GET /metrics."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from telemetry_common.metrics import REQUEST_BUCKETS, Instruments
@@ -61,3 +62,19 @@ class RequestMetricsMiddleware:
             requests, duration = self._series(scope["method"], template, status)
             requests.inc()
             duration.observe(time.perf_counter() - started)
+
+
+def add_metrics_route(app: FastAPI, registry: CollectorRegistry) -> None:
+    """GET /metrics in the Prometheus text format (a route, not a mount: no 307 to /metrics/)."""
+
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "http_requests_total 42"}}}},
+    )

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fastapi import FastAPI, Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -67,22 +64,6 @@ def new_registry() -> CollectorRegistry:
     GCCollector(registry=registry)
     registry.register(RETRIES)
     return registry
-
-
-def add_metrics_route(app: FastAPI, registry: CollectorRegistry) -> None:
-    """GET /metrics in the Prometheus text format (a route, not a mount: no 307 to /metrics/)."""
-
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    app.add_api_route(
-        "/metrics",
-        metrics,
-        methods=["GET"],
-        summary="Prometheus metrics",
-        response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "http_requests_total 42"}}}},
-    )
 
 
 class ConsumerMetrics:

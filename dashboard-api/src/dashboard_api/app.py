@@ -13,8 +13,8 @@ from pymongo.errors import PyMongoError
 from telemetry_common.api_errors import install_error_handlers
 from telemetry_common.api_keys import KeyCache
 from telemetry_common.background import BackgroundTasks
-from telemetry_common.http_metrics import RequestMetricsMiddleware
-from telemetry_common.metrics import add_metrics_route, new_registry
+from telemetry_common.http_metrics import RequestMetricsMiddleware, add_metrics_route
+from telemetry_common.metrics import new_registry
 from telemetry_common.mongo import Database, connect, ensure_indexes
 from telemetry_common.retry import retrying
 from telemetry_common.settings import DashboardSettings

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from telemetry_common.api_errors import install_error_handlers
 from telemetry_common.api_keys import API_KEYS, KeyCache
-from telemetry_common.http_metrics import RequestMetricsMiddleware
-from telemetry_common.metrics import add_metrics_route, new_registry
+from telemetry_common.http_metrics import RequestMetricsMiddleware, add_metrics_route
+from telemetry_common.metrics import new_registry
 from telemetry_common.mongo import Client, connect
 from telemetry_common.request_id import RequestIdMiddleware
 from telemetry_common.settings import IngestionSettings
