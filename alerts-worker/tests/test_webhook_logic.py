@@ -218,10 +218,10 @@ async def test_an_attempt_connects_to_the_checked_address_with_the_original_host
     target = await check_target(
         "https://hooks.example.com:8443/in?x=1", TargetPolicy(), public_resolver("2606:4700::1")
     )
-    url, host, extensions = pinned(target)
+    url, host, server_name = pinned(target)
     assert url == "https://[2606:4700::1]:8443/in?x=1"
     assert host == {"Host": "hooks.example.com:8443"}
-    assert extensions == {"sni_hostname": "hooks.example.com"}  # the certificate is checked by name
+    assert server_name == "hooks.example.com"  # the certificate is checked by name
 
 
 async def test_a_refused_or_unreachable_target_is_a_recorded_failure_not_a_crash() -> None:

@@ -8,6 +8,7 @@ import requests
 from prometheus_client import CollectorRegistry, Counter
 from telemetry_common.worker_http import serve, worker_app
 from telemetry_tools.servers import free_port
+from telemetry_tools.testing import eventually
 
 
 async def test_health_follows_the_worker_and_metrics_show_its_registry() -> None:
@@ -24,8 +25,11 @@ async def test_health_follows_the_worker_and_metrics_show_its_registry() -> None
         return requests.get(base + path, timeout=5)
 
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+
+        async def started() -> bool:
+            return server.started
+
+        await eventually(started)
         degraded = await asyncio.to_thread(get, "/health")
         assert degraded.status_code == 503
         assert degraded.json() == {"status": "degraded", "kafka": False}

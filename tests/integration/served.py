@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -36,6 +37,43 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, PATIENCE_S)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        return orjson.loads(self.text)
+
+
+class Api:
+    """An API called over HTTP, each answer read whole."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str):
+        self.session = session
+        self.base = base
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Answer:
+        async with self.session.request(method, path, **kwargs) as response:
+            return Answer(response.status, await response.text())
+
+    async def get(self, path: str, **kwargs: Any) -> Answer:
+        return await self.call("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> Answer:
+        return await self.call("POST", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> Answer:
+        return await self.call("DELETE", path, **kwargs)
+
+
+@asynccontextmanager
+async def api_at(base: str, key: str | None = None) -> AsyncIterator[Api]:
+    headers = {"X-API-Key": key} if key else None
+    async with aiohttp.ClientSession(base_url=base, headers=headers) as session:
+        yield Api(session, base)
 
 
 class EventStream:

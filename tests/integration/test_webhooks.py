@@ -16,14 +16,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from alerts_worker.webhooks.notifier import run_notifier
 from dashboard_api.app import create_app
 from fastapi import FastAPI, Request, Response
-from integration.served import serving
+from integration.served import Api, api_at, serving
 from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
 from standardwebhooks.webhooks import Webhook
@@ -127,7 +126,7 @@ def notifier_settings(service_env: dict, **overrides: Any) -> AlertsSettings:
 
 
 @pytest.fixture
-async def api(service_env: dict) -> AsyncIterator[httpx2.AsyncClient]:
+async def api(service_env: dict) -> AsyncIterator[Api]:
     settings = DashboardSettings(
         **service_env,
         webhook_allow_private_networks=True,
@@ -136,18 +135,18 @@ async def api(service_env: dict) -> AsyncIterator[httpx2.AsyncClient]:
     )
     async with (
         serving(create_app(settings)) as base,
-        httpx2.AsyncClient(base_url=base, headers={"X-API-Key": ADMIN_KEY}) as client,
+        api_at(base, ADMIN_KEY) as client,
     ):
         yield client
 
 
-async def register(api: httpx2.AsyncClient, url: str, **filters: Any) -> dict[str, Any]:
+async def register(api: Api, url: str, **filters: Any) -> dict[str, Any]:
     created = await api.post("/alerts/webhooks", json={"url": url, **filters})
     assert created.status_code == 201, created.text
     return created.json()
 
 
-async def deliveries(api: httpx2.AsyncClient, webhook_id: str) -> list[dict[str, Any]]:
+async def deliveries(api: Api, webhook_id: str) -> list[dict[str, Any]]:
     answer = await api.get(f"/alerts/webhooks/{webhook_id}/deliveries")
     assert answer.status_code == 200, answer.text
     return answer.json()["data"]
@@ -158,7 +157,7 @@ async def test_transitions_arrive_signed_once_per_webhook_and_are_queryable(
     topics: Topics,
     producer: AIOKafkaProducer,
     receiver: tuple[Receiver, str],
-    api: httpx2.AsyncClient,
+    api: Api,
 ) -> None:
     hook, url = receiver
     everything = await register(api, url)
@@ -213,7 +212,7 @@ async def test_a_replayed_transition_is_not_delivered_twice(
     topics: Topics,
     producer: AIOKafkaProducer,
     receiver: tuple[Receiver, str],
-    api: httpx2.AsyncClient,
+    api: Api,
     db: AsyncDatabase,
 ) -> None:
     hook, url = receiver
@@ -250,7 +249,7 @@ async def test_a_failing_receiver_is_retried_with_the_same_key_until_it_succeeds
     topics: Topics,
     producer: AIOKafkaProducer,
     receiver: tuple[Receiver, str],
-    api: httpx2.AsyncClient,
+    api: Api,
 ) -> None:
     hook, url = receiver
     hook.failures = 2
@@ -284,7 +283,7 @@ async def test_pending_deliveries_survive_a_restart_and_give_up_after_max_attemp
     topics: Topics,
     producer: AIOKafkaProducer,
     receiver: tuple[Receiver, str],
-    api: httpx2.AsyncClient,
+    api: Api,
     db: AsyncDatabase,
 ) -> None:
     hook, url = receiver
@@ -345,7 +344,7 @@ async def test_a_dead_url_opens_its_circuit_and_is_probed_once_per_cooloff(
     topics: Topics,
     producer: AIOKafkaProducer,
     receiver: tuple[Receiver, str],
-    api: httpx2.AsyncClient,
+    api: Api,
 ) -> None:
     hook, url = receiver
     hook.down = True
@@ -393,7 +392,7 @@ async def test_delivery_rechecks_the_address_and_refuses_a_private_one(
     topics: Topics,
     producer: AIOKafkaProducer,
     receiver: tuple[Receiver, str],
-    api: httpx2.AsyncClient,
+    api: Api,
 ) -> None:
     hook, url = receiver
     # Registered while private networks were allowed; the notifier no longer allows them.
@@ -415,10 +414,9 @@ async def test_delivery_rechecks_the_address_and_refuses_a_private_one(
 
 
 async def test_webhook_api_needs_a_key_and_refuses_internal_urls(
-    service_env: dict, api: httpx2.AsyncClient
+    service_env: dict, api: Api
 ) -> None:
-    base = str(api.base_url)
-    async with httpx2.AsyncClient(base_url=base) as anonymous:
+    async with api_at(api.base) as anonymous:
         refused = await anonymous.post("/alerts/webhooks", json={"url": "https://1.1.1.1/x"})
         assert refused.status_code == 401
         assert (await anonymous.delete("/alerts/webhooks/wh_0123456789abcdef")).status_code == 401
@@ -437,7 +435,7 @@ async def test_webhook_api_needs_a_key_and_refuses_internal_urls(
     strict = DashboardSettings(**service_env)
     async with (
         serving(create_app(strict)) as strict_base,
-        httpx2.AsyncClient(base_url=strict_base) as client,
+        api_at(strict_base) as client,
     ):
         for bad, reason in [
             ("http://127.0.0.1:9/x", "targets 127.0.0.1, a loopback address"),

@@ -16,7 +16,7 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
-import httpx2
+import aiohttp
 from telemetry_common.webhook_targets import (
     CheckedTarget,
     TargetPolicy,
@@ -43,27 +43,27 @@ class AttemptResult:
         return self.outcome == SUCCESS
 
 
-def new_client(timeout_s: float, concurrency: int) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(
-        timeout=httpx2.Timeout(timeout_s),
-        follow_redirects=False,
+def new_client(timeout_s: float, concurrency: int) -> aiohttp.ClientSession:
+    """Call from the running loop; close it when done."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        connector=aiohttp.TCPConnector(limit=concurrency),
         trust_env=False,
-        limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
     )
 
 
-def pinned(target: CheckedTarget) -> tuple[str, dict[str, str], dict[str, str]]:
+def pinned(target: CheckedTarget) -> tuple[str, dict[str, str], str | None]:
     """The URL naming the checked address, the Host header, and the TLS server name."""
     address = target.addresses[0]
     literal = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
     url = target.parts._replace(netloc=f"{literal}:{target.port}").geturl()
     host = target.parts.netloc
-    extensions = {"sni_hostname": target.host} if target.parts.scheme == "https" else {}
-    return url, {"Host": host}, extensions
+    server_name = target.host if target.parts.scheme == "https" else None
+    return url, {"Host": host}, server_name
 
 
 async def attempt(
-    client: httpx2.AsyncClient,
+    client: aiohttp.ClientSession,
     url: str,
     body: bytes,
     headers: dict[str, str],
@@ -80,18 +80,18 @@ async def attempt(
     try:
         async with asyncio.timeout(timeout_s):
             target = await check_target(url, policy)
-            request_url, host, extensions = pinned(target)
-            async with client.stream(
-                "POST",
+            request_url, host, server_name = pinned(target)
+            async with client.post(
                 request_url,
-                content=body,
+                data=body,
                 headers={**headers, **host},
-                extensions=extensions,
+                allow_redirects=False,
+                server_hostname=server_name,
             ) as response:
-                status = response.status_code
+                status = response.status
     except TargetRefused as exc:
         return result(REFUSED, error=f"url: {exc}")
-    except (TimeoutError, httpx2.TimeoutException):
+    except TimeoutError:
         return result(TIMEOUT, error=f"no answer within {timeout_s:g}s")
     except Exception as exc:
         # Transport errors, TLS failures, a URL the client refuses: each is this

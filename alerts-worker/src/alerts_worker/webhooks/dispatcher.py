@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx2
+import aiohttp
 from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
@@ -48,7 +48,7 @@ class Dispatcher:
         db: Database,
         settings: WebhookDeliverySettings,
         metrics: WebhookMetrics,
-        client: httpx2.AsyncClient,
+        client: aiohttp.ClientSession,
         wake: asyncio.Event,
         clock: Callable[[], float] = time.monotonic,
     ):

@@ -80,7 +80,7 @@ async def run_notifier(
             tasks.create_task(consuming.run(stop))
             tasks.create_task(dispatcher.run(stop))
     finally:
-        for close in (consumer.stop, producer.stop, client.aclose):
+        for close in (consumer.stop, producer.stop, client.close):
             with contextlib.suppress(Exception):
                 await close()
         await mongo.close()
