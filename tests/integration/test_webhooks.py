@@ -165,7 +165,7 @@ async def test_transitions_arrive_signed_once_per_webhook_and_are_queryable(
     fired, resolved = transition("a1", "fired"), transition("a1", "resolved")
     other_device = transition("b2", "fired", device_id="dev-2")
     await announce(producer, topics.alerts, fired, resolved, other_device)
-    # A seed-style alert event (no transition) has nothing to notify.
+    # An alert event of the first version (no transition) has nothing to notify.
     await announce(producer, topics.alerts, {"alert_id": "x", "device_id": "dev-1"})
 
     async with running(run_notifier, notifier_settings(service_env)) as registry:
