@@ -47,12 +47,12 @@ class DirectIngestRoutes:
     Both are the hot path. Between the user middlewares and an endpoint,
     Starlette and FastAPI put an exception middleware, an exit stack, two
     routers, two exception wrappers and a request handler that solves
-    dependencies and validates a response model: about a fifth of the server's
-    time per single reading. These endpoints take the Request as it is, return a
+    dependencies and validates a response model: a large share of the server's
+    time per single reading (BENCHMARKS.md, design choices). These endpoints take the Request as it is, return a
     Response and raise only ApiError, so they are called from here; their
     declared bodies and responses still document them in OpenAPI, and the tests
     check the answers against those models. Other methods, and these paths under
-    a root_path, go down the usual stack. PositionedReading inside the request-id and
+    a root_path, go down the usual stack. Placed inside the request-id and
     metrics middlewares, so answers carry X-Request-ID and are counted under
     the route's template.
     """
