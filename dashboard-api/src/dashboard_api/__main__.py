@@ -12,8 +12,8 @@ from dashboard_api.app import create_app
 def main() -> None:
     settings = load_settings(DashboardSettings)
     configure_logging(settings.log_level, "dashboard-api")
-    # On SIGTERM uvicorn stops accepting, finishes in-flight requests (open streams
-    # end within the grace period), then runs the lifespan exit, which stops the
+    # On SIGTERM uvicorn stops accepting, finishes in-flight requests (sse-starlette
+    # ends open streams at once), then runs the lifespan exit, which stops the
     # background tasks (stats, alert feed, live feeds) and closes MongoDB.
     uvicorn.run(
         create_app(settings),
