@@ -17,6 +17,7 @@ from telemetry_common.api_keys import KeyCache
 from telemetry_common.http_metrics import RequestMetricsMiddleware
 from telemetry_common.metrics import add_metrics_route, new_registry
 from telemetry_common.mongo import connect, ensure_indexes
+from telemetry_common.request_id import add_request_id
 from telemetry_common.settings import DashboardSettings
 from telemetry_common.tenancy import ensure_tenancy
 
@@ -96,6 +97,7 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
     )
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
+    add_request_id(app)
     add_metrics_route(app, registry)
 
     @app.exception_handler(PyMongoError)
