@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
 
+import pytest
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from telemetry_common.kafka.dlq import HEADER_SOURCE_OFFSET, dlq_headers
 from telemetry_common.logs import JsonFormatter
-from telemetry_common.request_id import (
-    RequestIdMiddleware,
-    current_request_id,
-    from_kafka_headers,
-    kafka_headers,
-)
+from telemetry_common.request_id import add_request_id, from_kafka_headers, kafka_headers
 
 
 def format_line(**extra: object) -> dict[str, object]:
@@ -36,7 +33,9 @@ def test_a_log_line_is_one_json_object_with_the_fields_and_extras() -> None:
     # As every timestamp the platform writes: ISO 8601 UTC with milliseconds and Z.
     assert len(str(line["ts"])) == 24 and str(line["ts"]).endswith("Z")
     assert (line["partition"], line["offset"]) == (3, 42)
+    # Outside a request there is no id, in the line or for Kafka.
     assert "request_id" not in line
+    assert kafka_headers() == []
 
 
 def test_a_logged_exception_keeps_its_stack_trace() -> None:
@@ -53,46 +52,65 @@ def test_a_logged_exception_keeps_its_stack_trace() -> None:
     assert "KeyError: 'q-1'" in line["exception"]
 
 
-def test_a_line_logged_while_serving_a_request_carries_its_id() -> None:
-    token = current_request_id.set("req-1")
-    try:
-        assert format_line()["request_id"] == "req-1"
-        assert kafka_headers() == [("request_id", b"req-1")]
-    finally:
-        current_request_id.reset(token)
-    assert kafka_headers() == []
-
-
 def test_the_request_id_is_read_back_from_kafka_headers() -> None:
     assert from_kafka_headers([("other", b"x"), ("request_id", b"abc")]) == "abc"
     assert from_kafka_headers(None) is None
 
 
-def app_echoing_the_request_id() -> TestClient:
+class Lines(logging.Handler):
+    """The JSON lines a logger wrote, as a service's log would have them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter("ingestion-api"))
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+SERVED = logging.getLogger("telemetry.test.served")
+
+
+@pytest.fixture
+def lines() -> Iterator[Lines]:
+    handler = Lines()
+    SERVED.addHandler(handler)
+    SERVED.setLevel(logging.INFO)
+    yield handler
+    SERVED.removeHandler(handler)
+
+
+def app_logging_a_line() -> TestClient:
+    """An app whose one route logs a line and says what it would send to Kafka."""
     app = FastAPI()
 
     @app.get("/id")
-    async def current() -> dict[str, str | None]:
-        return {"id": current_request_id.get()}
+    async def served() -> dict[str, str]:
+        SERVED.info("serving")
+        return {key: value.decode() for key, value in kafka_headers()}
 
-    app.add_middleware(RequestIdMiddleware)
+    add_request_id(app)
     return TestClient(app)
 
 
-def test_the_client_request_id_is_kept_and_answered() -> None:
-    response = app_echoing_the_request_id().get("/id", headers={"X-Request-ID": "device-7:retry.2"})
-    assert response.json() == {"id": "device-7:retry.2"}
+def test_the_client_request_id_is_answered_logged_and_sent_to_kafka(lines: Lines) -> None:
+    response = app_logging_a_line().get("/id", headers={"X-Request-ID": "device-7:retry.2"})
     assert response.headers["x-request-id"] == "device-7:retry.2"
+    assert response.json() == {"request_id": "device-7:retry.2"}
+    assert [line["request_id"] for line in lines.lines] == ["device-7:retry.2"]
 
 
-def test_a_missing_or_unsafe_request_id_is_replaced_by_a_fresh_one() -> None:
-    client = app_echoing_the_request_id()
+def test_a_missing_or_unsafe_request_id_is_replaced_by_a_fresh_one(lines: Lines) -> None:
+    client = app_logging_a_line()
     fresh = client.get("/id")
     unsafe = client.get("/id", headers={"X-Request-ID": 'x"\n{"level": "ERROR"}'})
-    for response in (fresh, unsafe):
-        given = response.headers["x-request-id"]
-        assert len(given) == 32 and given == response.json()["id"]
-    assert fresh.headers["x-request-id"] != unsafe.headers["x-request-id"]
+    too_long = client.get("/id", headers={"X-Request-ID": "a" * 129})
+    answers = [r.headers["x-request-id"] for r in (fresh, unsafe, too_long)]
+    assert all(len(given) == 32 for given in answers)
+    assert len(set(answers)) == 3
+    assert [r.json()["request_id"] for r in (fresh, unsafe, too_long)] == answers
+    assert [line["request_id"] for line in lines.lines] == answers
 
 
 def test_a_dead_letter_keeps_the_request_id_of_its_reading() -> None:

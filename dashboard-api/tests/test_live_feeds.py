@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from asgi_correlation_id import correlation_id
 from dashboard_api.live import DeviceFeeds, Event, Position, _Feed
 from telemetry_common.resolutions import DEFAULT_PLAN
 
@@ -17,11 +18,13 @@ class SlowFeeds(DeviceFeeds):
         self.release = asyncio.Event()
         self.reads_finished = 0
         self.reads_cancelled = 0
+        self.request_id: str | None = None
 
     async def _newest(self, project_id: str, device_id: str) -> Position | None:
         return None
 
     async def _new_readings(self, feed: _Feed) -> list[Event]:
+        self.request_id = correlation_id.get()
         self.reading.set()
         try:
             await self.release.wait()
@@ -65,3 +68,18 @@ async def test_the_last_watcher_leaving_while_the_feed_sleeps_ends_it_at_once() 
     assert feed.task is not None
     await asyncio.wait_for(asyncio.gather(feed.task, return_exceptions=True), 1)
     assert feed.task.cancelled() and feeds.reads_cancelled == 0
+
+
+async def test_a_feed_logs_without_the_request_id_of_the_stream_that_started_it() -> None:
+    # The poller outlives that request and serves other watchers: a grep for the
+    # request's id must not find its lines.
+    feeds = SlowFeeds()
+    feeds.release.set()
+    token = correlation_id.set("req-1")
+    try:
+        watcher = await feeds.subscribe("default", "dev-1")
+    finally:
+        correlation_id.reset(token)
+    await asyncio.wait_for(feeds.reading.wait(), 1)
+    feeds.unsubscribe(watcher)
+    assert feeds.request_id is None

@@ -305,3 +305,20 @@ async def test_every_served_resolution_equals_a_recomputation_from_raw(
         row = served[(device, metric, resolution, iso_z(start))]
         figures = (row["count"], row["sum"], row["min"], row["max"])
         assert figures == (len(values), math.fsum(values), min(values), max(values))
+
+
+def test_every_answer_carries_the_request_id_refusals_included(service_env: dict) -> None:
+    with TestClient(create_app(DashboardSettings(**service_env))) as api:
+        given = {"X-Request-ID": "support-ticket-42"}
+        answers = {
+            "listing": api.get("/devices", headers=given),
+            "unknown device": api.get("/devices/nope", headers=given),
+            "bad parameter": api.get("/telemetry", params={"limit": 0}, headers=given),
+            "unknown path": api.get("/nowhere", headers=given),
+        }
+        assert [r.status_code for r in answers.values()] == [200, 404, 422, 404]
+        assert {r.headers["X-Request-ID"] for r in answers.values()} == {"support-ticket-42"}
+        # Without one (or with one unfit for a log line), each answer gets a fresh id.
+        fresh = [api.get("/devices"), api.get("/devices", headers={"X-Request-ID": "a b"})]
+        made = [r.headers["X-Request-ID"] for r in fresh]
+        assert all(len(made_id) == 32 for made_id in made) and made[0] != made[1]

@@ -6,8 +6,15 @@ the stream must push them and the rollup buckets they change, and nothing else.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -201,8 +208,9 @@ async def test_a_metrics_rollup_is_pushed_when_it_changes_not_when_its_bucket_do
         )
         await db[RAW].insert_one(raw_reading("b-e2", "b-1", second, {"humidity": 42.0}))
         seen = await events.until(lambda seen: bool(rollup_events(seen)))
-        # Quiet long enough for several polls: nothing else changed.
-        seen += await events.until(lambda seen: {"comment": "keep-alive"} in seen)
+        # Pings come every heartbeat (several polls): after two, a whole one went by
+        # and nothing else changed.
+        seen += await events.until(lambda seen: seen.count({"comment": "keep-alive"}) == 2)
         assert rollup_events(seen) == [
             ("15m", "humidity", 2),
             ("1m", "humidity", 2),
@@ -215,3 +223,58 @@ async def test_a_bad_device_id_is_a_422(api: tuple[FastAPI, str]) -> None:
     async with aiohttp.ClientSession() as session, session.get(f"{base}/devices/$x/stream") as bad:
         assert bad.status == 422
         assert (await bad.json())["errors"][0]["field"] == "path.device_id"
+
+
+async def test_sigterm_ends_open_streams_and_the_process_at_once(
+    service_env: dict, tmp_path: Path
+) -> None:
+    # The real process, as Kubernetes stops it: uvicorn's grace period is 30 s, and
+    # an open stream must not hold a rolling restart up for all of it.
+    port = free_port()
+    env = {
+        **os.environ,
+        **{name.upper(): str(value) for name, value in service_env.items()},
+        "PORT": str(port),
+        "STREAM_HEARTBEAT_S": "60",
+    }
+    log_path = tmp_path / "dashboard.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dashboard_api",
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def alert_feed_ready() -> bool:
+                try:
+                    async with http.get(f"{base}/alerts/stream") as answer:
+                        return answer.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await eventually(alert_feed_ready)
+            async with (
+                stream(http, f"{base}/devices/q-1/stream", "watching q-1") as device,
+                stream(http, f"{base}/alerts/stream", "watching alerts") as alerts,
+            ):
+                process.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                # Each stream ends as a complete response (a cut one would raise here),
+                # with nothing after the greeting's closing blank line.
+                assert await device.response.content.read() == b"\n"
+                assert await alerts.response.content.read() == b"\n"
+                # uvicorn re-raises SIGTERM once it has shut down cleanly.
+                assert await asyncio.wait_for(process.wait(), 30) in (0, -signal.SIGTERM)
+                assert time.monotonic() - signalled < 5
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert "Application shutdown complete" in log_path.read_text()

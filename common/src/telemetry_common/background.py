@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -21,7 +22,9 @@ class BackgroundTasks:
         self._running: set[asyncio.Task[Any]] = set()
 
     def start(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(work, name=name)
+        # A fresh context: a task started while serving a request outlives it, and its
+        # log lines must not carry that request's id.
+        task = asyncio.create_task(work, name=name, context=contextvars.Context())
         self._running.add(task)
         task.add_done_callback(self._ended)
         return task

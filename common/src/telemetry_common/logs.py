@@ -12,9 +12,8 @@ import logging
 import time
 from typing import Any
 
+from asgi_correlation_id import correlation_id
 from pythonjsonlogger.orjson import OrjsonFormatter
-
-from telemetry_common.request_id import current_request_id
 
 FIELDS = "%(levelname)s %(name)s %(message)s"
 RENAMED = {"levelname": "level", "name": "logger", "exc_info": "exception"}
@@ -35,7 +34,7 @@ class JsonFormatter(OrjsonFormatter):
     ) -> None:
         log_data["ts"] = log_time(record.created)
         super().add_fields(log_data, record, message_dict)
-        request_id = current_request_id.get()
+        request_id = correlation_id.get()
         if request_id:
             log_data["request_id"] = request_id
 
@@ -51,3 +50,6 @@ def configure_logging(level: str, service: str) -> None:
     # PyMongo logs every command and pool checkout at DEBUG: at LOG_LEVEL=DEBUG,
     # which traces readings, those lines would outnumber ours a hundred to one.
     logging.getLogger("pymongo").setLevel(max(logging.INFO, root_level))
+    # asgi-correlation-id warns of each unusable X-Request-ID it replaces: a client
+    # could double the log lines of every request (the answer tells it the new id).
+    logging.getLogger("asgi_correlation_id").setLevel(max(logging.ERROR, root_level))

@@ -13,8 +13,8 @@ from telemetry_common.settings import DashboardSettings, IngestionSettings
 def serve_api(app: ASGIApp, settings: IngestionSettings | DashboardSettings) -> None:
     """Serve ``app`` until SIGTERM or Ctrl-C; the benchmark serves its variants through this.
 
-    On SIGTERM uvicorn stops accepting, finishes the requests under way (open
-    streams end within the grace period), then runs the app's lifespan exit,
+    On SIGTERM uvicorn stops accepting, finishes the requests under way
+    (sse-starlette ends open streams at once), then runs the app's lifespan exit,
     which stops its background work (the ingestion API flushes its producer).
     """
     # Everything built so far (FastAPI, pydantic, the app) lives as long as the

@@ -16,6 +16,7 @@ from telemetry_common.background import BackgroundTasks
 from telemetry_common.http_metrics import RequestMetricsMiddleware, add_metrics_route
 from telemetry_common.metrics import new_registry
 from telemetry_common.mongo import Database, connect, ensure_indexes
+from telemetry_common.request_id import add_request_id
 from telemetry_common.retry import retrying
 from telemetry_common.settings import DashboardSettings
 from telemetry_common.tenancy import ensure_tenancy
@@ -95,6 +96,7 @@ def create_app(settings: DashboardSettings, registry: CollectorRegistry | None =
     )
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
+    add_request_id(app)
     add_metrics_route(app, registry)
 
     @app.exception_handler(PyMongoError)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 from collections.abc import Mapping
@@ -102,7 +103,11 @@ class DeviceFeeds:
             feed = self._feeds.get(key)  # another watcher may have come meanwhile
             if feed is None:
                 feed = self._feeds[key] = _Feed(project_id, device_id, position)
-                feed.task = asyncio.create_task(self._poll(feed), name=f"feed:{key}")
+                # A fresh context: the poller outlives the request that started it,
+                # so its log lines must not carry that request's id.
+                feed.task = asyncio.create_task(
+                    self._poll(feed), name=f"feed:{key}", context=contextvars.Context()
+                )
                 feed.task.add_done_callback(functools.partial(self._ended, feed))
         watcher = Watcher(key)
         feed.watchers.add(watcher)

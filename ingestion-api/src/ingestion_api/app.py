@@ -13,7 +13,7 @@ from telemetry_common.api_keys import API_KEYS, KeyCache
 from telemetry_common.http_metrics import RequestMetricsMiddleware, add_metrics_route
 from telemetry_common.metrics import new_registry
 from telemetry_common.mongo import Client, connect
-from telemetry_common.request_id import RequestIdMiddleware
+from telemetry_common.request_id import add_request_id
 from telemetry_common.settings import IngestionSettings
 from telemetry_common.tenancy import ProjectQuotas
 
@@ -102,8 +102,9 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(ingest.DirectIngestRoutes, routes=ingest.router.routes)
     app.add_middleware(RequestMetricsMiddleware, registry=registry)
-    # Added last, so outermost: every response and log line carries X-Request-ID.
-    app.add_middleware(RequestIdMiddleware)
+    # Outside DirectIngestRoutes, so the ingest hot path's answers, log lines and
+    # Kafka headers carry X-Request-ID too.
+    add_request_id(app)
     add_metrics_route(app, registry)
     app.include_router(ingest.router)
     app.include_router(admin.router)

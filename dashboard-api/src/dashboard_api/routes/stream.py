@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 from telemetry_common.api_errors import ApiError, ErrorOut
 from telemetry_common.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.timefmt import iso_z
@@ -35,8 +36,8 @@ tokens = APIRouter(tags=["live"])
 RETRY_MS = 3000
 
 SSE_EXAMPLE = (
-    "event: reading\n"
     "id: e001\n"
+    "event: reading\n"
     'data: {"event_id":"e001","device_id":"dev-1","ts":"2025-01-15T10:00:00.000Z",'
     '"metrics":{"temperature_c":25.5},...}\n\n'
     "event: rollup\n"
@@ -44,52 +45,65 @@ SSE_EXAMPLE = (
     '"timestamp":"2025-01-15T10:00:00.000Z","count":3,...}\n\n'
 )
 
+# "\n" ends lines as before (sse-starlette's default is "\r\n"); clients accept both.
+SEP = "\n"
 
-def sse(event: Event) -> bytes:
-    event_id = f"id: {event.data['event_id']}\n" if event.kind == "reading" else ""
-    return f"event: {event.kind}\n{event_id}data: ".encode() + orjson.dumps(event.data) + b"\n\n"
+
+def sse(event: Event) -> ServerSentEvent:
+    event_id = event.data["event_id"] if event.kind == "reading" else None
+    return ServerSentEvent(
+        orjson.dumps(event.data).decode(), event=event.kind, id=event_id, sep=SEP
+    )
 
 
 async def sse_events(
-    greeting: str,
-    queue: asyncio.Queue[Any],
-    encode: Callable[[Any], bytes],
-    heartbeat_s: float,
-    close: Callable[[], None],
-) -> AsyncIterator[bytes]:
-    """A stream's bytes: the retry hint and a greeting, then each queued event or a keep-alive."""
-    try:
-        yield f"retry: {RETRY_MS}\n\n: {greeting}\n\n".encode()
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), heartbeat_s)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            if event is None:  # dropped as too slow, or the server is stopping
-                return
-            yield encode(event)
-    finally:
-        close()
+    greeting: str, queue: asyncio.Queue[Any], encode: Callable[[Any], ServerSentEvent]
+) -> AsyncIterator[ServerSentEvent]:
+    """A stream's events: the retry hint and a greeting, then each queued event."""
+    yield ServerSentEvent(retry=RETRY_MS, sep=SEP)
+    yield ServerSentEvent(comment=greeting, sep=SEP)
+    # None: dropped as too slow, or the server is stopping.
+    while (event := await queue.get()) is not None:
+        yield encode(event)
 
 
-def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        # No caching, and no buffering by nginx-style proxies: events go out as they come.
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+class EventStream(EventSourceResponse):
+    """Server-Sent Events with a `: keep-alive` comment every ``heartbeat_s``.
+
+    sse-starlette ends the stream when uvicorn is told to stop, so an open stream
+    does not hold the shutdown for its whole grace period. ``close`` runs however
+    the response ends (the client left, the server stops, the watcher was dropped),
+    even when it ended before the first event was read.
+    """
+
+    def __init__(
+        self, events: AsyncIterator[ServerSentEvent], heartbeat_s: float, close: Callable[[], None]
+    ):
+        super().__init__(
+            events,
+            # No caching; sse-starlette also turns off nginx-style buffering.
+            headers={"Cache-Control": "no-cache"},
+            ping=heartbeat_s,
+            ping_message_factory=lambda: ServerSentEvent(comment="keep-alive", sep=SEP),
+            sep=SEP,
+        )
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()
 
 
 @router.get(
     "/devices/{device_id}/stream",
-    response_class=StreamingResponse,
+    response_class=EventSourceResponse,
     responses={
         200: {
             "description": "`reading` events (as in /telemetry) for readings newer than any "
             "pushed before, and `rollup` events (as in /aggregated) when a bucket they fall "
-            "in changes; a `: keep-alive` comment on a quiet stream",
+            "in changes; a `: keep-alive` comment every STREAM_HEARTBEAT_S",
             "content": {"text/event-stream": {"example": SSE_EXAMPLE}},
         },
         **BAD_PARAMETER,
@@ -99,20 +113,16 @@ async def device_stream(
     request: Request,
     caller: StreamReader,
     device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN, examples=["dev-1"])],
-) -> StreamingResponse:
+) -> EventStream:
     """Live: the device's new readings and rollup updates, as Server-Sent Events."""
     feeds: DeviceFeeds = request.app.state.feeds
     # Subscribed before answering: a MongoDB failure is still a 503, and every
     # reading stored after the response starts is pushed.
     watcher = await feeds.subscribe(caller.project_id, device_id)
-    return event_stream(
-        sse_events(
-            f"watching {device_id}",
-            watcher.queue,
-            sse,
-            request.app.state.settings.stream_heartbeat_s,
-            lambda: feeds.unsubscribe(watcher),
-        )
+    return EventStream(
+        sse_events(f"watching {device_id}", watcher.queue, sse),
+        request.app.state.settings.stream_heartbeat_s,
+        lambda: feeds.unsubscribe(watcher),
     )
 
 
@@ -127,21 +137,22 @@ ALERT_SSE_EXAMPLE = (
 FEED_READY_S = 5.0
 
 
-def alert_sse(event: dict[str, Any]) -> bytes:
+def alert_sse(event: dict[str, Any]) -> ServerSentEvent:
     # The first version's shape (`data:` only, no event name), so EventSource.onmessage sees it;
     # the id lets a client drop a repeat.
-    head = f"id: {event.get('notification_id', '')}\ndata: ".encode()
-    return head + orjson.dumps(event) + b"\n\n"
+    return ServerSentEvent(
+        orjson.dumps(event).decode(), id=event.get("notification_id", ""), sep=SEP
+    )
 
 
 @router.get(
     "/alerts/stream",
-    response_class=StreamingResponse,
+    response_class=EventSourceResponse,
     responses={
         200: {
             "description": "one event per alert transition (`transition`: fired or resolved) "
             "as published to alerts.triggered, from the moment of connecting; silenced "
-            "transitions are not streamed; a `: keep-alive` comment on a quiet stream",
+            "transitions are not streamed; a `: keep-alive` comment every STREAM_HEARTBEAT_S",
             "content": {"text/event-stream": {"example": ALERT_SSE_EXAMPLE}},
         },
         503: {"description": "the stream cannot reach Kafka yet; retry", "model": ErrorOut},
@@ -155,7 +166,7 @@ async def alert_stream(
         str | None,
         Query(pattern=DEVICE_ID_PATTERN, description="only this device's", examples=["dev-1"]),
     ] = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Live: alert transitions as Server-Sent Events, of one device or all."""
     feed: AlertFeed = request.app.state.alert_feed
     try:
@@ -167,14 +178,14 @@ async def alert_stream(
     # Subscribed before answering: every transition published after the response
     # starts is pushed.
     watcher = feed.subscribe(caller.project_id, device_id)
-    return event_stream(
+    return EventStream(
         sse_events(
             f"watching alerts of {device_id}" if device_id else "watching alerts",
             watcher.queue,
             alert_sse,
-            request.app.state.settings.stream_heartbeat_s,
-            lambda: feed.unsubscribe(watcher),
-        )
+        ),
+        request.app.state.settings.stream_heartbeat_s,
+        lambda: feed.unsubscribe(watcher),
     )
 
 

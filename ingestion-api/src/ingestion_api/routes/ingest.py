@@ -48,13 +48,13 @@ class DirectIngestRoutes:
     Starlette and FastAPI put an exception middleware, an exit stack, two
     routers, two exception wrappers and a request handler that solves
     dependencies and validates a response model: a large share of the server's
-    time per single reading (BENCHMARKS.md, design choices). These endpoints take the Request as it is, return a
-    Response and raise only ApiError, so they are called from here; their
-    declared bodies and responses still document them in OpenAPI, and the tests
-    check the answers against those models. Other methods, and these paths under
-    a root_path, go down the usual stack. Placed inside the request-id and
-    metrics middlewares, so answers carry X-Request-ID and are counted under
-    the route's template.
+    time per single reading (BENCHMARKS.md, design choices). These endpoints take
+    the Request as it is, return a Response and raise only ApiError, so they are
+    called from here; their declared bodies and responses still document them in
+    OpenAPI, and the tests check the answers against those models. Other methods,
+    and these paths under a root_path, go down the usual stack. Placed inside the
+    request-id and metrics middlewares, so answers carry X-Request-ID and are
+    counted under the route's template.
     """
 
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]):
