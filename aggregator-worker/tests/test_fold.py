@@ -20,13 +20,13 @@ from aggregator_worker.fold import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from telemetry_common.reading import Reading, parse_reading
-from telemetry_common.resolutions import bucket_start
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import metric_rows, parse_bucket_id
-from telemetry_common.sketch import bin_key
-from telemetry_common.timefmt import to_utc_ms
-from telemetry_common.versioned import Watermarks
+from telemetry_common.domain.reading import Reading, parse_reading
+from telemetry_common.domain.resolutions import bucket_start
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import metric_rows, parse_bucket_id
+from telemetry_common.domain.sketch import bin_key
+from telemetry_common.domain.timefmt import to_utc_ms
+from telemetry_common.infra.versioned import Watermarks
 
 NOW = datetime(2025, 1, 15, 12, tzinfo=UTC)
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)

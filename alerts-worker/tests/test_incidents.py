@@ -10,9 +10,9 @@ import pytest
 from alerts_worker.incidents import RuleDeviceState, RuleIndex, evaluate_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from telemetry_common.alert_rules import Rule, Silence
-from telemetry_common.kafka.consumer import Consumed
-from telemetry_common.reading import Reading, parse_reading
+from telemetry_common.domain.alert_rules import Rule, Silence
+from telemetry_common.domain.reading import Reading, parse_reading
+from telemetry_common.infra.kafka.consumer import Consumed
 
 NOW = datetime(2025, 1, 15, 12, tzinfo=UTC)
 

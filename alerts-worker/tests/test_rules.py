@@ -9,7 +9,7 @@ import pytest
 from alerts_worker.rules import MetricValue, RuleState, Transition, evaluate
 from hypothesis import given
 from hypothesis import strategies as st
-from telemetry_common.alert_rules import OPERATORS, Rule, builtin_rules
+from telemetry_common.domain.alert_rules import OPERATORS, Rule, builtin_rules
 
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
 NOW = datetime(2025, 1, 15, 12, tzinfo=UTC)

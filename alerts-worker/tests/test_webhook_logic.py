@@ -14,7 +14,7 @@ from alerts_worker.webhooks.delivery import NETWORK_ERROR, REFUSED, attempt, new
 from alerts_worker.webhooks.records import Notification, matches
 from hypothesis import given
 from hypothesis import strategies as st
-from telemetry_common.webhook_signature import (
+from telemetry_common.domain.webhook_signature import (
     ID_HEADER,
     IDEMPOTENCY_HEADER,
     LEGACY_SIGNATURE_HEADER,
@@ -26,7 +26,7 @@ from telemetry_common.webhook_signature import (
     sign,
     verify,
 )
-from telemetry_common.webhook_targets import TargetPolicy, check_target
+from telemetry_common.infra.webhook_targets import TargetPolicy, check_target
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BODY = b'{"alert_id":"e1:temperature_high","transition":"fired"}'

@@ -1,6 +1,6 @@
 from hypothesis import given
 from hypothesis import strategies as st
-from telemetry_common.alert_rules import OPERATORS, Rule
+from telemetry_common.domain.alert_rules import OPERATORS, Rule
 
 finite = st.floats(-1e6, 1e6, allow_nan=False)
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 from asgi_correlation_id import correlation_id
-from telemetry_common.background import BackgroundTasks
+from telemetry_common.infra.background import BackgroundTasks
 
 
 async def test_stop_cancels_and_awaits_every_task_still_running() -> None:
@@ -33,7 +33,7 @@ async def test_a_crash_is_logged_when_it_happens(caplog: pytest.LogCaptureFixtur
     async def crash() -> None:
         raise RuntimeError("feed broke")
 
-    with caplog.at_level(logging.ERROR, logger="telemetry_common.background"):
+    with caplog.at_level(logging.ERROR, logger="telemetry_common.infra.background"):
         task = tasks.start(crash(), "alert feed")
         with pytest.raises(RuntimeError):
             await task

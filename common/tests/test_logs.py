@@ -11,9 +11,10 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from telemetry_common.kafka.dlq import HEADER_SOURCE_OFFSET, dlq_headers
-from telemetry_common.logs import JsonFormatter
-from telemetry_common.request_id import add_request_id, from_kafka_headers, kafka_headers
+from telemetry_common.http.request_id import add_request_id, kafka_headers, log_filter
+from telemetry_common.infra.kafka.dlq import HEADER_SOURCE_OFFSET, dlq_headers
+from telemetry_common.infra.kafka.readings import request_id_of
+from telemetry_common.infra.logs import JsonFormatter
 
 
 def format_line(**extra: object) -> dict[str, object]:
@@ -52,9 +53,9 @@ def test_a_logged_exception_keeps_its_stack_trace() -> None:
     assert "KeyError: 'q-1'" in line["exception"]
 
 
-def test_the_request_id_is_read_back_from_kafka_headers() -> None:
-    assert from_kafka_headers([("other", b"x"), ("request_id", b"abc")]) == "abc"
-    assert from_kafka_headers(None) is None
+def test_the_request_id_is_read_back_from_the_kafka_headers() -> None:
+    assert request_id_of([("other", b"x"), ("request_id", b"abc")]) == "abc"
+    assert request_id_of(None) is None
 
 
 class Lines(logging.Handler):
@@ -63,6 +64,8 @@ class Lines(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.setFormatter(JsonFormatter("ingestion-api"))
+        # As the APIs configure logging (configure_logging's filters).
+        self.addFilter(log_filter())
         self.lines: list[dict[str, object]] = []
 
     def emit(self, record: logging.LogRecord) -> None:

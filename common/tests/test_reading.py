@@ -1,4 +1,4 @@
-"""Unit tests for telemetry_common.reading: both input forms, every refusal, ids, Kafka form."""
+"""Unit tests for telemetry_common.domain.reading: both forms, every refusal, ids, Kafka form."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Any
 
 import orjson
 import pytest
-from telemetry_common.kafka.readings import project_header, project_of
-from telemetry_common.reading import (
+from telemetry_common.domain.reading import (
     InvalidReading,
     Reading,
     decode_kafka_value,
     derive_event_id,
     parse_reading,
 )
+from telemetry_common.infra.kafka.readings import project_header, project_of
 
 NOW = datetime(2025, 1, 15, 12, tzinfo=UTC)
 SKEW = timedelta(days=1)

@@ -1,4 +1,4 @@
-"""Unit tests for telemetry_common.resolutions: bucket widths and their refusals."""
+"""Unit tests for telemetry_common.domain.resolutions: bucket widths and their refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from telemetry_common.resolutions import (
+from telemetry_common.domain.resolutions import (
     DEFAULT_PLAN,
     DEFAULT_RESOLUTIONS,
     DEFAULT_ROLLUP_RETENTION,

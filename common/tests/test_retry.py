@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 from pymongo.errors import AutoReconnect, OperationFailure
-from telemetry_common.metrics import new_registry
-from telemetry_common.retry import RETRIES, retrying
+from telemetry_common.infra.metrics import new_registry
+from telemetry_common.infra.retry import RETRIES, retrying
 
 
 class Flaky:

@@ -1,4 +1,4 @@
-"""Unit tests for telemetry_common.rollup: statistics of one bucket and merging two."""
+"""Unit tests for telemetry_common.domain.rollup: statistics of one bucket and merging two."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from telemetry_common.exact_sum import exact_partials, rounded
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import (
+from telemetry_common.domain.exact_sum import exact_partials, rounded
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import (
     bucket_id,
     merged_bucket,
     parse_bucket_id,
@@ -19,7 +19,7 @@ from telemetry_common.rollup_layout import (
     served_fields,
     stored_fields,
 )
-from telemetry_common.sketch import bin_key
+from telemetry_common.domain.sketch import bin_key
 
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
 PROPS = settings(database=None, deadline=None, max_examples=200)

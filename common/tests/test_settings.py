@@ -8,7 +8,7 @@ import sys
 from datetime import timedelta
 
 import pytest
-from telemetry_common.settings import (
+from telemetry_common.infra.settings import (
     AggregatorSettings,
     AlertsSettings,
     IngestionSettings,

@@ -1,4 +1,4 @@
-"""Unit tests for telemetry_common.sketch: stated relative error, library parity, merging."""
+"""Unit tests for telemetry_common.domain.sketch: stated relative error, library parity, merging."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from ddsketch import DDSketch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from telemetry_common.sketch import RELATIVE_ACCURACY, QuantileSketch, bin_key, bin_value
+from telemetry_common.domain.sketch import RELATIVE_ACCURACY, QuantileSketch, bin_key, bin_value
 
 PROPS = settings(database=None, deadline=None, max_examples=300)
 QUANTILES = (0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 1.0)

@@ -1,11 +1,11 @@
-"""Unit tests for telemetry_common.versioned's pipelined writes (no server)."""
+"""Unit tests for telemetry_common.infra.versioned's pipelined writes (no server)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from telemetry_common.versioned import _pipelined
+from telemetry_common.infra.versioned import _pipelined
 
 
 async def test_every_chunk_is_sent_and_its_result_kept() -> None:

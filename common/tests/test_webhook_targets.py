@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from telemetry_common.settings import DashboardSettings
-from telemetry_common.webhook_targets import (
+from telemetry_common.infra.settings import DashboardSettings
+from telemetry_common.infra.webhook_targets import (
     TargetPolicy,
     TargetRefused,
     address_refusal,

@@ -6,7 +6,7 @@ import asyncio
 
 import requests
 from prometheus_client import CollectorRegistry, Counter
-from telemetry_common.worker_http import serve, worker_app
+from telemetry_common.infra.worker_http import serve, worker_app
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import eventually
 

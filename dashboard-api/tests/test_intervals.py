@@ -9,9 +9,9 @@ import pytest
 from dashboard_api.intervals import choose_resolution, interval_bucket, merge_into_intervals, window
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from telemetry_common.api_errors import ApiError
-from telemetry_common.resolutions import DEFAULT_RESOLUTIONS, bucket_start, parse_resolutions
-from telemetry_common.rollup import Rollup
+from telemetry_common.domain.resolutions import DEFAULT_RESOLUTIONS, bucket_start, parse_resolutions
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.http.api_errors import ApiError
 
 STORED = parse_resolutions(DEFAULT_RESOLUTIONS)
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)

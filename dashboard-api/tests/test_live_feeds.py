@@ -6,7 +6,7 @@ import asyncio
 
 from asgi_correlation_id import correlation_id
 from dashboard_api.live import DeviceFeeds, Event, Position, _Feed
-from telemetry_common.resolutions import DEFAULT_PLAN
+from telemetry_common.domain.resolutions import DEFAULT_PLAN
 
 
 class SlowFeeds(DeviceFeeds):

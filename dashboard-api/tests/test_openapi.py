@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dashboard_api.app import create_app
-from telemetry_common.settings import DashboardSettings
+from telemetry_common.infra.settings import DashboardSettings
 
 SPEC = create_app(DashboardSettings()).openapi()
 OPERATIONS = [(path, op) for path, ops in SPEC["paths"].items() for op in ops.values()]

@@ -8,7 +8,7 @@ import pytest
 from dashboard_api.paging import Position, decode_cursor, encode_cursor, keyset_query
 from hypothesis import given
 from hypothesis import strategies as st
-from telemetry_common.api_errors import ApiError
+from telemetry_common.http.api_errors import ApiError
 
 moments = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)

@@ -16,8 +16,8 @@ from dashboard_api.paging import Position, decode_cursor, encode_cursor
 from dashboard_api.rollup_pages import SORT_KEY, RowPage, rollup_query
 from hypothesis import given
 from hypothesis import strategies as st
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import (
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import (
     DEFAULT_PROJECT,
     RowSelection,
     bucket_document,

@@ -8,7 +8,7 @@ import pytest
 from dashboard_api.app import create_app
 from dashboard_api.ui import STATIC
 from fastapi.testclient import TestClient
-from telemetry_common.settings import DashboardSettings
+from telemetry_common.infra.settings import DashboardSettings
 
 # No lifespan: these routes need neither MongoDB nor Kafka.
 client = TestClient(create_app(DashboardSettings(rollup_resolutions="1m,1h,5m")))

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from ingestion_api.app import create_app
-from telemetry_common.settings import IngestionSettings
+from telemetry_common.infra.settings import IngestionSettings
 from telemetry_tools.servers import free_port
 
 

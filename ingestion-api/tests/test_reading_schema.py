@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from ingestion_api.app import create_app
 from ingestion_api.schemas import FLAT_EXAMPLE, GENERAL_EXAMPLE
 from jsonschema import Draft202012Validator
-from telemetry_common.reading import (
+from telemetry_common.domain.reading import (
     MAX_METRICS,
     MAX_TAG_LENGTH,
     MAX_TAGS,
@@ -18,7 +18,7 @@ from telemetry_common.reading import (
     parse_reading,
     reading_json_schema,
 )
-from telemetry_common.settings import IngestionSettings
+from telemetry_common.infra.settings import IngestionSettings
 
 NOW = datetime(2025, 1, 15, 10, 5, tzinfo=UTC)
 VALIDATOR = Draft202012Validator(reading_json_schema())

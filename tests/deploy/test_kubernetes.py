@@ -23,7 +23,7 @@ from deploy.tooling import (
     run,
     tool,
 )
-from telemetry_common.kafka.topics import default_topics
+from telemetry_common.infra.kafka.topics import default_topics
 
 pytestmark = pytest.mark.deploy
 

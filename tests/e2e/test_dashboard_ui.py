@@ -23,7 +23,7 @@ from dashboard_api.app import create_app
 from e2e.helpers import url, wait_for
 from ingestion_api.app import create_app as create_ingestion
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from telemetry_common.settings import DashboardSettings, IngestionSettings
+from telemetry_common.infra.settings import DashboardSettings, IngestionSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.stack import Stack
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from ingestion_api.app import create_app as create_ingestion
 from integration.served import serving
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
-from telemetry_common.settings import DashboardSettings, IngestionSettings
+from telemetry_common.infra.settings import DashboardSettings, IngestionSettings
 from telemetry_tools.stack import Stack
 from telemetry_tools.testing import eventually
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from alerts_worker.incidents import RuleIndex, evaluate_batch
-from telemetry_common.alert_rules import Rule, builtin_rules
-from telemetry_common.kafka.consumer import Consumed
-from telemetry_common.reading import Reading
+from telemetry_common.domain.alert_rules import Rule, builtin_rules
+from telemetry_common.domain.reading import Reading
+from telemetry_common.infra.kafka.consumer import Consumed
 
 
 def expected_notifications(

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from fastapi.testclient import TestClient
 from ingestion_api.app import create_app
-from telemetry_common.settings import IngestionSettings
+from telemetry_common.infra.settings import IngestionSettings
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from telemetry_common.reading import Reading, parse_reading
+from telemetry_common.domain.reading import Reading, parse_reading
 
 BASE_TS = datetime(2025, 1, 15, 10, 0, tzinfo=UTC)
 

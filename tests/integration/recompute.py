@@ -10,8 +10,8 @@ from collections import defaultdict
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import RAW, ROLLUPS
-from telemetry_common.rollup_layout import RowSelection, bucket_filter, metric_rows
+from telemetry_common.domain.rollup_layout import RowSelection, bucket_filter, metric_rows
+from telemetry_common.infra.mongo import RAW, ROLLUPS
 
 
 async def recompute_minute_rollups(

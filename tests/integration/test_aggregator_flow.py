@@ -19,10 +19,10 @@ from integration.recompute import (
 )
 from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.kafka import dlq
-from telemetry_common.mongo import DEVICES, RAW, ROLLUPS
-from telemetry_common.rollup_layout import RowSelection, bucket_filter, metric_rows
-from telemetry_common.settings import AggregatorSettings
+from telemetry_common.domain.rollup_layout import RowSelection, bucket_filter, metric_rows
+from telemetry_common.infra.kafka import dlq
+from telemetry_common.infra.mongo import DEVICES, RAW, ROLLUPS
+from telemetry_common.infra.settings import AggregatorSettings
 from telemetry_tools import dlq as dlq_cli
 from telemetry_tools.servers import MongoServer, free_port
 from telemetry_tools.testing import Topics, eventually, read_topic
@@ -261,7 +261,7 @@ async def test_dlq_tool_lists_and_replays_dead_letters_to_their_source(
 async def test_a_changed_raw_retention_changes_the_ttl_in_place(db: AsyncDatabase) -> None:
     from datetime import timedelta
 
-    from telemetry_common.mongo import ensure_indexes
+    from telemetry_common.infra.mongo import ensure_indexes
 
     await ensure_indexes(db, timedelta(days=7))
     # Another service starting without a retention leaves the aggregator's TTL alone.

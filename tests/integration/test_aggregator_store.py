@@ -9,11 +9,11 @@ from aggregator_worker.fold import PositionedReading
 from aggregator_worker.store import PartitionState, raw_document
 from integration.readings import fleet_readings
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import RAW, ensure_indexes
-from telemetry_common.ownership import PartitionOwnership, PartitionsLost
-from telemetry_common.reading import Reading
-from telemetry_common.rollup_layout import ROLLUPS
-from telemetry_common.settings import AggregatorSettings
+from telemetry_common.domain.reading import Reading
+from telemetry_common.domain.rollup_layout import ROLLUPS
+from telemetry_common.infra.mongo import RAW, ensure_indexes
+from telemetry_common.infra.ownership import PartitionOwnership, PartitionsLost
+from telemetry_common.infra.settings import AggregatorSettings
 from telemetry_tools.verify import rollup_mismatches
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ from integration.served import serving, stream
 from integration.workers import metric_value, running
 from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.api_keys import issue_key
-from telemetry_common.settings import AlertsSettings, DashboardSettings
+from telemetry_common.http.api_keys import issue_key
+from telemetry_common.infra.settings import AlertsSettings, DashboardSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually, read_topic
 

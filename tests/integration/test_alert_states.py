@@ -13,11 +13,11 @@ from alerts_worker.worker import evaluate_and_record
 from integration.alerts_reference import alert_ids, expected_notifications
 from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.alert_rules import Rule, builtin_rules
-from telemetry_common.kafka.consumer import Consumed
-from telemetry_common.mongo import ALERTS
-from telemetry_common.ownership import PartitionOwnership
-from telemetry_common.reading import Reading
+from telemetry_common.domain.alert_rules import Rule, builtin_rules
+from telemetry_common.domain.reading import Reading
+from telemetry_common.infra.kafka.consumer import Consumed
+from telemetry_common.infra.mongo import ALERTS
+from telemetry_common.infra.ownership import PartitionOwnership
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from alerts_worker.worker import run as run_alerts
 from integration.readings import publish, reading
 from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERT_RULES, ALERTS
-from telemetry_common.settings import AlertsSettings
+from telemetry_common.infra.mongo import ALERT_RULES, ALERTS
+from telemetry_common.infra.settings import AlertsSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually, read_topic
 

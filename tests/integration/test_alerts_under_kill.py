@@ -24,9 +24,9 @@ from integration.alerts_reference import alert_ids, expected_notifications
 from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
 from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.alert_rules import ALERT_RULES, RuleCreate
-from telemetry_common.mongo import ALERTS
-from telemetry_common.reading import Reading
+from telemetry_common.domain.alert_rules import RuleCreate
+from telemetry_common.domain.reading import Reading
+from telemetry_common.infra.mongo import ALERT_RULES, ALERTS
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, read_topic
 

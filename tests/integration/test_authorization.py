@@ -22,9 +22,17 @@ from dashboard_api.app import create_app as create_dashboard
 from ingestion_api.app import create_app as create_ingestion
 from integration.served import serving, stream
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.alert_rules import RuleCreate
-from telemetry_common.api_keys import issue_key, revoke_key
-from telemetry_common.mongo import (
+from telemetry_common.domain.alert_rules import RuleCreate
+from telemetry_common.domain.resolutions import DEFAULT_PLAN
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import (
+    DEFAULT_PROJECT,
+    bucket_document,
+    scoped_id,
+    windows_of,
+)
+from telemetry_common.http.api_keys import issue_key, revoke_key
+from telemetry_common.infra.mongo import (
     ALERT_RULES,
     ALERT_SILENCES,
     ALERTS,
@@ -34,15 +42,7 @@ from telemetry_common.mongo import (
     WEBHOOK_DELIVERIES,
     WEBHOOKS,
 )
-from telemetry_common.resolutions import DEFAULT_PLAN
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import (
-    DEFAULT_PROJECT,
-    bucket_document,
-    scoped_id,
-    windows_of,
-)
-from telemetry_common.settings import DashboardSettings, IngestionSettings
+from telemetry_common.infra.settings import DashboardSettings, IngestionSettings
 from telemetry_tools.testing import Topics, eventually
 
 pytestmark = pytest.mark.integration

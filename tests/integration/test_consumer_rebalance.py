@@ -8,12 +8,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from integration.readings import fleet_readings, publish
 from prometheus_client import CollectorRegistry
-from telemetry_common.kafka.consumer import Consumed, RebalanceHooks
-from telemetry_common.kafka.producer import build_producer
-from telemetry_common.metrics import ConsumerMetrics
-from telemetry_common.reading import Reading, decode_kafka_value
-from telemetry_common.settings import WorkerSettings
-from telemetry_common.worker import consume_loop, subscribe
+from telemetry_common.domain.reading import Reading, decode_kafka_value
+from telemetry_common.infra.kafka.consumer import Consumed, RebalanceHooks
+from telemetry_common.infra.kafka.producer import build_producer
+from telemetry_common.infra.metrics import ConsumerMetrics
+from telemetry_common.infra.settings import WorkerSettings
+from telemetry_common.infra.worker import consume_loop, subscribe
 from telemetry_tools.testing import Topics, eventually
 
 pytestmark = pytest.mark.integration

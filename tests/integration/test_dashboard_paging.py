@@ -21,17 +21,24 @@ from dashboard_api.rollup_pages import SORT_KEY, rollup_page, rollup_query
 from dashboard_api.system_stats import ACTIVE_ALERTS_CAP
 from fastapi.testclient import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERTS, DEVICES, LEGACY_ROLLUPS, RAW, ROLLUPS, ensure_indexes
-from telemetry_common.resolutions import DEFAULT_PLAN
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import (
+from telemetry_common.domain.resolutions import DEFAULT_PLAN
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import (
     DEFAULT_PROJECT,
     RowSelection,
     bucket_document,
     windows_of,
 )
-from telemetry_common.settings import DashboardSettings
-from telemetry_common.timefmt import iso_z, utcnow
+from telemetry_common.domain.timefmt import iso_z, utcnow
+from telemetry_common.infra.mongo import (
+    ALERTS,
+    DEVICES,
+    LEGACY_ROLLUPS,
+    RAW,
+    ROLLUPS,
+    ensure_indexes,
+)
+from telemetry_common.infra.settings import DashboardSettings
 from telemetry_tools.servers import MongoServer
 from telemetry_tools.testing import eventually
 

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from integration.readings import publish, reading
 from integration.workers import running
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS
-from telemetry_common.rollup_layout import RowSelection, bucket_filter
-from telemetry_common.settings import AggregatorSettings, AlertsSettings, DashboardSettings
-from telemetry_common.timefmt import iso_z
+from telemetry_common.domain.rollup_layout import RowSelection, bucket_filter
+from telemetry_common.domain.timefmt import iso_z
+from telemetry_common.infra.mongo import ALERTS, DEVICES, RAW, ROLLUPS
+from telemetry_common.infra.settings import AggregatorSettings, AlertsSettings, DashboardSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually
 from telemetry_tools.verify import recompute_all_rollups

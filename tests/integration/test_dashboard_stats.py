@@ -10,9 +10,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from dashboard_api.app import create_app
 from fastapi.testclient import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import DEVICES, RAW
-from telemetry_common.settings import DashboardSettings
-from telemetry_common.tenancy import PROJECTS
+from telemetry_common.infra.mongo import DEVICES, RAW
+from telemetry_common.infra.settings import DashboardSettings
+from telemetry_common.infra.tenancy import PROJECTS
 from telemetry_tools.servers import KafkaServer, free_port
 from telemetry_tools.testing import Topics, eventually
 

@@ -27,10 +27,10 @@ from integration.readings import publish, reading
 from integration.served import serving, stream
 from integration.workers import running
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import RAW, ROLLUPS
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document, bucket_id
-from telemetry_common.settings import AggregatorSettings, DashboardSettings
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT, bucket_document, bucket_id
+from telemetry_common.infra.mongo import RAW, ROLLUPS
+from telemetry_common.infra.settings import AggregatorSettings, DashboardSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually
 

@@ -14,7 +14,7 @@ import pytest
 from dashboard_api.app import create_app as create_dashboard
 from fastapi.testclient import TestClient
 from integration.ingestion import ingestion_client
-from telemetry_common.settings import DashboardSettings, IngestionSettings
+from telemetry_common.infra.settings import DashboardSettings, IngestionSettings
 
 pytestmark = pytest.mark.integration
 

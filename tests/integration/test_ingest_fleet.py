@@ -23,10 +23,10 @@ from integration.ingestion import ingestion_client
 from integration.recompute import stored_rows
 from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.mongo import ALERTS, DEVICES, RAW
-from telemetry_common.reading import decode_kafka_value
-from telemetry_common.settings import AggregatorSettings, AlertsSettings, IngestionSettings
+from telemetry_common.domain.reading import decode_kafka_value
+from telemetry_common.infra.kafka.topics import TopicSpec, ensure_topics
+from telemetry_common.infra.mongo import ALERTS, DEVICES, RAW
+from telemetry_common.infra.settings import AggregatorSettings, AlertsSettings, IngestionSettings
 from telemetry_tools import keys as keys_cli
 from telemetry_tools.servers import KafkaServer, free_port
 from telemetry_tools.testing import Topics, eventually, read_topic

@@ -10,9 +10,8 @@ from fastapi.testclient import TestClient
 from ingestion_api import schemas
 from ingestion_api.app import create_app
 from integration.ingestion import ingestion_client
-from telemetry_common.kafka.readings import PROJECT_HEADER, decode_reading
-from telemetry_common.request_id import KAFKA_HEADER
-from telemetry_common.settings import IngestionSettings
+from telemetry_common.infra.kafka.readings import PROJECT_HEADER, REQUEST_ID_HEADER, decode_reading
+from telemetry_common.infra.settings import IngestionSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, read_topic
 
@@ -54,7 +53,7 @@ async def test_posted_reading_is_on_the_topic_keyed_by_device(
     assert all(dict(r.headers)[PROJECT_HEADER] == b"default" for r in records)
     assert {r.project_id for r in by_key.values()} == {"default"}
     # Each reading carries its request's id, the client's or the one made for it.
-    request_ids = {r.key: dict(r.headers)[KAFKA_HEADER] for r in records}
+    request_ids = {r.key: dict(r.headers)[REQUEST_ID_HEADER] for r in records}
     assert response.headers["X-Request-ID"] == "gateway-7:1"
     assert request_ids == {
         b"dev-1": b"gateway-7:1",

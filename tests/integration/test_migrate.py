@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.resolutions import (
+from telemetry_common.domain.resolutions import (
     DEFAULT_PLAN,
     DEFAULT_RESOLUTIONS,
     EPOCH,
     RollupPlan,
     parse_resolutions,
 )
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import (
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import (
     DEFAULT_PROJECT,
     LEGACY_ROLLUPS,
     ROLLUPS,
@@ -33,7 +33,7 @@ from telemetry_common.rollup_layout import (
     metric_rows,
     parse_bucket_id,
 )
-from telemetry_common.timefmt import to_utc_ms
+from telemetry_common.domain.timefmt import to_utc_ms
 from telemetry_tools.migrate import MIGRATION_ID, MIGRATIONS, migrate
 from telemetry_tools.servers import MongoServer
 

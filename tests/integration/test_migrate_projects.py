@@ -11,9 +11,9 @@ import pytest
 from dashboard_api.app import create_app
 from fastapi.testclient import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.alert_rules import RuleCreate
-from telemetry_common.api_keys import API_KEYS
-from telemetry_common.mongo import (
+from telemetry_common.domain.alert_rules import RuleCreate
+from telemetry_common.http.api_keys import API_KEYS
+from telemetry_common.infra.mongo import (
     ALERT_RULES,
     ALERT_SILENCES,
     ALERTS,
@@ -22,7 +22,7 @@ from telemetry_common.mongo import (
     WEBHOOK_DELIVERIES,
     WEBHOOKS,
 )
-from telemetry_common.settings import DashboardSettings
+from telemetry_common.infra.settings import DashboardSettings
 from telemetry_tools.migrate import (
     OWNED_BY_PROJECTS,
     PROJECTS_MIGRATION_ID,

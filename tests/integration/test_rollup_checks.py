@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import RAW, ROLLUPS
-from telemetry_common.resolutions import bucket_start
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_document, bucket_id
+from telemetry_common.domain.resolutions import bucket_start
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT, bucket_document, bucket_id
+from telemetry_common.infra.mongo import RAW, ROLLUPS
 from telemetry_tools.verify import double_counted, rollup_mismatches, value_counts
 
 pytestmark = pytest.mark.integration

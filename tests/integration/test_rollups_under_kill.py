@@ -24,9 +24,9 @@ from aiokafka import AIOKafkaProducer
 from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
 from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.mongo import RAW
-from telemetry_common.reading import Reading
-from telemetry_common.resolutions import DEFAULT_PLAN
+from telemetry_common.domain.reading import Reading
+from telemetry_common.domain.resolutions import DEFAULT_PLAN
+from telemetry_common.infra.mongo import RAW
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics
 from telemetry_tools.verify import committed_offsets, rollup_mismatches

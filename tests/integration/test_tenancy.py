@@ -11,10 +11,10 @@ import pytest
 from dashboard_api.app import create_app
 from fastapi.testclient import TestClient
 from integration.ingestion import ingestion_client
-from telemetry_common.api_keys import issue_key
-from telemetry_common.mongo import DEVICES
-from telemetry_common.settings import DashboardSettings, IngestionSettings
-from telemetry_common.tenancy import DEFAULT_ORG, PROJECTS, ensure_tenancy
+from telemetry_common.http.api_keys import issue_key
+from telemetry_common.infra.mongo import DEVICES
+from telemetry_common.infra.settings import DashboardSettings, IngestionSettings
+from telemetry_common.infra.tenancy import DEFAULT_ORG, PROJECTS, ensure_tenancy
 
 pytestmark = pytest.mark.integration
 

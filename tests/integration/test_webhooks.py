@@ -26,10 +26,10 @@ from integration.served import Api, api_at, serving
 from integration.workers import metric_value, running
 from pymongo.asynchronous.database import AsyncDatabase
 from standardwebhooks.webhooks import Webhook
-from telemetry_common.mongo import WEBHOOK_DELIVERIES
-from telemetry_common.settings import AlertsSettings, DashboardSettings
-from telemetry_common.timefmt import utcnow
-from telemetry_common.webhook_signature import verify
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.domain.webhook_signature import verify
+from telemetry_common.infra.mongo import WEBHOOK_DELIVERIES
+from telemetry_common.infra.settings import AlertsSettings, DashboardSettings
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, eventually
 

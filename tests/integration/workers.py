@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from telemetry_common.metrics import new_registry
+from telemetry_common.infra.metrics import new_registry
 
 
 @asynccontextmanager

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, bucket_id, metric_rows
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT, bucket_id, metric_rows
 from telemetry_tools.migrate import (
     METRIC_FIELDS,
     bucket_upsert,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from telemetry_common.logs import configure_logging
-from telemetry_common.metrics import new_registry
-from telemetry_common.settings import AggregatorSettings, load_settings
-from telemetry_common.worker import run_process
+from telemetry_common.infra.logs import configure_logging
+from telemetry_common.infra.metrics import new_registry
+from telemetry_common.infra.settings import AggregatorSettings, load_settings
+from telemetry_common.infra.worker import run_process
 
 from aggregator_worker.worker import SERVICE, run
 

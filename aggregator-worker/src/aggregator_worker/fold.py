@@ -1,7 +1,7 @@
 """Where readings are folded: the buckets and device summaries held in memory, no I/O.
 
 The aggregator owns the partitions Kafka assigns it (see
-:mod:`telemetry_common.ownership`), so it folds each reading into state it keeps
+:mod:`telemetry_common.infra.ownership`), so it folds each reading into state it keeps
 between batches and writes that state without reading it back first. Each
 metric of a bucket, and each device summary, keeps the highest offset it folded
 per partition (its watermarks), which makes folding a replayed record a no-op:
@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from telemetry_common.reading import Reading
-from telemetry_common.resolutions import EPOCH
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import (
+from telemetry_common.domain.reading import Reading
+from telemetry_common.domain.resolutions import EPOCH
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import (
     DEFAULT_PROJECT,
     bucket_document,
     bucket_id,
     scoped_id,
     stored_fields,
 )
-from telemetry_common.sketch import bin_key
+from telemetry_common.domain.sketch import bin_key
 
 
 class BucketKey(NamedTuple):

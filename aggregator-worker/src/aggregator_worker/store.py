@@ -9,7 +9,7 @@ Buckets and device summaries live in memory for the partitions this worker
 owns (:class:`PartitionState`) and are written without being read: a bucket
 this worker created is inserted, one it wrote before is replaced, guarded by
 the partition's epoch so that a worker that lost the partition cannot
-overwrite the new owner (:mod:`telemetry_common.ownership`). Only when an
+overwrite the new owner (:mod:`telemetry_common.infra.ownership`). Only when an
 insert finds the bucket stored already is it read, once, and merged.
 """
 
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from telemetry_common.mongo import DEVICES, RAW, Database
-from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, PartitionsLost
-from telemetry_common.resolutions import RollupPlan
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, ROLLUPS, scoped_id, windows_of
-from telemetry_common.timefmt import utcnow
-from telemetry_common.versioned import (
+from telemetry_common.domain.resolutions import RollupPlan
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT, ROLLUPS, scoped_id, windows_of
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.infra.mongo import DEVICES, RAW, Database
+from telemetry_common.infra.ownership import OwnedPartitions, PartitionOwnership, PartitionsLost
+from telemetry_common.infra.versioned import (
     find_by_id,
     insert_first_copies,
     source_position,

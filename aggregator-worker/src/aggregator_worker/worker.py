@@ -7,12 +7,12 @@ import gc
 import time
 
 from prometheus_client import CollectorRegistry
-from telemetry_common.kafka.consumer import Consumed
-from telemetry_common.kafka.readings import decode_reading
-from telemetry_common.metrics import WRITE_BUCKETS, Instruments
-from telemetry_common.reading import Reading
-from telemetry_common.settings import AggregatorSettings
-from telemetry_common.worker import WorkerContext, run_worker
+from telemetry_common.domain.reading import Reading
+from telemetry_common.infra.kafka.consumer import Consumed
+from telemetry_common.infra.kafka.readings import decode_reading
+from telemetry_common.infra.metrics import WRITE_BUCKETS, Instruments
+from telemetry_common.infra.settings import AggregatorSettings
+from telemetry_common.infra.worker import WorkerContext, run_worker
 
 from aggregator_worker.fold import PositionedReading
 from aggregator_worker.store import PartitionState, insert_raw

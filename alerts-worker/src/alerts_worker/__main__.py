@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 
 from prometheus_client import CollectorRegistry
-from telemetry_common.logs import configure_logging
-from telemetry_common.metrics import new_registry
-from telemetry_common.settings import AlertsSettings, load_settings
-from telemetry_common.worker import run_process, stop_on_signals
+from telemetry_common.infra.logs import configure_logging
+from telemetry_common.infra.metrics import new_registry
+from telemetry_common.infra.settings import AlertsSettings, load_settings
+from telemetry_common.infra.worker import run_process, stop_on_signals
 
 from alerts_worker.webhooks.notifier import run_notifier
 from alerts_worker.worker import SERVICE, run

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from telemetry_common.alert_rules import Rule, Silence
-from telemetry_common.kafka.consumer import Consumed
-from telemetry_common.reading import Reading
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, scoped_id
-from telemetry_common.versioned import Watermarks
+from telemetry_common.domain.alert_rules import Rule, Silence
+from telemetry_common.domain.reading import Reading
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT, scoped_id
+from telemetry_common.infra.kafka.consumer import Consumed
+from telemetry_common.infra.versioned import Watermarks
 
 from alerts_worker.rules import MetricValue, RuleState, Transition, evaluate, resolve
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from telemetry_common.kafka.producer import RenewableProducer
-from telemetry_common.mongo import ALERTS, Database
-from telemetry_common.timefmt import iso_z
+from telemetry_common.domain.timefmt import iso_z
+from telemetry_common.infra.kafka.producer import RenewableProducer
+from telemetry_common.infra.mongo import ALERTS, Database
 
 from alerts_worker.documents import Acknowledgement
 from alerts_worker.store import ACK_FIELDS, ALERT_OUTBOX

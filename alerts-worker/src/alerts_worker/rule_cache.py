@@ -14,12 +14,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
-from telemetry_common.alert_rules import ALERT_RULES, ALERT_SILENCES, Rule, Silence
-from telemetry_common.metrics import Instruments
-from telemetry_common.mongo import Database
-from telemetry_common.reloading import Reloading
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
-from telemetry_common.timefmt import utcnow
+from telemetry_common.domain.alert_rules import Rule, Silence
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.infra.metrics import Instruments
+from telemetry_common.infra.mongo import ALERT_RULES, ALERT_SILENCES, Database
+from telemetry_common.infra.reloading import Reloading
 
 from alerts_worker.incidents import RuleIndex
 from alerts_worker.store import ensure_alert_indexes

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from telemetry_common.alert_rules import BUILTIN_RELATIONS, OPERATORS, RELATIONS, Rule
+from telemetry_common.domain.alert_rules import BUILTIN_RELATIONS, OPERATORS, RELATIONS, Rule
 
 from alerts_worker.documents import AlertFields, TransitionKind
 

@@ -26,12 +26,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pymongo import ASCENDING, DeleteOne, IndexModel, UpdateOne
-from telemetry_common.kafka.consumer import Consumed
-from telemetry_common.mongo import ALERTS, Database
-from telemetry_common.ownership import OwnedPartitions, PartitionOwnership, not_newer_than
-from telemetry_common.reading import Reading
-from telemetry_common.rollup_layout import scoped_id
-from telemetry_common.versioned import chunks, insert_first_copies, source_position, write_fenced
+from telemetry_common.domain.reading import Reading
+from telemetry_common.domain.rollup_layout import scoped_id
+from telemetry_common.infra.kafka.consumer import Consumed
+from telemetry_common.infra.mongo import ALERTS, Database
+from telemetry_common.infra.ownership import OwnedPartitions, PartitionOwnership, not_newer_than
+from telemetry_common.infra.versioned import (
+    chunks,
+    insert_first_copies,
+    source_position,
+    write_fenced,
+)
 
 from alerts_worker.documents import Acknowledgement, OutboxEntry
 from alerts_worker.incidents import RuleDeviceState, TransitionToRecord

@@ -7,16 +7,16 @@ import contextlib
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
-from telemetry_common.alert_rules import Silence, builtin_rules
-from telemetry_common.kafka.consumer import Consumed
-from telemetry_common.kafka.readings import decode_reading
-from telemetry_common.metrics import Instruments
-from telemetry_common.mongo import Database, connect
-from telemetry_common.ownership import PartitionsLost
-from telemetry_common.reading import Reading
-from telemetry_common.settings import AlertsSettings
-from telemetry_common.timefmt import utcnow
-from telemetry_common.worker import WorkerContext, run_worker
+from telemetry_common.domain.alert_rules import Silence, builtin_rules
+from telemetry_common.domain.reading import Reading
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.infra.kafka.consumer import Consumed
+from telemetry_common.infra.kafka.readings import decode_reading
+from telemetry_common.infra.metrics import Instruments
+from telemetry_common.infra.mongo import Database, connect
+from telemetry_common.infra.ownership import PartitionsLost
+from telemetry_common.infra.settings import AlertsSettings
+from telemetry_common.infra.worker import WorkerContext, run_worker
 
 from alerts_worker.incidents import BatchOutcome, RuleIndex, evaluate_batch
 from alerts_worker.outbox import Outbox

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
-from telemetry_common.mongo import Client
+from telemetry_common.infra.mongo import Client
 from telemetry_tools.servers import REPO_ROOT, secantusd
 
 from telemetry_bench import drain, ingest, pipeline, queries

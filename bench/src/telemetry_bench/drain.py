@@ -18,13 +18,13 @@ from aggregator_worker.fold import (
 from aggregator_worker.store import raw_document
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo import AsyncMongoClient
-from telemetry_common.alert_rules import ALERT_RULES, builtin_rules
-from telemetry_common.kafka.producer import build_producer
-from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.mongo import RAW, Client, ensure_indexes
-from telemetry_common.reading import Reading, decode_kafka_value
-from telemetry_common.rollup_layout import ROLLUPS, windows_of
-from telemetry_common.settings import AggregatorSettings
+from telemetry_common.domain.alert_rules import builtin_rules
+from telemetry_common.domain.reading import Reading, decode_kafka_value
+from telemetry_common.domain.rollup_layout import ROLLUPS, windows_of
+from telemetry_common.infra.kafka.producer import build_producer
+from telemetry_common.infra.kafka.topics import TopicSpec, ensure_topics
+from telemetry_common.infra.mongo import ALERT_RULES, RAW, Client, ensure_indexes
+from telemetry_common.infra.settings import AggregatorSettings
 from telemetry_tools.verify import committed_offsets
 
 from telemetry_bench.processes import Infra, ServiceProcess, running

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import orjson
 from ingestion_api.publish import PRODUCER_OPTIONS, send_batches
-from telemetry_common.api_keys import INGEST
-from telemetry_common.kafka.producer import build_producer
-from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.reading import Reading
+from telemetry_common.domain.reading import Reading
+from telemetry_common.http.api_keys import INGEST
+from telemetry_common.infra.kafka.producer import build_producer
+from telemetry_common.infra.kafka.topics import TopicSpec, ensure_topics
 from telemetry_tools.percentiles import percentile
 
 from telemetry_bench.http_load import LoadResult, combined, post_all, run_on_uvloop

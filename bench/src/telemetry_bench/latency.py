@@ -15,11 +15,11 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer
 from pymongo import AsyncMongoClient
-from telemetry_common.kafka.producer import build_producer
-from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.mongo import ROLLUPS, Client
-from telemetry_common.rollup_layout import DEFAULT_PROJECT, device_id_range
-from telemetry_common.timefmt import iso_z
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT, device_id_range
+from telemetry_common.domain.timefmt import iso_z
+from telemetry_common.infra.kafka.producer import build_producer
+from telemetry_common.infra.kafka.topics import TopicSpec, ensure_topics
+from telemetry_common.infra.mongo import ROLLUPS, Client
 from telemetry_tools.percentiles import percentile
 
 GAP_S = 0.05  # between samples, so each one meets the pipeline idle of its own traffic

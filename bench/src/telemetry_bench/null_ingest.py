@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from ingestion_api.app import create_app
 from ingestion_api.publish import ReadingPublisher
-from telemetry_common.logs import configure_logging
-from telemetry_common.reading import Reading
-from telemetry_common.serving import serve_api
-from telemetry_common.settings import IngestionSettings, load_settings
+from telemetry_common.domain.reading import Reading
+from telemetry_common.http.request_id import log_filter
+from telemetry_common.http.serving import serve_api
+from telemetry_common.infra.logs import configure_logging
+from telemetry_common.infra.settings import IngestionSettings, load_settings
 
 
 class AcknowledgeAtOnce(ReadingPublisher):
@@ -32,7 +33,7 @@ class AcknowledgeAtOnce(ReadingPublisher):
 
 def main() -> None:
     settings = load_settings(IngestionSettings)
-    configure_logging(settings.log_level, "ingestion-api-null")
+    configure_logging(settings.log_level, "ingestion-api-null", [log_filter()])
     publisher = AcknowledgeAtOnce(
         settings.kafka_bootstrap_servers, settings.telemetry_topic, settings.kafka_send_timeout_s
     )

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from telemetry_common.api_keys import READ
-from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.http.api_keys import READ
+from telemetry_common.infra.kafka.topics import TopicSpec, ensure_topics
 
 from telemetry_bench import latency, queries, sustained
 from telemetry_bench.processes import (

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import requests
 from pymongo import AsyncMongoClient
-from telemetry_common.api_keys import issue_key
-from telemetry_common.mongo import Client
+from telemetry_common.http.api_keys import issue_key
+from telemetry_common.infra.mongo import Client
 from telemetry_tools.servers import KafkaServer, MongoServer, free_port
 
 STORE_LAYOUT = "v3"

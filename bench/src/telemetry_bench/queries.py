@@ -15,16 +15,24 @@ from aggregator_worker.fold import PositionedReading
 from aggregator_worker.store import raw_document
 from alerts_worker.store import ALERT_OUTBOX, ALERT_SEEN, ALERT_STATE
 from pymongo import AsyncMongoClient
-from telemetry_common.api_keys import API_KEYS
-from telemetry_common.mongo import ALERT_RULES, ALERTS, DEVICES, RAW, ROLLUPS, Client, Database
-from telemetry_common.ownership import PARTITION_OWNERS
-from telemetry_common.rollup_layout import (
+from telemetry_common.domain.rollup_layout import (
     DEFAULT_PROJECT,
     RowSelection,
     bucket_filter,
     metric_rows,
     row_projection,
 )
+from telemetry_common.http.api_keys import API_KEYS
+from telemetry_common.infra.mongo import (
+    ALERT_RULES,
+    ALERTS,
+    DEVICES,
+    RAW,
+    ROLLUPS,
+    Client,
+    Database,
+)
+from telemetry_common.infra.ownership import PARTITION_OWNERS
 from telemetry_tools.migrate import backfill_projects
 from telemetry_tools.percentiles import percentile
 

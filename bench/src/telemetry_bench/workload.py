@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from telemetry_common.reading import Reading, parse_reading
-from telemetry_common.timefmt import iso_z
+from telemetry_common.domain.reading import Reading, parse_reading
+from telemetry_common.domain.timefmt import iso_z
 
 # Inside the default thresholds (temperature -10..50, humidity 0..100) unless
 # an anomaly is asked for, so alert counts are what the run chose.

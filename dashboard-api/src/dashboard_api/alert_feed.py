@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
-from telemetry_common.background import BackgroundTasks
-from telemetry_common.metrics import Instruments
-from telemetry_common.retry import retrying
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.infra.background import BackgroundTasks
+from telemetry_common.infra.metrics import Instruments
+from telemetry_common.infra.retry import retrying
 
 from dashboard_api.live import WATCHER_BACKLOG, end_queue, offer
 

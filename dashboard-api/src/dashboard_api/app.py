@@ -10,16 +10,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from pymongo.errors import PyMongoError
-from telemetry_common.api_errors import install_error_handlers
-from telemetry_common.api_keys import KeyCache
-from telemetry_common.background import BackgroundTasks
-from telemetry_common.http_metrics import RequestMetricsMiddleware, add_metrics_route
-from telemetry_common.metrics import new_registry
-from telemetry_common.mongo import Database, connect, ensure_indexes
-from telemetry_common.request_id import add_request_id
-from telemetry_common.retry import retrying
-from telemetry_common.settings import DashboardSettings
-from telemetry_common.tenancy import ensure_tenancy
+from telemetry_common.http.api_errors import install_error_handlers
+from telemetry_common.http.api_keys import KeyCache
+from telemetry_common.http.metrics import RequestMetricsMiddleware, add_metrics_route
+from telemetry_common.http.request_id import add_request_id
+from telemetry_common.infra.background import BackgroundTasks
+from telemetry_common.infra.metrics import new_registry
+from telemetry_common.infra.mongo import Database, connect, ensure_indexes
+from telemetry_common.infra.retry import retrying
+from telemetry_common.infra.settings import DashboardSettings
+from telemetry_common.infra.tenancy import ensure_tenancy
 
 from dashboard_api.alert_feed import AlertFeed
 from dashboard_api.auth import ensure_stream_tokens

@@ -32,8 +32,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Security
 from pymongo import ASCENDING, IndexModel
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.api_keys import (
+from telemetry_common.domain.identifiers import PROJECT_ID_PATTERN
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.http.api_keys import (
     API_KEY_HEADER,
     API_KEY_SCHEME,
     MANAGE,
@@ -43,11 +46,8 @@ from telemetry_common.api_keys import (
     is_admin_key,
     unauthorised_error,
 )
-from telemetry_common.identifiers import PROJECT_ID_PATTERN
-from telemetry_common.mongo import Database
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
-from telemetry_common.tenancy import PROJECTS
-from telemetry_common.timefmt import utcnow
+from telemetry_common.infra.mongo import Database
+from telemetry_common.infra.tenancy import PROJECTS
 
 ANONYMOUS = "anonymous"
 ADMIN = "admin"

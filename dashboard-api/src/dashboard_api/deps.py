@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
-from telemetry_common.mongo import Database
-from telemetry_common.timefmt import to_utc_ms
+from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from telemetry_common.domain.timefmt import to_utc_ms
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.infra.mongo import Database
 
 
 # Dependencies are async on purpose: FastAPI runs a plain `def` dependency in a

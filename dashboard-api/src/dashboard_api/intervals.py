@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from telemetry_common.api_errors import ApiError
-from telemetry_common.resolutions import bucket_start, resolution_seconds, serving_resolution
-from telemetry_common.rollup import Rollup
-from telemetry_common.timefmt import iso_z, to_utc_ms
+from telemetry_common.domain.resolutions import bucket_start, resolution_seconds, serving_resolution
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.timefmt import iso_z, to_utc_ms
+from telemetry_common.http.api_errors import ApiError
 
 
 def choose_resolution(interval: str, stored: Mapping[str, int]) -> tuple[int, str]:

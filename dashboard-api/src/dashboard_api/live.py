@@ -27,9 +27,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.errors import PyMongoError
-from telemetry_common.mongo import RAW, ROLLUPS, Database
-from telemetry_common.resolutions import RollupPlan, bucket_start
-from telemetry_common.rollup_layout import (
+from telemetry_common.domain.resolutions import RollupPlan, bucket_start
+from telemetry_common.domain.rollup_layout import (
     ROW_FIELDS,
     bucket_id,
     merged_bucket,
@@ -37,6 +36,7 @@ from telemetry_common.rollup_layout import (
     parse_bucket_id,
     scoped_id,
 )
+from telemetry_common.infra.mongo import RAW, ROLLUPS, Database
 
 from dashboard_api.paging import Position, after
 from dashboard_api.serialize import as_served

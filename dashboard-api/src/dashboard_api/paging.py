@@ -18,9 +18,9 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Query
-from telemetry_common.api_errors import ApiError
-from telemetry_common.mongo import Collection
-from telemetry_common.timefmt import iso_z, to_utc_ms
+from telemetry_common.domain.timefmt import iso_z, to_utc_ms
+from telemetry_common.http.api_errors import ApiError
+from telemetry_common.infra.mongo import Collection
 
 Cursor = Annotated[
     str | None,

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from telemetry_common.mongo import Collection, newest_first
-from telemetry_common.resolutions import bucket_start
-from telemetry_common.rollup_layout import (
+from telemetry_common.domain.resolutions import bucket_start
+from telemetry_common.domain.rollup_layout import (
     RowSelection,
     bucket_filter,
     bucket_id,
@@ -42,6 +41,7 @@ from telemetry_common.rollup_layout import (
     row_projection,
     window_field,
 )
+from telemetry_common.infra.mongo import Collection, newest_first
 
 from dashboard_api.paging import Position, after, decode_cursor, encode_cursor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from telemetry_common.timefmt import iso_z
+from telemetry_common.domain.timefmt import iso_z
 
 # Bookkeeping for idempotent writes; meaningless to API clients.
 INTERNAL_FIELDS = frozenset(

@@ -32,13 +32,13 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from pymongo.errors import PyMongoError
-from telemetry_common.api_errors import ApiError
-from telemetry_common.background import BackgroundTasks
-from telemetry_common.kafka.offsets import KafkaOffsets
-from telemetry_common.metrics import Instruments
-from telemetry_common.mongo import ALERTS, DEVICES, RAW, ROLLUPS, Database
-from telemetry_common.settings import DashboardSettings
-from telemetry_common.timefmt import iso_z, utcnow
+from telemetry_common.domain.timefmt import iso_z, utcnow
+from telemetry_common.http.api_errors import ApiError
+from telemetry_common.infra.background import BackgroundTasks
+from telemetry_common.infra.kafka.offsets import KafkaOffsets
+from telemetry_common.infra.metrics import Instruments
+from telemetry_common.infra.mongo import ALERTS, DEVICES, RAW, ROLLUPS, Database
+from telemetry_common.infra.settings import DashboardSettings
 
 log = logging.getLogger(__name__)
 

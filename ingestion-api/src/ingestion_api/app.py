@@ -8,14 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
-from telemetry_common.api_errors import install_error_handlers
-from telemetry_common.api_keys import API_KEYS, KeyCache
-from telemetry_common.http_metrics import RequestMetricsMiddleware, add_metrics_route
-from telemetry_common.metrics import new_registry
-from telemetry_common.mongo import Client, connect
-from telemetry_common.request_id import add_request_id
-from telemetry_common.settings import IngestionSettings
-from telemetry_common.tenancy import ProjectQuotas
+from telemetry_common.http.api_errors import install_error_handlers
+from telemetry_common.http.api_keys import API_KEYS, KeyCache
+from telemetry_common.http.metrics import RequestMetricsMiddleware, add_metrics_route
+from telemetry_common.http.request_id import add_request_id
+from telemetry_common.infra.metrics import new_registry
+from telemetry_common.infra.mongo import Client, connect
+from telemetry_common.infra.settings import IngestionSettings
+from telemetry_common.infra.tenancy import ProjectQuotas
 
 from ingestion_api import schemas
 from ingestion_api.context import IngestContext

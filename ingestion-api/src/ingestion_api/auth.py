@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import Request
-from telemetry_common.api_errors import ApiError
-from telemetry_common.api_keys import (
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.http.api_errors import ApiError
+from telemetry_common.http.api_keys import (
     API_KEY_HEADER,
     INGEST,
     ApiKey,
     is_admin_key,
     unauthorised_error,
 )
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
 
 from ingestion_api.context import IngestContext
 from ingestion_api.limits import TooManyWaiting, retry_after_header

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 from fastapi import Request
-from telemetry_common.api_errors import ApiError
+from telemetry_common.http.api_errors import ApiError
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from fastapi import Request
-from telemetry_common.api_keys import KeyCache
-from telemetry_common.mongo import Database
-from telemetry_common.settings import IngestionSettings
-from telemetry_common.tenancy import ProjectQuotas
+from telemetry_common.http.api_keys import KeyCache
+from telemetry_common.infra.mongo import Database
+from telemetry_common.infra.settings import IngestionSettings
+from telemetry_common.infra.tenancy import ProjectQuotas
 
 from ingestion_api.dedupe import RecentEventIds
 from ingestion_api.limits import DeviceTurns, RateLimiter, ReadingQuotas

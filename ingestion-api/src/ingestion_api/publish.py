@@ -19,14 +19,14 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry
-from telemetry_common.background import BackgroundTasks
-from telemetry_common.errors import TelemetryError
-from telemetry_common.kafka.producer import RenewableProducer, build_producer
-from telemetry_common.kafka.readings import project_header
-from telemetry_common.metrics import REQUEST_BUCKETS, Instruments
-from telemetry_common.reading import Reading
-from telemetry_common.request_id import kafka_headers
-from telemetry_common.retry import retrying
+from telemetry_common.domain.reading import Reading
+from telemetry_common.http.request_id import kafka_headers
+from telemetry_common.infra.background import BackgroundTasks
+from telemetry_common.infra.errors import TelemetryError
+from telemetry_common.infra.kafka.producer import RenewableProducer, build_producer
+from telemetry_common.infra.kafka.readings import project_header
+from telemetry_common.infra.metrics import REQUEST_BUCKETS, Instruments
+from telemetry_common.infra.retry import retrying
 
 log = logging.getLogger(__name__)
 

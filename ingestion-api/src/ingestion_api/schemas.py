@@ -1,5 +1,5 @@
 """Request and response shapes, for OpenAPI. A reading's schema comes from the parser
-(telemetry_common.reading), which gives field-by-field errors pydantic alone could
+(telemetry_common.domain.reading), which gives field-by-field errors pydantic alone could
 not (any numeric top-level field is a metric)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from telemetry_common.api_errors import ErrorOut, FieldErrorOut
-from telemetry_common.reading import reading_json_schema
+from telemetry_common.domain.reading import reading_json_schema
+from telemetry_common.http.api_errors import ErrorOut, FieldErrorOut
 
 FLAT_EXAMPLE = {
     "device_id": "dev-1",

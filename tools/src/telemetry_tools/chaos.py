@@ -34,8 +34,8 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from telemetry_common.mongo import connect
-from telemetry_common.resolutions import DEFAULT_PLAN
+from telemetry_common.domain.resolutions import DEFAULT_PLAN
+from telemetry_common.infra.mongo import connect
 
 from telemetry_tools import loadgen
 from telemetry_tools.dlq import read_all

@@ -17,11 +17,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
-from telemetry_common import request_id
-from telemetry_common.kafka import dlq
-from telemetry_common.kafka.producer import build_producer
-from telemetry_common.kafka.readings import PROJECT_HEADER
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.infra.kafka import dlq
+from telemetry_common.infra.kafka.producer import build_producer
+from telemetry_common.infra.kafka.readings import PROJECT_HEADER, REQUEST_ID_HEADER
 
 
 async def read_all(bootstrap_servers: str, topic: str, idle_s: float = 2.0) -> list[ConsumerRecord]:
@@ -63,7 +62,7 @@ def describe(record: ConsumerRecord) -> dict[str, Any]:
         "reason": headers.get(dlq.HEADER_REASON),
         "failed_at": headers.get(dlq.HEADER_FAILED_AT),
         "attempts": headers.get(dlq.HEADER_ATTEMPTS),
-        "request_id": headers.get(request_id.KAFKA_HEADER),
+        "request_id": headers.get(REQUEST_ID_HEADER),
         "project_id": project_of(record),
         "source": {
             "topic": headers.get(dlq.HEADER_SOURCE_TOPIC),

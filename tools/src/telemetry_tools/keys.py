@@ -21,12 +21,12 @@ import os
 import sys
 from typing import Any
 
-from telemetry_common.api_keys import SCOPES, ApiKey, issue_key, list_keys, revoke_key
-from telemetry_common.identifiers import DEVICE_ID_RE
-from telemetry_common.mongo import connect
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
-from telemetry_common.tenancy import PROJECTS, ensure_tenancy
-from telemetry_common.timefmt import iso_z
+from telemetry_common.domain.identifiers import DEVICE_ID_RE
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.timefmt import iso_z
+from telemetry_common.http.api_keys import SCOPES, ApiKey, issue_key, list_keys, revoke_key
+from telemetry_common.infra.mongo import connect
+from telemetry_common.infra.tenancy import PROJECTS, ensure_tenancy
 
 
 def _public(key: ApiKey) -> dict[str, Any]:

@@ -14,7 +14,7 @@ create the project-led indexes and drop those they replace when they start).
 Rollups before: ``aggregated_data``, one document per (device, metric, resolution,
 bucket). Now: ``rollups``, one document per (project, device, resolution,
 bucket) with every metric under ``metrics.<name>`` (see
-:mod:`telemetry_common.rollup_layout`).
+:mod:`telemetry_common.domain.rollup_layout`).
 
 Idempotent: a bucket is written from all of its legacy documents at once, with
 ``$setOnInsert`` of its identity, ``$set`` of each ``metrics.<name>`` and
@@ -57,8 +57,18 @@ from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, CursorNotFound
-from telemetry_common.api_keys import API_KEYS
-from telemetry_common.mongo import (
+from telemetry_common.domain.resolutions import DEFAULT_PLAN, RollupPlan
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.rollup_layout import (
+    DEFAULT_PROJECT,
+    LEGACY_ROLLUPS,
+    ROLLUPS,
+    bucket_document,
+    windows_of,
+)
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.http.api_keys import API_KEYS
+from telemetry_common.infra.mongo import (
     ALERT_RULES,
     ALERT_SILENCES,
     ALERTS,
@@ -71,17 +81,7 @@ from telemetry_common.mongo import (
     connect,
     ensure_indexes,
 )
-from telemetry_common.resolutions import DEFAULT_PLAN, RollupPlan
-from telemetry_common.rollup import Rollup
-from telemetry_common.rollup_layout import (
-    DEFAULT_PROJECT,
-    LEGACY_ROLLUPS,
-    ROLLUPS,
-    bucket_document,
-    windows_of,
-)
-from telemetry_common.settings import RollupSettings
-from telemetry_common.timefmt import utcnow
+from telemetry_common.infra.settings import RollupSettings
 from tqdm import tqdm
 
 MIGRATIONS = "migrations"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from telemetry_common.kafka.topics import default_topics, ensure_topics
+from telemetry_common.infra.kafka.topics import default_topics, ensure_topics
 
 from telemetry_tools.servers import KafkaServer, MongoServer, port_open
 

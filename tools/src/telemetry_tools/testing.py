@@ -16,8 +16,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from pymongo import AsyncMongoClient
-from telemetry_common.kafka.topics import TopicSpec, ensure_topics
-from telemetry_common.mongo import Client, Database
+from telemetry_common.infra.kafka.topics import TopicSpec, ensure_topics
+from telemetry_common.infra.mongo import Client, Database
 
 from telemetry_tools.servers import KafkaServer, MongoServer, free_port
 

@@ -22,16 +22,16 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
-from telemetry_common.mongo import ALERTS, RAW, ROLLUPS, Database
-from telemetry_common.resolutions import bucket_start
-from telemetry_common.rollup_layout import (
+from telemetry_common.domain.resolutions import bucket_start
+from telemetry_common.domain.rollup_layout import (
     DEFAULT_PROJECT,
     bucket_filter,
     device_prefix_range,
     metric_rows,
     served_fields,
 )
-from telemetry_common.sketch import PERCENTILES, RELATIVE_ACCURACY
+from telemetry_common.domain.sketch import PERCENTILES, RELATIVE_ACCURACY
+from telemetry_common.infra.mongo import ALERTS, RAW, ROLLUPS, Database
 
 BucketId = tuple[str, str, str, Any]
 # $in lists stay well under the 16 MB command limit.

@@ -1,6 +1,6 @@
 """One delivery attempt: check where the URL leads, then POST to exactly that address.
 
-The URL's host is resolved and every address checked (telemetry_common.webhook_targets)
+The URL's host is resolved and every address checked (telemetry_common.infra.webhook_targets)
 right before the attempt, and the request goes to the checked address with the
 original Host header and TLS server name: a DNS answer that changed since the
 webhook was registered (DNS rebinding) cannot steer it into the cluster.
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
-from telemetry_common.webhook_targets import (
+from telemetry_common.infra.webhook_targets import (
     CheckedTarget,
     TargetPolicy,
     TargetRefused,

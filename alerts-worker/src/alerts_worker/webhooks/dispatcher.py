@@ -21,11 +21,11 @@ from typing import Any
 import aiohttp
 from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
-from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
-from telemetry_common.retry import retrying
-from telemetry_common.settings import WebhookDeliverySettings
-from telemetry_common.timefmt import utcnow
-from telemetry_common.webhook_signature import delivery_headers
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.domain.webhook_signature import delivery_headers
+from telemetry_common.infra.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
+from telemetry_common.infra.retry import retrying
+from telemetry_common.infra.settings import WebhookDeliverySettings
 
 from alerts_worker.documents import DeliveryAttempt
 from alerts_worker.webhooks.backoff import retry_delay

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
-from telemetry_common.metrics import Instruments
+from telemetry_common.infra.metrics import Instruments
 
 
 def url_label(url: str) -> str:

@@ -14,13 +14,13 @@ import contextlib
 import logging
 
 from prometheus_client import CollectorRegistry
-from telemetry_common.kafka.consumer import Consumed, Handler
-from telemetry_common.kafka.producer import build_producer
-from telemetry_common.metrics import ConsumerMetrics
-from telemetry_common.mongo import Database, connect, ensure_indexes
-from telemetry_common.settings import AlertsSettings
-from telemetry_common.timefmt import utcnow
-from telemetry_common.worker import consume_loop, start_with_retry, subscribe
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.infra.kafka.consumer import Consumed, Handler
+from telemetry_common.infra.kafka.producer import build_producer
+from telemetry_common.infra.metrics import ConsumerMetrics
+from telemetry_common.infra.mongo import Database, connect, ensure_indexes
+from telemetry_common.infra.settings import AlertsSettings
+from telemetry_common.infra.worker import consume_loop, start_with_retry, subscribe
 
 from alerts_worker.webhooks.delivery import new_client
 from alerts_worker.webhooks.dispatcher import Dispatcher

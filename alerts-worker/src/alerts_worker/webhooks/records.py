@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from aiokafka.structs import ConsumerRecord
 from pymongo import UpdateOne
-from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
-from telemetry_common.timefmt import to_utc_ms
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.timefmt import to_utc_ms
+from telemetry_common.infra.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
 
 from alerts_worker.documents import Announced, DeliveryDocument, DeliveryStatus
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
-from telemetry_common.identifiers import DEVICE_ID_PATTERN, RESOLUTION_PATTERN
-from telemetry_common.mongo import ROLLUPS
-from telemetry_common.rollup_layout import RowSelection
-from telemetry_common.timefmt import to_utc_ms
+from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN, RESOLUTION_PATTERN
+from telemetry_common.domain.rollup_layout import RowSelection
+from telemetry_common.domain.timefmt import to_utc_ms
+from telemetry_common.infra.mongo import ROLLUPS
 
 from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import (

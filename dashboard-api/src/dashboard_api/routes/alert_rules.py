@@ -11,17 +11,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import BaseModel, Field
-from telemetry_common.alert_rules import (
-    ALERT_RULES,
+from telemetry_common.domain.alert_rules import (
     RuleCreate,
     RuleError,
     RuleUpdate,
     check_rule,
 )
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
-from telemetry_common.mongo import Database
-from telemetry_common.timefmt import utcnow
+from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.infra.mongo import ALERT_RULES, Database
 
 from dashboard_api.auth import WRITE_ERRORS, Caller, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page

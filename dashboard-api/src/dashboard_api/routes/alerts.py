@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.mongo import ALERTS
-from telemetry_common.timefmt import utcnow
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.infra.mongo import ALERTS
 
 from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, DeviceFilter, From, Limit, To, page, time_range

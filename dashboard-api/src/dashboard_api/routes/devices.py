@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.identifiers import DEVICE_ID_PATTERN
-from telemetry_common.mongo import ALERTS, DEVICES, Database
-from telemetry_common.rollup_layout import scoped_id
+from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN
+from telemetry_common.domain.rollup_layout import scoped_id
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.infra.mongo import ALERTS, DEVICES, Database
 
 from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, TagFilter, page

@@ -6,11 +6,15 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Query, Request
-from telemetry_common.api_errors import ErrorOut
-from telemetry_common.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, RESOLUTION_PATTERN
-from telemetry_common.mongo import ROLLUPS
-from telemetry_common.rollup_layout import RowSelection, bucket_filter, metric_rows
-from telemetry_common.timefmt import iso_z, utcnow
+from telemetry_common.domain.identifiers import (
+    DEVICE_ID_PATTERN,
+    METRIC_NAME_PATTERN,
+    RESOLUTION_PATTERN,
+)
+from telemetry_common.domain.rollup_layout import RowSelection, bucket_filter, metric_rows
+from telemetry_common.domain.timefmt import iso_z, utcnow
+from telemetry_common.http.api_errors import ErrorOut
+from telemetry_common.infra.mongo import ROLLUPS
 
 from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import Db

@@ -14,10 +14,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
-from telemetry_common.alert_rules import ALERT_SILENCES
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.identifiers import DEVICE_ID_PATTERN
-from telemetry_common.timefmt import to_utc_ms, utcnow
+from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN
+from telemetry_common.domain.timefmt import to_utc_ms, utcnow
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.infra.mongo import ALERT_SILENCES
 
 from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from telemetry_common.api_errors import ErrorOut
+from telemetry_common.http.api_errors import ErrorOut
 
 from dashboard_api.auth import Reader, read_router
 from dashboard_api.schemas import StatsOut

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.identifiers import DEVICE_ID_PATTERN
-from telemetry_common.timefmt import iso_z
+from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN
+from telemetry_common.domain.timefmt import iso_z
+from telemetry_common.http.api_errors import ApiError, ErrorOut
 
 from dashboard_api.alert_feed import AlertFeed
 from dashboard_api.auth import (

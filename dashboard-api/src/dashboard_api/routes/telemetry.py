@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from telemetry_common.identifiers import DEVICE_ID_PATTERN
-from telemetry_common.mongo import RAW
+from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN
+from telemetry_common.infra.mongo import RAW
 
 from dashboard_api.auth import Caller, Reader, read_router
 from dashboard_api.deps import (

@@ -13,16 +13,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field, field_validator
 from pymongo import ReturnDocument
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.api_keys import (
+from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.http.api_keys import (
     API_KEYS,
     INGEST,
     ApiKey,
     Scope,
     issue_key,
 )
-from telemetry_common.identifiers import DEVICE_ID_PATTERN
-from telemetry_common.tenancy import (
+from telemetry_common.infra.tenancy import (
     NAME_MAX,
     ORGANIZATIONS,
     PROJECTS,
@@ -30,7 +31,6 @@ from telemetry_common.tenancy import (
     new_org_id,
     new_project_id,
 )
-from telemetry_common.timefmt import utcnow
 
 from dashboard_api.auth import ADMIN_ERRORS, Admin, ProjectId, ProjectManager, require_project
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page

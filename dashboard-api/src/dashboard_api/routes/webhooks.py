@@ -1,6 +1,6 @@
 """Webhooks: where alert transitions are POSTed, and what became of each delivery.
 
-Registering checks the URL against the SSRF policy (telemetry_common.webhook_targets);
+Registering checks the URL against the SSRF policy (telemetry_common.infra.webhook_targets);
 the alert notifier in alerts-worker checks it again at every delivery. The
 signing secret is shown once, in the answer to the POST, and never again.
 """
@@ -12,12 +12,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.identifiers import DEVICE_ID_PATTERN
-from telemetry_common.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
-from telemetry_common.timefmt import utcnow
-from telemetry_common.webhook_signature import SECRET_PREFIX, new_secret, signing_key
-from telemetry_common.webhook_targets import TargetRefused, check_target
+from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.domain.webhook_signature import SECRET_PREFIX, new_secret, signing_key
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.infra.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
+from telemetry_common.infra.webhook_targets import TargetRefused, check_target
 
 from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page

@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
-from telemetry_common.settings import DashboardSettings
+from telemetry_common.infra.settings import DashboardSettings
 
 STATIC = Path(__file__).parent / "static"
 UI_PATH = "/ui"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Security
-from telemetry_common.api_errors import ApiError, ErrorOut
-from telemetry_common.api_keys import API_KEY_SCHEME, ApiKey, issue_key, list_keys, revoke_key
-from telemetry_common.identifiers import DEVICE_ID_RE
-from telemetry_common.timefmt import iso_z
+from telemetry_common.domain.identifiers import DEVICE_ID_RE
+from telemetry_common.domain.timefmt import iso_z
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.http.api_keys import API_KEY_SCHEME, ApiKey, issue_key, list_keys, revoke_key
 
 from ingestion_api import schemas
 from ingestion_api.auth import require_admin

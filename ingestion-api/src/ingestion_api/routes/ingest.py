@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request, Response, Security
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
-from telemetry_common.api_errors import ApiError, error_response
-from telemetry_common.api_keys import API_KEY_SCHEME, INGEST
-from telemetry_common.reading import InvalidReading, Reading, parse_reading
-from telemetry_common.rollup_layout import scoped_id
-from telemetry_common.timefmt import utcnow
+from telemetry_common.domain.reading import InvalidReading, Reading, parse_reading
+from telemetry_common.domain.rollup_layout import scoped_id
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.http.api_errors import ApiError, error_response
+from telemetry_common.http.api_keys import API_KEY_SCHEME, INGEST
 
 from ingestion_api import schemas
 from ingestion_api.auth import (

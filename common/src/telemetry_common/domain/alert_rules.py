@@ -17,16 +17,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 
-from telemetry_common.identifiers import (
+from telemetry_common.domain.identifiers import (
     DEVICE_ID_PATTERN,
     DURATION_PATTERN,
     DURATION_RE,
     METRIC_NAME_PATTERN,
 )
-from telemetry_common.mongo import ALERT_RULES as ALERT_RULES
-from telemetry_common.mongo import ALERT_SILENCES as ALERT_SILENCES
-from telemetry_common.resolutions import UNIT_SECONDS
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.resolutions import UNIT_SECONDS
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
 
 Operator = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]

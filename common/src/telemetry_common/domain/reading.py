@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from telemetry_common.identifiers import (
+from telemetry_common.domain.identifiers import (
     DEVICE_ID_PATTERN,
     DEVICE_ID_RE,
     EVENT_ID_PATTERN,
@@ -28,8 +28,8 @@ from telemetry_common.identifiers import (
     METRIC_NAME_PATTERN,
     METRIC_NAME_RE,
 )
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
-from telemetry_common.timefmt import iso_z, to_utc_ms
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.timefmt import iso_z, to_utc_ms
 
 RESERVED_FIELDS = frozenset({"device_id", "ts", "event_id", "metrics", "tags", "lat", "lon"})
 MAX_METRICS = 100
@@ -67,7 +67,7 @@ class Reading:
     lat: float | None = None
     lon: float | None = None
     # The project of the key that posted it; on Kafka it travels in a header
-    # (telemetry_common.kafka.readings), beside the canonical value.
+    # (telemetry_common.infra.kafka.readings), beside the canonical value.
     project_id: str = DEFAULT_PROJECT
 
     def to_kafka_value(self) -> bytes:

@@ -7,7 +7,7 @@ import gc
 import uvicorn
 from starlette.types import ASGIApp
 
-from telemetry_common.settings import DashboardSettings, IngestionSettings
+from telemetry_common.infra.settings import DashboardSettings, IngestionSettings
 
 
 def serve_api(app: ASGIApp, settings: IngestionSettings | DashboardSettings) -> None:

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 
-from telemetry_common.reading import FieldError
+from telemetry_common.domain.reading import FieldError
 
 
 class FieldErrorOut(BaseModel):

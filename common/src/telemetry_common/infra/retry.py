@@ -25,7 +25,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from telemetry_common.errors import is_transient
+from telemetry_common.infra.errors import is_transient
 
 log = logging.getLogger(__name__)
 

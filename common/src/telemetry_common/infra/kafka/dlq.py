@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from aiokafka.structs import ConsumerRecord
 
-from telemetry_common import request_id
-from telemetry_common.kafka.producer import RenewableProducer
-from telemetry_common.kafka.readings import PROJECT_HEADER
-from telemetry_common.timefmt import iso_z, utcnow
+from telemetry_common.domain.timefmt import iso_z, utcnow
+from telemetry_common.infra.kafka.producer import RenewableProducer
+from telemetry_common.infra.kafka.readings import PROJECT_HEADER, REQUEST_ID_HEADER
 
 HEADER_WORKER = "dlq.worker"
 HEADER_REASON = "dlq.reason"
@@ -20,7 +19,7 @@ HEADER_SOURCE_OFFSET = "dlq.source.offset"
 MAX_REASON_BYTES = 2000
 
 
-CARRIED_HEADERS = frozenset({request_id.KAFKA_HEADER, PROJECT_HEADER})
+CARRIED_HEADERS = frozenset({REQUEST_ID_HEADER, PROJECT_HEADER})
 
 
 def dlq_headers(

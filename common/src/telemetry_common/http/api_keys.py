@@ -21,11 +21,11 @@ from typing import Any, Literal
 from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 
-from telemetry_common.api_errors import ApiError
-from telemetry_common.mongo import Database
-from telemetry_common.reloading import Reloading
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
-from telemetry_common.timefmt import utcnow
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.http.api_errors import ApiError
+from telemetry_common.infra.mongo import Database
+from telemetry_common.infra.reloading import Reloading
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import asyncio
 from aiokafka.errors import KafkaError
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from telemetry_common.kafka.producer import is_stale_producer
+from telemetry_common.infra.kafka.producer import is_stale_producer
 
 
 class TelemetryError(Exception):

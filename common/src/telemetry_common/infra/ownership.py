@@ -27,9 +27,9 @@ from typing import Any
 
 from pymongo import ReturnDocument
 
-from telemetry_common.errors import TelemetryError
-from telemetry_common.mongo import Database
-from telemetry_common.timefmt import utcnow
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.infra.errors import TelemetryError
+from telemetry_common.infra.mongo import Database
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
 # Defined with the layout; re-exported here beside the other collections' names.
-from telemetry_common.rollup_layout import LEGACY_ROLLUPS as LEGACY_ROLLUPS
-from telemetry_common.rollup_layout import ROLLUPS as ROLLUPS
-from telemetry_common.rollup_layout import window_field, window_index_name
+from telemetry_common.domain.rollup_layout import LEGACY_ROLLUPS as LEGACY_ROLLUPS
+from telemetry_common.domain.rollup_layout import ROLLUPS as ROLLUPS
+from telemetry_common.domain.rollup_layout import window_field, window_index_name
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from telemetry_common.resolutions import (
+from telemetry_common.domain.resolutions import (
     DEFAULT_MATERIALIZED,
     DEFAULT_RESOLUTIONS,
     DEFAULT_ROLLUP_RETENTION,
@@ -23,7 +23,7 @@ from telemetry_common.resolutions import (
     parse_resolutions,
     parse_retention,
 )
-from telemetry_common.webhook_targets import TargetPolicy, parse_allowed_targets
+from telemetry_common.infra.webhook_targets import TargetPolicy, parse_allowed_targets
 
 
 class CommonSettings(BaseSettings):

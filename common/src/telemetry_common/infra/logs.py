@@ -1,7 +1,7 @@
 """One log format for every service: a JSON object per line (python-json-logger, orjson).
 
 Each line has ts, level, service, logger and message, the request id of the
-HTTP request being served (see request_id.py), whatever a call passed in
+HTTP request being served (the APIs pass request_id.log_filter()), whatever a call passed in
 ``extra=`` (partition, offset, event_id...), so logs are searched by field, and
 a logged exception's stack trace under ``exception``.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from asgi_correlation_id import correlation_id
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 FIELDS = "%(levelname)s %(name)s %(message)s"
@@ -34,14 +34,18 @@ class JsonFormatter(OrjsonFormatter):
     ) -> None:
         log_data["ts"] = log_time(record.created)
         super().add_fields(log_data, record, message_dict)
-        request_id = correlation_id.get()
+        # Set by the APIs' log filter (None outside a request); workers pass
+        # request_id themselves in ``extra``, from the record's Kafka header.
+        request_id = log_data.pop("correlation_id", None)
         if request_id:
             log_data["request_id"] = request_id
 
 
-def configure_logging(level: str, service: str) -> None:
+def configure_logging(level: str, service: str, filters: Sequence[logging.Filter] = ()) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter(service))
+    for log_filter in filters:
+        handler.addFilter(log_filter)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     root_level = logging.getLogger().level
     # aiokafka logs every reconnect attempt at ERROR while Kafka is down; the

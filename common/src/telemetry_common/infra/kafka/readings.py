@@ -1,9 +1,11 @@
-"""Readings on telemetry.raw: the canonical JSON value, and their project in a header.
+"""Readings on telemetry.raw: the canonical JSON value, their project and request id in headers.
 
 The key stays the device id (per-device order, and partitions as before); the
 project rides in the ``project`` header, so a consumer learns it without
 parsing the value and a record written before projects (no header) is the
-default project's.
+default project's. The ``request_id`` header names the HTTP request that posted
+it; each worker logs it beside the record it processed, so one search finds a
+reading's path through the API, Kafka and both workers.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from collections.abc import Sequence
 
 from aiokafka.structs import ConsumerRecord
 
-from telemetry_common.identifiers import PROJECT_ID_RE
-from telemetry_common.reading import FieldError, InvalidReading, Reading, decode_kafka_value
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.identifiers import PROJECT_ID_RE
+from telemetry_common.domain.reading import FieldError, InvalidReading, Reading, decode_kafka_value
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
 
 PROJECT_HEADER = "project"
+REQUEST_ID_HEADER = "request_id"
 _DEFAULT_HEADER = (PROJECT_HEADER, DEFAULT_PROJECT.encode())
 
 
@@ -36,6 +39,13 @@ def project_of(headers: Sequence[tuple[str, bytes]] | None) -> str:
                 raise InvalidReading([FieldError(PROJECT_HEADER, "header is not a project id")])
             return project_id
     return DEFAULT_PROJECT
+
+
+def request_id_of(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
+    for key, value in headers or ():
+        if key == REQUEST_ID_HEADER:
+            return value.decode("utf-8", "replace")
+    return None
 
 
 def decode_reading(record: ConsumerRecord) -> Reading:

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from telemetry_common.metrics import REQUEST_BUCKETS, Instruments
+from telemetry_common.infra.metrics import REQUEST_BUCKETS, Instruments
 
 
 class RequestMetricsMiddleware:

@@ -14,7 +14,7 @@ epoch seconds, so one device's buckets of one resolution are a contiguous
 Listings across devices use ``project_resolution_ts_id``.
 
 Only the stored resolutions have documents (see
-:class:`telemetry_common.resolutions.RollupPlan`); a resolution served by merging
+:class:`telemetry_common.domain.resolutions.RollupPlan`); a resolution served by merging
 a stored one (5m from 1m) is read from the stored documents of its window. For
 listings across devices those carry ``windows.<resolution>``, the start of the
 window each falls in, under an index per merged resolution that orders them
@@ -22,7 +22,7 @@ window first, then by ``_id``: a window's documents come grouped by device.
 
 Writers' bookkeeping: ``_applied`` (highest offset folded per Kafka partition)
 and ``_e`` (the epoch of the partition owner that wrote it, see
-:mod:`telemetry_common.ownership`).
+:mod:`telemetry_common.infra.ownership`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from telemetry_common.resolutions import EPOCH, bucket_start
-from telemetry_common.rollup import Rollup
-from telemetry_common.sketch import bin_key
+from telemetry_common.domain.resolutions import EPOCH, bucket_start
+from telemetry_common.domain.rollup import Rollup
+from telemetry_common.domain.sketch import bin_key
 
 ROLLUPS = "rollups"
 # The layout before this one: one document per (device, metric, resolution, bucket).

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from telemetry_common.retry import retrying
+from telemetry_common.infra.retry import retrying
 
 log = logging.getLogger(__name__)
 

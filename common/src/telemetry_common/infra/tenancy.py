@@ -14,10 +14,10 @@ import secrets
 
 from pymongo import ASCENDING, IndexModel
 
-from telemetry_common.mongo import DEVICES, Database
-from telemetry_common.reloading import Reloading
-from telemetry_common.rollup_layout import DEFAULT_PROJECT
-from telemetry_common.timefmt import utcnow
+from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
+from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.infra.mongo import DEVICES, Database
+from telemetry_common.infra.reloading import Reloading
 
 ORGANIZATIONS = "organizations"
 PROJECTS = "projects"

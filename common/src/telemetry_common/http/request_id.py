@@ -1,23 +1,23 @@
-"""The request id that follows a reading: HTTP header, Kafka header, log field.
+"""The request id of the APIs: HTTP header, log field, Kafka header.
 
 Both APIs take the client's ``X-Request-ID`` (or make one) and answer with it:
 asgi-correlation-id's middleware, which keeps the id in its ``correlation_id``
-ContextVar while the request is served, where the JSON log formatter reads it.
-ingestion-api sends it with every reading of that request as the Kafka header
-``request_id``; each worker logs it beside the record it processed, so one
-grep finds a reading's path through the API, Kafka and both workers.
+ContextVar while the request is served; its log filter puts it on every line
+logged meanwhile. ingestion-api sends it with every reading of that request as
+the Kafka header ``request_id`` (kafka/readings.py), which the workers log.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
 
-from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from asgi_correlation_id import CorrelationIdFilter, CorrelationIdMiddleware, correlation_id
 from fastapi import FastAPI
 
+from telemetry_common.infra.kafka.readings import REQUEST_ID_HEADER
+
 HTTP_HEADER = "X-Request-ID"
-KAFKA_HEADER = "request_id"
 
 # A client's id is kept only if it is short and plain: it ends up in log lines.
 # The library's default keeps UUIDs only; devices send ids of their own.
@@ -45,11 +45,9 @@ def add_request_id(app: FastAPI) -> None:
 def kafka_headers() -> list[tuple[str, bytes]]:
     """The headers that carry the current request id into Kafka (none outside a request)."""
     request_id = correlation_id.get()
-    return [(KAFKA_HEADER, request_id.encode())] if request_id else []
+    return [(REQUEST_ID_HEADER, request_id.encode())] if request_id else []
 
 
-def from_kafka_headers(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
-    for key, value in headers or ():
-        if key == KAFKA_HEADER:
-            return value.decode("utf-8", "replace")
-    return None
+def log_filter() -> logging.Filter:
+    """For configure_logging: the request id on every line logged while serving a request."""
+    return CorrelationIdFilter()

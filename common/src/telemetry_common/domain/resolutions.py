@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from telemetry_common.identifiers import RESOLUTION_RE
+from telemetry_common.domain.identifiers import RESOLUTION_RE
 
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 DAY_S = 86_400

@@ -1,6 +1,6 @@
 """One rollup bucket's statistics and how two of them merge; shared by the writer and the readers.
 
-count, min, max, the sum (exact, see :mod:`telemetry_common.exact_sum`) and the
+count, min, max, the sum (exact, see :mod:`telemetry_common.domain.exact_sum`) and the
 percentile sketch merge exactly, so a bucket does not depend on how its readings
 were split into batches or in what order they came. The standard deviation is
 merged with Chan et al.'s parallel formula on (mean, M2), which is accurate
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from telemetry_common.exact_sum import add_exact, exact_partials, rounded
-from telemetry_common.sketch import PERCENTILES, QuantileSketch, bin_key, bin_value
+from telemetry_common.domain.exact_sum import add_exact, exact_partials, rounded
+from telemetry_common.domain.sketch import PERCENTILES, QuantileSketch, bin_key, bin_value
 
 
 def _earlier(ts: datetime, value: float, than_ts: datetime | None, than: float | None) -> bool:
@@ -152,7 +152,7 @@ class Rollup:
     @classmethod
     def from_fields(cls, doc: Mapping[str, Any]) -> Rollup:
         if "count" not in doc and "value" in doc:
-            # A bucket's only value, stored alone (telemetry_common.rollup_layout).
+            # A bucket's only value, stored alone (telemetry_common.domain.rollup_layout).
             single = cls()
             single.add(float(doc["value"]), doc["ts"])
             return single

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from telemetry_common.background import BackgroundTasks
+from telemetry_common.infra.background import BackgroundTasks
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from pymongo import ReplaceOne
 from pymongo.errors import BulkWriteError
 from pymongo.results import BulkWriteResult
 
-from telemetry_common.mongo import Collection
-from telemetry_common.ownership import not_newer_than
+from telemetry_common.infra.mongo import Collection
+from telemetry_common.infra.ownership import not_newer_than
 
 DUPLICATE_KEY = 11000
 

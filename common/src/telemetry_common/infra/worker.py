@@ -22,21 +22,21 @@ import uvloop
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
-from telemetry_common.kafka.consumer import (
+from telemetry_common.infra.kafka.consumer import (
     ConsumerLoop,
     Decode,
     Handler,
     RebalanceHooks,
     RetryPolicy,
 )
-from telemetry_common.kafka.dlq import DeadLetterPublisher
-from telemetry_common.kafka.producer import RenewableProducer, build_producer
-from telemetry_common.metrics import ConsumerMetrics
-from telemetry_common.mongo import Database, connect, ensure_indexes
-from telemetry_common.ownership import PartitionOwnership
-from telemetry_common.retry import retrying
-from telemetry_common.settings import WorkerSettings
-from telemetry_common.worker_http import serve, worker_app
+from telemetry_common.infra.kafka.dlq import DeadLetterPublisher
+from telemetry_common.infra.kafka.producer import RenewableProducer, build_producer
+from telemetry_common.infra.metrics import ConsumerMetrics
+from telemetry_common.infra.mongo import Database, connect, ensure_indexes
+from telemetry_common.infra.ownership import PartitionOwnership
+from telemetry_common.infra.retry import retrying
+from telemetry_common.infra.settings import WorkerSettings
+from telemetry_common.infra.worker_http import serve, worker_app
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from tenacity import AsyncRetrying
 
-from telemetry_common.errors import is_transient
-from telemetry_common.kafka.dlq import DeadLetterPublisher
-from telemetry_common.kafka.producer import RenewableProducer, is_stale_producer
-from telemetry_common.metrics import ConsumerMetrics
-from telemetry_common.ownership import PartitionsLost
-from telemetry_common.request_id import from_kafka_headers
-from telemetry_common.retry import retrying
+from telemetry_common.infra.errors import is_transient
+from telemetry_common.infra.kafka.dlq import DeadLetterPublisher
+from telemetry_common.infra.kafka.producer import RenewableProducer, is_stale_producer
+from telemetry_common.infra.kafka.readings import request_id_of
+from telemetry_common.infra.metrics import ConsumerMetrics
+from telemetry_common.infra.ownership import PartitionsLost
+from telemetry_common.infra.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class ConsumerLoop(Generic[T]):
                 log.debug(
                     "processed",
                     extra={
-                        "request_id": from_kafka_headers(item.record.headers),
+                        "request_id": request_id_of(item.record.headers),
                         "event_id": getattr(item.value, "event_id", None),
                         "partition": item.partition,
                         "offset": item.offset,
@@ -254,7 +254,7 @@ class ConsumerLoop(Generic[T]):
             record.partition,
             record.offset,
             reason,
-            extra={"request_id": from_kafka_headers(record.headers)},
+            extra={"request_id": request_id_of(record.headers)},
         )
 
     async def _renew_if_stale(self, exc: BaseException) -> None:
@@ -294,8 +294,9 @@ class ConsumerLoop(Generic[T]):
         try:
             async for attempt in retrying(
                 "commit offsets",
-                retry_on=lambda exc: not isinstance(exc, CommitFailedError | IllegalStateError)
-                and is_transient(exc),
+                retry_on=lambda exc: (
+                    not isinstance(exc, CommitFailedError | IllegalStateError) and is_transient(exc)
+                ),
                 initial_s=self._retry.initial_backoff_s,
                 max_s=self._retry.max_backoff_s,
             ):

@@ -1,0 +1,1 @@
+"""What the platform computes, free of I/O: readings, rules, rollups, sketches, times."""

@@ -1,0 +1,1 @@
+"""What the services run on: Kafka, MongoDB, settings, logs, metrics, retries, workers."""
