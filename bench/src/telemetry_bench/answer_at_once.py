@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import cast
 
 import uvloop
 
@@ -16,7 +17,8 @@ ANSWER = b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Le
 
 class AnswerAtOnce(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport: asyncio.WriteTransport = transport  # type: ignore[assignment]
+        # A TCP server's transport (uvloop's does not subclass asyncio's ABCs).
+        self._transport = cast(asyncio.WriteTransport, transport)
         self._buffer = b""
 
     def data_received(self, data: bytes) -> None:

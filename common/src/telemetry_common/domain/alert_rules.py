@@ -133,11 +133,14 @@ def _optional(info: FieldInfo) -> tuple[Any, FieldInfo]:
 
 # A PATCH: any subset of the fields, each checked as on creation; the fields
 # are checked together once merged with the stored rule (``check_rule``).
+_OPTIONAL_FIELDS: dict[str, Any] = {
+    name: _optional(info) for name, info in RuleCreate.model_fields.items()
+}
 RuleUpdate = create_model(
     "RuleUpdate",
     __config__=ConfigDict(extra="forbid", populate_by_name=True),
     __doc__="Fields to change; those left out keep their value.",
-    **{name: _optional(info) for name, info in RuleCreate.model_fields.items()},  # type: ignore[call-overload]
+    **_OPTIONAL_FIELDS,
 )
 
 
