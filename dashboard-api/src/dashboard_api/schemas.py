@@ -152,6 +152,38 @@ class IntervalAggregateOut(BaseModel):
     count: int = Field(description="number of buckets (empty intervals are left out)", examples=[6])
 
 
+class WindowOut(BaseModel):
+    metric: str | None = Field(
+        description="null: readings of any metric", examples=["temperature_c"]
+    )
+    device_ids: list[str] | None = Field(
+        description="the devices asked for; null: every device", examples=[["dev-1", "dev-2"]]
+    )
+    tag: str | None = Field(description="only readings carrying this tag", examples=[None])
+    from_time: str = Field(examples=["2025-01-15T10:00:00.000Z"])
+    to_time: str = Field(examples=["2025-01-15T11:00:00.000Z"])
+    served_from: list[str] = Field(
+        description="where the figures came from, coarsest first: stored resolutions, "
+        "and `raw` for what no stored bucket fits (the window's ragged edges, a tag)",
+        examples=[["1h", "1m", "raw"]],
+    )
+
+
+class WindowCountOut(WindowOut):
+    count: int = Field(description="readings in the window", examples=[7200])
+
+
+class WindowDevicesOut(WindowOut):
+    devices: int = Field(description="distinct devices that sent a reading", examples=[2])
+
+
+class WindowPercentilesOut(WindowOut):
+    count: int = Field(description="values the percentiles are of", examples=[7200])
+    p50: float | None = Field(description=PERCENTILE_NOTE + "; null: no value", examples=[21.4])
+    p95: float | None = Field(description=PERCENTILE_NOTE + "; null: no value", examples=[27.9])
+    p99: float | None = Field(description=PERCENTILE_NOTE + "; null: no value", examples=[29.3])
+
+
 class _Page(BaseModel):
     count: int = Field(description="items in this page", examples=[1])
     next_cursor: str | None = Field(

@@ -1,25 +1,37 @@
-"""`GET /v1/metrics/aggregate`: buckets of any servable interval, in the shape its clients read."""
+"""`GET /v1/metrics/*`: buckets of any servable interval (aggregate), and figures over
+any window (count, distinct devices, percentiles), from the rollups where they can be."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Query, Request
 from telemetry_common.domain.identifiers import (
     DEVICE_ID_PATTERN,
+    DEVICE_ID_RE,
     METRIC_NAME_PATTERN,
     RESOLUTION_PATTERN,
 )
+from telemetry_common.domain.rollup import Rollup
 from telemetry_common.domain.rollup_layout import RowSelection, bucket_filter, metric_rows
-from telemetry_common.domain.timefmt import iso_z, utcnow
-from telemetry_common.http.api_errors import ErrorOut
+from telemetry_common.domain.timefmt import iso_z, to_utc_ms, utcnow
+from telemetry_common.http.api_errors import ApiError, ErrorOut
+from telemetry_common.infra.mongo import RAW as RAW_READINGS
 from telemetry_common.infra.mongo import ROLLUPS
 
 from dashboard_api.auth import Reader, read_router
 from dashboard_api.deps import Db
 from dashboard_api.intervals import choose_resolution, interval_bucket, merge_into_intervals, window
-from dashboard_api.schemas import IntervalAggregateOut
+from dashboard_api.schemas import (
+    IntervalAggregateOut,
+    WindowCountOut,
+    WindowDevicesOut,
+    WindowPercentilesOut,
+)
+from dashboard_api.windowed import RAW, Piece, pieces
 
 router = read_router(prefix="/v1", tags=["aggregates"])
 
@@ -101,4 +113,219 @@ async def metric_aggregate(
         "to_time": iso_z(end),
         "buckets": buckets,
         "count": len(buckets),
+    }
+
+
+# --- figures over any window ------------------------------------------------------------
+
+MAX_DEVICES = 100
+DEFAULT_WINDOW = timedelta(hours=1)
+
+WindowMetric = Annotated[
+    str | None,
+    Query(
+        pattern=METRIC_NAME_PATTERN,
+        description="readings carrying this metric; any metric when absent (then counted "
+        "from the raw readings alone)",
+        examples=["temperature_c"],
+    ),
+]
+WindowDevices = Annotated[
+    list[str] | None,
+    Query(
+        alias="device_id",
+        description=f"repeat for several devices (at most {MAX_DEVICES}); every device when absent",
+        examples=[["dev-1", "dev-2"]],
+    ),
+]
+WindowTag = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=128,
+        description="only readings carrying this tag (served from the raw readings: rollups "
+        "keep no tags)",
+        examples=["room:101"],
+    ),
+]
+WindowFrom = Annotated[
+    datetime | None,
+    Query(
+        description="inclusive start, ISO 8601, to the millisecond (default: an hour before "
+        "to_time)",
+        examples=["2025-01-15T10:00:00Z"],
+    ),
+]
+WindowTo = Annotated[
+    datetime | None,
+    Query(description="exclusive end, ISO 8601 (default: now)", examples=["2025-01-15T11:00:00Z"]),
+]
+WINDOW_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"description": "a parameter is bad; `errors` names it", "model": ErrorOut}
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    """What a windowed figure is of: a project's readings in [start, end), maybe of one
+    metric, some devices, one tag; and the pieces it is served from."""
+
+    project_id: str
+    metric: str | None
+    device_ids: list[str] | None
+    tag: str | None
+    start: datetime
+    end: datetime
+    pieces: list[Piece]
+    # Width (seconds) of each stored resolution the pieces may come from.
+    widths: Mapping[str, int]
+
+    def described(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "device_ids": self.device_ids,
+            "tag": self.tag,
+            "from_time": iso_z(self.start),
+            "to_time": iso_z(self.end),
+            "served_from": sorted(
+                {piece.source for piece in self.pieces},
+                key=lambda source: -self.widths.get(source, 0),
+            ),
+        }
+
+    def raw_query(self, piece: Piece) -> dict[str, Any]:
+        query: dict[str, Any] = {
+            "project_id": self.project_id,
+            "ts": {"$gte": piece.start, "$lt": piece.end},
+        }
+        if self.device_ids is not None:
+            query["device_id"] = {"$in": self.device_ids}
+        if self.tag is not None:
+            query["tags"] = self.tag
+        if self.metric is not None:
+            query[f"metrics.{self.metric}"] = {"$exists": True}
+        return query
+
+    def bucket_queries(self, piece: Piece) -> list[dict[str, Any]]:
+        """One per device asked for (one for all without): bucket ids lead with the device."""
+        devices: list[str | None] = list(self.device_ids) if self.device_ids else [None]
+        return [
+            bucket_filter(
+                piece.source,
+                RowSelection(self.project_id, device, self.metric, piece.start, piece.end),
+            )
+            for device in devices
+        ]
+
+
+def window_of(
+    request: Request,
+    caller_project: str,
+    metric: str | None,
+    device_ids: list[str] | None,
+    tag: str | None,
+    from_time: datetime | None,
+    to_time: datetime | None,
+) -> Window:
+    end = to_utc_ms(to_time) if to_time is not None else utcnow()
+    start = to_utc_ms(from_time) if from_time is not None else end - DEFAULT_WINDOW
+    if start >= end:
+        raise ApiError(422, "from_time", "must be before to_time")
+    if device_ids is not None:
+        if len(device_ids) > MAX_DEVICES:
+            raise ApiError(422, "device_id", f"at most {MAX_DEVICES} devices per request")
+        for device in device_ids:
+            if not DEVICE_ID_RE.fullmatch(device):
+                raise ApiError(
+                    422, "device_id", "must be 1-128 characters of letters, digits and -_.:"
+                )
+        device_ids = list(dict.fromkeys(device_ids))
+    # Rollups are kept per metric and without tags: anything else is counted raw.
+    stored = request.app.state.settings.rollup_plan.stored if metric and not tag else {}
+    windows = pieces(start, end, stored)
+    return Window(caller_project, metric, device_ids, tag, start, end, windows, stored)
+
+
+@router.get("/metrics/count", response_model=WindowCountOut, responses=WINDOW_ERRORS)
+async def window_count(
+    request: Request,
+    db: Db,
+    caller: Reader,
+    metric: WindowMetric = None,
+    device_ids: WindowDevices = None,
+    tag: WindowTag = None,
+    from_time: WindowFrom = None,
+    to_time: WindowTo = None,
+) -> dict[str, Any]:
+    """Readings in any window (to the millisecond), of a metric, devices or a tag."""
+    window = window_of(request, caller.project_id, metric, device_ids, tag, from_time, to_time)
+    count = 0
+    for piece in window.pieces:
+        if piece.source == RAW:
+            count += await db[RAW_READINGS].count_documents(window.raw_query(piece))
+            continue
+        assert window.metric is not None  # only a metric's readings are counted from rollups
+        for query in window.bucket_queries(piece):
+            async for doc in db[ROLLUPS].find(query, {f"metrics.{window.metric}": 1}):
+                count += Rollup.from_fields(doc["metrics"][window.metric]).count
+    return {**window.described(), "count": count}
+
+
+@router.get("/metrics/distinct-devices", response_model=WindowDevicesOut, responses=WINDOW_ERRORS)
+async def window_distinct_devices(
+    request: Request,
+    db: Db,
+    caller: Reader,
+    metric: WindowMetric = None,
+    device_ids: WindowDevices = None,
+    tag: WindowTag = None,
+    from_time: WindowFrom = None,
+    to_time: WindowTo = None,
+) -> dict[str, Any]:
+    """Distinct devices that sent a reading in any window (an exact count)."""
+    window = window_of(request, caller.project_id, metric, device_ids, tag, from_time, to_time)
+    devices: set[str] = set()
+    for piece in window.pieces:
+        if piece.source == RAW:
+            devices.update(await db[RAW_READINGS].distinct("device_id", window.raw_query(piece)))
+            continue
+        for query in window.bucket_queries(piece):
+            devices.update(await db[ROLLUPS].distinct("device_id", query))
+    return {**window.described(), "devices": len(devices)}
+
+
+@router.get("/metrics/p95", response_model=WindowPercentilesOut, responses=WINDOW_ERRORS)
+async def window_percentiles(
+    request: Request,
+    db: Db,
+    caller: Reader,
+    metric: Annotated[
+        str,
+        Query(pattern=METRIC_NAME_PATTERN, description="metric name", examples=["temperature_c"]),
+    ],
+    device_ids: WindowDevices = None,
+    tag: WindowTag = None,
+    from_time: WindowFrom = None,
+    to_time: WindowTo = None,
+) -> dict[str, Any]:
+    """The p95 (with p50 and p99) of a metric's values in any window, merged from the
+    buckets' sketches and the raw values at the edges."""
+    window = window_of(request, caller.project_id, metric, device_ids, tag, from_time, to_time)
+    merged = Rollup()
+    for piece in window.pieces:
+        if piece.source == RAW:
+            projection = {"ts": 1, f"metrics.{metric}": 1}
+            async for doc in db[RAW_READINGS].find(window.raw_query(piece), projection):
+                merged.add(float(doc["metrics"][metric]), doc["ts"])
+            continue
+        for query in window.bucket_queries(piece):
+            async for doc in db[ROLLUPS].find(query, {f"metrics.{metric}": 1}):
+                merged.merge(Rollup.from_fields(doc["metrics"][metric]))
+    quantiles = merged.sketch.quantiles()
+    return {
+        **window.described(),
+        "count": merged.count,
+        "p50": quantiles["p50"],
+        "p95": quantiles["p95"],
+        "p99": quantiles["p99"],
     }
