@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,7 +10,14 @@ import pytest
 from alerts_worker.rules import MetricValue, RuleState, Transition, evaluate
 from hypothesis import given
 from hypothesis import strategies as st
-from telemetry_common.domain.alert_rules import OPERATORS, Rule, builtin_rules
+from telemetry_common.domain.alert_rules import (
+    OPERATORS,
+    Rule,
+    RuleCreate,
+    RuleError,
+    builtin_rules,
+    check_rule,
+)
 
 T0 = datetime(2025, 1, 15, 10, tzinfo=UTC)
 NOW = datetime(2025, 1, 15, 12, tzinfo=UTC)
@@ -264,3 +272,97 @@ def test_hysteresis_never_resolves_above_the_clear_threshold(values: list[float]
             assert value <= 0.0
         if kinds == ["fired"]:
             assert value > 10.0
+
+
+# --- rate-of-change and anomaly rules -----------------------------------------------
+
+
+def anomaly(**fields: Any) -> Rule:
+    return rule(kind="anomaly", operator=None, threshold=None, **fields)
+
+
+def normal_traffic(
+    rng: random.Random, count: int, low: float = 18.0, high: float = 26.0
+) -> list[float]:
+    """What the load generator sends: a value uniform in the metric's band."""
+    return [round(rng.uniform(low, high), 3) for _ in range(count)]
+
+
+def test_an_anomaly_fires_on_a_spike_unusual_for_the_device_and_resolves_when_back() -> None:
+    device = Device(anomaly(deviations=4, warmup=30))
+    rng = random.Random(7)
+    assert device.send(*normal_traffic(rng, 200)) == []
+    usual, spread = device.state.baseline[1], device.state.baseline[2] ** 0.5
+    # Six of the band's own standard deviations above its middle: unusual for this device.
+    band_sigma = 8.0 / 12**0.5
+    assert device.send(22.0 + 6 * band_sigma) == ["fired"]
+    alert = device.transitions[-1].alert
+    assert alert["alert_type"] == "t_anomaly" and alert["threshold"] == 4
+    assert "standard deviations from its usual" in alert["message"]
+    assert abs(usual - 22.0) < 1.0 and abs(spread - band_sigma) < 0.5
+    # Back within half the deviations (the default hysteresis): resolved.
+    assert device.send(22.0) == ["resolved"]
+
+
+def test_an_anomaly_rule_stays_quiet_on_normal_traffic_and_during_its_warmup() -> None:
+    rng = random.Random(11)
+    for _ in range(50):
+        device = Device(anomaly())
+        assert device.send(*normal_traffic(rng, 300)) == []
+    # A value far off before the baseline is warm decides nothing: it is learned.
+    cold = Device(anomaly(warmup=30))
+    assert cold.send(20.0, 21.0, 500.0) == []
+
+
+def test_a_device_is_judged_by_its_own_baseline() -> None:
+    rng = random.Random(3)
+    cool, warm = Device(anomaly()), Device(anomaly())
+    cool.send(*normal_traffic(rng, 100, 10.0, 12.0))
+    warm.send(*normal_traffic(rng, 100, 40.0, 42.0))
+    # 41 is normal for the warm device and far off for the cool one.
+    assert warm.send(41.0) == []
+    assert cool.send(41.0) == ["fired"]
+
+
+def test_the_baseline_survives_the_state_document() -> None:
+    device = Device(anomaly())
+    device.send(*normal_traffic(random.Random(5), 60))
+    restored = RuleState.from_fields(device.state.to_fields())
+    assert restored.baseline == device.state.baseline
+
+
+def test_a_rate_rule_fires_on_a_fast_change_over_its_window() -> None:
+    # Falling faster than 2 units a second, judged over a minute of readings 10 s apart.
+    device = Device(rule(kind="rate", operator="<", threshold=-2.0, window="1m"), step_s=10)
+    assert device.send(100, 99) == []  # -0.1/s
+    assert device.send(40) == ["fired"]  # from 100 to 40 in 20 s: -3/s
+    alert = device.transitions[-1].alert
+    assert alert["alert_type"] == "t_rate_low" and "/s" in alert["message"]
+
+
+def test_a_rate_rule_resolves_once_the_change_over_the_window_slows() -> None:
+    device = Device(rule(kind="rate", operator=">", threshold=1.0, window="30s"), step_s=10)
+    assert device.send(0, 1, 2) == []  # 0.1/s
+    assert device.send(50) == ["fired"]
+    # Steady again: once the jump leaves the 30 s window the rate is 0.
+    kinds = device.send(50, 50, 50, 50)
+    assert kinds == ["resolved"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"kind": "threshold"}, "operator"),
+        ({"kind": "rate", "operator": ">"}, "threshold"),
+        ({"kind": "anomaly", "operator": ">", "threshold": 1.0}, "operator"),
+        ({"kind": "rate", "operator": ">", "threshold": 1.0, "window": "0s"}, "window"),
+        ({"kind": "anomaly", "deviations": 3, "clear_deviations": 4}, "clear_deviations"),
+    ],
+)
+def test_what_each_kind_needs_is_checked_naming_the_field(
+    fields: dict[str, Any], field: str
+) -> None:
+    created = RuleCreate.model_validate({"name": "r", "metric": "t", **fields})
+    with pytest.raises(RuleError) as refused:
+        check_rule(created.model_dump(by_alias=True))
+    assert refused.value.field == field

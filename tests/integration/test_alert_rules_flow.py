@@ -221,3 +221,76 @@ async def test_rule_writes_need_a_writers_key_when_keys_are_required(
         for key, status in ((device_key, 403), (operator_key, 200), (ADMIN_KEY, 200)):
             listed = await http.get(f"{base}/alerts/rules", headers={"X-API-Key": key})
             assert listed.status == status
+
+
+async def test_anomaly_and_rate_rules_fire_through_the_worker_and_keep_their_state(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    """Rules of the other kinds, from the API through the worker: each device's baseline
+    is learned from its own readings and kept across a restart of the worker."""
+    dashboard = create_app(DashboardSettings(**service_env))
+    worker_settings = AlertsSettings(
+        **service_env, port=free_port(), consumer_group="alerts-kinds", rules_refresh_s=0.2
+    )
+    unusual = {"name": "Unusual vibration", "metric": "vibration", "kind": "anomaly"}
+    falling = {
+        "name": "Level falling",
+        "metric": "level",
+        "kind": "rate",
+        "operator": "<",
+        "threshold": -1,
+        "window": "1m",
+    }
+
+    def at(device: str, second: int, **metrics: float) -> Any:
+        minute, second = divmod(second, 60)
+        ts = f"2025-01-15T10:{minute:02d}:{second:02d}Z"
+        return reading({"device_id": device, "ts": ts, **metrics})
+
+    async def alerts_of(rule_id: str) -> list[dict[str, Any]]:
+        return [a async for a in db["alerts"].find({"rule_id": rule_id})]
+
+    async with serving(dashboard) as base, aiohttp.ClientSession() as http:
+        rules = {}
+        for body in (unusual, falling):
+            created = await http.post(f"{base}/alerts/rules", json=body)
+            assert created.status == 201, await created.text()
+            rules[body["kind"]] = (await created.json())["rule_id"]
+        bad = await http.post(f"{base}/alerts/rules", json={**unusual, "threshold": 3})
+        assert bad.status == 422
+        assert (await bad.json())["errors"][0]["field"] == "threshold"
+
+    # 40 ordinary readings of each device (v-1 around 1.0, v-2 around 9.0), then the
+    # worker stops; after its restart, the baselines it learned judge what comes next.
+    normal = [at("v-1", s, vibration=1.0 + (s % 5) / 10) for s in range(40)]
+    normal += [at("v-2", s, vibration=9.0 + (s % 5) / 10) for s in range(40)]
+    normal += [at("l-1", s, level=100 - s / 10) for s in range(0, 40, 10)]
+    await publish(producer, topics.telemetry, normal)
+    async with running(run_alerts, worker_settings) as registry:
+        await rules_loaded(registry, 6)
+
+        async def learned() -> bool:
+            return metric_value(registry, "alerts_readings_evaluated_total") == len(normal)
+
+        await eventually(learned)
+    assert await alerts_of(rules["anomaly"]) == [] and await alerts_of(rules["rate"]) == []
+
+    # 9.0 is ordinary for v-2 and far off for v-1; the level drops 47 in 10 s (from 100
+    # 40 s before: -1.25 a second over the minute).
+    await publish(
+        producer,
+        topics.telemetry,
+        [at("v-2", 41, vibration=9.2), at("v-1", 41, vibration=9.0), at("l-1", 40, level=50.0)],
+    )
+    async with running(run_alerts, worker_settings):
+
+        async def fired() -> bool:
+            return (
+                len(await alerts_of(rules["anomaly"])) == len(await alerts_of(rules["rate"])) == 1
+            )
+
+        await eventually(fired)
+    [anomaly] = await alerts_of(rules["anomaly"])
+    assert (anomaly["device_id"], anomaly["alert_type"]) == ("v-1", "vibration_anomaly")
+    [rate] = await alerts_of(rules["rate"])
+    assert (rate["device_id"], rate["alert_type"]) == ("l-1", "level_rate_low")

@@ -107,8 +107,9 @@ class TransitionToRecord:
 class QuietBand:
     """The values of one metric that concern none of its rules (``Rule.may_matter``).
 
-    Only when every rule on the metric covers all devices and compares with
-    >, >=, < or <= is the band exact (``usable``); otherwise each rule is asked.
+    Only when every rule on the metric is a threshold rule that covers all devices
+    and compares with >, >=, < or <= is the band exact (``usable``); otherwise each
+    rule is asked (a rate or anomaly rule learns from every value).
     """
 
     rule_ids: frozenset[str] = frozenset()
@@ -121,7 +122,7 @@ class QuietBand:
 
     def add(self, rule: Rule) -> None:
         self.rule_ids |= {rule.rule_id}
-        if rule.scope != "all":
+        if rule.scope != "all" or rule.kind != "threshold":
             self.usable = False
         elif rule.operator == ">":
             self.at_most_gt = min(self.at_most_gt, *rule.limits)

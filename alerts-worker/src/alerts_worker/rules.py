@@ -16,11 +16,12 @@ newest reading time: see ``incidents.evaluate_batch``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from telemetry_common.domain.alert_rules import BUILTIN_RELATIONS, OPERATORS, RELATIONS, Rule
+from telemetry_common.domain.alert_rules import BUILTIN_RELATIONS, RELATIONS, Rule
 
 from alerts_worker.documents import AlertFields, TransitionKind
 
@@ -36,15 +37,24 @@ class RuleState:
     last_fired_at: datetime | None = None
     # The open alert's fields; None when no alert is active.
     alert: AlertFields | None = None
+    # Anomaly rules: the device's baseline, [values learned, mean, variance].
+    baseline: list[float] | None = None
+    # Rate rules: [epoch seconds, value] of the readings within the rule's window.
+    samples: list[list[float]] = field(default_factory=list)
 
     def to_fields(self) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
             "recent": [list(pair) for pair in self.recent],
             "pending_since": self.pending_since,
             "clock": self.clock,
             "last_fired_at": self.last_fired_at,
             "alert": self.alert,
         }
+        if self.baseline is not None:
+            fields["baseline"] = self.baseline
+        if self.samples:
+            fields["samples"] = self.samples
+        return fields
 
     def is_idle(self, rule: Rule) -> bool:
         """Whether this state decides nothing a fresh one would not: then it need not be kept.
@@ -55,6 +65,8 @@ class RuleState:
         """
         if self.alert is not None or self.pending_since is not None:
             return False
+        if rule.kind != "threshold":
+            return False  # its baseline or window is what it judges the next value by
         if self.last_fired_at is not None and rule.cooldown_s > 0:
             if self.clock is None or self.clock - self.last_fired_at < timedelta(
                 seconds=rule.cooldown_s
@@ -70,6 +82,8 @@ class RuleState:
             clock=doc.get("clock"),
             last_fired_at=doc.get("last_fired_at"),
             alert=doc.get("alert"),
+            baseline=doc.get("baseline"),
+            samples=doc.get("samples", []),
         )
 
 
@@ -99,28 +113,97 @@ class MetricValue:
 
 
 def severity_of(rule: Rule, value: float) -> str:
-    if rule.critical_beyond is not None and abs(value - rule.threshold) > rule.critical_beyond:
+    if rule.critical_beyond is not None and abs(value - rule.limit) > rule.critical_beyond:
         return "critical"
     return rule.severity
 
 
-def message_of(rule: Rule, seen: MetricValue) -> str:
-    if rule.sensor is not None:  # built-in: the wording alert consumers already parse
+def message_of(rule: Rule, seen: MetricValue, judged: Judged) -> str:
+    if rule.sensor is not None and rule.operator is not None:
+        # Built-in: the wording alert consumers already parse.
         relation = BUILTIN_RELATIONS[rule.operator]
         return (
             f"{rule.sensor.capitalize()} {seen.value:g}{rule.unit} on {seen.device_id} "
-            f"is {relation} {rule.threshold:g}{rule.unit}"
+            f"is {relation} {rule.limit:g}{rule.unit}"
+        )
+    if rule.kind == "anomaly":
+        return (
+            f"{rule.name}: {seen.metric} {seen.value:g} on {seen.device_id} is "
+            f"{judged.signal:.1f} standard deviations from its usual {judged.usual:g}"
+        )
+    assert rule.operator is not None
+    if rule.kind == "rate":
+        return (
+            f"{rule.name}: {seen.metric} on {seen.device_id} changes {judged.signal:+g}/s "
+            f"over {rule.window}, {RELATIONS[rule.operator]} {rule.limit:g}/s"
         )
     window = f" in {rule.k} of the last {rule.n} readings" if rule.n > 1 else ""
     return (
         f"{rule.name}: {seen.metric} {seen.value:g} on {seen.device_id} is "
-        f"{RELATIONS[rule.operator]} {rule.threshold:g}{window}"
+        f"{RELATIONS[rule.operator]} {rule.limit:g}{window}"
     )
 
 
 def _breaches(rule: Rule, values: list[float], limit: float) -> bool:
-    check = OPERATORS[rule.operator]
+    check = rule.compare
     return sum(1 for value in values if check(value, limit)) >= rule.k
+
+
+# How fast an anomaly baseline forgets once warm: about the last 1/SMOOTHING values.
+ANOMALY_SMOOTHING = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """A reading judged by a rate or anomaly rule: whether it fires the rule, whether it
+    keeps an open alert open, and the figure it was judged by (rate, or deviations)."""
+
+    fires: bool
+    holds: bool
+    signal: float = 0.0
+    usual: float = 0.0
+
+
+NOT_YET = Judged(fires=False, holds=False)
+
+
+def judge_anomaly(rule: Rule, state: RuleState, value: float) -> Judged:
+    """How far ``value`` is from the device's baseline (in standard deviations), then
+    the value learned: an exponentially weighted mean and variance, exact (Welford's)
+    over the first values and forgetting slowly after."""
+    count, mean, variance = state.baseline or (0.0, 0.0, 0.0)
+    judged = NOT_YET
+    if count >= rule.warmup:
+        spread = math.sqrt(variance)
+        if spread > 0:
+            deviations = abs(value - mean) / spread
+        else:
+            deviations = 0.0 if value == mean else math.inf
+        judged = Judged(
+            deviations > rule.deviations, deviations > rule.clear_at_deviations, deviations, mean
+        )
+    count += 1
+    weight = max(ANOMALY_SMOOTHING, 1 / count)
+    difference = value - mean
+    mean += weight * difference
+    variance = (1 - weight) * (variance + difference * weight * difference)
+    state.baseline = [count, mean, variance]
+    return judged
+
+
+def judge_rate(rule: Rule, state: RuleState, value: float, at: datetime) -> Judged:
+    """The value's change per second from the oldest of the device's readings within the
+    rule's window to the newest, compared with the threshold."""
+    now = at.timestamp()
+    samples = [s for s in state.samples if s[0] >= now - rule.window_s]
+    samples.append([now, value])
+    samples.sort()
+    state.samples = samples
+    (first_at, first), (last_at, last) = samples[0], samples[-1]
+    if last_at <= first_at:
+        return NOT_YET
+    rate = (last - first) / (last_at - first_at)
+    return Judged(rule.compare(rate, rule.limit), rule.compare(rate, rule.clear_limit), rate)
 
 
 def evaluate(
@@ -137,16 +220,25 @@ def evaluate(
     del state.recent[: -rule.n]
     clock = seen.ts if state.clock is None else max(state.clock, seen.ts)
     state.clock = clock
-    window = [value for _, value in state.recent[-rule.n :]]
+    if rule.kind == "threshold":
+        window = [value for _, value in state.recent[-rule.n :]]
+        # Hysteresis: an active alert holds until values are past the clear threshold.
+        judged = (
+            Judged(False, _breaches(rule, window, rule.clear_limit))
+            if state.alert is not None
+            else Judged(_breaches(rule, window, rule.limit), False)
+        )
+    elif rule.kind == "anomaly":
+        judged = judge_anomaly(rule, state, seen.value)
+    else:
+        judged = judge_rate(rule, state, seen.value, seen.ts)
 
     if state.alert is not None:
-        # Hysteresis: an active alert holds until values are past the clear threshold.
-        limit = rule.threshold if rule.clear_threshold is None else rule.clear_threshold
-        if _breaches(rule, window, limit):
+        if judged.holds:
             return None
         return resolve(state, clock, "cleared", silenced)
 
-    if not _breaches(rule, window, rule.threshold):
+    if not judged.fires:
         state.pending_since = None
         return None
     if state.pending_since is None:
@@ -170,10 +262,11 @@ def evaluate(
         "sensor_type": seen.metric,
         "metric": seen.metric,
         "value": seen.value,
-        "threshold": rule.threshold,
+        # An anomaly's threshold is its number of deviations.
+        "threshold": rule.deviations if rule.kind == "anomaly" else rule.limit,
         "alert_type": rule.alert_type_of(seen.metric),
         "severity": severity_of(rule, seen.value),
-        "message": message_of(rule, seen),
+        "message": message_of(rule, seen, judged),
         "timestamp": seen.ts,
         "created_at": now,
         "rule_id": rule.rule_id,

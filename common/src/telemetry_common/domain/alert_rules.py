@@ -29,6 +29,10 @@ from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT
 Operator = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
 Scope = Literal["all", "tag", "devices"]
+# threshold: a value past a number; rate: its change per second over a window past
+# a number; anomaly: a value unusual for its device (its baseline learned as it goes).
+Kind = Literal["threshold", "rate", "anomaly"]
+KINDS_WITH_A_THRESHOLD = ("threshold", "rate")
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": gt,
@@ -69,7 +73,8 @@ def duration_seconds(text: str) -> int:
 
 
 class RuleCreate(BaseModel):
-    """A new rule: name, metric, operator and threshold are required.
+    """A new rule: name and metric are required, and operator and threshold for a
+    threshold or rate rule.
 
     Fields are checked one by one here, and together by ``check_rule``.
     """
@@ -78,8 +83,53 @@ class RuleCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100, examples=["Server room too hot"])
     metric: str = Field(pattern=METRIC_NAME_PATTERN, examples=["temperature_c"])
-    operator: Operator = Field(examples=[">"])
-    threshold: float = Field(allow_inf_nan=False, examples=[30.0])
+    kind: Kind = Field(
+        "threshold",
+        description="`threshold`: a value past `threshold`; `rate`: the value's change per "
+        "second over `window` past `threshold`; `anomaly`: a value more than `deviations` "
+        "standard deviations from the device's own baseline",
+        examples=["threshold"],
+    )
+    operator: Operator | None = Field(
+        None, description="threshold and rate rules: how the value compares", examples=[">"]
+    )
+    threshold: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        description="threshold rules: the value; rate rules: units per second",
+        examples=[30.0],
+    )
+    window: str = Field(
+        "1m",
+        pattern=DURATION_PATTERN,
+        description="rate rules: the span (reading time) the change is measured over",
+        examples=["5m"],
+    )
+    deviations: float = Field(
+        4.0,
+        gt=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="anomaly rules: how many standard deviations from the device's baseline "
+        "fire",
+        examples=[4.0],
+    )
+    clear_deviations: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="anomaly rules: an active anomaly resolves once values are within this "
+        "many; null: half of `deviations`",
+        examples=[2.0],
+    )
+    warmup: int = Field(
+        30,
+        ge=2,
+        le=100_000,
+        description="anomaly rules: readings a device's baseline learns from before it may fire",
+        examples=[30],
+    )
     severity: Severity = Field("warning", examples=["critical"])
     scope: Scope = Field(
         "all",
@@ -155,6 +205,17 @@ class RuleError(ValueError):
 
 def check_rule(rule: dict[str, Any]) -> None:
     """Checks across fields, for a new rule and for a rule after a PATCH."""
+    kind = rule.get("kind") or "threshold"
+    for name in ("operator", "threshold"):
+        if kind in KINDS_WITH_A_THRESHOLD and rule.get(name) is None:
+            raise RuleError(name, f"is required for a {kind} rule")
+        if kind not in KINDS_WITH_A_THRESHOLD and rule.get(name) is not None:
+            raise RuleError(name, f"has no meaning for an {kind} rule (null it)")
+    if kind == "rate" and duration_seconds(rule.get("window") or "1m") == 0:
+        raise RuleError("window", "must be longer than 0s")
+    clear_deviations = rule.get("clear_deviations")
+    if clear_deviations is not None and clear_deviations > rule.get("deviations", 4.0):
+        raise RuleError("clear_deviations", "must be at most deviations")
     if rule["k"] > rule["n"]:
         raise RuleError("k", f"must be at most n ({rule['n']})")
     scope = rule["scope"]
@@ -188,8 +249,13 @@ class Rule(BaseModel):
     project_id: str = DEFAULT_PROJECT
     name: str
     metric: str
-    operator: Operator
-    threshold: float
+    kind: Kind = "threshold"
+    operator: Operator | None = None
+    threshold: float | None = None
+    window: str = "1m"
+    deviations: float = 4.0
+    clear_deviations: float | None = None
+    warmup: int = 30
     severity: Severity = "warning"
     scope: Scope = "all"
     tag: str | None = None
@@ -218,11 +284,36 @@ class Rule(BaseModel):
         return duration_seconds(self.cooldown)
 
     @cached_property
+    def window_s(self) -> int:
+        return duration_seconds(self.window)
+
+    @cached_property
+    def compare(self) -> Callable[[float, float], bool]:
+        """The operator of a threshold or rate rule (check_rule requires one)."""
+        assert self.operator is not None, f"a {self.kind} rule without an operator"
+        return OPERATORS[self.operator]
+
+    @cached_property
+    def limit(self) -> float:
+        """The threshold of a threshold or rate rule (check_rule requires one)."""
+        assert self.threshold is not None, f"a {self.kind} rule without a threshold"
+        return self.threshold
+
+    @cached_property
+    def clear_limit(self) -> float:
+        """Past which an active alert of a threshold or rate rule still holds."""
+        return self.limit if self.clear_threshold is None else self.clear_threshold
+
+    @cached_property
+    def clear_at_deviations(self) -> float:
+        return self.deviations / 2 if self.clear_deviations is None else self.clear_deviations
+
+    @cached_property
     def limits(self) -> tuple[float, ...]:
         """The threshold, and the clear threshold when there is one."""
         if self.clear_threshold is None:
-            return (self.threshold,)
-        return (self.threshold, self.clear_threshold)
+            return (self.limit,)
+        return (self.limit, self.clear_threshold)
 
     @cached_property
     def _concern_limit(self) -> float | None:
@@ -235,16 +326,23 @@ class Rule(BaseModel):
         return None
 
     def may_matter(self, value: float) -> bool:
-        """Whether a value is past the threshold or the clear threshold (it may matter)."""
+        """Whether a value is past the threshold or the clear threshold (it may matter);
+        every value matters to a rate or anomaly rule, which learns from each."""
+        if self.kind != "threshold":
+            return True
         # Asked of every rule on most readings: one comparison where one suffices.
-        check, limit = OPERATORS[self.operator], self._concern_limit
+        check, limit = self.compare, self._concern_limit
         if limit is not None:
             return check(value, limit)
         return any(check(value, limit) for limit in self.limits)
 
     def alert_type_of(self, metric: str) -> str:
         """The alert_type of a breach of ``metric`` (the name the reading used)."""
-        return f"{metric}_{OPERATOR_WORDS[self.operator]}"
+        if self.kind == "anomaly":
+            return f"{metric}_anomaly"
+        assert self.operator is not None
+        word = OPERATOR_WORDS[self.operator]
+        return f"{metric}_rate_{word}" if self.kind == "rate" else f"{metric}_{word}"
 
     def covers(self, device_id: str, tags: tuple[str, ...] | list[str]) -> bool:
         if self.scope == "devices":

@@ -39,7 +39,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 BAD_RULE: dict[int | str, dict[str, Any]] = {
     422: {
         "description": "a field is bad, or the fields contradict each other (k above n, a "
-        "clear_threshold on the wrong side, a scope without its tag or devices); "
+        "clear_threshold on the wrong side, a scope without its tag or devices, a "
+        "threshold rule without a threshold, an anomaly rule with one); "
         "`errors` names the field and why",
         "model": ErrorOut,
     }
@@ -75,6 +76,27 @@ CREATE_EXAMPLES = {
             "threshold": 15,
             "scope": "devices",
             "devices": ["dev-1", "dev-2"],
+        },
+    },
+    "anomaly": {
+        "summary": "a temperature unusual for its device: 4 standard deviations off",
+        "value": {
+            "name": "Unusual temperature",
+            "metric": "temperature_c",
+            "kind": "anomaly",
+            "deviations": 4,
+            "warmup": 30,
+        },
+    },
+    "rate of change": {
+        "summary": "pressure falling faster than 2 units a second over a minute",
+        "value": {
+            "name": "Pressure dropping",
+            "metric": "pressure",
+            "kind": "rate",
+            "operator": "<",
+            "threshold": -2,
+            "window": "1m",
         },
     },
 }
