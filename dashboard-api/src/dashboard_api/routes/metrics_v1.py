@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Query, Request
+from fastapi import Depends, Query, Request
 from telemetry_common.domain.identifiers import (
     DEVICE_ID_PATTERN,
     DEVICE_ID_RE,
@@ -218,19 +218,31 @@ class Window:
         ]
 
 
-def window_of(
-    request: Request,
-    caller_project: str,
-    metric: str | None,
-    device_ids: list[str] | None,
-    tag: str | None,
-    from_time: datetime | None,
-    to_time: datetime | None,
-) -> Window:
-    end = to_utc_ms(to_time) if to_time is not None else utcnow()
-    start = to_utc_ms(from_time) if from_time is not None else end - DEFAULT_WINDOW
+@dataclass(frozen=True)
+class Asked:
+    """The window and scope a request names, checked by window_of."""
+
+    device_ids: list[str] | None
+    tag: str | None
+    from_time: datetime | None
+    to_time: datetime | None
+
+
+async def asked(
+    device_ids: WindowDevices = None,
+    tag: WindowTag = None,
+    from_time: WindowFrom = None,
+    to_time: WindowTo = None,
+) -> Asked:
+    return Asked(device_ids, tag, from_time, to_time)
+
+
+def window_of(request: Request, project_id: str, metric: str | None, asked: Asked) -> Window:
+    end = to_utc_ms(asked.to_time) if asked.to_time is not None else utcnow()
+    start = to_utc_ms(asked.from_time) if asked.from_time is not None else end - DEFAULT_WINDOW
     if start >= end:
         raise ApiError(422, "from_time", "must be before to_time")
+    device_ids = asked.device_ids
     if device_ids is not None:
         if len(device_ids) > MAX_DEVICES:
             raise ApiError(422, "device_id", f"at most {MAX_DEVICES} devices per request")
@@ -241,24 +253,39 @@ def window_of(
                 )
         device_ids = list(dict.fromkeys(device_ids))
     # Rollups are kept per metric and without tags: anything else is counted raw.
-    stored = request.app.state.settings.rollup_plan.stored if metric and not tag else {}
+    stored = request.app.state.settings.rollup_plan.stored if metric and not asked.tag else {}
     windows = pieces(start, end, stored)
-    return Window(caller_project, metric, device_ids, tag, start, end, windows, stored)
+    return Window(project_id, metric, device_ids, asked.tag, start, end, windows, stored)
+
+
+Scope = Annotated[Asked, Depends(asked)]
+
+
+async def any_window(
+    request: Request, caller: Reader, scope: Scope, metric: WindowMetric = None
+) -> Window:
+    return window_of(request, caller.project_id, metric, scope)
+
+
+async def metric_window(
+    request: Request,
+    caller: Reader,
+    scope: Scope,
+    metric: Annotated[
+        str,
+        Query(pattern=METRIC_NAME_PATTERN, description="metric name", examples=["temperature_c"]),
+    ],
+) -> Window:
+    return window_of(request, caller.project_id, metric, scope)
+
+
+AnyWindow = Annotated[Window, Depends(any_window)]
+MetricWindow = Annotated[Window, Depends(metric_window)]
 
 
 @router.get("/metrics/count", response_model=WindowCountOut, responses=WINDOW_ERRORS)
-async def window_count(
-    request: Request,
-    db: Db,
-    caller: Reader,
-    metric: WindowMetric = None,
-    device_ids: WindowDevices = None,
-    tag: WindowTag = None,
-    from_time: WindowFrom = None,
-    to_time: WindowTo = None,
-) -> dict[str, Any]:
+async def window_count(db: Db, window: AnyWindow) -> dict[str, Any]:
     """Readings in any window (to the millisecond), of a metric, devices or a tag."""
-    window = window_of(request, caller.project_id, metric, device_ids, tag, from_time, to_time)
     count = 0
     for piece in window.pieces:
         if piece.source == RAW:
@@ -272,18 +299,8 @@ async def window_count(
 
 
 @router.get("/metrics/distinct-devices", response_model=WindowDevicesOut, responses=WINDOW_ERRORS)
-async def window_distinct_devices(
-    request: Request,
-    db: Db,
-    caller: Reader,
-    metric: WindowMetric = None,
-    device_ids: WindowDevices = None,
-    tag: WindowTag = None,
-    from_time: WindowFrom = None,
-    to_time: WindowTo = None,
-) -> dict[str, Any]:
+async def window_distinct_devices(db: Db, window: AnyWindow) -> dict[str, Any]:
     """Distinct devices that sent a reading in any window (an exact count)."""
-    window = window_of(request, caller.project_id, metric, device_ids, tag, from_time, to_time)
     devices: set[str] = set()
     for piece in window.pieces:
         if piece.source == RAW:
@@ -295,22 +312,11 @@ async def window_distinct_devices(
 
 
 @router.get("/metrics/p95", response_model=WindowPercentilesOut, responses=WINDOW_ERRORS)
-async def window_percentiles(
-    request: Request,
-    db: Db,
-    caller: Reader,
-    metric: Annotated[
-        str,
-        Query(pattern=METRIC_NAME_PATTERN, description="metric name", examples=["temperature_c"]),
-    ],
-    device_ids: WindowDevices = None,
-    tag: WindowTag = None,
-    from_time: WindowFrom = None,
-    to_time: WindowTo = None,
-) -> dict[str, Any]:
+async def window_percentiles(db: Db, window: MetricWindow) -> dict[str, Any]:
     """The p95 (with p50 and p99) of a metric's values in any window, merged from the
     buckets' sketches and the raw values at the edges."""
-    window = window_of(request, caller.project_id, metric, device_ids, tag, from_time, to_time)
+    metric = window.metric
+    assert metric is not None  # MetricWindow requires it
     merged = Rollup()
     for piece in window.pieces:
         if piece.source == RAW:
