@@ -131,3 +131,11 @@ def test_a_sketch_of_another_accuracy_is_refused() -> None:
 
 def test_empty_sketch_has_no_quantiles() -> None:
     assert QuantileSketch().quantiles() == {"p50": None, "p95": None, "p99": None}
+
+
+@pytest.mark.parametrize("value", [1.7976931348623157e308, -1.7976931348623157e308, 1e308])
+def test_values_at_the_top_of_the_float_range_are_served_finite_and_close(value: float) -> None:
+    # A device may send any finite number; its bucket must still be served.
+    served = bin_value(bin_key(value))
+    assert math.isfinite(served)
+    assert abs(served - value) <= RELATIVE_ACCURACY * abs(value) * 1.0001

@@ -16,6 +16,7 @@ dozen int counts crosses BSON with no conversion step.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -51,11 +52,15 @@ _POSITIVE_BASE = 1 << 20
 @lru_cache(maxsize=65_536)
 def bin_value(key: int) -> float:
     """The value a bin stands for (within the relative accuracy of every value in it)."""
-    if key > 0:
-        return MAPPING.value(key - _POSITIVE_BASE)
-    if key < 0:
-        return -MAPPING.value(-key - _POSITIVE_BASE)
-    return 0.0
+    if key == 0:
+        return 0.0
+    try:
+        magnitude = MAPPING.value(abs(key) - _POSITIVE_BASE)
+    except OverflowError:
+        # The top bins' midpoints lie past the float range; every value in them is at
+        # its top, so the largest float stands for them within the accuracy.
+        magnitude = sys.float_info.max
+    return magnitude if key > 0 else -magnitude
 
 
 @dataclass(slots=True)
