@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 import aiohttp
@@ -24,6 +25,23 @@ from telemetry_tools.percentiles import percentile
 
 GAP_S = 0.05  # between samples, so each one meets the pipeline idle of its own traffic
 POLL_S = 0.005
+# A sample that has not arrived by then counts as this long (a lower bound) and as
+# late: one stalled sample is a figure to report, not a reason to end the run.
+SAMPLE_TIMEOUT_S = 60.0
+
+
+class LateSamples:
+    """Waits for a sample's arrival; one that times out counts as SAMPLE_TIMEOUT_S."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def ms_since(self, sent: float, arrival: Awaitable[float]) -> float:
+        try:
+            return (await asyncio.wait_for(arrival, SAMPLE_TIMEOUT_S) - sent) * 1000
+        except TimeoutError:
+            self.count += 1
+            return SAMPLE_TIMEOUT_S * 1000
 
 
 class _Arrivals:
@@ -144,6 +162,7 @@ async def pipeline_latencies_ms(
     alerts_topic: str,
     samples: int,
     run_id: str,
+    late: LateSamples,
 ) -> tuple[list[float], list[float], list[float]]:
     """POST one breaching reading per sample; time its rollup, its alert event on
     alerts.triggered and its arrival at an alert-stream client."""
@@ -153,14 +172,14 @@ async def pipeline_latencies_ms(
     client: Client = AsyncMongoClient(mongo_url, tz_aware=True)
     rollups = client[db_name][ROLLUPS]
 
-    async def rollup_visible(device: str, sent: float) -> None:
+    async def rollup_visible(device: str) -> float:
         # Polling is the point: the rollup is visible when a query can see it. Its
         # one-minute bucket (the bench runs the default resolutions), a device's
         # _id range as the dashboard reads it.
         visible = {"_id": device_id_range(DEFAULT_PROJECT, device, "1m")}
         while await rollups.find_one(visible, {"_id": 1}) is None:  # noqa: ASYNC110
             await asyncio.sleep(POLL_S)
-        rollup_ms.append((time.perf_counter() - sent) * 1000)
+        return time.perf_counter()
 
     try:
         async with (
@@ -180,9 +199,9 @@ async def pipeline_latencies_ms(
                     "/ingest", data=body, headers={"Content-Type": "application/json"}
                 ) as response:
                     response.raise_for_status()
-                await asyncio.wait_for(rollup_visible(device, sent), 60)
-                alert_ms.append((await asyncio.wait_for(alert, 60) - sent) * 1000)
-                sse_ms.append((await asyncio.wait_for(streamed, 60) - sent) * 1000)
+                rollup_ms.append(await late.ms_since(sent, rollup_visible(device)))
+                alert_ms.append(await late.ms_since(sent, alert))
+                sse_ms.append(await late.ms_since(sent, streamed))
                 await asyncio.sleep(GAP_S)
     finally:
         await client.close()
@@ -203,6 +222,7 @@ async def measure(
 ) -> dict[str, float]:
     await ensure_topics(bootstrap_servers, [TopicSpec(rtt_topic, 1, {})])
     rtt = await kafka_round_trip_ms(bootstrap_servers, rtt_topic, samples)
+    late = LateSamples()
     rollup, alert, sse = await pipeline_latencies_ms(
         ingest_url,
         dashboard_url,
@@ -212,8 +232,10 @@ async def measure(
         alerts_topic,
         samples,
         run_id,
+        late,
     )
     return {
+        "late": late.count,
         "rtt_p50": percentile(rtt, 0.5),
         "rtt_p99": percentile(rtt, 0.99),
         "rollup_p50": percentile(rollup, 0.5),

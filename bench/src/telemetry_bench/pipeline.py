@@ -204,6 +204,11 @@ def run(
             )
 
     load_note = f"with background ingest at {e2e_load:,.0f} readings/s (70% of the sustained rate)"
+    if e2e["late"]:
+        load_note += (
+            f"; {e2e['late']:.0f} arrivals not seen within {latency.SAMPLE_TIMEOUT_S:g} s,"
+            " counted as that long"
+        )
     for what, key, goal in (
         ("POST to rollup visible", "rollup", ""),
         ("POST to alert published on alerts.triggered", "alert", "p99 < 100 ms"),
