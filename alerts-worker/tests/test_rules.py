@@ -357,6 +357,9 @@ def test_a_rate_rule_resolves_once_the_change_over_the_window_slows() -> None:
         ({"kind": "anomaly", "operator": ">", "threshold": 1.0}, "operator"),
         ({"kind": "rate", "operator": ">", "threshold": 1.0, "window": "0s"}, "window"),
         ({"kind": "anomaly", "deviations": 3, "clear_deviations": 4}, "clear_deviations"),
+        ({"kind": "absent"}, "for"),
+        ({"kind": "absent", "for": "1m", "operator": ">"}, "operator"),
+        ({"kind": "threshold", "metric": None, "operator": ">", "threshold": 1.0}, "metric"),
     ],
 )
 def test_what_each_kind_needs_is_checked_naming_the_field(
@@ -366,3 +369,12 @@ def test_what_each_kind_needs_is_checked_naming_the_field(
     with pytest.raises(RuleError) as refused:
         check_rule(created.model_dump(by_alias=True))
     assert refused.value.field == field
+
+
+def test_an_absent_rule_needs_no_metric_and_names_what_it_raises() -> None:
+    created = RuleCreate.model_validate({"name": "Offline", "kind": "absent", "for": "5m"})
+    check_rule(created.model_dump(by_alias=True))
+    assert rule(kind="absent", metric=None, operator=None, threshold=None).alert_type_of("*") == (
+        "device_offline"
+    )
+    assert rule(kind="absent", operator=None, threshold=None).alert_type_of("t") == "t_absent"

@@ -7,6 +7,7 @@ import random
 from datetime import timedelta
 
 import pytest
+from alerts_worker.absence import Absences
 from alerts_worker.incidents import RuleIndex
 from alerts_worker.store import ALERT_STATE, HeldStates, ensure_alert_indexes
 from alerts_worker.worker import evaluate_and_record
@@ -16,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from telemetry_common.domain.alert_rules import Rule, builtin_rules
 from telemetry_common.domain.reading import Reading
 from telemetry_common.infra.kafka.consumer import Consumed
+from telemetry_common.infra.kafka.progress import ConsumerProgress
 from telemetry_common.infra.mongo import ALERTS
 from telemetry_common.infra.ownership import PartitionOwnership
 
@@ -53,8 +55,14 @@ async def owner(db: AsyncDatabase, name: str, device_limit: int = 10_000) -> Hel
     return states
 
 
-async def run(db: AsyncDatabase, states: HeldStates, batch: list[Consumed[Reading]]) -> set[int]:
-    _, _, lost = await evaluate_and_record(db, states, batch, RULES, [])
+async def run(
+    db: AsyncDatabase,
+    states: HeldStates,
+    batch: list[Consumed[Reading]],
+    rules: RuleIndex = RULES,
+) -> set[int]:
+    absences = Absences(db, states.owned, ConsumerProgress())
+    _, _, lost = await evaluate_and_record(db, states, absences, batch, rules, [])
     return lost
 
 
@@ -169,11 +177,11 @@ async def test_a_deleted_rules_open_alert_resolves_and_its_state_goes(db: AsyncD
         for part in (slice(0, 2), slice(2, 4))
     )
     states = await owner(db, "only")
-    await evaluate_and_record(db, states, wet, with_damp, [])
+    await run(db, states, wet, with_damp)
     assert await db[ALERT_STATE].count_documents({"rule_id": "damp"}) == 1
     # The rule is deleted while its alert is open: the device's next reading
     # resolves it, and nothing of the rule is kept.
-    await evaluate_and_record(db, states, dry, RULES, [])
+    await run(db, states, dry)
     alert = await db[ALERTS].find_one({"_id": "wet-0:damp"})
     assert alert is not None
     assert (alert["status"], alert["resolved_reason"]) == ("resolved", "rule_changed")

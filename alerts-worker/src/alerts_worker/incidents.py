@@ -152,9 +152,14 @@ class RuleIndex:
     def __init__(self, rules: Iterable[Rule]):
         self.by_id = {rule.rule_id: rule for rule in rules if rule.enabled}
         self.by_metric: dict[tuple[str, str], list[Rule]] = {}
+        # Absent rules by project: judged on silence (``absence.py``), not on values.
+        self.absent: dict[str, list[Rule]] = {}
         self._quiet: dict[tuple[str, str], QuietBand] = {}
         for rule in self.by_id.values():
-            for name in (rule.metric, *rule.metric_aliases):
+            if rule.kind == "absent":
+                self.absent.setdefault(rule.project_id, []).append(rule)
+                continue
+            for name in rule.metric_names:
                 self.by_metric.setdefault((rule.project_id, name), []).append(rule)
                 self._quiet.setdefault((rule.project_id, name), QuietBand()).add(rule)
 

@@ -42,6 +42,8 @@ from alerts_worker.documents import Acknowledgement, OutboxEntry
 from alerts_worker.incidents import RuleDeviceState, TransitionToRecord
 
 ALERT_STATE = "alert_state"
+# When each device was last heard from, for absent rules (``absence.py``).
+DEVICE_PRESENCE = "device_presence"
 ALERT_OUTBOX = "alert_outbox"
 # Event ids seen, so a device's retry of a reading is evaluated once.
 ALERT_SEEN = "alert_seen_events"
@@ -70,6 +72,10 @@ async def ensure_alert_indexes(db: Database) -> None:
     )
     await db[ALERT_SEEN].create_indexes(
         [IndexModel([("seen_at", ASCENDING)], name="seen_at_ttl", expireAfterSeconds=KEEP_S)]
+    )
+    # Each partition's device presence is read whole when the partition is assigned.
+    await db[DEVICE_PRESENCE].create_indexes(
+        [IndexModel([("partition", ASCENDING)], name="partition")]
     )
 
 
@@ -185,9 +191,11 @@ class HeldStates:
         # The newest reading time seen per held device (``evaluate_batch``).
         self.clocks: dict[str, datetime] = {}
 
-    async def partitions_assigned(self, partitions: set[int]) -> None:
+    async def partitions_assigned(self, partitions: set[int]) -> set[int]:
+        """Claim the partitions; return those whose held states are still exact."""
         kept = await self.owned.assign(partitions)
         self.forget(p for p in {d.partition for d in self.devices.values()} if p not in kept)
+        return kept
 
     async def partitions_revoked(self, partitions: set[int]) -> None:
         # Held on to: if nobody claims them before they come back, they are still exact.

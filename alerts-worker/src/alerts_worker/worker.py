@@ -18,6 +18,7 @@ from telemetry_common.infra.ownership import PartitionsLost
 from telemetry_common.infra.settings import AlertsSettings
 from telemetry_common.infra.worker import WorkerContext, run_worker
 
+from alerts_worker.absence import Absences
 from alerts_worker.incidents import BatchOutcome, RuleIndex, evaluate_batch
 from alerts_worker.outbox import Outbox
 from alerts_worker.rule_cache import RuleCache
@@ -74,7 +75,8 @@ class AlertMetrics:
 
 class AlertsHandler:
     """Evaluates each batch on the held states of the owned partitions, records and
-    writes what changed, announces the transitions; the consume loop commits after."""
+    writes what changed, announces the transitions; the consume loop commits after.
+    Every second (``tick``) it judges the silences of absent rules (``absence.py``)."""
 
     def __init__(
         self,
@@ -87,15 +89,21 @@ class AlertsHandler:
         self._rules = rules
         self._metrics = metrics
         self.states = HeldStates(context.db, context.ownership, settings.alerts_state_devices)
+        self.absences = Absences(context.db, self.states.owned, context.progress)
         self._outbox = Outbox(
             context.db, context.producer, settings.alerts_topic, settings.kafka_bootstrap_servers
         )
+        # A batch, a rebalance and a tick each see the states whole, never half-changed.
+        self._turn = asyncio.Lock()
 
     async def partitions_assigned(self, partitions: set[int]) -> None:
-        await self.states.partitions_assigned(partitions)
+        async with self._turn:
+            kept = await self.states.partitions_assigned(partitions)
+            await self.absences.partitions_assigned(partitions, kept)
 
     async def partitions_revoked(self, partitions: set[int]) -> None:
-        await self.states.partitions_revoked(partitions)
+        async with self._turn:
+            await self.states.partitions_revoked(partitions)
 
     async def __call__(self, items: list[Consumed[Reading]]) -> None:
         rules, metrics = self._rules, self._metrics
@@ -103,12 +111,13 @@ class AlertsHandler:
             # Never evaluate without the rules: a batch would pass unjudged.
             await rules.reload()
         partitions = {item.partition for item in items}
-        with metrics.evaluation_seconds.time():
-            first_copies = await drop_retries(self._db, items, utcnow())
-            outcome, newly_recorded, lost = await evaluate_and_record(
-                self._db, self.states, first_copies, rules.rules, rules.silences
-            )
-        published = await self._outbox.publish_pending(partitions - lost, newly_recorded)
+        async with self._turn:
+            with metrics.evaluation_seconds.time():
+                first_copies = await drop_retries(self._db, items, utcnow())
+                outcome, newly_recorded, lost = await evaluate_and_record(
+                    self._db, self.states, self.absences, first_copies, rules.rules, rules.silences
+                )
+            published = await self._outbox.publish_pending(partitions - lost, newly_recorded)
         metrics.readings_evaluated.inc(len(items))
         metrics.duplicates.inc(len(items) - len(first_copies))
         metrics.count(outcome, newly_recorded)
@@ -117,10 +126,39 @@ class AlertsHandler:
         if lost:
             raise PartitionsLost(lost)
 
+    async def tick(self) -> None:
+        """Fire the absent rules whose silence has lasted, resolve those whose rule went."""
+        rules = self._rules
+        if not rules.loaded:
+            return
+        async with self._turn:
+            absences = self.absences
+            await absences.load()
+            now = utcnow()
+            if absences.judge(rules.rules, rules.silences, now):
+                # The open alert is stored first: recorded after a crash from there (load).
+                await absences.write()
+            raised = absences.to_record()
+            if not raised:
+                return
+            lost = await self.states.lost_before_recording({r.partition for r in raised})
+            if lost:
+                absences.forget(lost)
+                raised = [r for r in raised if r.partition not in lost]
+            newly_recorded = await record_transitions(self._db, raised, now)
+            absences.settle(raised)
+            await absences.write()
+            published = await self._outbox.publish_pending(
+                self.states.owned.assigned - lost, newly_recorded
+            )
+        self._metrics.count(BatchOutcome(raised), newly_recorded)
+        self._metrics.published.inc(published)
+
 
 async def evaluate_and_record(
     db: Database,
     states: HeldStates,
+    absences: Absences,
     items: list[Consumed[Reading]],
     rules: RuleIndex,
     silences: Sequence[Silence],
@@ -132,18 +170,26 @@ async def evaluate_and_record(
     """
     tracked = await states.for_batch(items)
     try:
+        await absences.load()
         now = utcnow()
         outcome = evaluate_batch(items, rules, tracked, silences, now, states.clocks)
+        absences.observe(items, rules, silences)
+        from_absences = absences.to_record()
+        outcome.raised += from_absences
         lost = await states.lost_before_recording({r.partition for r in outcome.raised})
         if lost:
+            absences.forget(lost)
             outcome.raised = [r for r in outcome.raised if r.partition not in lost]
             tracked = {i: t for i, t in tracked.items() if t.device_id in states.devices}
         newly_recorded = await record_transitions(db, outcome.raised, now)
+        absences.settle(from_absences)
         lost |= await states.write(tracked, now)
+        lost |= await absences.write()
     except BaseException:
         # The held states took the batch's readings; what of it reached the store
         # is read back on the retry, and the rest evaluated again.
         states.forget_devices({device_key(item.value) for item in items})
+        absences.unsettle()
         raise
     return outcome, newly_recorded, lost
 

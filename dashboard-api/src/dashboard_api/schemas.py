@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -78,10 +80,16 @@ class AlertOut(_Open):
 class RuleOut(_Open):
     rule_id: str = Field(examples=["r-4f1c2a9b03de"])
     name: str = Field(examples=["Server room too hot"])
-    metric: str = Field(examples=["temperature_c"])
+    metric: str | None = Field(
+        examples=["temperature_c"], description="null: an absent rule on any reading"
+    )
     kind: str = Field("threshold", examples=["threshold"])
-    operator: str | None = Field(None, description="null for an anomaly rule", examples=[">"])
-    threshold: float | None = Field(None, description="null for an anomaly rule", examples=[30.0])
+    operator: str | None = Field(
+        None, description="null for an anomaly or absent rule", examples=[">"]
+    )
+    threshold: float | None = Field(
+        None, description="null for an anomaly or absent rule", examples=[30.0]
+    )
     window: str = Field("1m", description="rate rules", examples=["5m"])
     deviations: float = Field(4.0, description="anomaly rules", examples=[4.0])
     clear_deviations: float | None = Field(None, description="anomaly rules", examples=[2.0])
@@ -123,6 +131,14 @@ class DeviceOut(_Open):
     reading_count: int = Field(examples=[3600])
     last_values: dict[str, float] = Field(examples=[{"temperature_c": 25.5, "humidity": 60.0}])
     open_alerts: int = Field(description="alerts with status active", examples=[2])
+    status: Literal["online", "offline"] = Field(
+        description="`offline` while an absent rule on any reading holds the device silent "
+        "(an active `device_offline` alert); `online` otherwise",
+        examples=["offline"],
+    )
+    offline_since: str | None = Field(
+        description="offline: when its last reading was received", examples=[None]
+    )
     tags: list[str] = Field(
         default_factory=list, description="tags of the latest reading", examples=[["room:101"]]
     )

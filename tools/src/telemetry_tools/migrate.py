@@ -412,9 +412,7 @@ class Backfill:
     already_done: bool = False
 
 
-async def backfill_projects(
-    db: Database, *, batch: int = 1000, progress: bool = False
-) -> Backfill:
+async def backfill_projects(db: Database, *, batch: int = 1000, progress: bool = False) -> Backfill:
     """Give the default project to every document stored before projects."""
     migrations = db[MIGRATIONS]
     state = await migrations.find_one({"_id": PROJECTS_MIGRATION_ID})

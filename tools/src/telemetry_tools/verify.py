@@ -124,9 +124,7 @@ async def value_counts(
     return raw, rolled
 
 
-async def double_counted(
-    db: Database, resolution: str, device_prefix: str | None = None
-) -> int:
+async def double_counted(db: Database, resolution: str, device_prefix: str | None = None) -> int:
     """Readings the rollups count more than once: rollup counts above the raw count,
     per (device, metric), summed. 0 when nothing was applied twice."""
     raw, rolled = await value_counts(db, resolution, device_prefix)

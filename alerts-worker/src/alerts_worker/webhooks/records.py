@@ -120,9 +120,7 @@ def delivery_document(
     }
 
 
-async def record_deliveries(
-    db: Database, notifications: list[Notification], now: datetime
-) -> int:
+async def record_deliveries(db: Database, notifications: list[Notification], now: datetime) -> int:
     """Record a delivery for each matching (webhook, notification); return how many are new."""
     if not notifications:
         return 0

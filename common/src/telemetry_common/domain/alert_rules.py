@@ -30,9 +30,12 @@ Operator = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
 Scope = Literal["all", "tag", "devices"]
 # threshold: a value past a number; rate: its change per second over a window past
-# a number; anomaly: a value unusual for its device (its baseline learned as it goes).
-Kind = Literal["threshold", "rate", "anomaly"]
+# a number; anomaly: a value unusual for its device (its baseline learned as it goes);
+# absent: no reading (or no value of the metric) from a device for `for`.
+Kind = Literal["threshold", "rate", "anomaly", "absent"]
 KINDS_WITH_A_THRESHOLD = ("threshold", "rate")
+# Judged on each value; an absent rule is judged on the time since the last one.
+KINDS_JUDGING_VALUES = ("threshold", "rate", "anomaly")
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": gt,
@@ -73,8 +76,8 @@ def duration_seconds(text: str) -> int:
 
 
 class RuleCreate(BaseModel):
-    """A new rule: name and metric are required, and operator and threshold for a
-    threshold or rate rule.
+    """A new rule: a name; a metric (but for an absent rule, where it is optional);
+    operator and threshold for a threshold or rate rule; `for` for an absent rule.
 
     Fields are checked one by one here, and together by ``check_rule``.
     """
@@ -82,12 +85,19 @@ class RuleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str = Field(min_length=1, max_length=100, examples=["Server room too hot"])
-    metric: str = Field(pattern=METRIC_NAME_PATTERN, examples=["temperature_c"])
+    metric: str | None = Field(
+        None,
+        pattern=METRIC_NAME_PATTERN,
+        description="the metric judged; required but for an `absent` rule, where null "
+        "means any reading",
+        examples=["temperature_c"],
+    )
     kind: Kind = Field(
         "threshold",
         description="`threshold`: a value past `threshold`; `rate`: the value's change per "
         "second over `window` past `threshold`; `anomaly`: a value more than `deviations` "
-        "standard deviations from the device's own baseline",
+        "standard deviations from the device's own baseline; `absent`: no reading (or no "
+        "value of `metric`) from a device for `for`",
         examples=["threshold"],
     )
     operator: Operator | None = Field(
@@ -110,8 +120,7 @@ class RuleCreate(BaseModel):
         gt=0,
         le=1000,
         allow_inf_nan=False,
-        description="anomaly rules: how many standard deviations from the device's baseline "
-        "fire",
+        description="anomaly rules: how many standard deviations from the device's baseline fire",
         examples=[4.0],
     )
     clear_deviations: float | None = Field(
@@ -153,7 +162,8 @@ class RuleCreate(BaseModel):
         alias="for",
         pattern=DURATION_PATTERN,
         description="how long the k-of-n condition must hold before the alert fires, "
-        "in reading time; 0s fires at once",
+        "in reading time, 0s firing at once; for an `absent` rule, how long a device "
+        "may stay silent (required, at least 1s)",
         examples=["1m"],
     )
     cooldown: str = Field(
@@ -206,6 +216,10 @@ class RuleError(ValueError):
 def check_rule(rule: dict[str, Any]) -> None:
     """Checks across fields, for a new rule and for a rule after a PATCH."""
     kind = rule.get("kind") or "threshold"
+    if kind != "absent" and rule.get("metric") is None:
+        raise RuleError("metric", f"is required for a {kind} rule")
+    if kind == "absent" and duration_seconds(rule.get("for") or "0s") == 0:
+        raise RuleError("for", "is how long a device may be silent: at least 1s")
     for name in ("operator", "threshold"):
         if kind in KINDS_WITH_A_THRESHOLD and rule.get(name) is None:
             raise RuleError(name, f"is required for a {kind} rule")
@@ -248,7 +262,8 @@ class Rule(BaseModel):
     # A rule judges its own project's readings only.
     project_id: str = DEFAULT_PROJECT
     name: str
-    metric: str
+    # None: an absent rule on any reading.
+    metric: str | None = None
     kind: Kind = "threshold"
     operator: Operator | None = None
     threshold: float | None = None
@@ -273,6 +288,8 @@ class Rule(BaseModel):
     sensor: str | None = None
     unit: str = ""
     critical_beyond: float | None = None
+    # When a person created it: an absent rule's silence starts no earlier.
+    created_at: datetime | None = None
 
     # Cached: read for every reading a rule meets.
     @cached_property
@@ -325,6 +342,11 @@ class Rule(BaseModel):
             return max(self.limits)
         return None
 
+    @cached_property
+    def metric_names(self) -> tuple[str, ...]:
+        """The names a reading may give this rule's metric (none: an absent rule on any)."""
+        return () if self.metric is None else (self.metric, *self.metric_aliases)
+
     def may_matter(self, value: float) -> bool:
         """Whether a value is past the threshold or the clear threshold (it may matter);
         every value matters to a rate or anomaly rule, which learns from each."""
@@ -340,6 +362,8 @@ class Rule(BaseModel):
         """The alert_type of a breach of ``metric`` (the name the reading used)."""
         if self.kind == "anomaly":
             return f"{metric}_anomaly"
+        if self.kind == "absent":
+            return f"{metric}_absent" if self.metric is not None else "device_offline"
         assert self.operator is not None
         word = OPERATOR_WORDS[self.operator]
         return f"{metric}_rate_{word}" if self.kind == "rate" else f"{metric}_{word}"
@@ -353,7 +377,7 @@ class Rule(BaseModel):
 
     def value_in(self, metrics: dict[str, float]) -> tuple[str, float] | None:
         """The metric this rule watches in a reading, by its name or an alias."""
-        for name in (self.metric, *self.metric_aliases):
+        for name in self.metric_names:
             value = metrics.get(name)
             if value is not None:
                 return name, value

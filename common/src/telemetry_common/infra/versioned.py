@@ -164,9 +164,7 @@ async def _duplicate_ids(write: Awaitable[Any], ids: list[str]) -> set[str]:
 Write = tuple[dict[str, Any], int | None]
 
 
-def _replace_if_unchanged(
-    collection: Collection, chunk: list[Write]
-) -> Awaitable[BulkWriteResult]:
+def _replace_if_unchanged(collection: Collection, chunk: list[Write]) -> Awaitable[BulkWriteResult]:
     ops = [
         ReplaceOne(
             {"_id": doc["_id"], "_v": version if version is not None else {"$exists": False}},

@@ -22,6 +22,7 @@ import uvloop
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
+from telemetry_common.infra.background import BackgroundTasks
 from telemetry_common.infra.kafka.consumer import (
     ConsumerLoop,
     Decode,
@@ -31,6 +32,7 @@ from telemetry_common.infra.kafka.consumer import (
 )
 from telemetry_common.infra.kafka.dlq import DeadLetterPublisher
 from telemetry_common.infra.kafka.producer import RenewableProducer, build_producer
+from telemetry_common.infra.kafka.progress import ConsumerProgress
 from telemetry_common.infra.metrics import ConsumerMetrics
 from telemetry_common.infra.mongo import Database, connect, ensure_indexes
 from telemetry_common.infra.ownership import PartitionOwnership
@@ -47,12 +49,18 @@ T = TypeVar("T")
 SHUTDOWN_GRACE_S = 10.0
 
 
+# How often a handler's ``tick`` runs (what it judges on time rather than on records).
+TICK_S = 1.0
+
+
 @dataclass
 class WorkerContext:
     settings: WorkerSettings
     db: Database
     producer: RenewableProducer
     ownership: PartitionOwnership
+    # How far each partition has been handled (``kafka/progress.py``).
+    progress: ConsumerProgress
 
 
 def owner_name(service: str) -> str:
@@ -114,6 +122,7 @@ def consume_loop(
     handle: Handler[T],
     metrics: ConsumerMetrics,
     handling: asyncio.Lock | None = None,
+    progress: ConsumerProgress | None = None,
 ) -> ConsumerLoop[T]:
     """The commit-after-write loop with the settings' retry policy and the DLQ."""
     return ConsumerLoop(
@@ -130,7 +139,18 @@ def consume_loop(
         ),
         max_records=settings.consumer_max_records,
         handling=handling,
+        progress=progress,
     )
+
+
+async def _tick_forever(name: str, tick: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)
+        try:
+            await tick()
+        except Exception:
+            # MongoDB away, say: the next tick judges again from the same state.
+            log.warning("%s: tick failed", name, exc_info=True)
 
 
 async def run_worker(
@@ -157,6 +177,8 @@ async def run_worker(
     metrics = ConsumerMetrics(registry)
     consumer_loop: ConsumerLoop[T] | None = None
     started = {"kafka": False, "mongo": False}
+    progress = ConsumerProgress()
+    background = BackgroundTasks()
 
     def health() -> dict[str, object]:
         ok = all(started.values()) and consumer_loop is not None and consumer_loop.healthy
@@ -172,18 +194,24 @@ async def run_worker(
         ownership = PartitionOwnership(
             db, name, group_id, settings.telemetry_topic, owner_name(name)
         )
-        context = WorkerContext(settings, db, producer, ownership)
+        context = WorkerContext(settings, db, producer, ownership, progress)
         handle = handler_for(context)
+        # Optional parts of a handler: told of rebalances, and ticked every TICK_S.
         assigned = getattr(handle, "partitions_assigned", None)
         revoked = getattr(handle, "partitions_revoked", None)
+        tick = getattr(handle, "tick", None)
         handling = asyncio.Lock()
-        listener = RebalanceHooks(assigned, revoked, handling) if assigned and revoked else None
+        listener = (
+            RebalanceHooks(assigned, revoked, handling, progress) if assigned and revoked else None
+        )
         consumer = subscribe(settings, settings.telemetry_topic, group_id, name, listener)
         await start_with_retry("Kafka consumer", consumer.start, stop)
         started["kafka"] = True
         consumer_loop = consume_loop(
-            name, settings, consumer, producer, decode, handle, metrics, handling
+            name, settings, consumer, producer, decode, handle, metrics, handling, progress
         )
+        if tick is not None:
+            background.start(_tick_forever(name, tick), name=f"{name} tick")
         log.info("%s consuming %s as group %s", name, settings.telemetry_topic, group_id)
         run_task = asyncio.create_task(consumer_loop.run(stop))
         stop_task = asyncio.create_task(stop.wait())
@@ -199,6 +227,7 @@ async def run_worker(
                     await run_task
     finally:
         log.info("%s stopping", name)
+        await background.stop()
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await consumer.stop()

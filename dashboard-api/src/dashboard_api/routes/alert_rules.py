@@ -99,6 +99,16 @@ CREATE_EXAMPLES = {
             "window": "1m",
         },
     },
+    "device offline": {
+        "summary": "a device in room 101 has sent no reading for 5 minutes",
+        "value": {
+            "name": "Room 101 sensor offline",
+            "kind": "absent",
+            "for": "5m",
+            "scope": "tag",
+            "tag": "room:101",
+        },
+    },
 }
 
 

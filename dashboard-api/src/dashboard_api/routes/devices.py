@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.domain.rollup_layout import scoped_id
+from telemetry_common.domain.timefmt import iso_z
 from telemetry_common.http.api_errors import ApiError, ErrorOut
 from telemetry_common.infra.mongo import ALERTS, DEVICES, Database
 
@@ -28,12 +29,24 @@ IdPrefix = Annotated[
 ]
 # Above every character a device id may hold (all ASCII): the end of a prefix's range.
 _AFTER_ID_CHARS = "\x7f"
+# What an absent rule on any reading raises (alert_rules.Rule.alert_type_of): while one
+# is active, its device is offline.
+OFFLINE_ALERT = "device_offline"
+StatusFilter = Annotated[
+    Literal["online", "offline"] | None,
+    Query(
+        description="`offline`: devices an absent rule on any reading holds silent now "
+        "(an active `device_offline` alert); `online`: the others",
+        examples=["offline"],
+    ),
+]
 
 
-async def open_alert_counts(
+async def open_alerts_by_device(
     db: Database, project_id: str, device_ids: list[str]
-) -> dict[str, int]:
-    """Active alerts per device, for one page of devices, in one aggregation.
+) -> dict[str, dict[str, Any]]:
+    """Active alerts per device (``open``) and since when it has been offline
+    (``offline_since``, None if online), for one page of devices, in one aggregation.
 
     Counted at read time rather than kept on the device document: an ``$inc`` by
     the alerts worker would count twice when a batch is replayed after a crash,
@@ -51,10 +64,18 @@ async def open_alert_counts(
                 "status": "active",
             }
         },
-        {"$group": {"_id": "$device_id", "open": {"$sum": 1}}},
+        {
+            "$group": {
+                "_id": "$device_id",
+                "open": {"$sum": 1},
+                # Null for other alerts, which $min passes over.
+                "offline_since": {
+                    "$min": {"$cond": [{"$eq": ["$alert_type", OFFLINE_ALERT]}, "$timestamp", None]}
+                },
+            }
+        },
     ]
-    counts = await (await db[ALERTS].aggregate(pipeline)).to_list()
-    return {row["_id"]: row["open"] for row in counts}
+    return {row["_id"]: row async for row in await db[ALERTS].aggregate(pipeline)}
 
 
 async def _with_open_alerts(
@@ -63,8 +84,26 @@ async def _with_open_alerts(
     # A device's _id is its id only in the default project; its device_id field is
     # its id everywhere (and as_served() falls back on _id for a summary without one).
     devices = [as_served(doc, "device_id") for doc in docs]
-    counts = await open_alert_counts(db, project_id, [device["device_id"] for device in devices])
-    return [{**device, "open_alerts": counts.get(device["device_id"], 0)} for device in devices]
+    found = await open_alerts_by_device(db, project_id, [device["device_id"] for device in devices])
+    served = []
+    for device in devices:
+        row: dict[str, Any] = found.get(device["device_id"], {})
+        since = row.get("offline_since")
+        served.append(
+            {
+                **device,
+                "open_alerts": row.get("open", 0),
+                "status": "online" if since is None else "offline",
+                "offline_since": None if since is None else iso_z(since),
+            }
+        )
+    return served
+
+
+async def offline_devices(db: Database, project_id: str) -> list[str]:
+    """The project's devices an active device_offline alert holds silent."""
+    query = {"project_id": project_id, "status": "active", "alert_type": OFFLINE_ALERT}
+    return sorted(await db[ALERTS].distinct("device_id", query))
 
 
 @router.get("/devices", response_model=DevicesPage, responses=BAD_PARAMETER)
@@ -75,8 +114,10 @@ async def list_devices(
     cursor: Cursor = None,
     tag: TagFilter = None,
     id_prefix: IdPrefix = None,
+    status: StatusFilter = None,
 ) -> dict[str, Any]:
-    """Devices with first/last seen, reading count, last values and open alerts, by device id.
+    """Devices with first/last seen, reading count, last values, open alerts and whether
+    they are online, by device id.
 
     Ordered by device id, which never changes: ordered by last seen, a device
     reporting while a client pages would move between pages, seen twice or never.
@@ -90,6 +131,10 @@ async def list_devices(
         # paged like the rest.
         low = scoped_id(project_id, id_prefix)
         query["_id"] = {"$gte": low, "$lt": low + _AFTER_ID_CHARS}
+    if status is not None:
+        offline = [scoped_id(project_id, d) for d in await offline_devices(db, project_id)]
+        among = {"_id": {"$in" if status == "offline" else "$nin": offline}}
+        query = {"$and": [query, among]}
     docs, next_cursor = await keyset_page(
         db[DEVICES], query, sort_key="_id", limit=limit, cursor=cursor, descending=False
     )

@@ -14,6 +14,7 @@ rebalance changes nothing. Failures are sorted in two:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from tenacity import AsyncRetrying
 from telemetry_common.infra.errors import is_transient
 from telemetry_common.infra.kafka.dlq import DeadLetterPublisher
 from telemetry_common.infra.kafka.producer import RenewableProducer, is_stale_producer
+from telemetry_common.infra.kafka.progress import ConsumerProgress
 from telemetry_common.infra.kafka.readings import request_id_of
 from telemetry_common.infra.metrics import ConsumerMetrics
 from telemetry_common.infra.ownership import PartitionsLost
@@ -67,14 +69,22 @@ class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
     """
 
     def __init__(
-        self, assigned: PartitionsChanged, revoked: PartitionsChanged, handling: asyncio.Lock
+        self,
+        assigned: PartitionsChanged,
+        revoked: PartitionsChanged,
+        handling: asyncio.Lock,
+        progress: ConsumerProgress | None = None,
     ):
         self._assigned = assigned
         self._revoked = revoked
         self._handling = handling
+        self._progress = progress
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._handling:
+            if self._progress is not None:
+                # Assigned again, a partition is read from its last commit: known afresh.
+                self._progress.forget(tp.partition for tp in revoked)
             await self._revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -101,9 +111,12 @@ class ConsumerLoop(Generic[T]):
         retry: RetryPolicy,
         max_records: int = 2000,
         handling: asyncio.Lock | None = None,
+        progress: ConsumerProgress | None = None,
     ):
-        """``handling``: held while the handler runs; share it with the RebalanceHooks."""
+        """``handling``: held while the handler runs; share it with the RebalanceHooks.
+        ``progress``: kept up to date with how far each partition was handled."""
         self._consumer = consumer
+        self.progress = progress or ConsumerProgress()
         self._handling = handling or asyncio.Lock()
         self._decode = decode
         self._handle = handle
@@ -119,6 +132,7 @@ class ConsumerLoop(Generic[T]):
         while not stop.is_set():
             batch = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
             if not batch:
+                await self._note_idle()
                 self._report_lag()
                 continue
             with self._metrics.batch_seconds.time():
@@ -130,6 +144,7 @@ class ConsumerLoop(Generic[T]):
                     batch = {tp: rs for tp, rs in batch.items() if tp.partition not in lost}
                 if batch:
                     await self._commit(batch)
+                    self._note_handled(batch)
             self._report_done(records, decoded)
             self._report_lag()
 
@@ -309,6 +324,21 @@ class ConsumerLoop(Generic[T]):
             log.warning("commit refused after rebalance: %s", exc)
             return
         self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
+
+    def _note_handled(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        for tp, records in batch.items():
+            newest = max(record.timestamp for record in records)
+            end = self._consumer.highwater(tp)
+            self.progress.handled(tp.partition, newest, records[-1].offset + 1, end)
+
+    async def _note_idle(self) -> None:
+        consumer = self._consumer
+        for tp in consumer.assignment():
+            # Revoked meanwhile (the awaits let a rebalance in): it is known afresh later.
+            with contextlib.suppress(IllegalStateError, AssertionError):
+                end = consumer.highwater(tp)
+                if end is not None:  # fetched at least once, so its position is valid
+                    self.progress.idle(tp.partition, await consumer.position(tp), end)
 
     def _report_lag(self) -> None:
         for tp in self._consumer.assignment():
