@@ -115,6 +115,47 @@ def test_fleet_lists_the_devices_ingested_with_their_last_values(stack: Stack, p
     screenshot(page, "fleet-dark")
 
 
+def test_an_offline_device_stands_out_and_its_page_lists_the_rules_covering_it(
+    stack: Stack, page: Page
+) -> None:
+    rule = requests.post(
+        url(stack, "dashboard-api", "/alerts/rules"),
+        json={"name": "Lamp offline", "kind": "absent", "for": "2s", "scope": "devices",
+              "devices": ["ui-lamp-off"]},
+        timeout=10,
+    )  # fmt: skip
+    assert rule.status_code == 201, rule.text
+    now = datetime.now(UTC).isoformat()
+    lamps = ("ui-lamp-off", "ui-lamp-on")
+    ingest(stack, [{"device_id": d, "ts": now, "temperature_c": 20.0} for d in lamps])
+
+    def reported() -> dict:
+        ingest(stack, [{"device_id": "ui-lamp-on", "temperature_c": 20.0}])
+        return api(stack, "/devices", id_prefix="ui-lamp-", status="offline")
+
+    wait_for(reported, lambda b: [d["device_id"] for d in b["data"]] == ["ui-lamp-off"])
+
+    page.goto("/ui/#/fleet")
+    page.get_by_placeholder("Search device id").fill("ui-lamp-")
+    expect(page.locator("#fleet-table tbody tr[data-device]")).to_have_count(2)
+    offline = page.locator('tr[data-device="ui-lamp-off"]')
+    expect(offline).to_have_class(re.compile("offline"))
+    expect(offline).to_contain_text("Offline")
+    page.locator("#fleet-status").select_option("offline")
+    expect(page.locator("#fleet-table tbody tr[data-device]")).to_have_count(1)
+    screenshot(page, "fleet-offline")
+    page.locator("#fleet-status").select_option("")  # the next tests see every device
+
+    page.goto("/ui/#/device/ui-lamp-off")
+    covering = page.locator("#device-rules tbody")
+    expect(covering).to_contain_text("Lamp offline")
+    expect(covering).to_contain_text("no reading for 2s")
+    page.goto("/ui/#/device/ui-lamp-on")
+    expect(page.locator("#device-rules tbody")).not_to_contain_text("Lamp offline")
+    rule_url = url(stack, "dashboard-api", f"/alerts/rules/{rule.json()['rule_id']}")
+    requests.delete(rule_url, timeout=10)
+
+
 def test_a_device_chart_has_the_points_ingested_and_takes_new_ones_live(
     stack: Stack, page: Page
 ) -> None:

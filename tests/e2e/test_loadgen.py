@@ -68,3 +68,43 @@ def test_a_bad_metrics_spec_names_the_part_that_is_wrong(capsys: pytest.CaptureF
         loadgen.main(["--metrics", "temperature_c=15:35,humidity=high"])
     assert exit_.value.code == 2
     assert "'humidity=high': expected name=low:high" in capsys.readouterr().err
+
+
+def test_injected_spikes_and_silences_raise_the_alerts_verify_looks_for(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Spikes of six deviations on two devices, two devices silent for the run's last
+    twelve seconds: an anomaly rule and an absent rule on those devices flag exactly
+    those, and --verify finds each alert."""
+    devices = [f"inject-{d}" for d in range(6)]
+    rules = [
+        {"name": "Unusual", "metric": "temperature_c", "kind": "anomaly"},
+        {"name": "Offline", "kind": "absent", "for": "3s"},
+    ]
+    created = []
+    for rule in rules:
+        answer = requests.post(
+            url(stack, "dashboard-api", "/alerts/rules"),
+            json={**rule, "scope": "devices", "devices": devices},
+            timeout=10,
+        )
+        assert answer.status_code == 201, answer.text
+        created.append(answer.json()["rule_id"])
+    try:
+        summary = run_loadgen(
+            stack, tmp_path,
+            "--devices", "6", "--rps", "5", "--duration", "20", "--seed", "8",
+            "--device-prefix", "inject-", "--spikes", "2", "--spike-after", "40",
+            "--silent-devices", "2", "--silence-at", "8",
+            "--verify", "--verify-timeout", "60",
+        )  # fmt: skip
+    finally:
+        for rule_id in created:
+            requests.delete(url(stack, "dashboard-api", f"/alerts/rules/{rule_id}"), timeout=10)
+    checked = summary["alert_verification"]
+    assert (checked["spikes"], checked["spikes_checked"], checked["spikes_missed"]) == (2, 2, [])
+    assert (checked["silences"], checked["silences_checked"]) == (2, 2)
+    assert checked["silences_unflagged"] == []
+    assert checked["flagged_offline_while_reporting"] == []
+    assert checked["ok"] is True
+    assert summary["verification"]["ok"] is True

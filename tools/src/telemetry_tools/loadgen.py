@@ -26,6 +26,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from telemetry_common.domain.alert_rules import duration_seconds
+from telemetry_common.domain.timefmt import iso_z
 
 from telemetry_tools.percentiles import percentile
 
@@ -35,6 +37,40 @@ MAX_ATTEMPTS = 30
 DEFAULT_METRICS = {"temperature_c": (15.0, 35.0), "humidity": (30.0, 70.0)}
 # Values that breach the default thresholds (temperature 50, humidity 100).
 ANOMALIES = {"temperature_c": (55.0, 80.0), "humidity": (101.0, 130.0)}
+
+
+@dataclass
+class Spike:
+    device_id: str
+    event_id: str
+    metric: str
+    value: float
+
+
+@dataclass
+class Silence:
+    """A device that stopped sending: from after its last reading until it resumed."""
+
+    device_id: str
+    # Monotonic seconds into the run; resumed None: silent until the end.
+    began_s: float
+    resumed_s: float | None = None
+
+
+@dataclass
+class Injected:
+    """What the run put into otherwise normal traffic, for --verify to look for."""
+
+    spikes: list[Spike] = field(default_factory=list)
+    silences: dict[str, Silence] = field(default_factory=dict)
+
+
+def spike_value(low: float, high: float, deviations: float, rng: random.Random) -> float:
+    """A value ``deviations`` standard deviations of the normal band (uniform in
+    [low, high]: its deviation is the width over the square root of 12) above or
+    below its middle: unusual for any device sending that band."""
+    sigma = (high - low) / 12**0.5
+    return round((low + high) / 2 + rng.choice((-1, 1)) * deviations * sigma, 3)
 
 
 @dataclass
@@ -54,6 +90,7 @@ class Stats:
     # The event ids the API acknowledged (2xx): what a reliability check holds it to.
     # None unless asked for, so an hour-long run does not keep millions of strings.
     acknowledged: list[str] | None = None
+    injected: Injected = field(default_factory=lambda: Injected())
 
     def percentile(self, q: float) -> float:
         return percentile(self.latencies_s, q)
@@ -173,9 +210,39 @@ async def run(args: argparse.Namespace) -> Stats:
     in_flight: set[asyncio.Task[None]] = set()
     semaphore = asyncio.Semaphore(args.concurrency)
 
+    silent = set(devices[: args.silent_devices])
+    silence_from = args.silence_at if args.silence_at is not None else (args.duration or 60) / 3
+    silence_until = None if args.silence_for is None else silence_from + args.silence_for
+    # Each spiking device spikes once, on one of its readings after its baseline warmed.
+    spike_metric, (spike_low, spike_high) = next(iter(metrics.items()))
+    spiking = {
+        device: args.spike_after + rng.randrange(20)
+        for device in rng.sample(devices, min(args.spikes, len(devices)))
+    }
+    injected = stats.injected
+
+    def quiet(device: str, at_s: float) -> bool:
+        """Whether the device is in its silence at ``at_s`` (seconds into the run)."""
+        if device not in silent or at_s < silence_from:
+            return False
+        if silence_until is not None and at_s >= silence_until:
+            if device in injected.silences:
+                injected.silences[device].resumed_s = at_s
+            return False
+        injected.silences.setdefault(device, Silence(device, at_s))
+        return True
+
+    def with_spike(device: str, sent: int, reading: dict[str, Any]) -> dict[str, Any]:
+        if spiking.get(device) == sent:
+            value = spike_value(spike_low, spike_high, args.spike_size, rng)
+            reading[spike_metric] = value
+            injected.spikes.append(Spike(device, reading["event_id"], spike_metric, value))
+        return reading
+
     async def device_loop(index: int, device: str, client: aiohttp.ClientSession) -> None:
         interval = args.batch / args.rps
         n = 0
+        readings_sent = 0
         phase = first_upload_at(index, len(devices), interval, rng)
         while True:
             target = started + phase + n * interval
@@ -187,6 +254,8 @@ async def run(args: argparse.Namespace) -> Stats:
                 return
             await asyncio.sleep(max(0.0, target - time.monotonic()))
             n += 1
+            if quiet(device, target - started):
+                continue
             size = args.batch
             if args.total:
                 size = min(size, args.total - stats.sent)
@@ -199,24 +268,26 @@ async def run(args: argparse.Namespace) -> Stats:
                 # since its last upload, not all at once.
                 now = datetime.now(UTC)
                 body: Any = [
-                    make_reading(
+                    with_spike(
                         device,
-                        rng,
-                        metrics,
-                        args.anomaly_rate,
-                        now - timedelta(seconds=(size - 1 - i) / args.rps),
+                        readings_sent + i,
+                        make_reading(
+                            device,
+                            rng,
+                            metrics,
+                            args.anomaly_rate,
+                            now - timedelta(seconds=(size - 1 - i) / args.rps),
+                        ),
                     )
                     for i in range(size)
                 ]
                 coro = post(client, "/ingest/batch", body, stats, size)
             else:
-                coro = post(
-                    client,
-                    "/ingest",
-                    make_reading(device, rng, metrics, args.anomaly_rate),
-                    stats,
-                    1,
+                body = with_spike(
+                    device, readings_sent, make_reading(device, rng, metrics, args.anomaly_rate)
                 )
+                coro = post(client, "/ingest", body, stats, 1)
+            readings_sent += size
             task = asyncio.create_task(coro)
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
@@ -326,6 +397,119 @@ async def verify(
     }
 
 
+async def all_pages(
+    client: aiohttp.ClientSession, path: str, params: dict[str, str]
+) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = {**params, "limit": "1000", **({"cursor": cursor} if cursor else {})}
+        async with client.get(path, params=query) as response:
+            if response.status != 200:
+                raise SystemExit(f"GET {path}: {response.status} {await response.text()}")
+            page = await response.json()
+        items.extend(page["data"])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return items
+
+
+# A silence is flagged within its rule's `for` and a tick; this much more is allowed.
+OFFLINE_SLACK_S = 5.0
+
+
+def covers(rule: dict[str, Any], device_id: str) -> bool:
+    """Whether a rule (as the API serves it) watches the device; a tag scope cannot be
+    told from here (the run's readings carry no tags), so it is taken as not."""
+    if rule["scope"] == "devices":
+        return device_id in (rule["devices"] or ())
+    return bool(rule["scope"] == "all")
+
+
+async def verify_alerts(
+    dashboard_url: str,
+    injected: Injected,
+    devices: list[str],
+    run: tuple[datetime, float],
+    timeout_s: float,
+    read_key: str | None = None,
+) -> dict[str, Any]:
+    """Ask the dashboard whether each spike raised an anomaly alert on its own reading,
+    each silence long enough for an absent rule raised a device_offline alert, and no
+    device that kept reporting was flagged offline.
+
+    ``run``: when it began (wall clock) and how long it lasted (seconds). What no
+    enabled rule of the project watches is reported as not checked.
+    """
+    began, lasted_s = run
+    ended = began + timedelta(seconds=lasted_s)
+    async with dashboard_session(dashboard_url, read_key) as client:
+        rules = await all_pages(client, "/alerts/rules", {"enabled": "true"})
+        spikes = [
+            s
+            for s in injected.spikes
+            if any(r["kind"] == "anomaly" and r["metric"] == s.metric and covers(r, s.device_id)
+                   for r in rules)
+        ]  # fmt: skip
+        silences = []
+        for silence in injected.silences.values():
+            allowed = [
+                duration_seconds(r["for"])
+                for r in rules
+                if r["kind"] == "absent" and r["metric"] is None and covers(r, silence.device_id)
+            ]
+            until = lasted_s if silence.resumed_s is None else silence.resumed_s
+            if allowed and until - silence.began_s >= min(allowed) + OFFLINE_SLACK_S:
+                silences.append(silence)
+        ours = set(devices)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            alerts = await all_pages(client, "/alerts", {"from": iso_z(began)})
+            anomalies = {
+                a["alert_id"].rpartition(":")[0]
+                for a in alerts
+                if a["alert_type"].endswith("_anomaly")
+            }
+            offline = [a for a in alerts if a["alert_type"] == "device_offline"]
+            missed_spikes = [s for s in spikes if s.event_id not in anomalies]
+            flagged = {a["device_id"] for a in offline}
+            unflagged = [s for s in silences if s.device_id not in flagged]
+            if (not missed_spikes and not unflagged) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
+    # Flagged while the run still sent its readings (once it ended, every device is silent).
+    flagged_wrongly = sorted(
+        {
+            a["device_id"]
+            for a in offline
+            if a["device_id"] in ours
+            and a["device_id"] not in injected.silences
+            and datetime.fromisoformat(a["fired_at"]) < ended
+        }
+    )
+    return {
+        "ok": not missed_spikes and not unflagged and not flagged_wrongly,
+        "spikes": len(injected.spikes),
+        "spikes_checked": len(spikes),
+        "spikes_missed": [s.device_id for s in missed_spikes],
+        "silences": len(injected.silences),
+        "silences_checked": len(silences),
+        "silences_unflagged": [s.device_id for s in unflagged],
+        "flagged_offline_while_reporting": flagged_wrongly,
+        "not_checked": [
+            what
+            for what, skipped in (
+                ("spikes: no enabled anomaly rule on their metric", injected.spikes and not spikes),
+                (
+                    "silences: no enabled absent rule (on any reading) covering them, or too short",
+                    injected.silences and not silences,
+                ),
+            )
+            if skipped
+        ],
+    }
+
+
 def dashboard_session(dashboard_url: str, read_key: str | None) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         base_url=dashboard_url,
@@ -382,6 +566,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="metric names and value ranges, e.g. temperature_c=15:35,humidity=30:70",
     )
+    parser.add_argument(
+        "--silent-devices",
+        type=int,
+        default=0,
+        help="this many devices (the first ones) stop sending for a while",
+    )
+    parser.add_argument(
+        "--silence-at",
+        type=float,
+        default=None,
+        help="seconds into the run their silence begins (default: a third of --duration)",
+    )
+    parser.add_argument(
+        "--silence-for", type=float, default=None, help="seconds it lasts (default: to the end)"
+    )
+    parser.add_argument(
+        "--spikes",
+        type=int,
+        default=0,
+        help="this many devices each send one value far outside their band (the first metric)",
+    )
+    parser.add_argument(
+        "--spike-size",
+        type=float,
+        default=6.0,
+        help="how far, in standard deviations of the metric's band",
+    )
+    parser.add_argument(
+        "--spike-after",
+        type=int,
+        default=40,
+        help="a device spikes after this many readings (and 20 more at most), once its "
+        "baseline has warmed",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device-prefix", default="sim-")
     parser.add_argument("--concurrency", type=int, default=200, help="requests in flight at most")
@@ -412,6 +630,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.verify
         else {}
     )
+    began = datetime.now(UTC)
     stats = asyncio.run(run(args))
     result = summary(stats, args)
     if args.verify:
@@ -424,11 +643,23 @@ def main(argv: list[str] | None = None) -> None:
                 args.read_key,
             )
         )
+        if stats.injected.spikes or stats.injected.silences:
+            result["alert_verification"] = asyncio.run(
+                verify_alerts(
+                    args.dashboard_url,
+                    stats.injected,
+                    devices,
+                    (began, stats.send_elapsed_s),
+                    args.verify_timeout,
+                    args.read_key,
+                )
+            )
     print(json.dumps(result, indent=2))
     if args.json_path:
         with open(args.json_path, "w") as handle:
             json.dump(result, handle, indent=2)
-    if sum(result["rejected"].values()) or not result.get("verification", {"ok": True})["ok"]:
+    verdicts = [result.get(k, {"ok": True})["ok"] for k in ("verification", "alert_verification")]
+    if sum(result["rejected"].values()) or not all(verdicts):
         raise SystemExit(1)
 
 

@@ -12,15 +12,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import BaseModel, Field
 from telemetry_common.domain.alert_rules import (
+    Kind,
     RuleCreate,
     RuleError,
     RuleUpdate,
     check_rule,
 )
 from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from telemetry_common.domain.rollup_layout import scoped_id
 from telemetry_common.domain.timefmt import utcnow
 from telemetry_common.http.api_errors import ApiError, ErrorOut
-from telemetry_common.infra.mongo import ALERT_RULES, Database
+from telemetry_common.infra.mongo import ALERT_RULES, DEVICES, Database
 
 from dashboard_api.auth import WRITE_ERRORS, Caller, Reader, Writer, read_router
 from dashboard_api.deps import BAD_PARAMETER, Db, Limit, page
@@ -172,14 +174,40 @@ async def list_rules(
         bool | None,
         Query(description="only the built-in rules (or only people's)", examples=[False]),
     ] = None,
+    kind: Annotated[
+        Kind | None, Query(description="only rules of this kind", examples=["absent"])
+    ] = None,
+    device_id: Annotated[
+        str | None,
+        Query(
+            pattern=DEVICE_ID_PATTERN,
+            description="only rules covering this device: on all devices, listing it, or on a "
+            "tag its latest reading carried",
+            examples=["dev-1"],
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Rules, newest first, the built-in ones (the environment's thresholds) among them."""
     query: dict[str, Any] = {"project_id": caller.project_id}
     if metric:
         query["metric"] = metric
-    for field, value in (("enabled", enabled), ("builtin", builtin)):
+    for field, value in (("enabled", enabled), ("builtin", builtin), ("kind", kind)):
         if value is not None:
             query[field] = value
+    if kind == "threshold":
+        # Rules stored before kinds were threshold rules without saying so.
+        query["kind"] = {"$in": ["threshold", None]}
+    if device_id:
+        device = await db[DEVICES].find_one(
+            {"_id": scoped_id(caller.project_id, device_id)}, {"tags": 1}
+        )
+        tags = (device or {}).get("tags", [])
+        covering = [
+            {"scope": {"$in": ["all", None]}},
+            {"scope": "devices", "devices": device_id},
+            {"scope": "tag", "tag": {"$in": tags}},
+        ]
+        query = {"$and": [query, {"$or": covering}]}
     docs, next_cursor = await keyset_page(
         db[ALERT_RULES], query, sort_key="created_at", limit=limit, cursor=cursor
     )

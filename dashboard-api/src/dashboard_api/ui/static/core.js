@@ -191,6 +191,11 @@ export const SILENT_CHOICES = [
 ];
 
 export function health(device, silentAfterS) {
+  // An absent rule's judgement (against how far the workers have read) comes first;
+  // the page's own "silent after" is a hint for fleets without such a rule.
+  if (device.status === "offline") {
+    return `<span class="badge offline" title="Offline since ${esc(fmtTime(device.offline_since))}">Offline ${esc(ago(device.offline_since))}</span>`;
+  }
   const silentFor = (Date.now() - Date.parse(device.last_seen)) / 1000;
   return silentFor > silentAfterS
     ? `<span class="badge silent" title="No reading for ${esc(ago(device.last_seen))}">Silent</span>`
@@ -203,6 +208,17 @@ export function valueChips(values) {
   return `<div class="chips">${entries
     .map(([k, v]) => `<span class="chip"><span class="k">${esc(k)}</span><b>${fmt(v)}</b></span>`)
     .join("")}</div>`;
+}
+
+/* A rule's condition in a line, as a person would say it. */
+export function ruleCondition(rule) {
+  const kind = rule.kind || "threshold";
+  if (kind === "absent") return `no ${rule.metric || "reading"} for ${rule.for}`;
+  if (kind === "anomaly") return `${rule.metric} over ${rule.deviations} σ from its usual`;
+  if (kind === "rate") return `${rule.metric} ${rule.operator} ${rule.threshold}/s over ${rule.window}`;
+  const window = rule.n > 1 ? ` in ${rule.k} of ${rule.n}` : "";
+  const hold = rule.for && rule.for !== "0s" ? ` for ${rule.for}` : "";
+  return `${rule.metric} ${rule.operator} ${rule.threshold}${window}${hold}`;
 }
 
 export const deviceLink = (id) => `<a href="#/device/${encodeURIComponent(id)}">${esc(id)}</a>`;

@@ -1,6 +1,6 @@
 /* Device view: a chart per metric from the rollups, kept current by the device's stream. */
 
-import { $, $$, esc, fmt, fmtCount, fmtTime, ago, store, api, openStream, liveLabel, css, health, valueChips, config } from "./core.js";
+import { $, $$, esc, fmt, fmtCount, fmtTime, ago, store, api, openStream, liveLabel, css, health, valueChips, config, ruleCondition } from "./core.js";
 
 const RANGES = [
   ["1h", 3600], ["6h", 6 * 3600], ["24h", 86400], ["7d", 7 * 86400], ["30d", 30 * 86400],
@@ -55,6 +55,13 @@ export function deviceView(main, deviceId) {
       <span class="muted hide-small">Band: min–max · line: average · dashed: p50/p95/p99 when kept</span>
     </div>
     <div class="charts" id="charts"><div class="card"><p class="muted">Loading…</p></div></div>
+    <h2 class="section-title">Rules covering this device</h2>
+    <div class="table-wrap">
+      <table id="device-rules">
+        <thead><tr><th>Rule</th><th>Kind</th><th>Condition</th><th>Severity</th><th>Enabled</th></tr></thead>
+        <tbody><tr><td colspan="5" class="empty">Loading…</td></tr></tbody>
+      </table>
+    </div>
     <h2 class="section-title">Latest readings</h2>
     <div class="table-wrap">
       <table id="readings-table">
@@ -223,9 +230,26 @@ export function deviceView(main, deviceId) {
     return true;
   }
 
+  async function loadRules() {
+    const tbody = $("#device-rules tbody", main);
+    try {
+      const body = await api("/alerts/rules", { params: { device_id: deviceId, limit: 200 } });
+      tbody.innerHTML = body.data.length
+        ? body.data.map((r) => `<tr>
+            <td>${esc(r.name)}</td><td>${esc(r.kind || "threshold")}</td>
+            <td class="mono">${esc(ruleCondition(r))}</td>
+            <td><span class="badge ${esc(r.severity)}">${esc(r.severity)}</span></td>
+            <td>${r.enabled ? "yes" : "no"}</td></tr>`).join("")
+        : `<tr><td colspan="5" class="empty">No rule covers this device.</td></tr>`;
+    } catch (error) {
+      tbody.innerHTML = `<tr><td colspan="5" class="empty">${esc(error.message)}</td></tr>`;
+    }
+  }
+
   async function loadAll() {
     markControls();
     if (!(await loadDevice())) return;
+    loadRules();
     await loadCharts();
     const body = await api(`/devices/${encodeURIComponent(deviceId)}/telemetry`, { params: { limit: 20 } });
     readings.splice(0, readings.length, ...body.data);

@@ -6,6 +6,7 @@ export function fleetView(main) {
   const state = {
     prefix: store.get("fleet.prefix", ""),
     silentAfter: Number(store.get("fleet.silentAfter", "300")),
+    status: store.get("fleet.status", ""),
     pageSize: Number(store.get("fleet.pageSize", "50")),
     cursors: [null], // cursor of each page visited; the last is the current page's
     next: null,
@@ -22,6 +23,11 @@ export function fleetView(main) {
       <label>Silent after
         <select id="fleet-silent">${SILENT_CHOICES.map(
           ([v, t]) => `<option value="${v}" ${Number(v) === state.silentAfter ? "selected" : ""}>${t}</option>`
+        ).join("")}</select>
+      </label>
+      <label>Show
+        <select id="fleet-status">${[["", "All devices"], ["offline", "Offline only"], ["online", "Online only"]].map(
+          ([v, t]) => `<option value="${v}" ${v === state.status ? "selected" : ""}>${t}</option>`
         ).join("")}</select>
       </label>
       <span class="spacer"></span>
@@ -54,6 +60,7 @@ export function fleetView(main) {
       limit: state.pageSize,
       cursor: state.cursors.at(-1),
       id_prefix: state.prefix || null,
+      status: state.status || null,
     };
     try {
       const body = await api("/devices", { params, signal: request.signal });
@@ -71,11 +78,12 @@ export function fleetView(main) {
     const tbody = $("#fleet-table tbody", main);
     if (!state.devices.length) {
       tbody.innerHTML = `<tr><td colspan="7" class="empty">${
+        state.status === "offline" ? "No device is offline." :
         state.prefix ? `No device id starts with “${esc(state.prefix)}”.` : "No device has reported yet."
       }</td></tr>`;
     } else {
       tbody.innerHTML = state.devices.map((d) => `
-        <tr class="link" data-device="${esc(d.device_id)}">
+        <tr class="link ${d.status === "offline" ? "offline" : ""}" data-device="${esc(d.device_id)}">
           <td class="mono">${deviceLink(d.device_id)}</td>
           <td>${health(d, state.silentAfter)}</td>
           <td class="nowrap" title="${esc(fmtTime(d.last_seen))}">${esc(ago(d.last_seen))}</td>
@@ -122,6 +130,12 @@ export function fleetView(main) {
     store.set("fleet.silentAfter", event.target.value);
     renderRows();
     loadCards();
+  });
+  $("#fleet-status", main).addEventListener("change", (event) => {
+    state.status = event.target.value;
+    store.set("fleet.status", state.status);
+    state.cursors = [null];
+    load();
   });
   $("#fleet-size", main).addEventListener("change", (event) => {
     state.pageSize = Number(event.target.value);
