@@ -7,6 +7,7 @@ import { $, $$, api, config, esc, pollStats, session, store, toast } from "./cor
 import { alertsView } from "./alerts.js";
 import { deviceView } from "./device.js";
 import { fleetView } from "./fleet.js";
+import { rulesView } from "./rules.js";
 import { systemView } from "./system.js";
 
 const THEMES = ["auto", "light", "dark"];
@@ -107,6 +108,9 @@ function route() {
   } else if (name === "alerts") {
     stopView = alertsView(main, query);
     document.title = "Alerts · Telemetry";
+  } else if (name === "rules") {
+    stopView = rulesView(main);
+    document.title = "Rules · Telemetry";
   } else if (name === "system") {
     stopView = systemView(main);
     document.title = "System · Telemetry";

@@ -76,7 +76,7 @@ function keyRefused() {
 
 // ---------------------------------------------------------------- API access
 
-class HttpError extends Error {
+export class HttpError extends Error {
   constructor(status, body) {
     super(body?.detail || `HTTP ${status}`);
     this.status = status;
@@ -85,18 +85,23 @@ class HttpError extends Error {
 }
 
 // The page is served by the API it reads: paths are relative to the origin.
-export async function api(path, { method = "GET", params = null, signal } = {}) {
+export async function api(path, { method = "GET", params = null, json = undefined, signal } = {}) {
   const url = new URL(path, location.origin);
   for (const [key, value] of Object.entries(params || {})) {
     if (value !== null && value !== undefined && value !== "") url.searchParams.set(key, value);
   }
   inProject(url);
   const headers = keyHeaders({ Accept: "application/json" });
-  const response = await fetch(url, { method, headers, signal });
-  const body = await response.json().catch(() => null);
+  let body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  }
+  const response = await fetch(url, { method, headers, body, signal });
+  const answer = response.status === 204 ? null : await response.json().catch(() => null);
   if (response.status === 401) keyRefused();
-  if (!response.ok) throw new HttpError(response.status, body);
-  return body;
+  if (!response.ok) throw new HttpError(response.status, answer);
+  return answer;
 }
 
 /* Server-Sent Events over fetch rather than EventSource: fetch sees the status, so a
