@@ -368,6 +368,13 @@ async def test_a_dead_url_opens_its_circuit_and_is_probed_once_per_cooloff(
             return len(hook.requests) >= 5 and circuit() == 2
 
         await eventually(two_probes_failed)
+
+        async def shown(state: str) -> bool:
+            # The dashboard shows the circuit as the worker stores it, each poll.
+            served = (await api.get(f"/alerts/webhooks/{webhook['webhook_id']}")).json()
+            return (served["circuit"] or {}).get("state") == state
+
+        await eventually(lambda: shown("open"))
         hook.down = False
 
         async def all_delivered() -> bool:
@@ -375,6 +382,7 @@ async def test_a_dead_url_opens_its_circuit_and_is_probed_once_per_cooloff(
 
         await eventually(all_delivered)
         assert circuit() == 0
+        await eventually(lambda: shown("closed"))
 
     arrivals = [r.at for r in hook.requests]
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]

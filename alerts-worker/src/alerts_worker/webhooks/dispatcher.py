@@ -23,7 +23,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 from telemetry_common.domain.timefmt import utcnow
 from telemetry_common.domain.webhook_signature import delivery_headers
-from telemetry_common.infra.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
+from telemetry_common.infra.mongo import WEBHOOK_CIRCUITS, WEBHOOK_DELIVERIES, WEBHOOKS, Database
 from telemetry_common.infra.retry import retrying
 from telemetry_common.infra.settings import WebhookDeliverySettings
 
@@ -62,9 +62,13 @@ class Dispatcher:
         self._clock = clock
         self._in_flight: set[asyncio.Task[None]] = set()
         self._due_reported_at = float("-inf")
+        self._circuits = db[WEBHOOK_CIRCUITS]
+        # Circuit changes not stored yet (the breakers report them synchronously).
+        self._circuit_changes: dict[str, tuple[CircuitState, datetime]] = {}
 
         def report(url: str, state: CircuitState) -> None:
             metrics.circuit_state.labels(url_label(url)).set(int(state))
+            self._circuit_changes[url] = (state, utcnow())
             if state is not CircuitState.CLOSED:
                 log.warning("webhook circuit %s for %s", state.name.lower(), url_label(url))
 
@@ -93,6 +97,7 @@ class Dispatcher:
                     with attempt:
                         await self._fill()
                         await self._report_due()
+                        await self._store_circuits()
             await until_woken(self._settings.webhook_poll_interval_s)
         await self._drain()
 
@@ -134,6 +139,21 @@ class Dispatcher:
             sort=[("next_attempt_at", 1)],
             return_document=ReturnDocument.BEFORE,
         )
+
+    async def _store_circuits(self) -> None:
+        """Store the circuits that changed, for the dashboard to show each webhook's."""
+        changes, self._circuit_changes = self._circuit_changes, {}
+        try:
+            for url, (state, since) in changes.items():
+                await self._circuits.update_one(
+                    {"_id": url},
+                    {"$set": {"state": state.name.lower(), "since": since}},
+                    upsert=True,
+                )
+        except BaseException:
+            # Kept for the next poll, unless a newer change came meanwhile.
+            self._circuit_changes = changes | self._circuit_changes
+            raise
 
     async def _report_due(self) -> None:
         if self._clock() - self._due_reported_at < DUE_REPORT_INTERVAL_S:

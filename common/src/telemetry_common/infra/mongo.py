@@ -35,6 +35,8 @@ ALERTS = "alerts"
 DEVICES = "devices"
 WEBHOOKS = "webhooks"
 WEBHOOK_DELIVERIES = "webhook_deliveries"
+# Each webhook URL's circuit as the alerts worker last changed it (dashboards show it).
+WEBHOOK_CIRCUITS = "webhook_circuits"
 ALERT_RULES = "alert_rules"
 ALERT_SILENCES = "alert_silences"
 

@@ -16,7 +16,7 @@ from telemetry_common.domain.identifiers import DEVICE_ID_PATTERN
 from telemetry_common.domain.timefmt import utcnow
 from telemetry_common.domain.webhook_signature import SECRET_PREFIX, new_secret, signing_key
 from telemetry_common.http.api_errors import ApiError, ErrorOut
-from telemetry_common.infra.mongo import WEBHOOK_DELIVERIES, WEBHOOKS, Database
+from telemetry_common.infra.mongo import WEBHOOK_CIRCUITS, WEBHOOK_DELIVERIES, WEBHOOKS, Database
 from telemetry_common.infra.webhook_targets import TargetRefused, check_target
 
 from dashboard_api.auth import WRITE_ERRORS, Reader, Writer, read_router
@@ -87,6 +87,15 @@ class WebhookIn(BaseModel):
         return secret
 
 
+class CircuitOut(BaseModel):
+    state: Literal["closed", "half_open", "open"] = Field(
+        description="closed: deliveries flow; open: the URL failed repeatedly and is left "
+        "alone for a cool-off; half_open: one probe is under way",
+        examples=["open"],
+    )
+    since: str = Field(examples=["2025-01-15T10:02:00.000Z"])
+
+
 class WebhookOut(BaseModel):
     webhook_id: str = Field(examples=[EXAMPLE_ID])
     url: str = Field(examples=["https://hooks.example.com/telemetry"])
@@ -96,6 +105,12 @@ class WebhookOut(BaseModel):
     rule_ids: list[str] | None = Field(examples=[None])
     created_at: str = Field(examples=["2025-01-15T10:00:00.000Z"])
     created_by: str = Field(examples=["ops-key"])
+    circuit: CircuitOut | None = Field(
+        None,
+        description="its URL's circuit breaker as the alerts worker last changed it; null "
+        "until the worker has sent to it",
+        examples=[None],
+    )
 
 
 class WebhookCreatedOut(WebhookOut):
@@ -167,11 +182,18 @@ WebhookId = Annotated[
 ]
 
 
-def webhook_out(doc: dict[str, Any]) -> dict[str, Any]:
+def webhook_out(doc: dict[str, Any], circuit: dict[str, Any] | None = None) -> dict[str, Any]:
     out = as_served({k: v for k, v in doc.items() if k != "secret"}, id_name="webhook_id")
     for field in ("description", "severity", "device_ids", "rule_ids"):
         out.setdefault(field, None)
+    out["circuit"] = None if circuit is None else as_served(circuit, "url")
     return out
+
+
+async def circuits_of(db: Database, docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The stored circuit of each webhook's URL, by URL."""
+    urls = list({doc["url"] for doc in docs})
+    return {c["_id"]: c async for c in db[WEBHOOK_CIRCUITS].find({"_id": {"$in": urls}})}
 
 
 async def find_webhook(db: Database, project_id: str, webhook_id: str) -> dict[str, Any]:
@@ -251,7 +273,8 @@ async def list_webhooks(
         limit=limit,
         cursor=cursor,
     )
-    return page([webhook_out(doc) for doc in docs], next_cursor)
+    circuits = await circuits_of(db, docs)
+    return page([webhook_out(doc, circuits.get(doc["url"])) for doc in docs], next_cursor)
 
 
 @reads.get(
@@ -261,7 +284,8 @@ async def list_webhooks(
 )
 async def get_webhook(webhook_id: WebhookId, db: Db, caller: Reader) -> dict[str, Any]:
     """One webhook (without its secret)."""
-    return webhook_out(await find_webhook(db, caller.project_id, webhook_id))
+    doc = await find_webhook(db, caller.project_id, webhook_id)
+    return webhook_out(doc, (await circuits_of(db, [doc])).get(doc["url"]))
 
 
 @router.delete(
