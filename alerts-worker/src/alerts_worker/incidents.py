@@ -105,11 +105,12 @@ class TransitionToRecord:
 
 @dataclass(slots=True)
 class QuietBand:
-    """The values of one metric that concern none of its rules (``Rule.may_matter``).
+    """The values of one metric that concern none of its threshold rules (``Rule.may_matter``).
 
-    Only when every rule on the metric is a threshold rule that covers all devices
-    and compares with >, >=, < or <= is the band exact (``usable``); otherwise each
-    rule is asked (a rate or anomaly rule learns from every value).
+    Only when every threshold rule on the metric covers all devices and compares
+    with >, >=, < or <= is the band exact (``usable``); otherwise each rule is
+    asked. Rate and anomaly rules are not in it: they learn from every value, and
+    are asked of each (``RuleIndex.learning``).
     """
 
     rule_ids: frozenset[str] = frozenset()
@@ -122,7 +123,7 @@ class QuietBand:
 
     def add(self, rule: Rule) -> None:
         self.rule_ids |= {rule.rule_id}
-        if rule.scope != "all" or rule.kind != "threshold":
+        if rule.scope != "all":
             self.usable = False
         elif rule.operator == ">":
             self.at_most_gt = min(self.at_most_gt, *rule.limits)
@@ -152,6 +153,8 @@ class RuleIndex:
     def __init__(self, rules: Iterable[Rule]):
         self.by_id = {rule.rule_id: rule for rule in rules if rule.enabled}
         self.by_metric: dict[tuple[str, str], list[Rule]] = {}
+        # Rate and anomaly rules by (project, metric): every value is theirs to learn.
+        self.learning: dict[tuple[str, str], list[Rule]] = {}
         # Absent rules by project: judged on silence (``absence.py``), not on values.
         self.absent: dict[str, list[Rule]] = {}
         self._quiet: dict[tuple[str, str], QuietBand] = {}
@@ -160,12 +163,16 @@ class RuleIndex:
                 self.absent.setdefault(rule.project_id, []).append(rule)
                 continue
             for name in rule.metric_names:
-                self.by_metric.setdefault((rule.project_id, name), []).append(rule)
-                self._quiet.setdefault((rule.project_id, name), QuietBand()).add(rule)
+                key = (rule.project_id, name)
+                self.by_metric.setdefault(key, []).append(rule)
+                if rule.kind == "threshold":
+                    self._quiet.setdefault(key, QuietBand()).add(rule)
+                else:
+                    self.learning.setdefault(key, []).append(rule)
 
     def quiet_count(self, reading: Reading) -> int | None:
-        """How many rules apply to a reading that concerns none of them; None if one may
-        be concerned (or the band cannot tell), and each rule must judge it."""
+        """How many threshold rules apply to a reading that concerns none of them; None if
+        one may be concerned (or the band cannot tell), and each rule must judge it."""
         project = reading.project_id
         bands = [
             (self._quiet.get((project, name)), value) for name, value in reading.metrics.items()
@@ -178,9 +185,19 @@ class RuleIndex:
         return len(frozenset().union(*(band.rule_ids for band in watched)))
 
     def for_reading(self, reading: Reading) -> list[Rule]:
+        return self._covering(reading, self.by_metric)
+
+    def learning_for(self, reading: Reading) -> list[Rule]:
+        """The rate and anomaly rules that take this reading."""
+        if not self.learning:
+            return []
+        return self._covering(reading, self.learning)
+
+    @staticmethod
+    def _covering(reading: Reading, rules: dict[tuple[str, str], list[Rule]]) -> list[Rule]:
         seen: dict[str, Rule] = {}
         for metric in reading.metrics:
-            for rule in self.by_metric.get((reading.project_id, metric), ()):
+            for rule in rules.get((reading.project_id, metric), ()):
                 if rule.rule_id not in seen and rule.covers(reading.device_id, reading.tags):
                     seen[rule.rule_id] = rule
         return list(seen.values())
@@ -227,14 +244,24 @@ def evaluate_batch(
         device_clock = clocks.get(device_key)
         if device_clock is None or reading.ts > device_clock:
             clocks[device_key] = reading.ts
-        if device_key not in by_device:
-            # The common case, decided for all rules at once: no state for the
-            # device and a value that concerns none of them leaves everything idle.
-            quiet = rules.quiet_count(reading)
-            if quiet is not None:
-                outcome.evaluations += quiet
+        device_states = by_device.get(device_key)
+        # The common case, decided for all threshold rules at once: a value that
+        # concerns none of them leaves idle each one without a state for the device.
+        quiet = rules.quiet_count(reading)
+        if quiet is None:
+            applicable = rules.for_reading(reading)
+        else:
+            applicable = rules.learning_for(reading)
+            if device_states:
+                stated = {t.rule_id for t in device_states}
+                applicable += [
+                    rule
+                    for rule in rules.for_reading(reading)
+                    if rule.rule_id in stated and rule.kind == "threshold"
+                ]
+            outcome.evaluations += quiet - sum(1 for r in applicable if r.kind == "threshold")
+            if not applicable and not device_states:
                 continue
-        applicable = rules.for_reading(reading)
         for rule in applicable:
             found = rule.value_in(reading.metrics)
             assert found is not None  # the index chose the rule by this metric
