@@ -265,3 +265,25 @@ async def test_the_device_list_shows_who_is_offline_and_since_when(
 
         await eventually(lamp1_back, timeout_s=20, interval_s=0.5)
         assert (await listed())["lamp-1"]["status"] == "online"
+
+
+async def test_a_rule_made_after_a_device_fell_silent_flags_it_from_the_rules_creation(
+    service_env: dict, topics: Topics, producer: AIOKafkaProducer, db: AsyncDatabase
+) -> None:
+    async with running(run_alerts, settings(service_env)) as registry:
+        await send(producer, topics.telemetry, "before-1")
+
+        async def evaluated() -> bool:
+            return metric_value(registry, "alerts_readings_evaluated_total") == 1
+
+        await eventually(evaluated, timeout_s=20)
+        created = datetime.now(UTC)
+        await add_absent_rule(db, "2s", created_at=created)
+
+        async def flagged() -> bool:
+            return bool(await alerts_of(db, "before-1"))
+
+        await eventually(flagged, timeout_s=20, interval_s=0.1)
+    [alert] = await alerts_of(db, "before-1")
+    assert abs(alert["timestamp"] - created) < timedelta(milliseconds=2)
+    assert alert["fired_at"] == alert["timestamp"] + timedelta(seconds=2)

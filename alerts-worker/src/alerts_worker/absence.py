@@ -66,6 +66,9 @@ class Presence:
     # rule_id -> the open alert's fields.
     open: dict[str, AlertFields] = field(default_factory=dict)
     changed: bool = False
+    # Whether device_presence holds it (a device of a project without absent rules is
+    # only remembered, so that a rule made later knows when it was last heard from).
+    stored: bool = False
 
     @property
     def key(self) -> str:
@@ -104,6 +107,7 @@ class Presence:
             tags=list(doc.get("tags", [])),
             last_event_id=doc.get("last_event_id", ""),
             open=dict(doc.get("open", {})),
+            stored=True,
         )
 
 
@@ -236,8 +240,6 @@ class Absences:
             ]
             key = scoped_id(reading.project_id, reading.device_id)
             presence = self.devices.get(key)
-            if not watching and presence is None:
-                continue
             at = received_at(item)
             if presence is None:
                 presence = self.devices[key] = Presence(
@@ -246,7 +248,8 @@ class Absences:
             presence.partition = item.partition
             presence.tags = list(reading.tags)
             presence.last_event_id = reading.event_id
-            presence.changed = True
+            # Stored only where a rule watches it: elsewhere it costs no write.
+            presence.changed = presence.changed or bool(watching) or bool(presence.open)
             names = [ANY_READING, *(r.metric for r in watching if r.metric in reading.metrics)]
             for name in names:
                 if name not in presence.seen or at > presence.seen[name]:
@@ -263,7 +266,7 @@ class Absences:
                     )
 
     def judge(self, rules: RuleIndex, silences: Sequence[Silence], now: datetime) -> int:
-        """Open the alerts of the silences that fire now (written before they are
+        """Open the alerts of the silences that fire now (to be written before they are
         recorded), and resolve the open alerts whose rule no longer covers the device
         (deleted, disabled, rescoped); return how many silences fired."""
         fired = 0
@@ -278,8 +281,14 @@ class Absences:
                     ended = resolved(alert, now, "rule_changed", False)
                     self._decided(TransitionToRecord(ended, presence.partition))
             watching = rules.absent.get(presence.project_id)
+            if not watching:
+                continue
+            if not presence.stored and any(
+                r.covers(presence.device_id, presence.tags) for r in watching
+            ):
+                presence.changed = True  # a rule watches it now: store it, to outlive a restart
             clock = self._progress.clock(presence.partition, now)
-            if clock is None or not watching:
+            if clock is None:
                 continue
             for rule, since in due(presence, watching, clock):
                 alert = absent_alert(rule, presence, since, now)
@@ -345,6 +354,7 @@ class Absences:
             for presence in pending:
                 if presence.partition not in newer:
                     presence.changed = False
+                    presence.stored = True
             gone = await self._owned.lost_or_reclaimed(newer)
             if gone:
                 lost |= gone

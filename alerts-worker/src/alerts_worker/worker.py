@@ -135,9 +135,9 @@ class AlertsHandler:
             absences = self.absences
             await absences.load()
             now = utcnow()
-            if absences.judge(rules.rules, rules.silences, now):
-                # The open alert is stored first: recorded after a crash from there (load).
-                await absences.write()
+            absences.judge(rules.rules, rules.silences, now)
+            # An opened alert is stored first: recorded after a crash from there (load).
+            await absences.write()
             raised = absences.to_record()
             if not raised:
                 return
