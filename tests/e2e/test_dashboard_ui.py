@@ -429,7 +429,12 @@ def test_a_rule_made_in_the_form_fires_is_silenced_and_deleted(stack: Stack, pag
     expect(threshold_error).to_have_text("")
     screenshot(page, "rules")
 
-    ingest(stack, [{"device_id": "ui-rule-dev", "ui_pressure": 150.0}])
+    def breached() -> dict:
+        # Again until the worker has loaded the new rule (within RULES_REFRESH_S).
+        ingest(stack, [{"device_id": "ui-rule-dev", "ui_pressure": 150.0}])
+        return api(stack, "/alerts", device_id="ui-rule-dev", status="active")
+
+    wait_for(breached, lambda b: b["count"] == 1)
     page.goto("/ui/#/alerts")
     fired = page.locator("#alerts-table tr[data-alert]", has_text="ui-rule-dev")
     expect(fired).to_contain_text("UI pressure high")

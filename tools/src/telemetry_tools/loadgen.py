@@ -215,9 +215,11 @@ async def run(args: argparse.Namespace) -> Stats:
     silence_until = None if args.silence_for is None else silence_from + args.silence_for
     # Each spiking device spikes once, on one of its readings after its baseline warmed.
     spike_metric, (spike_low, spike_high) = next(iter(metrics.items()))
+    # Among the devices that keep sending, so that every spike is sent.
+    talking = devices[args.silent_devices :] or devices
     spiking = {
         device: args.spike_after + rng.randrange(20)
-        for device in rng.sample(devices, min(args.spikes, len(devices)))
+        for device in rng.sample(talking, min(args.spikes, len(talking)))
     }
     injected = stats.injected
 
