@@ -140,7 +140,6 @@ async def bare_bucket_insert_rate(mongo_url: str, db_name: str, readings: list[R
 def custom_rules() -> list[dict[str, Any]]:
     """16 rules beside the 4 built-in ones, as an operator might keep: plain
     thresholds, k-of-n windows, for-durations and hysteresis, on both metrics."""
-    now = datetime.now(UTC)
     rules = []
     for i in range(4):
         for metric, high in (("temperature_c", 40.0 + i), ("humidity", 75.0 + i)):
@@ -154,10 +153,16 @@ def custom_rules() -> list[dict[str, Any]]:
                     "clear_threshold": high,
                 }
             )
+    return rule_documents("bench-rule", rules)
+
+
+def rule_documents(prefix: str, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rules as the dashboard stores them: on every device, enabled, made now."""
+    now = datetime.now(UTC)
     return [
         {
-            "_id": f"bench-rule-{i}",
-            "name": f"bench rule {i}",
+            "_id": f"{prefix}-{i}",
+            "name": f"{prefix} {rule.get('kind', 'threshold')} rule {i}",
             "severity": "warning",
             "scope": "all",
             "enabled": True,
@@ -173,26 +178,14 @@ def custom_rules() -> list[dict[str, Any]]:
 def rules_without_a_threshold() -> list[dict[str, Any]]:
     """One rule of each kind that judges each device by itself: an anomaly rule, a rate
     rule and an absent rule, on every device (so every reading is theirs)."""
-    now = datetime.now(UTC)
-    kinds: list[dict[str, Any]] = [
-        {"metric": "temperature_c", "kind": "anomaly"},
-        {"metric": "humidity", "kind": "rate", "operator": ">", "threshold": 1.0},
-        {"metric": None, "kind": "absent", "for": "1h"},
-    ]
-    return [
-        {
-            "_id": f"bench-kind-{i}",
-            "name": f"bench {rule['kind']} rule {i}",
-            "severity": "warning",
-            "scope": "all",
-            "enabled": True,
-            "builtin": False,
-            "created_at": now,
-            "updated_at": now,
-            **rule,
-        }
-        for i, rule in enumerate(kinds)
-    ]
+    return rule_documents(
+        "bench-kind",
+        [
+            {"metric": "temperature_c", "kind": "anomaly"},
+            {"metric": "humidity", "kind": "rate", "operator": ">", "threshold": 1.0},
+            {"metric": None, "kind": "absent", "for": "1h"},
+        ],
+    )
 
 
 async def add_rules(mongo_url: str, db_name: str, rules: list[dict[str, Any]]) -> None:
