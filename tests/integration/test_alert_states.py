@@ -7,6 +7,7 @@ import random
 from datetime import timedelta
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 from alerts_worker.absence import Absences
 from alerts_worker.incidents import RuleIndex
 from alerts_worker.store import ALERT_STATE, HeldStates, ensure_alert_indexes
@@ -44,7 +45,19 @@ def incidents(devices: int, per_device: int, seed: int) -> list[Reading]:
 
 
 def positioned(readings: list[Reading], partition: int = 0) -> list[Consumed[Reading]]:
-    return [Consumed(partition, offset, r, None) for offset, r in enumerate(readings)]  # type: ignore[arg-type]
+    """The readings as the consume loop hands them over, received when they were taken."""
+    return [
+        Consumed(partition, offset, r, record(partition, offset, r))
+        for offset, r in enumerate(readings)
+    ]
+
+
+def record(partition: int, offset: int, r: Reading) -> ConsumerRecord[bytes, bytes]:
+    received_ms = int(r.ts.timestamp() * 1000)
+    value = r.to_kafka_value()
+    return ConsumerRecord(
+        "telemetry.raw", partition, offset, received_ms, 0, None, value, None, 0, len(value), []
+    )
 
 
 async def owner(db: AsyncDatabase, name: str, device_limit: int = 10_000) -> HeldStates:
