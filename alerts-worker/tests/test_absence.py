@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from alerts_worker.absence import ANY_READING, Presence, absent_alert, due, resolved
+from alerts_worker.absence import ANY_READING, Presence, absent_alert, due
+from alerts_worker.rules import resolved_transition
 from telemetry_common.domain.alert_rules import Rule
 from telemetry_common.infra.kafka.progress import ConsumerProgress
 
@@ -75,9 +76,9 @@ def test_an_alert_fired_silenced_resolves_silently() -> None:
     rule = absent()
     alert = absent_alert(rule, presence(), T0, T0 + timedelta(minutes=5))
     later = T0 + timedelta(minutes=8)
-    assert resolved(alert, later, "reported", silenced=False).notify
+    assert resolved_transition(alert, later, "reported", silenced=False).notify
     alert["silenced"] = True
-    ended = resolved(alert, later, "reported", silenced=False)
+    ended = resolved_transition(alert, later, "reported", silenced=False)
     assert not ended.notify
     assert (ended.alert["status"], ended.alert["resolved_reason"]) == ("resolved", "reported")
 

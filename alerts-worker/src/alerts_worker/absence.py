@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from telemetry_common.domain.alert_rules import Rule, Silence
+from telemetry_common.domain.alert_rules import Rule, Silence, silenced
 from telemetry_common.domain.reading import Reading
 from telemetry_common.domain.rollup_layout import scoped_id
 from telemetry_common.domain.timefmt import iso_z, to_utc_ms
@@ -42,7 +42,7 @@ from telemetry_common.infra.versioned import write_fenced
 
 from alerts_worker.documents import AlertFields
 from alerts_worker.incidents import RuleIndex, TransitionToRecord
-from alerts_worker.rules import Transition
+from alerts_worker.rules import Transition, resolved_transition
 from alerts_worker.store import DEVICE_PRESENCE
 
 # What `seen` files a reading of any metric under: not a metric name (identifiers.py).
@@ -116,10 +116,6 @@ def received_at(item: Consumed[Reading]) -> datetime:
     return to_utc_ms(datetime.fromtimestamp(item.record.timestamp / 1000, UTC))
 
 
-def silenced_now(silences: Sequence[Silence], rule: Rule, device_id: str, now: datetime) -> bool:
-    return any(s.matches(rule.project_id, rule.rule_id, device_id, now) for s in silences)
-
-
 def absent_alert(rule: Rule, presence: Presence, since: datetime, now: datetime) -> AlertFields:
     """The alert of one silence: named by the rule, the device and the last reading's
     time, so judging the same silence again (after a restart) names the same alert."""
@@ -149,17 +145,6 @@ def absent_alert(rule: Rule, presence: Presence, since: datetime, now: datetime)
         "resolved_at": None,
         "silenced": False,
     }
-
-
-def resolved(alert: AlertFields, at: datetime, reason: str, silenced: bool) -> Transition:
-    closed: AlertFields = {
-        **alert,
-        "status": "resolved",
-        "resolved_at": at,
-        "resolved_reason": reason,
-    }
-    # Fired silenced, nobody was told it began: its end is not announced either.
-    return Transition("resolved", closed, at, notify=not (silenced or alert["silenced"]))
 
 
 def due(presence: Presence, rules: Iterable[Rule], clock: datetime) -> list[tuple[Rule, datetime]]:
@@ -258,12 +243,10 @@ class Absences:
                 if (key, rule_id) in self._closing:
                     continue
                 if alert["metric"] == ANY_READING or alert["metric"] in reading.metrics:
-                    rule = rules.by_id.get(rule_id)
-                    quiet = rule is not None and silenced_now(silences, rule, reading.device_id, at)
+                    quiet = silenced(silences, reading.project_id, rule_id, reading.device_id, at)
+                    ended = resolved_transition(alert, at, "reported", quiet)
                     self._closing.add((key, rule_id))
-                    self._decided(
-                        TransitionToRecord(resolved(alert, at, "reported", quiet), item.partition)
-                    )
+                    self._decided(TransitionToRecord(ended, item.partition))
 
     def judge(self, rules: RuleIndex, silences: Sequence[Silence], now: datetime) -> int:
         """Open the alerts of the silences that fire now (to be written before they are
@@ -278,7 +261,9 @@ class Absences:
                 gone = rule is None or not rule.covers(presence.device_id, presence.tags)
                 if gone and (key, rule_id) not in self._closing:
                     self._closing.add((key, rule_id))
-                    ended = resolved(alert, now, "rule_changed", False)
+                    project, device = presence.project_id, presence.device_id
+                    quiet = silenced(silences, project, rule_id, device, now)
+                    ended = resolved_transition(alert, now, "rule_changed", quiet)
                     self._decided(TransitionToRecord(ended, presence.partition))
             watching = rules.absent.get(presence.project_id)
             if not watching:
@@ -292,7 +277,9 @@ class Absences:
                 continue
             for rule, since in due(presence, watching, clock):
                 alert = absent_alert(rule, presence, since, now)
-                alert["silenced"] = silenced_now(silences, rule, presence.device_id, now)
+                alert["silenced"] = silenced(
+                    silences, rule.project_id, rule.rule_id, presence.device_id, now
+                )
                 presence.open[rule.rule_id] = alert
                 presence.changed = True
                 opened = Transition("fired", alert, alert["fired_at"], notify=not alert["silenced"])

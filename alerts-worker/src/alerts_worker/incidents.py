@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from telemetry_common.domain.alert_rules import Rule, Silence
+from telemetry_common.domain.alert_rules import Rule, Silence, silenced
 from telemetry_common.domain.reading import Reading
 from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT, scoped_id
 from telemetry_common.infra.kafka.consumer import Consumed
@@ -232,10 +232,8 @@ def evaluate_batch(
     for held in tracked.values():
         by_device.setdefault(held.device_key, []).append(held)
 
-    def silenced(project_id: str, rule_id: str, device_id: str) -> bool:
-        return bool(silences) and any(
-            s.matches(project_id, rule_id, device_id, now) for s in silences
-        )
+    def silenced_now(project_id: str, rule_id: str, device_id: str) -> bool:
+        return silenced(silences, project_id, rule_id, device_id, now)
 
     for item in items:
         reading = item.value
@@ -281,7 +279,7 @@ def evaluate_batch(
             outcome.evaluations += 1
             seen = MetricValue(reading.event_id, device_id, found[0], found[1], reading.ts)
             transition = evaluate(
-                rule, t.state, seen, now, silenced(project_id, rule.rule_id, device_id)
+                rule, t.state, seen, now, silenced_now(project_id, rule.rule_id, device_id)
             )
             t.idle = t.state.is_idle(rule)
             if transition is not None:
@@ -292,7 +290,7 @@ def evaluate_batch(
             if t.take_if_new(item):
                 at = reading.ts if t.state.clock is None else max(t.state.clock, reading.ts)
                 transition = resolve(
-                    t.state, at, "rule_changed", silenced(project_id, t.rule_id, device_id)
+                    t.state, at, "rule_changed", silenced_now(project_id, t.rule_id, device_id)
                 )
                 # Its rule no longer applies, so a replay cannot fire it again: the
                 # state goes at once instead of lingering for a reading that never comes.

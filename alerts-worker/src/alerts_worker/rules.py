@@ -285,12 +285,21 @@ def resolve(state: RuleState, at: datetime, reason: str, silenced: bool = False)
     An alert whose firing was silenced resolves silently too: nobody was told it began.
     """
     assert state.alert is not None
-    alert: AlertFields = {
-        **state.alert,
+    transition = resolved_transition(state.alert, at, reason, silenced)
+    state.alert = None
+    state.pending_since = None
+    return transition
+
+
+def resolved_transition(
+    alert: AlertFields, at: datetime, reason: str, silenced: bool = False
+) -> Transition:
+    """An open alert's end, whatever kind of rule raised it. One that fired silenced
+    ends silently too: nobody was told it began."""
+    closed: AlertFields = {
+        **alert,
         "status": "resolved",
         "resolved_at": at,
         "resolved_reason": reason,
     }
-    state.alert = None
-    state.pending_since = None
-    return Transition("resolved", alert, at, notify=not (silenced or alert["silenced"]))
+    return Transition("resolved", closed, at, notify=not (silenced or alert["silenced"]))

@@ -8,7 +8,7 @@ The environment's thresholds (TEMP_*, HUMIDITY_*) become the built-in rules (``b
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import cached_property
 from operator import eq, ge, gt, le, lt, ne
@@ -449,3 +449,10 @@ class Silence(BaseModel):
             and (self.rule_id is None or self.rule_id == rule_id)
             and (self.device_id is None or self.device_id == device_id)
         )
+
+
+def silenced(
+    silences: Sequence[Silence], project_id: str, rule_id: str, device_id: str, at: datetime
+) -> bool:
+    """Whether a silence covers this rule on this device at ``at``."""
+    return any(s.matches(project_id, rule_id, device_id, at) for s in silences)
