@@ -246,13 +246,22 @@ def test_an_operator_acknowledges_an_alert_from_its_row(stack: Stack, page: Page
 
 def test_system_view_shows_ingest_lag_and_dlq_from_stats(stack: Stack, page: Page) -> None:
     ingest(stack, [{"device_id": "ui-system", "temperature_c": 21.0}])
+    sent_at = datetime.now(UTC)
+    seen: list[dict] = []
 
-    def caught_up(stats: dict) -> bool:
-        # Both workers have everything this module sent: the figures stop moving.
+    def settled(stats: dict) -> bool:
+        # Figures gathered after the last reading was sent, with both workers caught
+        # up, and the same in two gatherings: what the page shows cannot move on.
+        # (A snapshot is up to a refresh old: one gathered before the earlier tests'
+        # readings were stored also reads lag 0.)
         lag = stats["consumer_lag"] or {"unknown": None}
-        return stats["total_devices"] >= 1 and set(lag.values()) == {0}
+        if datetime.fromisoformat(stats["as_of"]) < sent_at or set(lag.values()) != {0}:
+            return False
+        if not seen or seen[-1]["as_of"] != stats["as_of"]:
+            seen.append(stats)
+        return len(seen) >= 2 and seen[-2]["total_readings"] == seen[-1]["total_readings"]
 
-    stats = wait_for(lambda: api(stack, "/stats"), caught_up)
+    stats = wait_for(lambda: api(stack, "/stats"), settled)
 
     page.goto("/ui/#/system")
     expect(page.locator('[data-stat="lag-aggregator-worker"] .value')).to_have_text("0records")
