@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client import generate_latest
 from pymongo.errors import AutoReconnect, OperationFailure
@@ -68,6 +70,19 @@ async def test_retry_on_decides_what_is_retried() -> None:
             with attempt:
                 await call()
     assert call.calls == 2
+
+
+async def test_a_cancelled_attempt_is_never_retried_whatever_retry_on_says() -> None:
+    # A worker told to stop cancels its batch: the retry must not swallow that.
+    async def sleep(seconds: float) -> None:
+        raise AssertionError("must not wait")
+
+    call = Flaky([asyncio.CancelledError()])
+    with pytest.raises(asyncio.CancelledError):
+        async for attempt in retrying("test: cancelled", retry_on=lambda _: True, sleep=sleep):
+            with attempt:
+                await call()
+    assert call.calls == 1
 
 
 async def test_every_service_registry_exposes_the_retry_count() -> None:

@@ -2,14 +2,65 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from alerts_worker.incidents import RuleIndex, evaluate_batch
-from telemetry_common.domain.alert_rules import Rule, builtin_rules
+from integration.readings import BASE_TS, reading
+from telemetry_common.domain.alert_rules import Rule, RuleCreate, builtin_rules
 from telemetry_common.domain.reading import Reading
 from telemetry_common.infra.kafka.consumer import Consumed
+
+DEVICES = 30
+READINGS_PER_DEVICE = 80
+# A person's rule beside the built-in ones: k-of-n, hysteresis and a cooldown.
+DAMP = RuleCreate.model_validate(
+    {
+        "name": "Damp",
+        "metric": "humidity",
+        "operator": ">",
+        "threshold": 80,
+        "k": 2,
+        "n": 3,
+        "clear_threshold": 70,
+        "cooldown": "1m",
+    }
+).model_dump(by_alias=True) | {"_id": "damp"}
+# Rules that learn from every reading; their state is written at checkpoints only.
+LEARNING = [
+    RuleCreate.model_validate(rule).model_dump(by_alias=True) | {"_id": f"learns-{i}"}
+    for i, rule in enumerate((
+        # Loose enough to fire often on these readings: every firing hangs on the
+        # exact baseline learned from all the readings before it.
+        {"name": "Odd heat", "kind": "anomaly", "metric": "temperature_c", "deviations": 1.5,
+         "warmup": 5},
+        {"name": "Swings", "kind": "rate", "metric": "humidity", "operator": ">",
+         "threshold": 0.5, "window": "20s"},
+    ))
+]  # fmt: skip
+
+
+def incidents(seed: int) -> list[Reading]:
+    """Each device's readings in order (devices interleaved): runs of breaches and calm."""
+    rnd = random.Random(seed)
+    out: list[Reading] = []
+    for i in range(READINGS_PER_DEVICE):
+        for d in range(DEVICES):
+            hot = (i // rnd.choice((3, 5, 8))) % 2 == 1
+            out.append(
+                reading(
+                    {
+                        "event_id": f"k{seed}-{d}-{i}",
+                        "device_id": f"inc-{d}",
+                        "ts": (BASE_TS + timedelta(seconds=10 * i)).isoformat(),
+                        "temperature_c": rnd.uniform(51, 70) if hot else rnd.uniform(20, 49),
+                        "humidity": rnd.uniform(60, 95),
+                    }
+                )
+            )
+    return out
 
 
 def expected_notifications(

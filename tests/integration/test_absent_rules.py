@@ -191,7 +191,7 @@ async def test_a_worker_ten_minutes_behind_flags_only_the_device_that_stopped(
     batch, the backlog takes the worker several ticks, each judging what it has read."""
     await add_absent_rule(db, "1m")
     now = datetime.now(UTC)
-    devices = [f"fleet-{d}" for d in range(25)]
+    devices = [f"fleet-{d}" for d in range(100)]
     sent = 0
     for step in range(30):
         received = now - timedelta(seconds=600 - 20 * step)

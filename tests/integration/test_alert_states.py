@@ -4,7 +4,7 @@ bounded memory, a restarted owner, and an owner that lost its partition."""
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka.structs import ConsumerRecord
@@ -12,6 +12,7 @@ from alerts_worker.absence import Absences
 from alerts_worker.incidents import RuleIndex
 from alerts_worker.store import ALERT_STATE, HeldStates, ensure_alert_indexes
 from alerts_worker.worker import evaluate_and_record
+from integration import alerts_reference as reference
 from integration.alerts_reference import alert_ids, expected_notifications
 from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
@@ -74,9 +75,10 @@ async def run(
     batch: list[Consumed[Reading]],
     rules: RuleIndex = RULES,
 ) -> set[int]:
+    """One batch, then a checkpoint (as the worker runs with CHECKPOINT_INTERVAL_S=0)."""
     absences = Absences(db, states.owned, ConsumerProgress())
     _, _, lost = await evaluate_and_record(db, states, absences, batch, rules, [])
-    return lost
+    return lost | await states.checkpoint(datetime.now(UTC))
 
 
 async def stored_alerts(db: AsyncDatabase) -> dict[str, str]:
@@ -115,6 +117,45 @@ async def test_a_restarted_owner_continues_each_incident_from_the_store(
     restarted = await owner(db, "restarted")
     await run(db, restarted, batch[60:])
     assert await stored_alerts(db) == expected(readings)
+
+
+async def test_owners_killed_between_checkpoints_leave_the_alerts_of_one_evaluation(
+    db: AsyncDatabase,
+) -> None:
+    """What rate and anomaly rules learn is written at checkpoints only, and offsets
+    are committed after them. Owners killed between checkpoints leave successors that
+    replay from the last commit onto the stored states. Some of those states are
+    ahead of that commit: the killed owner wrote each state that alerted at once."""
+    await ensure_alert_indexes(db)
+    readings = reference.incidents(seed=1)
+    extra = [reference.DAMP, *reference.LEARNING]
+    rules = RuleIndex(
+        [Rule.model_validate(doc) for doc in [*builtin_rules(-10, 50, 0, 100), *extra]]
+    )
+    batch = positioned(readings)
+    rnd = random.Random(0)
+    states, killed, committed, at = await owner(db, "owner-0"), 0, 0, 0
+    absences = Absences(db, states.owned, ConsumerProgress())
+    while at < len(batch):
+        chunk = batch[at : at + 40]
+        await evaluate_and_record(db, states, absences, chunk, rules, [])
+        at += len(chunk)
+        roll = rnd.random()
+        if roll < 0.3:
+            assert await states.checkpoint(datetime.now(UTC)) == set()
+            committed = at
+        elif roll < 0.4:
+            killed += 1
+            states, at = await owner(db, f"owner-{killed}"), committed
+            absences = Absences(db, states.owned, ConsumerProgress())
+    notifications = reference.expected_notifications(readings, extra)
+    assert killed >= 5
+    assert await stored_alerts(db) == {
+        a: "resolved" if a in alert_ids(notifications, "resolved") else "active"
+        for a in alert_ids(notifications, "fired")
+    }
+    learned = [a for a in alert_ids(notifications, "fired") if ":learns-" in a]
+    assert len(learned) > 100
 
 
 async def test_an_owner_that_lost_its_partition_writes_nothing(db: AsyncDatabase) -> None:

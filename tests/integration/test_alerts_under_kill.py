@@ -5,7 +5,9 @@ Devices run through incidents (breach, hold, clear, breach again) while real
 restarted; the second test runs two in one group, so partitions (and the
 (rule, device) states) move between them mid-incident. The alerts and the
 messages must then be exactly those of one uninterrupted evaluation of the
-same readings: none missing, none twice.
+same readings: none missing, none twice. Rate and anomaly rules learn from
+every reading, and their states are written only at checkpoints: a kill between
+two loses what they learned since, and the replay must learn it again exactly.
 """
 
 from __future__ import annotations
@@ -14,61 +16,28 @@ import asyncio
 import random
 import signal
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from integration.alerts_reference import alert_ids, expected_notifications
+from integration.alerts_reference import (
+    DAMP,
+    DEVICES,
+    LEARNING,
+    alert_ids,
+    expected_notifications,
+    incidents,
+)
 from integration.processes import WorkerProcess, kill_at_random_moments, wait_caught_up
-from integration.readings import BASE_TS, reading
 from pymongo.asynchronous.database import AsyncDatabase
-from telemetry_common.domain.alert_rules import RuleCreate
-from telemetry_common.domain.reading import Reading
 from telemetry_common.infra.mongo import ALERT_RULES, ALERTS
 from telemetry_tools.servers import free_port
 from telemetry_tools.testing import Topics, read_topic
 
 pytestmark = pytest.mark.integration
 
-DEVICES = 30
-READINGS_PER_DEVICE = 80
 KILLS = 4
-# A person's rule beside the built-in ones: k-of-n, hysteresis and a cooldown.
-HUMIDITY_RULE = RuleCreate.model_validate(
-    {
-        "name": "Damp",
-        "metric": "humidity",
-        "operator": ">",
-        "threshold": 80,
-        "k": 2,
-        "n": 3,
-        "clear_threshold": 70,
-        "cooldown": "1m",
-    }
-).model_dump(by_alias=True)
-
-
-def incidents(seed: int) -> list[Reading]:
-    """Each device's readings in order (devices interleaved): runs of breaches and calm."""
-    rnd = random.Random(seed)
-    out: list[Reading] = []
-    for i in range(READINGS_PER_DEVICE):
-        for d in range(DEVICES):
-            hot = (i // rnd.choice((3, 5, 8))) % 2 == 1
-            out.append(
-                reading(
-                    {
-                        "event_id": f"k{seed}-{d}-{i}",
-                        "device_id": f"inc-{d}",
-                        "ts": (BASE_TS + timedelta(seconds=10 * i)).isoformat(),
-                        "temperature_c": rnd.uniform(51, 70) if hot else rnd.uniform(20, 49),
-                        "humidity": rnd.uniform(60, 95),
-                    }
-                )
-            )
-    return out
 
 
 async def run_scenario(
@@ -82,8 +51,9 @@ async def run_scenario(
 ) -> None:
     rnd = random.Random(seed)
     readings = incidents(seed)
-    expected = expected_notifications(readings, [{**HUMIDITY_RULE, "_id": "damp"}])
-    await db[ALERT_RULES].insert_one({**HUMIDITY_RULE, "_id": "damp", "builtin": False})
+    rules = [DAMP, *LEARNING]
+    expected = expected_notifications(readings, rules)
+    await db[ALERT_RULES].insert_many([{**rule, "builtin": False} for rule in rules])
     group = f"alerts-kill-{free_port()}"
     processes = [
         # Small polls: many batches, many moments to die in.
@@ -94,6 +64,8 @@ async def run_scenario(
             module="alerts_worker",
             CONSUMER_MAX_RECORDS="40",
             RULES_REFRESH_S="0.5",
+            # Several checkpoints in the stream, and kills between them.
+            CHECKPOINT_INTERVAL_S="1",
         )
         for _ in range(processes_in_group)
     ]
@@ -124,6 +96,8 @@ async def run_scenario(
     assert kills == KILLS
     fired = alert_ids(expected, "fired")
     assert len(fired) > 3 * DEVICES  # every device had several incidents
+    for rule in rules[1:]:
+        assert sum(1 for a in fired if a.endswith(f":{rule['_id']}")) > DEVICES, rule
 
     alerts = {doc["_id"]: doc async for doc in db[ALERTS].find({})}
     assert set(alerts) == fired
@@ -157,8 +131,8 @@ async def test_a_worker_paused_past_its_session_timeout_records_nothing_twice(
     # claim. The resumed worker's writes must be refused, and the alerts and
     # messages be those of one evaluation.
     readings = incidents(seed=5)
-    expected = expected_notifications(readings, [{**HUMIDITY_RULE, "_id": "damp"}])
-    await db[ALERT_RULES].insert_one({**HUMIDITY_RULE, "_id": "damp", "builtin": False})
+    expected = expected_notifications(readings, [DAMP])
+    await db[ALERT_RULES].insert_one({**DAMP, "builtin": False})
     for r in readings:
         await producer.send(topics.telemetry, r.to_kafka_value(), key=r.device_id.encode())
     await producer.flush()

@@ -66,6 +66,9 @@ class Presence:
     # rule_id -> the open alert's fields.
     open: dict[str, AlertFields] = field(default_factory=dict)
     changed: bool = False
+    # Written at once, not at the next checkpoint: its open alerts changed, or a rule
+    # watches it now whose readings a restart would not replay.
+    urgent: bool = False
     # Whether device_presence holds it (a device of a project without absent rules is
     # only remembered, so that a rule made later knows when it was last heard from).
     stored: bool = False
@@ -271,7 +274,8 @@ class Absences:
             if not presence.stored and any(
                 r.covers(presence.device_id, presence.tags) for r in watching
             ):
-                presence.changed = True  # a rule watches it now: store it, to outlive a restart
+                # A rule watches it now: stored, to outlive a restart.
+                presence.changed = presence.urgent = True
             clock = self._progress.clock(presence.partition, now)
             if clock is None:
                 continue
@@ -281,7 +285,7 @@ class Absences:
                     silences, rule.project_id, rule.rule_id, presence.device_id, now
                 )
                 presence.open[rule.rule_id] = alert
-                presence.changed = True
+                presence.changed = presence.urgent = True
                 opened = Transition("fired", alert, alert["fired_at"], notify=not alert["silenced"])
                 self._decided(TransitionToRecord(opened, presence.partition))
                 fired += 1
@@ -300,7 +304,7 @@ class Absences:
             presence = self.devices.get(key)
             if presence is not None and rule_id in presence.open:
                 del presence.open[rule_id]
-                presence.changed = True
+                presence.changed = presence.urgent = True
 
     def unsettle(self) -> None:
         """A batch failed before its transitions were recorded: its replay decides them
@@ -310,12 +314,18 @@ class Absences:
                 del self._to_record[raised.transition.notification_id]
         self._closing.clear()
 
-    async def write(self) -> set[int]:
-        """Write the presence that changed, each under its partition's epoch; return the
-        partitions found claimed by a newer owner (their presence is let go)."""
+    async def write(self, urgent_only: bool = False) -> set[int]:
+        """Write the presence that changed (``urgent_only``: only where open alerts
+        changed; the rest, only newer receipt times, waits for the checkpoint), each
+        under its partition's epoch; return the partitions found claimed by a newer
+        owner (their presence is let go)."""
         lost: set[int] = set()
         for _ in range(MAX_ROUNDS):
-            pending = [p for p in self.devices.values() if p.changed and p.partition not in lost]
+            pending = [
+                p
+                for p in self.devices.values()
+                if p.changed and (p.urgent or not urgent_only) and p.partition not in lost
+            ]
             if not pending:
                 return lost
             epochs, revoked = await self._owned.epochs({p.partition for p in pending})
@@ -340,7 +350,7 @@ class Absences:
                         newer[partition] = max(newer.get(partition, 0), doc["_e"])
             for presence in pending:
                 if presence.partition not in newer:
-                    presence.changed = False
+                    presence.changed = presence.urgent = False
                     presence.stored = True
             gone = await self._owned.lost_or_reclaimed(newer)
             if gone:

@@ -43,13 +43,23 @@ class RuleDeviceState:
     # Whether the store holds a document for it.
     stored: bool = False
     changed: bool = False
+    # It raised a transition not written with it yet (written with its batch, the
+    # others at the checkpoint).
+    alerting: bool = False
     # Nothing worth keeping (``RuleState.is_idle``) after the last reading taken.
     idle: bool = False
-    # Idle already when the batch began. Only then may a stored state be deleted:
-    # a replay of the batch evaluates its readings from scratch, which decides the
-    # same as evaluating them from an idle state, but not the same as from the
-    # state that the batch's first readings made idle (their incident would fire again).
+    # Idle at the last checkpoint, having taken nothing past what it committed. Only
+    # then may a stored state be deleted: a replay from there evaluates its readings
+    # from scratch, which decides the same as evaluating them from an idle state,
+    # but not the same as from the state that the first readings since made idle
+    # (their incident would fire again), nor as from a state whose watermarks skip
+    # readings it took before a crash.
     idle_before: bool = False
+    # It has taken a reading since it was read from the store: its watermarks are
+    # this worker's, not perhaps ahead of the commit it replays from.
+    caught_up: bool = True
+    # Its rule no longer applies to the device: no replay evaluates it again.
+    rule_gone: bool = False
 
     @property
     def doc_id(self) -> str:
@@ -65,7 +75,7 @@ class RuleDeviceState:
         if not self.watermarks.is_new(item.partition, item.offset):
             return False
         self.watermarks.advance(item.partition, item.offset)
-        self.changed = True
+        self.changed = self.caught_up = True
         return True
 
     def to_document(self, epoch: int, now: datetime) -> dict[str, Any]:
@@ -91,7 +101,7 @@ class RuleDeviceState:
             watermarks=Watermarks(dict(doc.get("_applied", {}))),
             stored=True,
             idle=doc.get("idle", False),
-            idle_before=doc.get("idle", False),
+            caught_up=False,
         )
 
 
@@ -283,6 +293,7 @@ def evaluate_batch(
             )
             t.idle = t.state.is_idle(rule)
             if transition is not None:
+                t.alerting = True
                 outcome.raised.append(TransitionToRecord(transition, item.partition))
         for t in by_device.get(device_key, ()):
             if t.state.alert is None or _still_applies(t.rule_id, rules, reading):
@@ -294,7 +305,8 @@ def evaluate_batch(
                 )
                 # Its rule no longer applies, so a replay cannot fire it again: the
                 # state goes at once instead of lingering for a reading that never comes.
-                t.idle = t.idle_before = True
+                t.idle = t.rule_gone = True
+                t.alerting = True
                 outcome.raised.append(TransitionToRecord(transition, item.partition))
     return outcome
 

@@ -3,18 +3,21 @@
 The (rule, device) states of the partitions this worker owns are held in memory
 (:class:`HeldStates`): a device's states are read from the store once, when its
 first reading since the partition was claimed arrives, and after that only
-written. A batch is written in this order, each step idempotent, so a crash
-between any two is repaired by the replay of the uncommitted records:
+written. A state that raised a transition is written with its batch; one that
+only learned (a baseline, a window of values) at the next checkpoint, before the
+offsets are committed (``ConsumerLoop``). A batch is written in this order, each
+step idempotent, so a crash between any two is repaired by the replay of the
+uncommitted records:
 
 0. the event ids seen (a reading sent twice by its device is evaluated once);
 1. alert documents (``_id`` = alert_id: inserted on firing, ``$set`` resolved)
    and one outbox document per transition (``_id`` = notification_id,
    ``notified: false``), both keyed by ids the replay computes again, once the
    partition's claim is found still to be this worker's;
-2. the states that changed, each carrying the epoch of its partition's claim and
-   replaced only if the stored one is not newer (a worker that lost the partition
-   cannot overwrite the new owner); their watermarks then make a replay skip the
-   readings already evaluated;
+2. the states that raised them (the others at the checkpoint), each carrying the
+   epoch of its partition's claim and replaced only if the stored one is not newer
+   (a worker that lost the partition cannot overwrite the new owner); their
+   watermarks then make a replay skip the readings already evaluated;
 3. the outbox is published to alerts.triggered and marked (``outbox.py``).
 """
 
@@ -190,6 +193,9 @@ class HeldStates:
         self.devices: OrderedDict[str, HeldDevice] = OrderedDict()
         # The newest reading time seen per held device (``evaluate_batch``).
         self.clocks: dict[str, datetime] = {}
+        # Devices given readings since the last checkpoint: their states may hold
+        # changes not written yet (and are never let go under the limit).
+        self._touched: set[str] = set()
 
     async def partitions_assigned(self, partitions: set[int]) -> set[int]:
         """Claim the partitions; return those whose held states are still exact."""
@@ -207,11 +213,14 @@ class HeldStates:
             del self.devices[device_key]
             self.clocks.pop(device_key, None)
 
-    def forget_devices(self, device_keys: Iterable[str]) -> None:
-        """Let go of what a failed batch may have changed: read again from the store."""
-        for device_key in device_keys:
+    def rewind(self) -> None:
+        """Let go of every device given readings since the last checkpoint (a batch
+        failed): read again from the store, where the replay of the records since
+        the last commit finds them as they were then."""
+        for device_key in self._touched:
             self.devices.pop(device_key, None)
             self.clocks.pop(device_key, None)
+        self._touched.clear()
 
     async def for_batch(self, items: list[Consumed[Reading]]) -> dict[str, RuleDeviceState]:
         """Every state of the batch's devices by state id, reading from the store only
@@ -223,6 +232,7 @@ class HeldStates:
             for key, partition in partition_of.items()
             if key not in devices or devices[key].partition != partition
         ]
+        self._touched.update(partition_of)
         if unheld:
             for key in unheld:
                 devices[key] = HeldDevice(partition_of[key])
@@ -232,7 +242,6 @@ class HeldStates:
         for key in partition_of:
             devices.move_to_end(key)
             for tracked in devices[key].states.values():
-                tracked.idle_before = tracked.idle
                 batch[tracked.doc_id] = tracked
         return batch
 
@@ -245,15 +254,43 @@ class HeldStates:
             self.owned.release(lost)
         return lost
 
-    async def write(self, batch: dict[str, RuleDeviceState], now: datetime) -> set[int]:
-        """Hold the states the batch created, write those it changed, delete those
-        that were idle before it and still are, let go of the least recently seen
-        devices past the limit; return the partitions found claimed by a newer owner
-        (their states are let go)."""
+    def hold(self, batch: dict[str, RuleDeviceState]) -> None:
+        """Keep the states the batch created."""
         devices = self.devices
         for tracked in batch.values():
             devices[tracked.device_key].states.setdefault(tracked.rule_id, tracked)
-        changed = [t for t in batch.values() if t.changed]
+
+    async def write_alerting(self, batch: dict[str, RuleDeviceState], now: datetime) -> set[int]:
+        """Write the states that raised a transition in the batch (an alert and the state
+        that knows of it go together); return the partitions found claimed by a newer
+        owner (their states are let go)."""
+        return await self._write([t for t in batch.values() if t.changed and t.alerting], now)
+
+    async def checkpoint(self, now: datetime) -> set[int]:
+        """Write every state changed since the last checkpoint, delete those idle then
+        and now, let go of the least recently seen devices past the limit; return the
+        partitions found claimed by a newer owner (their states are let go)."""
+        touched = [
+            tracked
+            for key in self._touched
+            if key in self.devices
+            for tracked in self.devices[key].states.values()
+        ]
+        lost = await self._write([t for t in touched if t.changed], now, at_checkpoint=True)
+        for tracked in touched:
+            # A replay starts here now (once the loop commits).
+            tracked.idle_before = tracked.idle and tracked.caught_up
+        self._touched.clear()
+        devices = self.devices
+        while len(devices) > self.device_limit:
+            key, _ = devices.popitem(last=False)
+            self.clocks.pop(key, None)
+        return lost
+
+    async def _write(
+        self, changed: list[RuleDeviceState], now: datetime, at_checkpoint: bool = False
+    ) -> set[int]:
+        devices = self.devices
         lost: set[int] = set()
         rounds = 0
         while pending := [t for t in changed if t.changed and self._partition(t) not in lost]:
@@ -263,7 +300,7 @@ class HeldStates:
             epochs, revoked = await self.owned.epochs({self._partition(t) for t in pending})
             lost |= revoked
             pending = [t for t in pending if self._partition(t) not in lost]
-            newer = await self._write_round(pending, epochs, now)
+            newer = await self._write_round(pending, epochs, now, at_checkpoint)
             lost |= await self.owned.lost_or_reclaimed(newer)
         for tracked in changed:
             if tracked.idle and not tracked.stored and not tracked.changed:
@@ -271,23 +308,30 @@ class HeldStates:
         if lost:
             self.forget(lost)
             self.owned.release(lost)
-        while len(devices) > self.device_limit:
-            key, _ = devices.popitem(last=False)
-            self.clocks.pop(key, None)
         return lost
 
     def _partition(self, tracked: RuleDeviceState) -> int:
         return self.devices[tracked.device_key].partition
 
     async def _write_round(
-        self, pending: list[RuleDeviceState], epochs: dict[int, int], now: datetime
+        self,
+        pending: list[RuleDeviceState],
+        epochs: dict[int, int],
+        now: datetime,
+        at_checkpoint: bool,
     ) -> dict[int, int]:
         """Write or delete each pending state under its partition's epoch; the newer
         epochs found on the documents that refused."""
         collection = self._db[ALERT_STATE]
-        # A state the batch made idle is written as idle and deleted by a later batch
-        # (``RuleDeviceState.idle_before``); one never stored is just let go.
-        kept = [t for t in pending if not t.idle or (t.stored and not t.idle_before)]
+
+        def deleted_now(t: RuleDeviceState) -> bool:
+            # A state made idle since the last checkpoint is written as idle, and
+            # deleted at a later checkpoint (``RuleDeviceState.idle_before``) that
+            # the loop commits right after; one never stored is just let go.
+            return t.idle and t.stored and (t.rule_gone or (at_checkpoint and t.idle_before))
+
+        deleted = [t for t in pending if deleted_now(t)]
+        kept = [t for t in pending if not deleted_now(t) and (t.stored or not t.idle)]
         result = await write_fenced(
             collection,
             [],
@@ -295,7 +339,6 @@ class HeldStates:
             lambda t: t.to_document(epochs[self._partition(t)], now),
             lambda doc: int(doc["_e"]),
         )
-        deleted = [t for t in pending if t.idle and t.stored and t.idle_before]
         refused = set(result.fenced)
         if deleted:
             outcome = await collection.bulk_write(
@@ -318,6 +361,6 @@ class HeldStates:
         written = {t.doc_id for t in kept}
         for tracked in pending:
             if self._partition(tracked) not in newer:
-                tracked.changed = False
+                tracked.changed = tracked.alerting = False
                 tracked.stored = tracked.doc_id in written
         return newer

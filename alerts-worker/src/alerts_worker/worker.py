@@ -22,7 +22,7 @@ from alerts_worker.absence import Absences
 from alerts_worker.incidents import BatchOutcome, RuleIndex, evaluate_batch
 from alerts_worker.outbox import Outbox
 from alerts_worker.rule_cache import RuleCache
-from alerts_worker.store import HeldStates, device_key, drop_retries, record_transitions
+from alerts_worker.store import HeldStates, drop_retries, record_transitions
 
 SERVICE = "alerts-worker"
 
@@ -74,8 +74,9 @@ class AlertMetrics:
 
 
 class AlertsHandler:
-    """Evaluates each batch on the held states of the owned partitions, records and
-    writes what changed, announces the transitions; the consume loop commits after.
+    """Evaluates each batch on the held states of the owned partitions, records its
+    transitions with the states that raised them, announces them; what the rest
+    learned is written at each ``checkpoint``, after which the consume loop commits.
     Every second (``tick``) it judges the silences of absent rules (``absence.py``)."""
 
     def __init__(
@@ -104,6 +105,15 @@ class AlertsHandler:
     async def partitions_revoked(self, partitions: set[int]) -> None:
         async with self._turn:
             await self.states.partitions_revoked(partitions)
+
+    async def checkpoint(self) -> set[int]:
+        """Write what the batches since the last checkpoint learned; return the
+        partitions found claimed by a newer owner."""
+        async with self._turn:
+            lost = await self.states.checkpoint(utcnow())
+            if lost:
+                self.absences.forget(lost)
+            return lost | await self.absences.write()
 
     async def __call__(self, items: list[Consumed[Reading]]) -> None:
         rules, metrics = self._rules, self._metrics
@@ -137,7 +147,7 @@ class AlertsHandler:
             now = utcnow()
             absences.judge(rules.rules, rules.silences, now)
             # An opened alert is stored first: recorded after a crash from there (load).
-            await absences.write()
+            await absences.write(urgent_only=True)
             raised = absences.to_record()
             if not raised:
                 return
@@ -147,7 +157,7 @@ class AlertsHandler:
                 raised = [r for r in raised if r.partition not in lost]
             newly_recorded = await record_transitions(self._db, raised, now)
             absences.settle(raised)
-            await absences.write()
+            await absences.write(urgent_only=True)
             published = await self._outbox.publish_pending(
                 self.states.owned.assigned - lost, newly_recorded
             )
@@ -163,7 +173,8 @@ async def evaluate_and_record(
     rules: RuleIndex,
     silences: Sequence[Silence],
 ) -> tuple[BatchOutcome, set[str], set[int]]:
-    """Evaluate a batch on the held states, record its transitions and write the states.
+    """Evaluate a batch on the held states, record its transitions and write the states
+    that raised them (the rest wait for the checkpoint).
 
     Returns the outcome, the notification ids recorded first, and the partitions
     found claimed by a newer owner (nothing of theirs is recorded or written).
@@ -183,12 +194,15 @@ async def evaluate_and_record(
             tracked = {i: t for i, t in tracked.items() if t.device_id in states.devices}
         newly_recorded = await record_transitions(db, outcome.raised, now)
         absences.settle(from_absences)
-        lost |= await states.write(tracked, now)
-        lost |= await absences.write()
+        states.hold(tracked)
+        lost |= await states.write_alerting(tracked, now)
+        lost |= await absences.write(urgent_only=True)
     except BaseException:
-        # The held states took the batch's readings; what of it reached the store
-        # is read back on the retry, and the rest evaluated again.
-        states.forget_devices({device_key(item.value) for item in items})
+        # The held states took the batch's readings and maybe their predecessors' since
+        # the checkpoint: all are read back from the store, and the consume loop hands
+        # this handler every record since the last commit again (receipt times only
+        # grow, so presence needs no rewinding).
+        states.rewind()
         absences.unsettle()
         raise
     return outcome, newly_recorded, lost
@@ -220,6 +234,7 @@ async def run(
                 context, settings, rules, AlertMetrics(registry)
             ),
             stop=stop,
+            checkpoint_interval_s=settings.checkpoint_interval_s,
         )
     finally:
         await rules.stop()

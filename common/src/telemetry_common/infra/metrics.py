@@ -88,7 +88,7 @@ class ConsumerMetrics:
         )
         self.end_to_end_seconds = on.histogram(
             "consumer_end_to_end_latency_seconds",
-            "Time from ingestion-api publishing a record to this worker committing it",
+            "Time from ingestion-api publishing a record to this worker having handled it",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
         self.transient_failures = on.counter(
@@ -98,6 +98,16 @@ class ConsumerMetrics:
         self.commit_failures = on.counter(
             "consumer_commit_failures_total",
             "Offset commits refused after a rebalance (the batch is replayed idempotently)",
+        )
+        self.checkpoint_seconds = on.histogram(
+            "consumer_checkpoint_duration_seconds",
+            "Time to write a handler's deferred state before offsets are committed",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.replayed_records = on.counter(
+            "consumer_replayed_records_total",
+            "Records handed to the handler again because a failed batch made it let go of "
+            "what it had handled since its last checkpoint",
         )
         self.partitions_lost = on.counter(
             "consumer_partitions_lost_total",

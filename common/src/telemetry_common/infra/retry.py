@@ -70,8 +70,12 @@ def retrying(
             exc_info=None if exc is None or is_transient(exc) else exc,
         )
 
+    def worth_retrying(exc: BaseException) -> bool:
+        # A cancellation (a stopping worker) or an exit is obeyed, whatever retry_on says.
+        return isinstance(exc, Exception) and retry_on(exc)
+
     return AsyncRetrying(
-        retry=retry_if_exception(retry_on),
+        retry=retry_if_exception(worth_retrying),
         stop=stop_never if give_up_after_s is None else stop_after_delay(give_up_after_s),
         wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s),
         sleep=sleep,

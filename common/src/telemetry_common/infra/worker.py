@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from telemetry_common.infra.background import BackgroundTasks
 from telemetry_common.infra.kafka.consumer import (
+    Checkpoint,
     ConsumerLoop,
     Decode,
     Handler,
@@ -123,6 +124,8 @@ def consume_loop(
     metrics: ConsumerMetrics,
     handling: asyncio.Lock | None = None,
     progress: ConsumerProgress | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_interval_s: float = 0.0,
 ) -> ConsumerLoop[T]:
     """The commit-after-write loop with the settings' retry policy and the DLQ."""
     return ConsumerLoop(
@@ -140,6 +143,8 @@ def consume_loop(
         max_records=settings.consumer_max_records,
         handling=handling,
         progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_interval_s=checkpoint_interval_s,
     )
 
 
@@ -165,7 +170,10 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     raw_retention: timedelta | None = None,
     merged_resolutions: Iterable[str] = (),
+    checkpoint_interval_s: float = 0.0,
 ) -> None:
+    """``checkpoint_interval_s``: how often a handler with a ``checkpoint`` writes what
+    it deferred, and offsets are committed (``kafka/consumer.py``)."""
     if stop is None:
         # Run as a process; an embedding caller (a test) passes its own event instead.
         stop = stop_on_signals()
@@ -196,10 +204,12 @@ async def run_worker(
         )
         context = WorkerContext(settings, db, producer, ownership, progress)
         handle = handler_for(context)
-        # Optional parts of a handler: told of rebalances, and ticked every TICK_S.
+        # Optional parts of a handler: told of rebalances, ticked every TICK_S, and
+        # writing some of its state at checkpoints only.
         assigned = getattr(handle, "partitions_assigned", None)
         revoked = getattr(handle, "partitions_revoked", None)
         tick = getattr(handle, "tick", None)
+        checkpoint = getattr(handle, "checkpoint", None)
         handling = asyncio.Lock()
         listener = (
             RebalanceHooks(assigned, revoked, handling, progress) if assigned and revoked else None
@@ -208,8 +218,20 @@ async def run_worker(
         await start_with_retry("Kafka consumer", consumer.start, stop)
         started["kafka"] = True
         consumer_loop = consume_loop(
-            name, settings, consumer, producer, decode, handle, metrics, handling, progress
+            name,
+            settings,
+            consumer,
+            producer,
+            decode,
+            handle,
+            metrics,
+            handling,
+            progress,
+            checkpoint,
+            checkpoint_interval_s,
         )
+        if listener is not None and checkpoint is not None:
+            listener.before_revoke = consumer_loop.save_before_revoke
         if tick is not None:
             background.start(_tick_forever(name, tick), name=f"{name} tick")
         log.info("%s consuming %s as group %s", name, settings.telemetry_topic, group_id)

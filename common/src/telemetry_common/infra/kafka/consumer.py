@@ -2,7 +2,18 @@
 
 Delivery is at-least-once: offsets are committed only after the handler's writes
 succeeded, and handlers write idempotently, so a replay after a crash or a
-rebalance changes nothing. Failures are sorted in two:
+rebalance changes nothing.
+
+A handler may defer writes that every record makes again (the alerts worker's
+learned baselines): it then has a ``checkpoint`` that writes them, and offsets
+are committed only right after one, at most every ``checkpoint_interval_s``
+(Kafka Streams' commit interval), whenever the partitions are idle, before they
+are revoked and when the worker stops. A crash replays from the last checkpoint,
+where the stored state is exact. A batch that fails makes such a handler let go
+of everything since its last checkpoint, so the loop hands it those records again
+before the batch (``_unsaved``): what it holds never misses a record it was given.
+
+Failures are sorted in two:
 
 * transient (MongoDB or Kafka unreachable): retried forever with exponential
   backoff while the assigned partitions are paused; good data never goes to the DLQ;
@@ -17,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -53,6 +64,8 @@ class Consumed(Generic[T]):
 Decode = Callable[[ConsumerRecord], T]
 Handler = Callable[[list[Consumed[T]]], Awaitable[None]]
 PartitionsChanged = Callable[[set[int]], Awaitable[None]]
+# Writes what a handler deferred; returns the partitions a newer owner had claimed.
+Checkpoint = Callable[[], Awaitable[set[int]]]
 
 
 class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -79,9 +92,14 @@ class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
         self._revoked = revoked
         self._handling = handling
         self._progress = progress
+        # Set by the loop of a checkpointing handler: what it handled of the revoked
+        # partitions is checkpointed and committed before they go to another member.
+        self.before_revoke: PartitionsChanged | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._handling:
+            if self.before_revoke is not None:
+                await self.before_revoke({tp.partition for tp in revoked})
             if self._progress is not None:
                 # Assigned again, a partition is read from its last commit: known afresh.
                 self._progress.forget(tp.partition for tp in revoked)
@@ -112,9 +130,12 @@ class ConsumerLoop(Generic[T]):
         max_records: int = 2000,
         handling: asyncio.Lock | None = None,
         progress: ConsumerProgress | None = None,
+        checkpoint: Checkpoint | None = None,
+        checkpoint_interval_s: float = 0.0,
     ):
         """``handling``: held while the handler runs; share it with the RebalanceHooks.
-        ``progress``: kept up to date with how far each partition was handled."""
+        ``progress``: kept up to date with how far each partition was handled.
+        ``checkpoint``: a handler's deferred writes (see the module's docstring)."""
         self._consumer = consumer
         self.progress = progress or ConsumerProgress()
         self._handling = handling or asyncio.Lock()
@@ -126,12 +147,25 @@ class ConsumerLoop(Generic[T]):
         self._retry = retry
         self._max_records = max_records
         self._committed: dict[TopicPartition, int] = {}
+        self._checkpoint = checkpoint
+        self._checkpoint_interval_s = checkpoint_interval_s if checkpoint is not None else 0.0
+        # Per partition, handled but not committed: the offset to commit, and the
+        # first record handled since the last commit (where a lost partition rewinds to).
+        self._pending: dict[TopicPartition, int] = {}
+        self._first_pending: dict[TopicPartition, int] = {}
+        # With a checkpoint: the records handled since the last one, in order, and
+        # whether a failure made the handler let go of them (handed again first).
+        self._unsaved: list[Consumed[T]] = []
+        self._replay_due = False
+        self._saved_at = time.monotonic()
         self.healthy = True
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             batch = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
             if not batch:
+                if self._pending:
+                    await self.save()  # idle: nothing gained by waiting longer
                 await self._note_idle()
                 self._report_lag()
                 continue
@@ -140,13 +174,96 @@ class ConsumerLoop(Generic[T]):
                 self._metrics.records_consumed.inc(len(records))
                 decoded, lost = await self._process(records)
                 if lost:
-                    await self._rewind(batch, lost)
+                    self._rewind(lost, batch)
                     batch = {tp: rs for tp, rs in batch.items() if tp.partition not in lost}
-                if batch:
-                    await self._commit(batch)
-                    self._note_handled(batch)
+                for tp, partition_records in batch.items():
+                    self._first_pending.setdefault(tp, partition_records[0].offset)
+                    self._pending[tp] = partition_records[-1].offset + 1
+                self._note_handled(batch)
+                if time.monotonic() - self._saved_at >= self._checkpoint_interval_s:
+                    await self.save()
             self._report_done(records, decoded)
             self._report_lag()
+        if self._pending:
+            await self.save()
+
+    async def save(self) -> None:
+        """Checkpoint the handler's deferred writes, then commit what it has handled."""
+        if self._replay_due:
+            try:
+                await self._handle_with_retries([])
+            except PartitionsLost as exc:
+                self._metrics.partitions_lost.inc(len(exc.partitions))
+                self._rewind(exc.partitions)
+        lost: set[int] = set()
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        async for attempt in self._retrying("checkpoint", is_transient):
+            with attempt:
+                # Held per attempt: a rebalance may come in while a failing one waits.
+                async with self._handling:
+                    if self._replay_due:
+                        # A rebalance between the replay and here found the handler
+                        # failing again; what it let go is replayed at the next save.
+                        return
+                    lost = await self._run_checkpoint()
+                    offsets = self._take_pending(lost)
+        if lost:
+            self._metrics.partitions_lost.inc(len(lost))
+            self._rewind(lost)
+        # Outside the lock: a commit may wait for a rebalance whose callbacks need it.
+        await self._commit(offsets)
+
+    async def save_before_revoke(self, partitions: set[int]) -> None:
+        """What ``RebalanceHooks`` runs (the handling lock held) before partitions go:
+        one checkpoint and commit. If it fails, nothing of theirs is committed, and the
+        member that takes them replays from the last commit onto the stored state."""
+        revoked = [tp for tp in self._pending if tp.partition in partitions]
+        if not self._replay_due:
+            try:
+                lost = await self._run_checkpoint()
+                offsets = self._take_pending(lost, partitions)
+                if offsets:
+                    await self._consumer.commit(offsets)
+                    self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
+                self._rewind(lost)
+            except Exception as exc:
+                log.warning(
+                    "checkpoint before revocation failed; their records are replayed "
+                    "from the last commit: %r",
+                    exc,
+                )
+        for tp in revoked:
+            self._pending.pop(tp, None)
+            self._first_pending.pop(tp, None)
+        self._unsaved = [item for item in self._unsaved if item.partition not in partitions]
+        if not self._unsaved:
+            self._replay_due = False
+
+    async def _run_checkpoint(self) -> set[int]:
+        if self._checkpoint is None:
+            return set()
+        with self._metrics.checkpoint_seconds.time():
+            return await self._checkpoint()
+
+    def _take_pending(
+        self, lost: set[int], only: set[int] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The offsets a checkpoint made safe to commit (of ``only`` these partitions),
+        no longer pending."""
+        taken = [
+            tp
+            for tp in self._pending
+            if tp.partition not in lost and (only is None or tp.partition in only)
+        ]
+        offsets = {tp: OffsetAndMetadata(self._pending.pop(tp), "") for tp in taken}
+        for tp in taken:
+            self._first_pending.pop(tp, None)
+        if only is None:
+            self._unsaved.clear()
+            self._saved_at = time.monotonic()
+        else:
+            self._unsaved = [item for item in self._unsaved if item.partition not in only]
+        return offsets
 
     def _report_done(self, records: list[ConsumerRecord], decoded: list[Consumed[T]]) -> None:
         # The record's timestamp is when ingestion-api published it (CreateTime),
@@ -191,18 +308,29 @@ class ConsumerLoop(Generic[T]):
                 lost = exc.partitions
         return decoded, lost
 
-    async def _rewind(
-        self, batch: dict[TopicPartition, list[ConsumerRecord]], lost: frozenset[int]
+    def _rewind(
+        self,
+        lost: Collection[int],
+        batch: dict[TopicPartition, list[ConsumerRecord]] | None = None,
     ) -> None:
-        """Fetch a lost partition's records again should Kafka still assign it here.
+        """Forget what was handled of lost partitions since their last commit, and fetch
+        it again should Kafka still assign them here (the handler let go of their state).
 
-        Normally the group has already moved it and the next poll revokes it; if
+        Normally the group has already moved them and the next poll revokes them; if
         not, nothing past the last commit may be skipped.
         """
+        if not lost:
+            return
         assigned = self._consumer.assignment()
-        for tp, records in batch.items():
-            if tp.partition in lost and tp in assigned:
-                self._consumer.seek(tp, records[0].offset)
+        batch_starts = {tp: records[0].offset for tp, records in (batch or {}).items()}
+        for tp in {*batch_starts, *self._pending}:
+            if tp.partition not in lost:
+                continue
+            start = self._first_pending.pop(tp, batch_starts.get(tp))
+            self._pending.pop(tp, None)
+            if start is not None and tp in assigned:
+                self._consumer.seek(tp, start)
+        self._unsaved = [item for item in self._unsaved if item.partition not in lost]
 
     def _retrying(self, operation: str, retry_on: Callable[[BaseException], bool]) -> AsyncRetrying:
         return retrying(
@@ -214,6 +342,7 @@ class ConsumerLoop(Generic[T]):
         )
 
     async def _handle_with_retries(self, items: list[Consumed[T]]) -> None:
+        """Handle the items, after what a failure made the handler let go of."""
         # Waiting helps a transient failure, however long it lasts; any other is
         # given max_retries attempts in case it was not what it seemed.
         failures = 0
@@ -230,8 +359,13 @@ class ConsumerLoop(Generic[T]):
                         # Held per attempt, not across the waits between them: a
                         # rebalance may happen while a failing batch waits (_paused_wait).
                         async with self._handling:
-                            await self._handle(items)
+                            await self._handle_after_replay(items)
+                    except PartitionsLost:
+                        raise
                     except Exception as exc:
+                        if self._checkpoint is not None:
+                            # It let go of everything since its last checkpoint.
+                            self._replay_due = True
                         await self._renew_if_stale(exc)
                         if is_transient(exc):
                             self.healthy = False
@@ -245,13 +379,42 @@ class ConsumerLoop(Generic[T]):
             raise
         except Exception as exc:
             failed = exc
+        if not items:
+            # Records handled once fail when handed again: a restart replays them from
+            # the last commit onto the stored state, which is all that is left to try.
+            raise failed
         if len(items) > 1:
             # Find the records at fault instead of dead-lettering good ones.
             log.warning("batch failed %d times; isolating records: %r", failures, failed)
+            if self._replay_due:
+                await self._handle_with_retries([])  # so that each record is judged alone
             for item in items:
                 await self._handle_with_retries([item])
             return
         await self._dead_letter(items[0].record, f"{type(failed).__name__}: {failed}", failures)
+
+    async def _handle_after_replay(self, items: list[Consumed[T]]) -> None:
+        """(The handling lock held.) A PartitionsLost names the partitions lost in
+        either; everything else was handled."""
+        lost: set[int] = set()
+        if self._replay_due:
+            self._metrics.replayed_records.inc(len(self._unsaved))
+            try:
+                if self._unsaved:
+                    await self._handle(self._unsaved)
+            except PartitionsLost as exc:
+                lost |= exc.partitions
+            self._replay_due = False
+        todo = [item for item in items if item.partition not in lost]
+        try:
+            if todo:
+                await self._handle(todo)
+        except PartitionsLost as exc:
+            lost |= exc.partitions
+        if self._checkpoint is not None:
+            self._unsaved.extend(item for item in todo if item.partition not in lost)
+        if lost:
+            raise PartitionsLost(lost)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str, attempts: int) -> None:
         async for attempt in self._retrying("publish dead letter", is_transient):
@@ -302,10 +465,9 @@ class ConsumerLoop(Generic[T]):
             consumer.resume(*consumer.assignment())
             self._metrics.paused.set(0)
 
-    async def _commit(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        offsets = {
-            tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()
-        }
+    async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if not offsets:
+            return
         try:
             async for attempt in retrying(
                 "commit offsets",
