@@ -1,7 +1,7 @@
 """The consume loop with a handler that writes its state at checkpoints only, against a
-real broker: offsets are committed only after a checkpoint, and a failed batch makes
-the loop hand again every record since the last one, so the state the handler keeps
-counts each record once through failures, crashes and a stop."""
+real broker: each commit names where a successor replays from (the last checkpoint),
+and a failed batch sends the loop back there, so the state the handler keeps counts
+each record once through failures, crashes and a stop."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from integration.readings import fleet_readings, publish
 from prometheus_client import CollectorRegistry
 from telemetry_common.domain.reading import Reading, decode_kafka_value
-from telemetry_common.infra.kafka.consumer import Consumed, RebalanceHooks
+from telemetry_common.infra.kafka.consumer import (
+    REPLAY_FROM,
+    Checkpointing,
+    Consumed,
+    RebalanceHooks,
+)
 from telemetry_common.infra.kafka.producer import build_producer
 from telemetry_common.infra.metrics import ConsumerMetrics
 from telemetry_common.infra.settings import WorkerSettings
@@ -96,10 +102,12 @@ class Member:
             handler,
             ConsumerMetrics(self.registry),
             handling,
-            checkpoint=handler.checkpoint,
-            checkpoint_interval_s=0.3,
+            checkpointing=Checkpointing(
+                handler.checkpoint, 0.3, settings.kafka_bootstrap_servers, group
+            ),
         )
         self.hooks.before_revoke = self.loop.save_before_revoke
+        self.hooks.after_assign = self.loop.note_assigned
 
     async def run_until(self, done: asyncio.Event, dies: bool = False) -> None:
         stop = asyncio.Event()
@@ -163,8 +171,26 @@ async def test_a_worker_that_dies_between_checkpoints_resumes_from_its_last_one(
     dying = asyncio.create_task(die_after_two_checkpoints())
     await Member(service_env, topics.telemetry, "ckpt-crash", first).run_until(died, dies=True)
     await dying
-    # What it counted past its last checkpoint is lost with it, and was not committed.
+    # What it counted past its last checkpoint is lost with it...
     assert sum(first.stored.counts.values()) < sum(first.held.counts.values()) < len(readings)
+    # ...yet its commits kept up (the lag operators read stays true), each saying where
+    # a successor must replay from.
+    admin = AIOKafkaAdminClient(bootstrap_servers=service_env["kafka_bootstrap_servers"])
+    await admin.start()
+    try:
+        commits = await admin.list_consumer_group_offsets("ckpt-crash")
+    finally:
+        await admin.close()
+    ahead = {
+        tp: meta
+        for tp, meta in commits.items()
+        if meta.offset > first.stored.watermarks.get(tp.partition, 0)
+    }
+    assert ahead
+    assert all(
+        int(meta.metadata.removeprefix(REPLAY_FROM)) <= first.stored.watermarks.get(tp.partition, 0)
+        for tp, meta in ahead.items()
+    )
 
     second = CountingHandler(first.stored)
     counted = asyncio.Event()

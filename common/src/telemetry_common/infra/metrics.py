@@ -106,8 +106,8 @@ class ConsumerMetrics:
         )
         self.replayed_records = on.counter(
             "consumer_replayed_records_total",
-            "Records handed to the handler again because a failed batch made it let go of "
-            "what it had handled since its last checkpoint",
+            "Records fetched again from the last checkpoint: after a failed batch, or by a "
+            "member taking over a partition whose last owner had not checkpointed them",
         )
         self.partitions_lost = on.counter(
             "consumer_partitions_lost_total",

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from telemetry_common.infra.background import BackgroundTasks
 from telemetry_common.infra.kafka.consumer import (
-    Checkpoint,
+    Checkpointing,
     ConsumerLoop,
     Decode,
     Handler,
@@ -124,8 +124,7 @@ def consume_loop(
     metrics: ConsumerMetrics,
     handling: asyncio.Lock | None = None,
     progress: ConsumerProgress | None = None,
-    checkpoint: Checkpoint | None = None,
-    checkpoint_interval_s: float = 0.0,
+    checkpointing: Checkpointing | None = None,
 ) -> ConsumerLoop[T]:
     """The commit-after-write loop with the settings' retry policy and the DLQ."""
     return ConsumerLoop(
@@ -143,8 +142,7 @@ def consume_loop(
         max_records=settings.consumer_max_records,
         handling=handling,
         progress=progress,
-        checkpoint=checkpoint,
-        checkpoint_interval_s=checkpoint_interval_s,
+        checkpointing=checkpointing,
     )
 
 
@@ -215,8 +213,6 @@ async def run_worker(
             RebalanceHooks(assigned, revoked, handling, progress) if assigned and revoked else None
         )
         consumer = subscribe(settings, settings.telemetry_topic, group_id, name, listener)
-        await start_with_retry("Kafka consumer", consumer.start, stop)
-        started["kafka"] = True
         consumer_loop = consume_loop(
             name,
             settings,
@@ -227,11 +223,18 @@ async def run_worker(
             metrics,
             handling,
             progress,
-            checkpoint,
-            checkpoint_interval_s,
+            checkpointing=Checkpointing(
+                checkpoint, checkpoint_interval_s, settings.kafka_bootstrap_servers, group_id
+            )
+            if checkpoint is not None
+            else None,
         )
         if listener is not None and checkpoint is not None:
+            # Before the consumer starts: the first assignment may come at once.
             listener.before_revoke = consumer_loop.save_before_revoke
+            listener.after_assign = consumer_loop.note_assigned
+        await start_with_retry("Kafka consumer", consumer.start, stop)
+        started["kafka"] = True
         if tick is not None:
             background.start(_tick_forever(name, tick), name=f"{name} tick")
         log.info("%s consuming %s as group %s", name, settings.telemetry_topic, group_id)

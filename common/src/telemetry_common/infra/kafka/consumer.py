@@ -5,13 +5,19 @@ succeeded, and handlers write idempotently, so a replay after a crash or a
 rebalance changes nothing.
 
 A handler may defer writes that every record makes again (the alerts worker's
-learned baselines): it then has a ``checkpoint`` that writes them, and offsets
-are committed only right after one, at most every ``checkpoint_interval_s``
-(Kafka Streams' commit interval), whenever the partitions are idle, before they
-are revoked and when the worker stops. A crash replays from the last checkpoint,
-where the stored state is exact. A batch that fails makes such a handler let go
-of everything since its last checkpoint, so the loop hands it those records again
-before the batch (``_unsaved``): what it holds never misses a record it was given.
+learned baselines): it then has a ``checkpoint`` that writes them, run every
+``checkpoint_interval_s`` (Kafka Streams' commit interval), whenever the
+partitions are idle, before they are revoked and when the worker stops. Offsets
+are still committed after every batch, so the lag that operators and the
+autoscaler read stays true, but each commit names in its metadata where a
+successor must start: the first record handled since the last checkpoint
+(``replay-from <offset>``). A member assigned the partition seeks there, and
+replays onto the stored state, which is exact up to that record.
+
+A batch that fails makes such a handler let go of everything since its last
+checkpoint; the loop then seeks back to the checkpoint and goes on *carefully*
+(a checkpoint after every batch, and after every record it isolates) until it is
+past the failed batch, so each retry starts from exactly what is stored.
 
 Failures are sorted in two:
 
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from tenacity import AsyncRetrying
@@ -66,6 +73,18 @@ Handler = Callable[[list[Consumed[T]]], Awaitable[None]]
 PartitionsChanged = Callable[[set[int]], Awaitable[None]]
 # Writes what a handler deferred; returns the partitions a newer owner had claimed.
 Checkpoint = Callable[[], Awaitable[set[int]]]
+# Where a commit's metadata says a successor starts (the offset follows).
+REPLAY_FROM = "replay-from "
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """A handler's checkpoint and where to read the group's commits (their metadata)."""
+
+    checkpoint: Checkpoint
+    interval_s: float
+    bootstrap_servers: str
+    group_id: str
 
 
 class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -92,14 +111,16 @@ class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
         self._revoked = revoked
         self._handling = handling
         self._progress = progress
-        # Set by the loop of a checkpointing handler: what it handled of the revoked
-        # partitions is checkpointed and committed before they go to another member.
-        self.before_revoke: PartitionsChanged | None = None
+        # Set by the loop of a checkpointing handler: the revoked partitions are
+        # checkpointed and committed before they go to another member, and assigned
+        # ones are moved to where their last commit says to replay from.
+        self.before_revoke: Callable[[list[TopicPartition]], Awaitable[None]] | None = None
+        self.after_assign: Callable[[list[TopicPartition]], None] | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._handling:
             if self.before_revoke is not None:
-                await self.before_revoke({tp.partition for tp in revoked})
+                await self.before_revoke(revoked)
             if self._progress is not None:
                 # Assigned again, a partition is read from its last commit: known afresh.
                 self._progress.forget(tp.partition for tp in revoked)
@@ -107,6 +128,8 @@ class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self._handling:
+            if self.after_assign is not None:
+                self.after_assign(assigned)
             await self._assigned({tp.partition for tp in assigned})
 
 
@@ -130,12 +153,11 @@ class ConsumerLoop(Generic[T]):
         max_records: int = 2000,
         handling: asyncio.Lock | None = None,
         progress: ConsumerProgress | None = None,
-        checkpoint: Checkpoint | None = None,
-        checkpoint_interval_s: float = 0.0,
+        checkpointing: Checkpointing | None = None,
     ):
         """``handling``: held while the handler runs; share it with the RebalanceHooks.
         ``progress``: kept up to date with how far each partition was handled.
-        ``checkpoint``: a handler's deferred writes (see the module's docstring)."""
+        ``checkpointing``: a handler's deferred writes (see the module's docstring)."""
         self._consumer = consumer
         self.progress = progress or ConsumerProgress()
         self._handling = handling or asyncio.Lock()
@@ -147,127 +169,195 @@ class ConsumerLoop(Generic[T]):
         self._retry = retry
         self._max_records = max_records
         self._committed: dict[TopicPartition, int] = {}
-        self._checkpoint = checkpoint
-        self._checkpoint_interval_s = checkpoint_interval_s if checkpoint is not None else 0.0
-        # Per partition, handled but not committed: the offset to commit, and the
-        # first record handled since the last commit (where a lost partition rewinds to).
-        self._pending: dict[TopicPartition, int] = {}
-        self._first_pending: dict[TopicPartition, int] = {}
-        # With a checkpoint: the records handled since the last one, in order, and
-        # whether a failure made the handler let go of them (handed again first).
-        self._unsaved: list[Consumed[T]] = []
-        self._replay_due = False
+        self._checkpointing = checkpointing
+        self._admin: AIOKafkaAdminClient | None = None
+        # Per partition: the offset after the last record handled, and whether that
+        # is committed yet.
+        self._position: dict[TopicPartition, int] = {}
+        self._uncommitted: set[TopicPartition] = set()
+        # With checkpointing: the first record handled since the last checkpoint;
+        # after a failure, the last offset to go through carefully; assigned
+        # partitions not moved to their replay point yet.
+        self._replay_from: dict[TopicPartition, int] = {}
+        self._careful_until: dict[TopicPartition, int] = {}
+        self._unsought: set[TopicPartition] = set()
         self._saved_at = time.monotonic()
         self.healthy = True
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            batch = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
-            if not batch:
-                if self._pending:
-                    await self.save()  # idle: nothing gained by waiting longer
-                await self._note_idle()
+        try:
+            while not stop.is_set():
+                if self._unsought:
+                    async with self._handling:
+                        await self._seek_replay_points([])
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
+                if not batch:
+                    if self._replay_from:
+                        await self.save()  # idle: nothing gained by waiting longer
+                    await self._note_idle()
+                    self._report_lag()
+                    continue
+                with self._metrics.batch_seconds.time():
+                    await self._run_batch(batch)
                 self._report_lag()
-                continue
-            with self._metrics.batch_seconds.time():
-                records = [r for partition_records in batch.values() for r in partition_records]
-                self._metrics.records_consumed.inc(len(records))
-                decoded, lost = await self._process(records)
-                if lost:
-                    self._rewind(lost, batch)
-                    batch = {tp: rs for tp, rs in batch.items() if tp.partition not in lost}
-                for tp, partition_records in batch.items():
-                    self._first_pending.setdefault(tp, partition_records[0].offset)
-                    self._pending[tp] = partition_records[-1].offset + 1
-                self._note_handled(batch)
-                if time.monotonic() - self._saved_at >= self._checkpoint_interval_s:
-                    await self.save()
-            self._report_done(records, decoded)
-            self._report_lag()
-        if self._pending:
+            if self._replay_from or self._uncommitted:
+                await self.save()
+        finally:
+            if self._admin is not None:
+                with contextlib.suppress(Exception):
+                    await self._admin.close()
+
+    async def _run_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        records = [r for partition_records in batch.values() for r in partition_records]
+        self._metrics.records_consumed.inc(len(records))
+        careful = self._checkpointing is None or bool(self._careful_until)
+        decoded, dropped = await self._process(records, careful)
+        batch = {tp: rs for tp, rs in batch.items() if tp.partition not in dropped}
+        for tp, partition_records in batch.items():
+            if self._checkpointing is not None:
+                self._replay_from.setdefault(tp, partition_records[0].offset)
+            self._position[tp] = partition_records[-1].offset + 1
+            self._uncommitted.add(tp)
+            if self._position[tp] > self._careful_until.get(tp, -1):
+                self._careful_until.pop(tp, None)
+        self._note_handled(batch)
+        interval = 0.0 if self._checkpointing is None else self._checkpointing.interval_s
+        if careful or time.monotonic() - self._saved_at >= interval:
             await self.save()
+        else:
+            await self._commit(self._progress_offsets())
+        self._report_done(records, decoded)
+
+    def _progress_offsets(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """What was handled since the last commit, each with where to replay from."""
+        offsets = {
+            tp: OffsetAndMetadata(
+                self._position[tp],
+                f"{REPLAY_FROM}{self._replay_from[tp]}" if tp in self._replay_from else "",
+            )
+            for tp in self._uncommitted
+        }
+        self._uncommitted.clear()
+        return offsets
 
     async def save(self) -> None:
         """Checkpoint the handler's deferred writes, then commit what it has handled."""
-        if self._replay_due:
-            try:
-                await self._handle_with_retries([])
-            except PartitionsLost as exc:
-                self._metrics.partitions_lost.inc(len(exc.partitions))
-                self._rewind(exc.partitions)
         lost: set[int] = set()
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         async for attempt in self._retrying("checkpoint", is_transient):
             with attempt:
                 # Held per attempt: a rebalance may come in while a failing one waits.
                 async with self._handling:
-                    if self._replay_due:
-                        # A rebalance between the replay and here found the handler
-                        # failing again; what it let go is replayed at the next save.
-                        return
                     lost = await self._run_checkpoint()
-                    offsets = self._take_pending(lost)
+                    offsets = self._checkpointed_offsets(lost)
         if lost:
             self._metrics.partitions_lost.inc(len(lost))
             self._rewind(lost)
         # Outside the lock: a commit may wait for a rebalance whose callbacks need it.
         await self._commit(offsets)
 
-    async def save_before_revoke(self, partitions: set[int]) -> None:
-        """What ``RebalanceHooks`` runs (the handling lock held) before partitions go:
-        one checkpoint and commit. If it fails, nothing of theirs is committed, and the
-        member that takes them replays from the last commit onto the stored state."""
-        revoked = [tp for tp in self._pending if tp.partition in partitions]
-        if not self._replay_due:
-            try:
-                lost = await self._run_checkpoint()
-                offsets = self._take_pending(lost, partitions)
-                if offsets:
-                    await self._consumer.commit(offsets)
-                    self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
-                self._rewind(lost)
-            except Exception as exc:
-                log.warning(
-                    "checkpoint before revocation failed; their records are replayed "
-                    "from the last commit: %r",
-                    exc,
-                )
-        for tp in revoked:
-            self._pending.pop(tp, None)
-            self._first_pending.pop(tp, None)
-        self._unsaved = [item for item in self._unsaved if item.partition not in partitions]
-        if not self._unsaved:
-            self._replay_due = False
+    def _checkpointed_offsets(
+        self, lost: Collection[int]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """After a checkpoint: everything handled is stored, nothing to replay."""
+        done = (self._uncommitted | set(self._replay_from)) - {
+            tp for tp in self._position if tp.partition in lost
+        }
+        offsets = {tp: OffsetAndMetadata(self._position[tp], "") for tp in done}
+        self._uncommitted -= done
+        for tp in done:
+            self._replay_from.pop(tp, None)
+        self._saved_at = time.monotonic()
+        return offsets
 
     async def _run_checkpoint(self) -> set[int]:
-        if self._checkpoint is None:
+        if self._checkpointing is None:
             return set()
         with self._metrics.checkpoint_seconds.time():
-            return await self._checkpoint()
+            return await self._checkpointing.checkpoint()
 
-    def _take_pending(
-        self, lost: set[int], only: set[int] | None = None
+    async def save_before_revoke(self, revoked: list[TopicPartition]) -> None:
+        """What ``RebalanceHooks`` runs (the handling lock held) before partitions go:
+        one checkpoint and a commit saying nothing is left to replay. If that fails,
+        the last commit still says where the next owner replays from."""
+        try:
+            lost = await self._run_checkpoint()
+            offsets = self._checkpointed_offsets(lost)
+            if offsets:
+                await self._consumer.commit(offsets)
+                self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
+        except Exception as exc:
+            log.warning("checkpoint before revocation failed; the next owner replays: %r", exc)
+        for tp in revoked:
+            for kept in (self._position, self._replay_from, self._careful_until):
+                kept.pop(tp, None)
+            self._uncommitted.discard(tp)
+            self._unsought.discard(tp)
+
+    def note_assigned(self, assigned: list[TopicPartition]) -> None:
+        """(``RebalanceHooks.after_assign``.) Moved to their replay points before any of
+        their records is handled."""
+        self._unsought.update(assigned)
+
+    async def _seek_replay_points(self, items: list[Consumed[T]]) -> set[int]:
+        """(The handling lock held.) Move newly assigned partitions to where their last
+        commit says to replay from; return those whose records in hand (``items``,
+        fetched from the committed offset) must be fetched again instead."""
+        if not self._unsought or self._checkpointing is None:
+            self._unsought.clear()
+            return set()
+        wanted = list(self._unsought)
+        first_in_hand: dict[int, int] = {}
+        for item in items:
+            first_in_hand.setdefault(item.partition, item.offset)
+        try:
+            committed = await self._commits_of(wanted)
+        except Exception as exc:
+            # Kafka away: the records in hand wait, fetched again, until it answers.
+            log.warning("could not read where to replay from: %r", exc)
+            for tp in wanted:
+                if tp.partition in first_in_hand:
+                    self._consumer.seek(tp, first_in_hand[tp.partition])
+            return set(first_in_hand)
+        refetch: set[int] = set()
+        assigned = self._consumer.assignment()
+        for tp in wanted:
+            meta = committed.get(tp)
+            if tp not in assigned or meta is None or not meta.metadata.startswith(REPLAY_FROM):
+                continue
+            replay_from = int(meta.metadata.removeprefix(REPLAY_FROM))
+            start = first_in_hand.get(tp.partition, meta.offset)
+            if replay_from < start:
+                log.info(
+                    "partition %d: replaying from its last checkpoint at %d (committed %d)",
+                    tp.partition,
+                    replay_from,
+                    meta.offset,
+                )
+                self._consumer.seek(tp, replay_from)
+                self._metrics.replayed_records.inc(start - replay_from)
+                refetch.add(tp.partition)
+        self._unsought.difference_update(wanted)
+        return refetch & set(first_in_hand)
+
+    async def _commits_of(
+        self, partitions: list[TopicPartition]
     ) -> dict[TopicPartition, OffsetAndMetadata]:
-        """The offsets a checkpoint made safe to commit (of ``only`` these partitions),
-        no longer pending."""
-        taken = [
-            tp
-            for tp in self._pending
-            if tp.partition not in lost and (only is None or tp.partition in only)
-        ]
-        offsets = {tp: OffsetAndMetadata(self._pending.pop(tp), "") for tp in taken}
-        for tp in taken:
-            self._first_pending.pop(tp, None)
-        if only is None:
-            self._unsaved.clear()
-            self._saved_at = time.monotonic()
-        else:
-            self._unsaved = [item for item in self._unsaved if item.partition not in only]
-        return offsets
+        assert self._checkpointing is not None
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._checkpointing.bootstrap_servers)
+            await admin.start()
+            self._admin = admin
+        found: dict[
+            TopicPartition, OffsetAndMetadata
+        ] = await self._admin.list_consumer_group_offsets(
+            self._checkpointing.group_id, partitions=partitions
+        )
+        return found
 
     def _report_done(self, records: list[ConsumerRecord], decoded: list[Consumed[T]]) -> None:
         # The record's timestamp is when ingestion-api published it (CreateTime),
-        # so this is the reading's latency from the API to this worker's commit.
+        # so this is the reading's latency from the API to this worker having handled it.
         now_ms = time.time() * 1000
         for record in records:
             self._metrics.end_to_end_seconds.observe(max(now_ms - record.timestamp, 0) / 1000)
@@ -284,9 +374,10 @@ class ConsumerLoop(Generic[T]):
                 )
 
     async def _process(
-        self, records: list[ConsumerRecord]
-    ) -> tuple[list[Consumed[T]], frozenset[int]]:
-        """The decoded records, and the partitions the handler found another worker owns."""
+        self, records: list[ConsumerRecord], careful: bool
+    ) -> tuple[list[Consumed[T]], set[int]]:
+        """The decoded records, and the partitions whose records in hand were not all
+        handled (lost to another worker, or fetched again): not to be committed."""
         decoded: list[Consumed[T]] = []
         for record in records:
             try:
@@ -298,39 +389,62 @@ class ConsumerLoop(Generic[T]):
                 await self._dead_letter(record, f"undecodable: {exc}", attempts=1)
                 continue
             decoded.append(Consumed(record.partition, record.offset, value, record))
-        lost: frozenset[int] = frozenset()
-        if decoded:
-            try:
-                await self._handle_with_retries(decoded)
-            except PartitionsLost as exc:
-                self._metrics.partitions_lost.inc(len(exc.partitions))
-                log.warning("%s; their records are left to the new owner", exc)
-                lost = exc.partitions
-        return decoded, lost
+        if not decoded:
+            return decoded, set()
+        try:
+            if careful:
+                return decoded, await self._handle_with_retries(decoded)
+            return decoded, await self._handle_or_rewind(decoded)
+        except PartitionsLost as exc:
+            self._metrics.partitions_lost.inc(len(exc.partitions))
+            log.warning("%s; their records are left to the new owner", exc)
+            self._rewind(exc.partitions, decoded)
+            for tp in [tp for tp in self._careful_until if tp.partition in exc.partitions]:
+                del self._careful_until[tp]
+            return decoded, set(exc.partitions)
 
-    def _rewind(
-        self,
-        lost: Collection[int],
-        batch: dict[TopicPartition, list[ConsumerRecord]] | None = None,
-    ) -> None:
-        """Forget what was handled of lost partitions since their last commit, and fetch
-        it again should Kafka still assign them here (the handler let go of their state).
+    async def _handle_or_rewind(self, items: list[Consumed[T]]) -> set[int]:
+        """Handle the batch once; if it fails, seek back to the last checkpoint (the
+        handler let go of everything since) and go on carefully. Returns the
+        partitions whose records are fetched again."""
+        try:
+            async with self._handling:
+                refetch = await self._seek_replay_points(items)
+                await self._handle([item for item in items if item.partition not in refetch])
+            self.healthy = True
+            return refetch
+        except PartitionsLost:
+            raise
+        except Exception as exc:
+            await self._note_failure(exc)
+            log.warning("batch failed; going back to the last checkpoint: %r", exc)
+            partitions = {item.partition for item in items}
+            self._rewind(partitions | {tp.partition for tp in self._replay_from}, items)
+            for item in items:
+                tp = TopicPartition(item.record.topic, item.partition)
+                self._careful_until[tp] = max(self._careful_until.get(tp, -1), item.offset)
+            return partitions
 
-        Normally the group has already moved them and the next poll revokes them; if
-        not, nothing past the last commit may be skipped.
-        """
-        if not lost:
+    def _rewind(self, partitions: Collection[int], items: list[Consumed[T]] | None = None) -> None:
+        """Seek partitions back to their last checkpoint (their first record handled
+        since, or the first of ``items``), forgetting what was handled of them since."""
+        if not partitions:
             return
         assigned = self._consumer.assignment()
-        batch_starts = {tp: records[0].offset for tp, records in (batch or {}).items()}
-        for tp in {*batch_starts, *self._pending}:
-            if tp.partition not in lost:
+        starts: dict[TopicPartition, int] = {}
+        for item in items or ():
+            starts.setdefault(TopicPartition(item.record.topic, item.partition), item.offset)
+        for tp in {*starts, *self._replay_from}:
+            if tp.partition not in partitions:
                 continue
-            start = self._first_pending.pop(tp, batch_starts.get(tp))
-            self._pending.pop(tp, None)
-            if start is not None and tp in assigned:
+            start = self._replay_from.pop(tp, starts.get(tp))
+            if start is None:
+                continue
+            self._metrics.replayed_records.inc(max(self._position.get(tp, start) - start, 0))
+            self._position[tp] = start
+            self._uncommitted.discard(tp)
+            if tp in assigned:
                 self._consumer.seek(tp, start)
-        self._unsaved = [item for item in self._unsaved if item.partition not in lost]
 
     def _retrying(self, operation: str, retry_on: Callable[[BaseException], bool]) -> AsyncRetrying:
         return retrying(
@@ -341,11 +455,20 @@ class ConsumerLoop(Generic[T]):
             sleep=self._paused_wait,
         )
 
-    async def _handle_with_retries(self, items: list[Consumed[T]]) -> None:
-        """Handle the items, after what a failure made the handler let go of."""
+    async def _note_failure(self, exc: BaseException) -> None:
+        await self._renew_if_stale(exc)
+        if is_transient(exc):
+            self.healthy = False
+            self._metrics.transient_failures.inc()
+
+    async def _handle_with_retries(self, items: list[Consumed[T]]) -> set[int]:
+        """Handle the items, retrying them alone: the handler holds nothing of them
+        between attempts (it writes at every call, or was checkpointed just before).
+        Returns the partitions whose records are fetched again."""
         # Waiting helps a transient failure, however long it lasts; any other is
         # given max_retries attempts in case it was not what it seemed.
         failures = 0
+        refetch: set[int] = set()
 
         def worth_another(exc: BaseException) -> bool:
             if isinstance(exc, PartitionsLost):
@@ -359,62 +482,34 @@ class ConsumerLoop(Generic[T]):
                         # Held per attempt, not across the waits between them: a
                         # rebalance may happen while a failing batch waits (_paused_wait).
                         async with self._handling:
-                            await self._handle_after_replay(items)
+                            refetch |= await self._seek_replay_points(items)
+                            todo = [item for item in items if item.partition not in refetch]
+                            if todo:
+                                await self._handle(todo)
                     except PartitionsLost:
                         raise
                     except Exception as exc:
-                        if self._checkpoint is not None:
-                            # It let go of everything since its last checkpoint.
-                            self._replay_due = True
-                        await self._renew_if_stale(exc)
-                        if is_transient(exc):
-                            self.healthy = False
-                            self._metrics.transient_failures.inc()
-                        else:
+                        await self._note_failure(exc)
+                        if not is_transient(exc):
                             failures += 1
                         raise
             self.healthy = True
-            return
+            return refetch
         except PartitionsLost:
             raise
         except Exception as exc:
             failed = exc
-        if not items:
-            # Records handled once fail when handed again: a restart replays them from
-            # the last commit onto the stored state, which is all that is left to try.
-            raise failed
         if len(items) > 1:
             # Find the records at fault instead of dead-lettering good ones.
             log.warning("batch failed %d times; isolating records: %r", failures, failed)
-            if self._replay_due:
-                await self._handle_with_retries([])  # so that each record is judged alone
             for item in items:
-                await self._handle_with_retries([item])
-            return
+                refetch |= await self._handle_with_retries([item])
+                if self._checkpointing is not None:
+                    # So that the next record's retries start from what is stored.
+                    await self.save()
+            return refetch
         await self._dead_letter(items[0].record, f"{type(failed).__name__}: {failed}", failures)
-
-    async def _handle_after_replay(self, items: list[Consumed[T]]) -> None:
-        """(The handling lock held.) A PartitionsLost names the partitions lost in
-        either; everything else was handled."""
-        lost: set[int] = set()
-        if self._replay_due:
-            self._metrics.replayed_records.inc(len(self._unsaved))
-            try:
-                if self._unsaved:
-                    await self._handle(self._unsaved)
-            except PartitionsLost as exc:
-                lost |= exc.partitions
-            self._replay_due = False
-        todo = [item for item in items if item.partition not in lost]
-        try:
-            if todo:
-                await self._handle(todo)
-        except PartitionsLost as exc:
-            lost |= exc.partitions
-        if self._checkpoint is not None:
-            self._unsaved.extend(item for item in todo if item.partition not in lost)
-        if lost:
-            raise PartitionsLost(lost)
+        return refetch
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str, attempts: int) -> None:
         async for attempt in self._retrying("publish dead letter", is_transient):
