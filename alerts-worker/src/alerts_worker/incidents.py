@@ -72,9 +72,8 @@ class RuleDeviceState:
 
     def take_if_new(self, item: Consumed[Reading]) -> bool:
         """Whether this reading is new to the state; marks it taken."""
-        if not self.watermarks.is_new(item.partition, item.offset):
+        if not self.watermarks.take(item.partition, item.offset):
             return False
-        self.watermarks.advance(item.partition, item.offset)
         self.changed = self.caught_up = True
         return True
 
@@ -184,12 +183,14 @@ class RuleIndex:
         """How many threshold rules apply to a reading that concerns none of them; None if
         one may be concerned (or the band cannot tell), and each rule must judge it."""
         project = reading.project_id
-        bands = [
-            (self._quiet.get((project, name)), value) for name, value in reading.metrics.items()
-        ]
-        watched = [band for band, value in bands if band is not None]
-        if not all(band.holds(value) for band, value in bands if band is not None):
-            return None
+        quiet = self._quiet
+        watched: list[QuietBand] = []
+        for name, value in reading.metrics.items():
+            band = quiet.get((project, name))
+            if band is not None:
+                if not band.holds(value):
+                    return None
+                watched.append(band)
         if len(watched) == 1:
             return len(watched[0].rule_ids)
         return len(frozenset().union(*(band.rule_ids for band in watched)))
@@ -238,12 +239,13 @@ def evaluate_batch(
     """
     outcome = BatchOutcome()
     clocks = {} if device_clocks is None else device_clocks
-    by_device: dict[str, list[RuleDeviceState]] = {}
+    # Device (by its id within its project) -> rule id -> its state.
+    by_device: dict[str, dict[str, RuleDeviceState]] = {}
     for held in tracked.values():
-        by_device.setdefault(held.device_key, []).append(held)
+        by_device.setdefault(held.device_key, {})[held.rule_id] = held
 
     def silenced_now(project_id: str, rule_id: str, device_id: str) -> bool:
-        return silenced(silences, project_id, rule_id, device_id, now)
+        return bool(silences) and silenced(silences, project_id, rule_id, device_id, now)
 
     for item in items:
         reading = item.value
@@ -260,30 +262,35 @@ def evaluate_batch(
             applicable = rules.for_reading(reading)
         else:
             applicable = rules.learning_for(reading)
-            if device_states:
-                stated = {t.rule_id for t in device_states}
-                applicable += [
-                    rule
-                    for rule in rules.for_reading(reading)
-                    if rule.rule_id in stated and rule.kind == "threshold"
-                ]
+            # A threshold rule with a state for the device takes even a quiet value:
+            # it may clear an alert, or fill a k-of-n window.
+            for rule_id in device_states or ():
+                rule = rules.by_id.get(rule_id)
+                if (
+                    rule is not None
+                    and rule.kind == "threshold"
+                    and rule.value_in(reading.metrics) is not None
+                    and rule.covers(device_id, reading.tags)
+                ):
+                    applicable.append(rule)
             outcome.evaluations += quiet - sum(1 for r in applicable if r.kind == "threshold")
             if not applicable and not device_states:
                 continue
         for rule in applicable:
             found = rule.value_in(reading.metrics)
             assert found is not None  # the index chose the rule by this metric
-            key = state_id(rule.rule_id, device_id)
-            t = tracked.get(key)
+            t = device_states.get(rule.rule_id) if device_states else None
             if t is None:
                 if not rule.may_matter(found[1]):
                     # No state and a value that leaves it idle: the common case, and
                     # nothing to keep (a replay of it decides nothing either).
                     outcome.evaluations += 1
                     continue
-                t = tracked[key] = RuleDeviceState(rule.rule_id, device_id, project_id)
+                t = RuleDeviceState(rule.rule_id, device_id, project_id)
+                tracked[t.doc_id] = t
                 t.state.clock = device_clock
-                by_device.setdefault(device_key, []).append(t)
+                device_states = by_device.setdefault(device_key, {})
+                device_states[rule.rule_id] = t
             if not t.take_if_new(item):
                 continue
             outcome.evaluations += 1
@@ -295,7 +302,7 @@ def evaluate_batch(
             if transition is not None:
                 t.alerting = True
                 outcome.raised.append(TransitionToRecord(transition, item.partition))
-        for t in by_device.get(device_key, ()):
+        for t in (device_states or {}).values():
             if t.state.alert is None or _still_applies(t.rule_id, rules, reading):
                 continue
             if t.take_if_new(item):

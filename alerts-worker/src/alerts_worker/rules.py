@@ -44,7 +44,8 @@ class RuleState:
 
     def to_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
-            "recent": [list(pair) for pair in self.recent],
+            # (BSON stores each pair, a tuple, as an array.)
+            "recent": list(self.recent),
             "pending_since": self.pending_since,
             "clock": self.clock,
             "last_fired_at": self.last_fired_at,
@@ -63,10 +64,10 @@ class RuleState:
         clear threshold, no cooldown running. Most readings leave their rules'
         states idle, so most readings cost no state write.
         """
-        if self.alert is not None or self.pending_since is not None:
-            return False
         if rule.kind != "threshold":
             return False  # its baseline or window is what it judges the next value by
+        if self.alert is not None or self.pending_since is not None:
+            return False
         if self.last_fired_at is not None and rule.cooldown_s > 0:
             if self.clock is None or self.clock - self.last_fired_at < timedelta(
                 seconds=rule.cooldown_s

@@ -80,6 +80,14 @@ class Watermarks:
         key = str(partition)
         self.by_partition[key] = max(self.by_partition.get(key, -1), offset)
 
+    def take(self, partition: int, offset: int) -> bool:
+        """Advance to ``offset`` if it is new (``is_new``); whether it was."""
+        key = str(partition)
+        if offset <= self.by_partition.get(key, -1):
+            return False
+        self.by_partition[key] = offset
+        return True
+
 
 # Measured on secantusd: one `$in` of 10,000 stored ids takes about three times
 # as long as 20 finds of 500, and a few requests in flight keep the server busy
