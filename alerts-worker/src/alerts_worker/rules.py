@@ -215,8 +215,9 @@ def evaluate(
     ``now`` only stamps a new alert's ``created_at``; every decision is on reading
     time. ``silenced``: a silence covers this rule and device now.
     """
-    if any(event_id == seen.event_id for event_id, _ in state.recent):
-        return None  # the device sent this reading again
+    for event_id, _ in state.recent:
+        if event_id == seen.event_id:
+            return None  # the device sent this reading again
     state.recent.append((seen.event_id, seen.value))
     del state.recent[: -rule.n]
     clock = seen.ts if state.clock is None else max(state.clock, seen.ts)
