@@ -186,12 +186,12 @@ class AlertsSettings(WorkerSettings, WebhookDeliverySettings):
     humidity_max_threshold: float = 100.0
     # How soon a rule changed through dashboard-api is evaluated (one small read each time).
     rules_refresh_s: float = Field(1.0, gt=0, le=3600)
-    # How often the learned state (anomaly baselines, rate windows, when each device
-    # was last heard from) is written, and offsets committed. Every reading changes
-    # it, so writing it at every batch would cost a write per device per batch; an
-    # alert's own state is written with the alert at once. A crash replays at most
-    # this much. 0 writes everything at every batch.
-    checkpoint_interval_s: float = Field(5.0, ge=0, le=300)
+    # How often the learned state (k-of-n and rate windows, anomaly baselines, when
+    # each device was last heard from) is written. Every reading changes it, so
+    # writing it with every batch costs a write per device per batch; an alert's own
+    # state is written with the alert at once. A crash replays at most this much of
+    # each partition (the commits name where). 0 writes everything at every batch.
+    checkpoint_interval_s: float = Field(10.0, ge=0, le=300)
 
 
 class KeySettings(BaseSettings):
