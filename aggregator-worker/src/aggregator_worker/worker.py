@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 
 from prometheus_client import CollectorRegistry
 from telemetry_common.domain.reading import Reading
+from telemetry_common.infra.garbage import YoungGarbage
 from telemetry_common.infra.kafka.consumer import Consumed
 from telemetry_common.infra.kafka.readings import decode_reading
 from telemetry_common.infra.metrics import WRITE_BUCKETS, Instruments
@@ -58,31 +58,6 @@ class AggregatorMetrics:
             "Time to write one batch's rollup buckets and device summaries",
             buckets=WRITE_BUCKETS,
         )
-
-
-class YoungGarbage:
-    """Collects cyclic garbage between batches instead of during them.
-
-    The held state is hundreds of thousands of long-lived objects, and a batch
-    creates a million short-lived ones; Python's automatic collector, triggered
-    by allocations, kept rescanning the former and took half of folding's time.
-    So automatic collection is off while the handler runs, the young generations
-    are collected after each batch (cheap: only what the batch left), and the
-    whole heap every ``full_every_s``.
-    """
-
-    def __init__(self, full_every_s: float = 300.0):
-        self._full_every_s = full_every_s
-        self._last_full = time.monotonic()
-        gc.disable()
-
-    def after_batch(self) -> None:
-        now = time.monotonic()
-        if now - self._last_full >= self._full_every_s:
-            gc.collect()
-            self._last_full = now
-        else:
-            gc.collect(1)
 
 
 class AggregatorHandler:

@@ -61,14 +61,14 @@ class RuleDeviceState:
     # Its rule no longer applies to the device: no replay evaluates it again.
     rule_gone: bool = False
 
-    @property
-    def doc_id(self) -> str:
-        # Unique across projects as it is: a rule belongs to one project.
-        return state_id(self.rule_id, self.device_id)
+    # Unique across projects as it is: a rule belongs to one project.
+    doc_id: str = field(init=False, repr=False, compare=False)
+    device_key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def device_key(self) -> str:
-        return scoped_id(self.project_id, self.device_id)
+    def __post_init__(self) -> None:
+        # Asked for every state a batch meets: computed once.
+        self.doc_id = state_id(self.rule_id, self.device_id)
+        self.device_key = scoped_id(self.project_id, self.device_id)
 
     def take_if_new(self, item: Consumed[Reading]) -> bool:
         """Whether this reading is new to the state; marks it taken."""
@@ -298,7 +298,8 @@ def evaluate_batch(
             transition = evaluate(
                 rule, t.state, seen, now, silenced_now(project_id, rule.rule_id, device_id)
             )
-            t.idle = t.state.is_idle(rule)
+            # A rate or anomaly state is never idle (is_idle): asked per reading, so no call.
+            t.idle = rule.kind == "threshold" and t.state.is_idle(rule)
             if transition is not None:
                 t.alerting = True
                 outcome.raised.append(TransitionToRecord(transition, item.partition))

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from telemetry_common.domain.alert_rules import Silence, builtin_rules
 from telemetry_common.domain.reading import Reading
 from telemetry_common.domain.timefmt import utcnow
+from telemetry_common.infra.garbage import YoungGarbage
 from telemetry_common.infra.kafka.consumer import Consumed
 from telemetry_common.infra.kafka.readings import decode_reading
 from telemetry_common.infra.metrics import Instruments
@@ -96,6 +97,7 @@ class AlertsHandler:
         )
         # A batch, a rebalance and a tick each see the states whole, never half-changed.
         self._turn = asyncio.Lock()
+        self._garbage = YoungGarbage()
 
     async def partitions_assigned(self, partitions: set[int]) -> None:
         async with self._turn:
@@ -133,6 +135,7 @@ class AlertsHandler:
         metrics.count(outcome, newly_recorded)
         metrics.published.inc(published)
         metrics.held_devices.set(len(self.states.devices))
+        self._garbage.after_batch()
         if lost:
             raise PartitionsLost(lost)
 
@@ -141,6 +144,13 @@ class AlertsHandler:
         rules = self._rules
         if not rules.loaded:
             return
+        try:
+            await self._judge_silences(rules)
+        finally:
+            # Also when no batch comes for a while: a tick's garbage is collected too.
+            self._garbage.after_batch()
+
+    async def _judge_silences(self, rules: RuleCache) -> None:
         async with self._turn:
             absences = self.absences
             await absences.load()
@@ -191,7 +201,7 @@ async def evaluate_and_record(
         if lost:
             absences.forget(lost)
             outcome.raised = [r for r in outcome.raised if r.partition not in lost]
-            tracked = {i: t for i, t in tracked.items() if t.device_id in states.devices}
+            tracked = {i: t for i, t in tracked.items() if t.device_key in states.devices}
         newly_recorded = await record_transitions(db, outcome.raised, now)
         absences.settle(from_absences)
         states.hold(tracked)
