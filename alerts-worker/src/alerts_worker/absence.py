@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -47,6 +47,8 @@ from alerts_worker.store import DEVICE_PRESENCE
 
 # What `seen` files a reading of any metric under: not a metric name (identifiers.py).
 ANY_READING = "*"
+# Before any reading: older than every receipt.
+NEVER = datetime.min.replace(tzinfo=UTC)
 # A refused write is a newer owner or an epoch nobody issued; past that it is not settling.
 MAX_ROUNDS = 5
 
@@ -124,7 +126,7 @@ def absent_alert(rule: Rule, presence: Presence, since: datetime, now: datetime)
     time, so judging the same silence again (after a restart) names the same alert."""
     metric = rule.metric or ANY_READING
     what = f"no {rule.metric}" if rule.metric else "nothing"
-    fired_at = since + timedelta(seconds=rule.for_s)
+    fired_at = since + rule.for_span
     return {
         "alert_id": f"{rule.rule_id}:{presence.device_id}:{int(since.timestamp() * 1000)}",
         "event_id": presence.last_event_id,
@@ -158,7 +160,7 @@ def due(presence: Presence, rules: Iterable[Rule], clock: datetime) -> list[tupl
         if rule.rule_id in presence.open or not rule.covers(presence.device_id, presence.tags):
             continue
         since = presence.silent_since(rule)
-        if clock - since >= timedelta(seconds=rule.for_s):
+        if clock - since >= rule.for_span:
             found.append((rule, since))
     return found
 
@@ -219,29 +221,40 @@ class Absences:
     ) -> None:
         """Take in a batch's readings: when each device was heard from, and the absent
         alerts its reading resolves (recorded with the batch's transitions)."""
+        devices, absent = self.devices, rules.absent
+        # Records of a batch share few CreateTimes (a producer's batch has one).
+        last_ms: int | None = None
+        at = NEVER
         for item in items:
             reading = item.value
-            watching = [
-                r
-                for r in rules.absent.get(reading.project_id, ())
-                if r.covers(reading.device_id, reading.tags)
-            ]
+            project_rules = absent.get(reading.project_id)
+            watching = (
+                [r for r in project_rules if r.covers(reading.device_id, reading.tags)]
+                if project_rules
+                else []
+            )
             key = scoped_id(reading.project_id, reading.device_id)
-            presence = self.devices.get(key)
-            at = received_at(item)
+            presence = devices.get(key)
+            if item.record.timestamp != last_ms:
+                last_ms, at = item.record.timestamp, received_at(item)
             if presence is None:
-                presence = self.devices[key] = Presence(
+                presence = devices[key] = Presence(
                     reading.project_id, reading.device_id, item.partition, first_seen=at
                 )
             presence.partition = item.partition
-            presence.tags = list(reading.tags)
+            if reading.tags or presence.tags:
+                presence.tags = list(reading.tags)
             presence.last_event_id = reading.event_id
             # Stored only where a rule watches it: elsewhere it costs no write.
             presence.changed = presence.changed or bool(watching) or bool(presence.open)
-            names = [ANY_READING, *(r.metric for r in watching if r.metric in reading.metrics)]
-            for name in names:
-                if name not in presence.seen or at > presence.seen[name]:
-                    presence.seen[name] = at
+            seen = presence.seen
+            if at > seen.get(ANY_READING, NEVER):
+                seen[ANY_READING] = at
+            for rule in watching:
+                metric = rule.metric
+                if metric is not None and metric in reading.metrics:
+                    if metric not in seen or at > seen[metric]:
+                        seen[metric] = at
             for rule_id, alert in presence.open.items():
                 if (key, rule_id) in self._closing:
                     continue
@@ -256,6 +269,7 @@ class Absences:
         recorded), and resolve the open alerts whose rule no longer covers the device
         (deleted, disabled, rescoped); return how many silences fired."""
         fired = 0
+        clocks: dict[int, datetime | None] = {}
         for key, presence in self.devices.items():
             if presence.partition not in self._owned.assigned:
                 continue
@@ -276,7 +290,10 @@ class Absences:
             ):
                 # A rule watches it now: stored, to outlive a restart.
                 presence.changed = presence.urgent = True
-            clock = self._progress.clock(presence.partition, now)
+            partition = presence.partition
+            if partition not in clocks:
+                clocks[partition] = self._progress.clock(partition, now)
+            clock = clocks[partition]
             if clock is None:
                 continue
             for rule, since in due(presence, watching, clock):

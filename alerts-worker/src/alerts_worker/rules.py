@@ -244,7 +244,7 @@ def evaluate(
         return None
     if state.pending_since is None:
         state.pending_since = clock
-    if clock - state.pending_since < timedelta(seconds=rule.for_s):
+    if clock - state.pending_since < rule.for_span:
         return None
     if state.last_fired_at is not None and clock - state.last_fired_at < timedelta(
         seconds=rule.cooldown_s

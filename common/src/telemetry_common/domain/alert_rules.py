@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from operator import eq, ge, gt, le, lt, ne
 from typing import Annotated, Any, Literal
@@ -295,6 +295,10 @@ class Rule(BaseModel):
     @cached_property
     def for_s(self) -> int:
         return duration_seconds(self.for_)
+
+    @cached_property
+    def for_span(self) -> timedelta:
+        return timedelta(seconds=self.for_s)
 
     @cached_property
     def cooldown_s(self) -> int:
