@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
-from telemetry_common.infra.metrics import Instruments
+from telemetry_common.infra.metrics import WORK_BUCKETS, Instruments
 
 
 def url_label(url: str) -> str:
@@ -39,7 +39,7 @@ class WebhookMetrics:
         self.latency = on.histogram(
             "webhook_delivery_duration_seconds",
             "Time of one delivery attempt, resolution and connection included",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            buckets=WORK_BUCKETS,
         )
         self.circuit_state = on.gauge(
             "webhook_circuit_state",

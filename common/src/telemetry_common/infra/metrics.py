@@ -19,6 +19,8 @@ from telemetry_common.infra.retry import RETRIES
 # Histogram buckets (seconds): a request or a send, a batch's writes.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 WRITE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# A batch, a checkpoint or a delivery: a few milliseconds when all is well, seconds when not.
+WORK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Instruments:
@@ -84,7 +86,7 @@ class ConsumerMetrics:
         self.batch_seconds = on.histogram(
             "consumer_batch_duration_seconds",
             "Time to process and commit one polled batch",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            buckets=WORK_BUCKETS,
         )
         self.end_to_end_seconds = on.histogram(
             "consumer_end_to_end_latency_seconds",
@@ -102,7 +104,7 @@ class ConsumerMetrics:
         self.checkpoint_seconds = on.histogram(
             "consumer_checkpoint_duration_seconds",
             "Time to write a handler's deferred state before offsets are committed",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            buckets=WORK_BUCKETS,
         )
         self.replayed_records = on.counter(
             "consumer_replayed_records_total",
