@@ -4,6 +4,7 @@ bounded memory, a restarted owner, and an owner that lost its partition."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -178,6 +179,40 @@ async def test_an_owner_that_lost_its_partition_writes_nothing(db: AsyncDatabase
     assert stalled.devices == {}
     await run(db, new_owner, third)
     assert await stored_alerts(db) == expected(readings)
+
+
+async def test_a_partition_lost_mid_batch_leaves_the_others_alerts_written_with_their_states(
+    db: AsyncDatabase,
+) -> None:
+    """In a project of its own (device keys `project|device`): the partition still owned
+    writes, with the batch, the state of every alert it recorded."""
+    await ensure_alert_indexes(db)
+    rules = RuleIndex(
+        [
+            Rule.model_validate({**doc, "project_id": "prj-a"})
+            for doc in builtin_rules(-10, 50, 0, 100)
+        ]
+    )
+    hot = [replace(r, project_id="prj-a") for r in incidents(devices=2, per_device=8, seed=5)]
+    kept = [i for i in positioned(hot, partition=0) if i.value.device_id == "held-0"]
+    gone = [i for i in positioned(hot, partition=1) if i.value.device_id == "held-1"]
+    ownership = PartitionOwnership(db, "alerts-worker", "test", "telemetry.raw", "stalled")
+    stalled = HeldStates(db, ownership, 10_000)
+    await stalled.partitions_assigned({0, 1})
+    # The group moved partition 1 while `stalled` was evaluating.
+    newer = PartitionOwnership(db, "alerts-worker", "test", "telemetry.raw", "new")
+    await HeldStates(db, newer, 10_000).partitions_assigned({1})
+
+    absences = Absences(db, stalled.owned, ConsumerProgress())
+    _, _, lost = await evaluate_and_record(db, stalled, absences, kept + gone, rules, [])
+
+    assert lost == {1}
+    active = {doc["_id"]: doc async for doc in db[ALERTS].find({"status": "active"})}
+    assert active, "the hot readings of held-0 fire"
+    assert {a["device_id"] for a in active.values()} == {"held-0"}
+    states = {doc["rule_id"]: doc async for doc in db[ALERT_STATE].find({"device_id": "held-0"})}
+    for alert_id, alert in active.items():
+        assert states[alert["rule_id"]]["alert"]["alert_id"] == alert_id
 
 
 async def test_a_replay_of_a_batch_that_closed_an_incident_fires_nothing_again(
