@@ -252,9 +252,12 @@ class Absences:
                 seen[ANY_READING] = at
             for rule in watching:
                 metric = rule.metric
-                if metric is not None and metric in reading.metrics:
-                    if metric not in seen or at > seen[metric]:
-                        seen[metric] = at
+                if (
+                    metric is not None
+                    and metric in reading.metrics
+                    and at > seen.get(metric, NEVER)
+                ):
+                    seen[metric] = at
             for rule_id, alert in presence.open.items():
                 if (key, rule_id) in self._closing:
                     continue

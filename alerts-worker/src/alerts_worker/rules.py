@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from telemetry_common.domain.alert_rules import BUILTIN_RELATIONS, RELATIONS, Rule
@@ -69,9 +69,7 @@ class RuleState:
         if self.alert is not None or self.pending_since is not None:
             return False
         if self.last_fired_at is not None and rule.cooldown_s > 0:
-            if self.clock is None or self.clock - self.last_fired_at < timedelta(
-                seconds=rule.cooldown_s
-            ):
+            if self.clock is None or self.clock - self.last_fired_at < rule.cooldown_span:
                 return False
         return not any(rule.may_matter(value) for _, value in self.recent)
 
@@ -246,9 +244,7 @@ def evaluate(
         state.pending_since = clock
     if clock - state.pending_since < rule.for_span:
         return None
-    if state.last_fired_at is not None and clock - state.last_fired_at < timedelta(
-        seconds=rule.cooldown_s
-    ):
+    if state.last_fired_at is not None and clock - state.last_fired_at < rule.cooldown_span:
         return None
     state.last_fired_at = clock
     state.alert = {

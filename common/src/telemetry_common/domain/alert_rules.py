@@ -305,6 +305,10 @@ class Rule(BaseModel):
         return duration_seconds(self.cooldown)
 
     @cached_property
+    def cooldown_span(self) -> timedelta:
+        return timedelta(seconds=self.cooldown_s)
+
+    @cached_property
     def window_s(self) -> int:
         return duration_seconds(self.window)
 
