@@ -7,7 +7,6 @@ import time
 
 from prometheus_client import CollectorRegistry
 from telemetry_common.domain.reading import Reading
-from telemetry_common.infra.garbage import YoungGarbage
 from telemetry_common.infra.kafka.consumer import Consumed
 from telemetry_common.infra.kafka.readings import decode_reading
 from telemetry_common.infra.metrics import WRITE_BUCKETS, Instruments
@@ -69,7 +68,6 @@ class AggregatorHandler:
     ):
         self._db = context.db
         self._metrics = metrics
-        self._garbage = YoungGarbage()
         self.state = PartitionState(
             context.db,
             context.ownership,
@@ -103,7 +101,6 @@ class AggregatorHandler:
         metrics.held_buckets.set(len(self.state.buckets))
         metrics.held_devices.set(len(self.state.devices))
         metrics.write_seconds.observe(time.perf_counter() - started)
-        self._garbage.after_batch()
 
 
 async def run(

@@ -10,7 +10,6 @@ from prometheus_client import CollectorRegistry
 from telemetry_common.domain.alert_rules import Silence, builtin_rules
 from telemetry_common.domain.reading import Reading
 from telemetry_common.domain.timefmt import utcnow
-from telemetry_common.infra.garbage import YoungGarbage
 from telemetry_common.infra.kafka.consumer import Consumed
 from telemetry_common.infra.kafka.readings import decode_reading
 from telemetry_common.infra.metrics import Instruments
@@ -97,7 +96,6 @@ class AlertsHandler:
         )
         # A batch, a rebalance and a tick each see the states whole, never half-changed.
         self._turn = asyncio.Lock()
-        self._garbage = YoungGarbage()
 
     async def partitions_assigned(self, partitions: set[int]) -> None:
         async with self._turn:
@@ -135,7 +133,6 @@ class AlertsHandler:
         metrics.count(outcome, newly_recorded)
         metrics.published.inc(published)
         metrics.held_devices.set(len(self.states.devices))
-        self._garbage.after_batch()
         if lost:
             raise PartitionsLost(lost)
 
@@ -144,13 +141,6 @@ class AlertsHandler:
         rules = self._rules
         if not rules.loaded:
             return
-        try:
-            await self._judge_silences(rules)
-        finally:
-            # Also when no batch comes for a while: a tick's garbage is collected too.
-            self._garbage.after_batch()
-
-    async def _judge_silences(self, rules: RuleCache) -> None:
         async with self._turn:
             absences = self.absences
             await absences.load()

@@ -14,13 +14,17 @@ class YoungGarbage:
     triggered by allocations, kept rescanning the former (BENCHMARKS.md, design
     choices). So automatic collection is off, the young generations are collected
     after each batch (cheap: only what the batch left), and the whole heap every
-    ``full_every_s``.
+    ``full_every_s``. The worker runtime (``worker.run_worker``) holds one while it
+    runs, and :meth:`stop` gives the process its automatic collection back.
     """
 
     def __init__(self, full_every_s: float = 300.0):
         self._full_every_s = full_every_s
         self._last_full = time.monotonic()
         gc.disable()
+
+    def stop(self) -> None:
+        gc.enable()
 
     def after_batch(self) -> None:
         now = time.monotonic()

@@ -23,8 +23,10 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
 from telemetry_common.infra.background import BackgroundTasks
+from telemetry_common.infra.garbage import YoungGarbage
 from telemetry_common.infra.kafka.consumer import (
     Checkpointing,
+    Consumed,
     ConsumerLoop,
     Decode,
     Handler,
@@ -146,7 +148,9 @@ def consume_loop(
     )
 
 
-async def _tick_forever(name: str, tick: Callable[[], Awaitable[None]]) -> None:
+async def _tick_forever(
+    name: str, tick: Callable[[], Awaitable[None]], after: Callable[[], None]
+) -> None:
     while True:
         await asyncio.sleep(TICK_S)
         try:
@@ -154,6 +158,8 @@ async def _tick_forever(name: str, tick: Callable[[], Awaitable[None]]) -> None:
         except Exception:
             # MongoDB away, say: the next tick judges again from the same state.
             log.warning("%s: tick failed", name, exc_info=True)
+        finally:
+            after()
 
 
 async def run_worker(
@@ -185,6 +191,7 @@ async def run_worker(
     started = {"kafka": False, "mongo": False}
     progress = ConsumerProgress()
     background = BackgroundTasks()
+    garbage = YoungGarbage()
 
     def health() -> dict[str, object]:
         ok = all(started.values()) and consumer_loop is not None and consumer_loop.healthy
@@ -202,6 +209,13 @@ async def run_worker(
         )
         context = WorkerContext(settings, db, producer, ownership, progress)
         handle = handler_for(context)
+
+        async def handle_then_collect(items: list[Consumed[T]]) -> None:
+            try:
+                await handle(items)
+            finally:
+                garbage.after_batch()
+
         # Optional parts of a handler: told of rebalances, ticked every TICK_S, and
         # writing some of its state at checkpoints only.
         assigned = getattr(handle, "partitions_assigned", None)
@@ -219,7 +233,7 @@ async def run_worker(
             consumer,
             producer,
             decode,
-            handle,
+            handle_then_collect,
             metrics,
             handling,
             progress,
@@ -236,7 +250,9 @@ async def run_worker(
         await start_with_retry("Kafka consumer", consumer.start, stop)
         started["kafka"] = True
         if tick is not None:
-            background.start(_tick_forever(name, tick), name=f"{name} tick")
+            # Also when no batch comes for a while: a tick's garbage is collected too.
+            ticks = _tick_forever(name, tick, garbage.after_batch)
+            background.start(ticks, name=f"{name} tick")
         log.info("%s consuming %s as group %s", name, settings.telemetry_topic, group_id)
         run_task = asyncio.create_task(consumer_loop.run(stop))
         stop_task = asyncio.create_task(stop.wait())
@@ -252,6 +268,7 @@ async def run_worker(
                     await run_task
     finally:
         log.info("%s stopping", name)
+        garbage.stop()
         await background.stop()
         if consumer is not None:
             with contextlib.suppress(Exception):
