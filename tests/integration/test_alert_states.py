@@ -11,7 +11,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from alerts_worker.absence import Absences
 from alerts_worker.incidents import RuleIndex
-from alerts_worker.store import ALERT_STATE, HeldStates, ensure_alert_indexes
+from alerts_worker.store import ALERT_STATE, HeldStates, device_key, ensure_alert_indexes
 from alerts_worker.worker import evaluate_and_record
 from integration import alerts_reference as reference
 from integration.alerts_reference import alert_ids, expected_notifications
@@ -275,3 +275,48 @@ async def test_a_deleted_rules_open_alert_resolves_and_its_state_goes(db: AsyncD
     assert alert is not None
     assert (alert["status"], alert["resolved_reason"]) == ("resolved", "rule_changed")
     assert await db[ALERT_STATE].count_documents({"rule_id": "damp"}) == 0
+
+
+async def test_a_state_its_readings_left_idle_is_let_go_before_the_next_checkpoint(
+    db: AsyncDatabase,
+) -> None:
+    """Idle states decide nothing a fresh one would not. Held until the next
+    checkpoint, a device's would pile up and be evaluated on each of its readings."""
+    await ensure_alert_indexes(db)
+    doc = {
+        "_id": "damp",
+        "name": "Damp",
+        "metric": "humidity",
+        "operator": ">",
+        "threshold": 80,
+        "k": 2,
+        "n": 3,
+    }
+    with_damp = RuleIndex([*RULES.by_id.values(), Rule.model_validate(doc)])
+    humidity = [85, 50, 50, 50, 85, 85]
+    readings = [
+        reading(
+            {
+                "event_id": f"damp-{i}",
+                "device_id": "cellar-2",
+                "ts": (BASE_TS + timedelta(seconds=10 * i)).isoformat(),
+                "humidity": value,
+            }
+        )
+        for i, value in enumerate(humidity)
+    ]
+    batch = positioned(readings)
+    states = await owner(db, "only")
+    absences = Absences(db, states.owned, ConsumerProgress())
+    held = states.devices
+
+    # Batches with no checkpoint between them, as the worker runs most of them.
+    await evaluate_and_record(db, states, absences, batch[:1], with_damp, [])
+    assert set(held[device_key(readings[0])].states) == {"damp"}  # 85 is in its window
+    await evaluate_and_record(db, states, absences, batch[1:4], with_damp, [])
+    assert held[device_key(readings[0])].states == {}  # three calm values: nothing to keep
+    await evaluate_and_record(db, states, absences, batch[4:], with_damp, [])
+
+    notifications = reference.expected_notifications(readings, [doc])
+    assert notifications == ["damp-5:damp:fired"]
+    assert await stored_alerts(db) == {"damp-5:damp": "active"}

@@ -255,10 +255,20 @@ class HeldStates:
         return lost
 
     def hold(self, batch: dict[str, RuleDeviceState]) -> None:
-        """Keep the states the batch created."""
+        """Keep the states the batch created, and let go of those it left idle that the
+        store does not hold: a fresh state decides the same (``RuleState.is_idle``).
+
+        Held on, they would be evaluated on each of their device's readings until the
+        next checkpoint, and a device's idle states pile up between checkpoints
+        (measured: evaluation per reading grew by half within a 30 s interval).
+        """
         devices = self.devices
         for tracked in batch.values():
-            devices[tracked.device_key].states.setdefault(tracked.rule_id, tracked)
+            states = devices[tracked.device_key].states
+            if tracked.idle and not tracked.stored and not tracked.alerting:
+                states.pop(tracked.rule_id, None)
+            else:
+                states.setdefault(tracked.rule_id, tracked)
 
     async def write_alerting(self, batch: dict[str, RuleDeviceState], now: datetime) -> set[int]:
         """Write the states that raised a transition in the batch (an alert and the state
