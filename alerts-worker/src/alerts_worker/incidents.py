@@ -29,7 +29,7 @@ def state_id(rule_id: str, device_id: str) -> str:
     return f"{rule_id}|{device_id}"
 
 
-@dataclass
+@dataclass(slots=True)
 class RuleDeviceState:
     """One (rule, device) state held for an owned partition, and what this batch did to it."""
 
@@ -162,8 +162,9 @@ class RuleIndex:
     def __init__(self, rules: Iterable[Rule]):
         self.by_id = {rule.rule_id: rule for rule in rules if rule.enabled}
         self.by_metric: dict[tuple[str, str], list[Rule]] = {}
-        # Rate and anomaly rules by (project, metric): every value is theirs to learn.
-        self.learning: dict[tuple[str, str], list[Rule]] = {}
+        # Rate and anomaly rules by project: every value of their metric is theirs to
+        # learn, so they are asked of every reading.
+        self.learning: dict[str, list[Rule]] = {}
         # Absent rules by project: judged on silence (``absence.py``), not on values.
         self.absent: dict[str, list[Rule]] = {}
         self._quiet: dict[tuple[str, str], QuietBand] = {}
@@ -176,8 +177,8 @@ class RuleIndex:
                 self.by_metric.setdefault(key, []).append(rule)
                 if rule.kind == "threshold":
                     self._quiet.setdefault(key, QuietBand()).add(rule)
-                else:
-                    self.learning.setdefault(key, []).append(rule)
+            if rule.kind != "threshold":
+                self.learning.setdefault(rule.project_id, []).append(rule)
 
     def quiet_count(self, reading: Reading) -> int | None:
         """How many threshold rules apply to a reading that concerns none of them; None if
@@ -199,10 +200,17 @@ class RuleIndex:
         return self._covering(reading, self.by_metric)
 
     def learning_for(self, reading: Reading) -> list[Rule]:
-        """The rate and anomaly rules that take this reading."""
-        if not self.learning:
+        """The rate and anomaly rules that take this reading (asked of every reading: a
+        project has few of them, fewer than a reading has metrics to look up)."""
+        learning = self.learning.get(reading.project_id)
+        if not learning:
             return []
-        return self._covering(reading, self.learning)
+        metrics, device_id, tags = reading.metrics, reading.device_id, reading.tags
+        return [
+            rule
+            for rule in learning
+            if rule.value_in(metrics) is not None and rule.covers(device_id, tags)
+        ]
 
     @staticmethod
     def _covering(reading: Reading, rules: dict[tuple[str, str], list[Rule]]) -> list[Rule]:

@@ -26,7 +26,7 @@ from telemetry_common.domain.alert_rules import BUILTIN_RELATIONS, RELATIONS, Ru
 from alerts_worker.documents import AlertFields, TransitionKind
 
 
-@dataclass
+@dataclass(slots=True)
 class RuleState:
     # (event_id, value) of the last n readings, oldest first: the k-of-n window.
     # (A device's retry of a reading never gets here: the worker drops second

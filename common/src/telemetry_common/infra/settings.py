@@ -192,8 +192,8 @@ class AlertsSettings(WorkerSettings, WebhookDeliverySettings):
     # state is written with the alert at once. A crash replays at most this much of
     # each partition (the commits name where). 0 writes everything at every batch.
     # 30 s, Kafka Streams' commit interval: every device that reported is written once
-    # per interval, and at 10 s those writes held the drain with learning rules on
-    # every device to 0.68 of its rate without them, at 30 s 0.91 (BENCHMARKS.md).
+    # per interval, and at 10 s those writes took a fifth of the alerts worker's time
+    # with learning rules on every device (BENCHMARKS.md, design choices).
     checkpoint_interval_s: float = Field(30.0, ge=0, le=300)
 
 
