@@ -283,16 +283,8 @@ async def test_a_state_its_readings_left_idle_is_let_go_before_the_next_checkpoi
     """Idle states decide nothing a fresh one would not. Held until the next
     checkpoint, a device's would pile up and be evaluated on each of its readings."""
     await ensure_alert_indexes(db)
-    doc = {
-        "_id": "damp",
-        "name": "Damp",
-        "metric": "humidity",
-        "operator": ">",
-        "threshold": 80,
-        "k": 2,
-        "n": 3,
-    }
-    with_damp = RuleIndex([*RULES.by_id.values(), Rule.model_validate(doc)])
+    # Two of three readings past 80 (70 to clear): one 85 alone fires nothing.
+    with_damp = RuleIndex([*RULES.by_id.values(), Rule.model_validate(reference.DAMP)])
     humidity = [85, 50, 50, 50, 85, 85]
     readings = [
         reading(
@@ -317,6 +309,6 @@ async def test_a_state_its_readings_left_idle_is_let_go_before_the_next_checkpoi
     assert held[device_key(readings[0])].states == {}  # three calm values: nothing to keep
     await evaluate_and_record(db, states, absences, batch[4:], with_damp, [])
 
-    notifications = reference.expected_notifications(readings, [doc])
+    notifications = reference.expected_notifications(readings, [reference.DAMP])
     assert notifications == ["damp-5:damp:fired"]
     assert await stored_alerts(db) == {"damp-5:damp": "active"}
