@@ -21,7 +21,7 @@ from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT, scoped_id
 from telemetry_common.infra.kafka.consumer import Consumed
 from telemetry_common.infra.versioned import Watermarks
 
-from alerts_worker.rules import MetricValue, RuleState, Transition, evaluate, resolve
+from alerts_worker.rules import MetricValue, RuleState, Transition, evaluate, learn, resolve
 
 
 def state_id(rule_id: str, device_id: str) -> str:
@@ -161,9 +161,11 @@ class RuleIndex:
 
     def __init__(self, rules: Iterable[Rule]):
         self.by_id = {rule.rule_id: rule for rule in rules if rule.enabled}
+        # Threshold rules by project and metric name.
         self.by_metric: dict[tuple[str, str], list[Rule]] = {}
         # Rate and anomaly rules by project: every value of their metric is theirs to
-        # learn, so they are asked of every reading.
+        # learn, so they are asked of every reading (a project has few of them, fewer
+        # than a reading has metrics to look up).
         self.learning: dict[str, list[Rule]] = {}
         # Absent rules by project: judged on silence (``absence.py``), not on values.
         self.absent: dict[str, list[Rule]] = {}
@@ -172,13 +174,13 @@ class RuleIndex:
             if rule.kind == "absent":
                 self.absent.setdefault(rule.project_id, []).append(rule)
                 continue
+            if rule.kind != "threshold":
+                self.learning.setdefault(rule.project_id, []).append(rule)
+                continue
             for name in rule.metric_names:
                 key = (rule.project_id, name)
                 self.by_metric.setdefault(key, []).append(rule)
-                if rule.kind == "threshold":
-                    self._quiet.setdefault(key, QuietBand()).add(rule)
-            if rule.kind != "threshold":
-                self.learning.setdefault(rule.project_id, []).append(rule)
+                self._quiet.setdefault(key, QuietBand()).add(rule)
 
     def quiet_count(self, reading: Reading) -> int | None:
         """How many threshold rules apply to a reading that concerns none of them; None if
@@ -197,20 +199,8 @@ class RuleIndex:
         return len(frozenset().union(*(band.rule_ids for band in watched)))
 
     def for_reading(self, reading: Reading) -> list[Rule]:
+        """The threshold rules that take this reading."""
         return self._covering(reading, self.by_metric)
-
-    def learning_for(self, reading: Reading) -> list[Rule]:
-        """The rate and anomaly rules that take this reading (asked of every reading: a
-        project has few of them, fewer than a reading has metrics to look up)."""
-        learning = self.learning.get(reading.project_id)
-        if not learning:
-            return []
-        metrics, device_id, tags = reading.metrics, reading.device_id, reading.tags
-        return [
-            rule
-            for rule in learning
-            if rule.value_in(metrics) is not None and rule.covers(device_id, tags)
-        ]
 
     @staticmethod
     def _covering(reading: Reading, rules: dict[tuple[str, str], list[Rule]]) -> list[Rule]:
@@ -263,15 +253,16 @@ def evaluate_batch(
         if device_clock is None or reading.ts > device_clock:
             clocks[device_key] = reading.ts
         device_states = by_device.get(device_key)
+        learning = rules.learning.get(project_id)
         # The common case, decided for all threshold rules at once: a value that
         # concerns none of them leaves idle each one without a state for the device.
         quiet = rules.quiet_count(reading)
         if quiet is None:
             applicable = rules.for_reading(reading)
         else:
-            applicable = rules.learning_for(reading)
             # A threshold rule with a state for the device takes even a quiet value:
             # it may clear an alert, or fill a k-of-n window.
+            applicable = []
             for rule_id in device_states or ():
                 rule = rules.by_id.get(rule_id)
                 if (
@@ -281,8 +272,8 @@ def evaluate_batch(
                     and rule.covers(device_id, reading.tags)
                 ):
                     applicable.append(rule)
-            outcome.evaluations += quiet - sum(1 for r in applicable if r.kind == "threshold")
-            if not applicable and not device_states:
+            outcome.evaluations += quiet - len(applicable)
+            if not applicable and not device_states and not learning:
                 continue
         for rule in applicable:
             found = rule.value_in(reading.metrics)
@@ -294,11 +285,8 @@ def evaluate_batch(
                     # nothing to keep (a replay of it decides nothing either).
                     outcome.evaluations += 1
                     continue
-                t = RuleDeviceState(rule.rule_id, device_id, project_id)
-                tracked[t.doc_id] = t
-                t.state.clock = device_clock
-                device_states = by_device.setdefault(device_key, {})
-                device_states[rule.rule_id] = t
+                t = _track(rule, device_id, project_id, device_clock, tracked, by_device)
+                device_states = by_device[device_key]
             if not t.take_if_new(item):
                 continue
             outcome.evaluations += 1
@@ -306,8 +294,26 @@ def evaluate_batch(
             transition = evaluate(
                 rule, t.state, seen, now, silenced_now(project_id, rule.rule_id, device_id)
             )
-            # A rate or anomaly state is never idle (is_idle): asked per reading, so no call.
-            t.idle = rule.kind == "threshold" and t.state.is_idle(rule)
+            t.idle = t.state.is_idle(rule)
+            if transition is not None:
+                t.alerting = True
+                outcome.raised.append(TransitionToRecord(transition, item.partition))
+        # Rate and anomaly rules learn from every value: never idle (``RuleState.is_idle``).
+        for rule in learning or ():
+            found = rule.value_in(reading.metrics)
+            if found is None or not rule.covers(device_id, reading.tags):
+                continue
+            t = device_states.get(rule.rule_id) if device_states else None
+            if t is None:
+                t = _track(rule, device_id, project_id, device_clock, tracked, by_device)
+                device_states = by_device[device_key]
+            if not t.take_if_new(item):
+                continue
+            outcome.evaluations += 1
+            seen = MetricValue(reading.event_id, device_id, found[0], found[1], reading.ts)
+            transition = learn(
+                rule, t.state, seen, now, silenced_now(project_id, rule.rule_id, device_id)
+            )
             if transition is not None:
                 t.alerting = True
                 outcome.raised.append(TransitionToRecord(transition, item.partition))
@@ -325,6 +331,22 @@ def evaluate_batch(
                 t.alerting = True
                 outcome.raised.append(TransitionToRecord(transition, item.partition))
     return outcome
+
+
+def _track(
+    rule: Rule,
+    device_id: str,
+    project_id: str,
+    device_clock: datetime | None,
+    tracked: dict[str, RuleDeviceState],
+    by_device: dict[str, dict[str, RuleDeviceState]],
+) -> RuleDeviceState:
+    """A new state for the rule and device, starting at the device's clock."""
+    t = RuleDeviceState(rule.rule_id, device_id, project_id)
+    t.state.clock = device_clock
+    tracked[t.doc_id] = t
+    by_device.setdefault(t.device_key, {})[rule.rule_id] = t
+    return t
 
 
 def _still_applies(rule_id: str, rules: RuleIndex, reading: Reading) -> bool:

@@ -16,6 +16,7 @@ newest reading time: see ``incidents.evaluate_batch``).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,10 +52,11 @@ class RuleState:
             "last_fired_at": self.last_fired_at,
             "alert": self.alert,
         }
+        # Copies: both are learned in place.
         if self.baseline is not None:
-            fields["baseline"] = self.baseline
+            fields["baseline"] = list(self.baseline)
         if self.samples:
-            fields["samples"] = self.samples
+            fields["samples"] = list(self.samples)
         return fields
 
     def is_idle(self, rule: Rule) -> bool:
@@ -169,7 +171,10 @@ def judge_anomaly(rule: Rule, state: RuleState, value: float) -> Judged:
     """How far ``value`` is from the device's baseline (in standard deviations), then
     the value learned: an exponentially weighted mean and variance, exact (Welford's)
     over the first values and forgetting slowly after."""
-    count, mean, variance = state.baseline or (0.0, 0.0, 0.0)
+    baseline = state.baseline
+    if baseline is None:
+        baseline = state.baseline = [0.0, 0.0, 0.0]
+    count, mean, variance = baseline
     judged = NOT_YET
     if count >= rule.warmup:
         spread = math.sqrt(variance)
@@ -183,9 +188,10 @@ def judge_anomaly(rule: Rule, state: RuleState, value: float) -> Judged:
     count += 1
     weight = max(ANOMALY_SMOOTHING, 1 / count)
     difference = value - mean
-    mean += weight * difference
-    variance = (1 - weight) * (variance + difference * weight * difference)
-    state.baseline = [count, mean, variance]
+    # In place: learned on every reading, the baseline is not made anew each time.
+    baseline[0] = count
+    baseline[1] = mean + weight * difference
+    baseline[2] = (1 - weight) * (variance + difference * weight * difference)
     return judged
 
 
@@ -193,10 +199,19 @@ def judge_rate(rule: Rule, state: RuleState, value: float, at: datetime) -> Judg
     """The value's change per second from the oldest of the device's readings within the
     rule's window to the newest, compared with the threshold."""
     now = at.timestamp()
-    samples = [s for s in state.samples if s[0] >= now - rule.window_s]
-    samples.append([now, value])
-    samples.sort()
-    state.samples = samples
+    samples = state.samples
+    # Oldest first; a device's readings mostly come in order, so a new one goes last.
+    if not samples or samples[-1][0] <= now:
+        samples.append([now, value])
+    else:
+        bisect.insort(samples, [now, value])
+    # Measured back from this reading's time (a late reading is judged by its own window).
+    cutoff = now - rule.window_s
+    stale = 0
+    while samples[stale][0] < cutoff:
+        stale += 1
+    if stale:
+        del samples[:stale]
     (first_at, first), (last_at, last) = samples[0], samples[-1]
     if last_at <= first_at:
         return NOT_YET
@@ -212,6 +227,8 @@ def evaluate(
     ``now`` only stamps a new alert's ``created_at``; every decision is on reading
     time. ``silenced``: a silence covers this rule and device now.
     """
+    if rule.kind != "threshold":
+        return learn(rule, state, seen, now, silenced)
     for event_id, _ in state.recent:
         if event_id == seen.event_id:
             return None  # the device sent this reading again
@@ -219,19 +236,51 @@ def evaluate(
     del state.recent[: -rule.n]
     clock = seen.ts if state.clock is None else max(state.clock, seen.ts)
     state.clock = clock
-    if rule.kind == "threshold":
-        window = [value for _, value in state.recent[-rule.n :]]
-        # Hysteresis: an active alert holds until values are past the clear threshold.
-        judged = (
-            Judged(False, _breaches(rule, window, rule.clear_limit))
-            if state.alert is not None
-            else Judged(_breaches(rule, window, rule.limit), False)
-        )
-    elif rule.kind == "anomaly":
+    window = [value for _, value in state.recent[-rule.n :]]
+    # Hysteresis: an active alert holds until values are past the clear threshold.
+    judged = (
+        Judged(False, _breaches(rule, window, rule.clear_limit))
+        if state.alert is not None
+        else Judged(_breaches(rule, window, rule.limit), False)
+    )
+    return decide(rule, state, judged, seen, clock, now, silenced)
+
+
+def learn(
+    rule: Rule, state: RuleState, seen: MetricValue, now: datetime, silenced: bool = False
+) -> Transition | None:
+    """``evaluate`` for a rate or anomaly rule, which takes every value of its metric.
+
+    It keeps no window of event ids: the worker drops a device's second copies of a
+    reading before evaluating (``store.drop_retries``), and its states' watermarks
+    skip a replay. The common case, a value that fires nothing and closes nothing,
+    returns early.
+    """
+    ts = seen.ts
+    clock = state.clock
+    if clock is None or ts > clock:
+        clock = state.clock = ts
+    if rule.kind == "anomaly":
         judged = judge_anomaly(rule, state, seen.value)
     else:
-        judged = judge_rate(rule, state, seen.value, seen.ts)
+        judged = judge_rate(rule, state, seen.value, ts)
+    if state.alert is None and not judged.fires:
+        state.pending_since = None
+        return None
+    return decide(rule, state, judged, seen, clock, now, silenced)
 
+
+def decide(
+    rule: Rule,
+    state: RuleState,
+    judged: Judged,
+    seen: MetricValue,
+    clock: datetime,
+    now: datetime,
+    silenced: bool,
+) -> Transition | None:
+    """What a judged value does to the rule's alert: resolves it, holds it, starts
+    the `for` span, or fires (past the span and the cooldown)."""
     if state.alert is not None:
         if judged.holds:
             return None
