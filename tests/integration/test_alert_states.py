@@ -10,8 +10,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka.structs import ConsumerRecord
 from alerts_worker.absence import Absences
-from alerts_worker.incidents import RuleIndex
-from alerts_worker.store import ALERT_STATE, HeldStates, device_key, ensure_alert_indexes
+from alerts_worker.incidents import RuleIndex, evaluate_batch
+from alerts_worker.store import (
+    ALERT_OUTBOX,
+    ALERT_STATE,
+    HeldStates,
+    device_key,
+    ensure_alert_indexes,
+    record_transitions,
+)
 from alerts_worker.worker import evaluate_and_record
 from integration import alerts_reference as reference
 from integration.alerts_reference import alert_ids, expected_notifications
@@ -312,3 +319,38 @@ async def test_a_state_its_readings_left_idle_is_let_go_before_the_next_checkpoi
     notifications = reference.expected_notifications(readings, [reference.DAMP])
     assert notifications == ["damp-5:damp:fired"]
     assert await stored_alerts(db) == {"damp-5:damp": "active"}
+
+
+async def test_transitions_recorded_again_are_not_new_and_keep_what_a_person_set(
+    db: AsyncDatabase,
+) -> None:
+    """An alert fired and resolved within one batch is stored resolved; a replay that
+    computes the same transitions records nothing new (so nothing is announced twice)
+    and leaves the acknowledgement a person made in between."""
+    await ensure_alert_indexes(db)
+    readings = [
+        reading(
+            {
+                "event_id": f"rec-{i}",
+                "device_id": "rec-1",
+                "temperature_c": value,
+                "ts": (BASE_TS + timedelta(seconds=10 * i)).isoformat(),
+            }
+        )
+        for i, value in enumerate([20.0, 60.0, 20.0])
+    ]
+    evaluated = evaluate_batch(positioned(readings), RULES, {}, [], datetime.now(UTC))
+    kinds = [r.transition.kind for r in evaluated.raised]
+    assert kinds == ["fired", "resolved"]
+    notification_ids = {r.transition.notification_id for r in evaluated.raised}
+
+    now = datetime.now(UTC)
+    assert await record_transitions(db, evaluated.raised, now) == notification_ids
+    alert_id = evaluated.raised[0].transition.alert["alert_id"]
+    await db[ALERTS].update_one({"_id": alert_id}, {"$set": {"acknowledged_by": "ops"}})
+
+    assert await record_transitions(db, evaluated.raised, now) == set()
+    stored = await db[ALERTS].find_one({"_id": alert_id})
+    assert stored is not None
+    assert stored["status"] == "resolved" and stored["acknowledged_by"] == "ops"
+    assert await db[ALERT_OUTBOX].count_documents({}) == 2
