@@ -21,7 +21,15 @@ from telemetry_common.domain.rollup_layout import DEFAULT_PROJECT, scoped_id
 from telemetry_common.infra.kafka.consumer import Consumed
 from telemetry_common.infra.versioned import Watermarks
 
-from alerts_worker.rules import MetricValue, RuleState, Transition, evaluate, learn, resolve
+from alerts_worker.rules import (
+    MetricValue,
+    RuleState,
+    Transition,
+    decide,
+    evaluate,
+    learn,
+    resolve,
+)
 
 
 def state_id(rule_id: str, device_id: str) -> str:
@@ -310,9 +318,19 @@ def evaluate_batch(
             if not t.take_if_new(item):
                 continue
             outcome.evaluations += 1
+            judged = learn(rule, t.state, found[1], reading.ts)
+            if judged is None:
+                continue
             seen = MetricValue(reading.event_id, device_id, found[0], found[1], reading.ts)
-            transition = learn(
-                rule, t.state, seen, now, silenced_now(project_id, rule.rule_id, device_id)
+            assert t.state.clock is not None  # learn set it
+            transition = decide(
+                rule,
+                t.state,
+                judged,
+                seen,
+                t.state.clock,
+                now,
+                silenced_now(project_id, rule.rule_id, device_id),
             )
             if transition is not None:
                 t.alerting = True

@@ -228,7 +228,11 @@ def evaluate(
     time. ``silenced``: a silence covers this rule and device now.
     """
     if rule.kind != "threshold":
-        return learn(rule, state, seen, now, silenced)
+        learned = learn(rule, state, seen.value, seen.ts)
+        if learned is None:
+            return None
+        assert state.clock is not None  # learn set it
+        return decide(rule, state, learned, seen, state.clock, now, silenced)
     for event_id, _ in state.recent:
         if event_id == seen.event_id:
             return None  # the device sent this reading again
@@ -246,28 +250,26 @@ def evaluate(
     return decide(rule, state, judged, seen, clock, now, silenced)
 
 
-def learn(
-    rule: Rule, state: RuleState, seen: MetricValue, now: datetime, silenced: bool = False
-) -> Transition | None:
-    """``evaluate`` for a rate or anomaly rule, which takes every value of its metric.
+def learn(rule: Rule, state: RuleState, value: float, ts: datetime) -> Judged | None:
+    """A rate or anomaly rule takes a value: judged, then learned. The judgement, or None
+    when it can change nothing (it fires nothing and no alert is open): the common case,
+    which then costs no more.
 
     It keeps no window of event ids: the worker drops a device's second copies of a
     reading before evaluating (``store.drop_retries``), and its states' watermarks
-    skip a replay. The common case, a value that fires nothing and closes nothing,
-    returns early.
+    skip a replay.
     """
-    ts = seen.ts
     clock = state.clock
     if clock is None or ts > clock:
-        clock = state.clock = ts
+        state.clock = ts
     if rule.kind == "anomaly":
-        judged = judge_anomaly(rule, state, seen.value)
+        judged = judge_anomaly(rule, state, value)
     else:
-        judged = judge_rate(rule, state, seen.value, ts)
+        judged = judge_rate(rule, state, value, ts)
     if state.alert is None and not judged.fires:
         state.pending_since = None
         return None
-    return decide(rule, state, judged, seen, clock, now, silenced)
+    return judged
 
 
 def decide(
