@@ -354,3 +354,35 @@ async def test_transitions_recorded_again_are_not_new_and_keep_what_a_person_set
     assert stored is not None
     assert stored["status"] == "resolved" and stored["acknowledged_by"] == "ops"
     assert await db[ALERT_OUTBOX].count_documents({}) == 2
+
+
+async def test_a_first_write_that_finds_an_older_owners_document_replaces_it(
+    db: AsyncDatabase,
+) -> None:
+    """A state the store did not hold when its device was read is inserted at the
+    checkpoint. An older owner, in the moment before it learned it had lost the
+    partition, may have stored one since: the insert finds it, and the state is
+    written over it under the newer epoch."""
+    await ensure_alert_indexes(db)
+    learning = RuleIndex([Rule.model_validate(doc) for doc in reference.LEARNING])
+    await owner(db, "older")
+    newer = await owner(db, "newer")
+    readings = [
+        reading({"event_id": f"first-{i}", "device_id": "first-1", "temperature_c": 20.0 + i,
+                 "ts": (BASE_TS + timedelta(seconds=10 * i)).isoformat()})
+        for i in range(4)  # within the rule's warm-up: nothing fires, nothing written yet
+    ]  # fmt: skip
+    absences = Absences(db, newer.owned, ConsumerProgress())
+    await evaluate_and_record(db, newer, absences, positioned(readings), learning, [])
+    state_id = "learns-0|first-1"
+    # The older owner's write, fenced by its own (older) epoch, landed in between.
+    await db[ALERT_STATE].insert_one(
+        {"_id": state_id, "rule_id": "learns-0", "device_id": "first-1", "_e": 1, "stale": True}
+    )
+
+    assert await newer.checkpoint(datetime.now(UTC)) == set()
+
+    stored = await db[ALERT_STATE].find_one({"_id": state_id})
+    assert stored is not None and "stale" not in stored
+    assert stored["_e"] > 1 and stored["baseline"][0] == 4
+    assert stored["_applied"] == {"0": 3}

@@ -353,10 +353,12 @@ class Absences:
                 lost |= revoked
                 self.forget(revoked)
                 pending = [p for p in pending if p.partition not in lost]
+            # Inserted if never stored (a third of the cost); found stored after all
+            # (by an older owner), replaced, fenced, in the next round.
             result = await write_fenced(
                 self._db[DEVICE_PRESENCE],
-                [],
-                pending,
+                [p for p in pending if not p.stored],
+                [p for p in pending if p.stored],
                 partial(_document_under, epochs),
                 lambda doc: int(doc["_e"]),
             )
@@ -369,7 +371,9 @@ class Absences:
                     if doc["_e"] > epochs.get(partition, 0):
                         newer[partition] = max(newer.get(partition, 0), doc["_e"])
             for presence in pending:
-                if presence.partition not in newer:
+                if presence.key in result.existing:
+                    presence.stored = True  # still changed: replaced in the next round
+                elif presence.partition not in newer:
                     presence.changed = presence.urgent = False
                     presence.stored = True
             gone = await self._owned.lost_or_reclaimed(newer)
