@@ -209,6 +209,11 @@ def run(
             f"; {e2e['late']:.0f} arrivals not seen within {latency.SAMPLE_TIMEOUT_S:g} s,"
             " counted as that long"
         )
+    if e2e["taken"] < samples:
+        load_note += (
+            f"; sampling stopped after {e2e['taken']:.0f} of {samples} samples, the pipeline"
+            " not keeping up with the background load"
+        )
     for what, key, goal in (
         ("POST to rollup visible", "rollup", ""),
         ("POST to alert published on alerts.triggered", "alert", "p99 < 100 ms"),
