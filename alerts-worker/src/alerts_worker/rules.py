@@ -1,9 +1,12 @@
 """Where a reading is evaluated: one rule's state for one device, pure and unit-tested.
 
-Each (rule, device) keeps the values of the device's last readings of the rule's
-metric, when its condition began to hold, when its last alert fired and the
-alert still open. :func:`evaluate` folds one reading into that state and says
-whether an alert fired or resolved.
+Each (rule, device) keeps what its kind judges by (a threshold rule the values of
+the device's last readings of its metric, an anomaly rule a baseline, a rate rule
+the samples within its window), when its condition began to hold, when its last
+alert fired and the alert still open. :func:`evaluate` folds one reading into
+that state and says whether an alert fired or resolved; a rate or anomaly rule
+takes every value, so the worker asks :func:`learn` first and :func:`decide` only
+when the value may fire or resolve an alert.
 
 Time is reading time (``ts``), never the worker's clock, so a replay of the same
 readings reaches the same decisions. Readings are taken in arrival order (one

@@ -12,12 +12,14 @@ uncommitted records:
 0. the event ids seen (a reading sent twice by its device is evaluated once);
 1. alert documents (``_id`` = alert_id: inserted on firing, ``$set`` resolved)
    and one outbox document per transition (``_id`` = notification_id,
-   ``notified: false``), both keyed by ids the replay computes again, once the
-   partition's claim is found still to be this worker's;
+   ``notified: false``), both keyed by ids the replay computes again, so a
+   replay's insert is refused by its id; written once the partition's claim is
+   found still to be this worker's;
 2. the states that raised them (the others at the checkpoint), each carrying the
-   epoch of its partition's claim and replaced only if the stored one is not newer
-   (a worker that lost the partition cannot overwrite the new owner); their
-   watermarks then make a replay skip the readings already evaluated;
+   epoch of its partition's claim, inserted the first time and after that
+   replaced only if the stored one is not newer (a worker that lost the
+   partition cannot overwrite the new owner); their watermarks then make a
+   replay skip the readings already evaluated;
 3. the outbox is published to alerts.triggered and marked (``outbox.py``).
 """
 
